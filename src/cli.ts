@@ -1,0 +1,333 @@
+#!/usr/bin/env node
+import { readFile } from 'node:fs/promises';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { applySpec } from './engine/apply.js';
+import { Journal } from './engine/journal.js';
+import { Redactor } from './engine/redact.js';
+import { planToJson, renderPlanText } from './engine/render.js';
+import { BosunError, ExitCode, describeError, isBosunError } from './errors.js';
+import { BlankProbe, DISTROS, Host, LiveProbe, detectDistro, isDistroId, type Distro } from './host/index.js';
+import { loadOrCreateIdentity, readIdentity } from './identity/host-identity.js';
+import { seal, x25519PublicFromString } from './identity/seal.js';
+import { createLogger } from './log.js';
+import { planNode } from './phases/index.js';
+import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
+import type { AgentSettings } from './spec/agent-settings.js';
+
+const DEFAULT_SETTINGS = '/etc/bosun/agent.json';
+const DEFAULT_STATE_DIR = '/var/lib/bosun';
+
+interface Output {
+  json: boolean;
+  out(text: string): void;
+  data(value: unknown): void;
+}
+
+interface Command {
+  summary: string;
+  usage: string;
+  help: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  run(args: { values: Record<string, string | boolean | undefined>; positionals: string[]; io: Output }): Promise<number>;
+}
+
+const common = {
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+const stateOpts = {
+  'state-dir': { type: 'string' },
+  settings: { type: 'string' },
+} as const;
+
+const COMMANDS: Record<string, Command> = {
+  validate: {
+    summary: 'check a NodeSpec (or, with --kind settings, an agent.json) and list every problem by path',
+    usage: 'bosun validate <file>... [--kind spec|settings] [--json]',
+    help: 'Exit 0 when every file is valid, 3 when any is not. Nothing is changed.',
+    options: { ...common, kind: { type: 'string' } },
+    async run({ values, positionals, io }) {
+      if (positionals.length === 0) throw usage('validate needs at least one file');
+      const kind = (values.kind as string | undefined) ?? 'spec';
+      if (kind !== 'spec' && kind !== 'settings') throw usage('--kind is "spec" or "settings"');
+      const results: { file: string; ok: boolean; problems: Problem[]; node?: string; version?: number }[] = [];
+      for (const file of positionals) {
+        let text: string;
+        try {
+          text = await readFile(file, 'utf8');
+        } catch (e) {
+          results.push({ file, ok: false, problems: [{ path: '(file)', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}` }] });
+          continue;
+        }
+        const json = parseJsonText(text);
+        const r = !json.ok ? json : kind === 'spec' ? parseNodeSpec(json.value) : parseAgentSettings(json.value);
+        if (r.ok) {
+          const v = r.value as { node: string; version?: number };
+          results.push({ file, ok: true, problems: [], node: v.node, version: v.version });
+        } else results.push({ file, ok: false, problems: r.problems });
+      }
+      if (io.json) io.data({ ok: results.every((r) => r.ok), files: results });
+      else {
+        for (const r of results) {
+          if (r.ok) io.out(`${r.file}: valid (node ${r.node}${r.version !== undefined ? `, version ${r.version}` : ''})`);
+          else {
+            io.out(`${r.file}: invalid, ${r.problems.length} problem${r.problems.length === 1 ? '' : 's'}:`);
+            for (const p of r.problems) io.out(`  ${p.path}: ${p.message}`);
+          }
+        }
+      }
+      return results.every((r) => r.ok) ? ExitCode.ok : ExitCode.invalid;
+    },
+  },
+
+  plan: {
+    summary: 'print the exact ordered steps applying a spec would take, without changing anything',
+    usage: 'bosun plan <spec> [--blank] [--distro fedora|debian] [--content] [--json]',
+    help: [
+      'Observes this host read-only (files, unit states) and prints every command with its argv and every',
+      'file with its path and mode, in order, with why. Secrets print as <redacted:...>.',
+      '  --blank    plan as for a blank host, without looking at this one',
+      '  --distro   plan for this distribution instead of the one detected',
+      '  --content  also print the content of every file written',
+    ].join('\n'),
+    options: { ...common, blank: { type: 'boolean' }, distro: { type: 'string' }, content: { type: 'boolean' } },
+    async run({ values, positionals, io }) {
+      const file = single(positionals, 'plan needs exactly one spec file');
+      const spec = await loadNodeSpec(file);
+      const distro = await pickDistro(values.distro as string | undefined);
+      const redactor = new Redactor();
+      const probe = values.blank ? new BlankProbe() : new LiveProbe(redactor);
+      const steps = await planNode(spec, probe, { distro });
+      const header = { node: spec.node, cluster: spec.cluster, version: spec.version, distro: distro.id, observed: values.blank ? ('blank' as const) : ('host' as const) };
+      if (io.json) io.data(planToJson(header, steps));
+      else io.out(renderPlanText(header, steps, values.content === true).trimEnd());
+      return ExitCode.ok;
+    },
+  },
+
+  apply: {
+    summary: 'plan and apply a spec to this host now, resuming an unfinished apply of the same spec',
+    usage: 'bosun apply <spec> [--state-dir DIR] [--settings FILE] [--root DIR] [--distro ...] [--json]',
+    help: [
+      'Refuses a spec for another node (per agent.json), an older version than the one applied, and a plan',
+      'with phases not implemented yet; in each case nothing is changed. Progress is journalled in the state',
+      'dir after every step, so an apply killed half-way continues where it stopped when run again.',
+      '  --root DIR  write files under DIR instead of / (image builds, tests); commands still run on the host',
+    ].join('\n'),
+    options: { ...common, ...stateOpts, root: { type: 'string' }, distro: { type: 'string' } },
+    async run({ values, positionals, io }) {
+      const file = single(positionals, 'apply needs exactly one spec file');
+      const spec = await loadNodeSpec(file);
+      const { settings, stateDir } = await resolveState(values, false);
+      if (settings && settings.node !== spec.node) {
+        throw new BosunError('E_WRONG_NODE', `spec is for node ${spec.node} but this host is ${settings.node}; nothing was changed`);
+      }
+      const redactor = new Redactor();
+      const { logger } = createLogger({ redactor, target: 'stderr', level: settings?.log.level ?? 'info' });
+      const { identity } = await loadOrCreateIdentity(stateDir);
+      const root = values.root as string | undefined;
+      const outcome = await applySpec({
+        spec,
+        stateDir,
+        host: new Host({ redactor, root }),
+        probe: new LiveProbe(redactor, root ?? ''),
+        ctx: { distro: await pickDistro(values.distro as string | undefined) },
+        identity,
+        logger,
+      });
+      if (io.json) io.data({ ok: true, ...outcome });
+      else io.out(`version ${outcome.specVersion}: ${outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at step ${outcome.resumedAt + 1})` : ''}`}`);
+      return ExitCode.ok;
+    },
+  },
+
+  run: {
+    summary: 'the daemon: converge to the last good spec at boot, then follow the control loop',
+    usage: 'bosun run [--settings FILE] [--state-dir DIR]',
+    help: 'Started by bosun.service. Logs go to journald under systemd, else to stdout.',
+    options: { ...common, ...stateOpts },
+    async run({ values }) {
+      const { settings, stateDir } = await resolveState(values, true);
+      const redactor = new Redactor();
+      const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
+      const { identity, created } = await loadOrCreateIdentity(stateDir);
+      logger.info({ node: settings!.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created }, `bosun starting on node ${settings!.node}`);
+      const journal = new Journal(stateDir);
+      const lastGood = await readFile(journal.lastGoodSpecPath, 'utf8').catch(() => undefined);
+      if (lastGood !== undefined) {
+        const parsed = parseNodeSpec(JSON.parse(lastGood));
+        if (!parsed.ok) throw new BosunError('E_INVALID_SPEC', `the last good spec in ${journal.lastGoodSpecPath} no longer validates`, { problems: parsed.problems });
+        await applySpec({ spec: parsed.value, stateDir, host: new Host({ redactor }), probe: new LiveProbe(redactor), ctx: { distro: await detectDistro() }, identity, logger });
+      } else {
+        logger.info('no spec applied yet; waiting for the first desired state');
+      }
+      logger.warn('the Kafka control loop is not built yet (issue #9); idling until stopped');
+      await new Promise<void>((resolve) => {
+        process.once('SIGTERM', resolve);
+        process.once('SIGINT', resolve);
+      });
+      logger.info('stopping');
+      return ExitCode.ok;
+    },
+  },
+
+  status: {
+    summary: 'what this host has applied, what is in progress, and its public keys',
+    usage: 'bosun status [--state-dir DIR] [--settings FILE] [--json]',
+    help: 'Reads the state dir only; never creates or changes anything.',
+    options: { ...common, ...stateOpts },
+    async run({ values, io }) {
+      const { settings, stateDir } = await resolveState(values, false);
+      const journal = new Journal(stateDir);
+      const [applied, inProgress, identity] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir)]);
+      const status = {
+        node: settings?.node,
+        stateDir,
+        identity: identity ? { sealingKey: identity.sealingKey, signingKey: identity.signingKey } : null,
+        applied: applied ?? null,
+        inProgress: inProgress
+          ? { specVersion: inProgress.specVersion, step: inProgress.next + 1, steps: inProgress.steps.length, runs: inProgress.runs, interrupted: inProgress.inFlight !== undefined, lastError: inProgress.lastError ?? null, updatedAt: inProgress.updatedAt }
+          : null,
+      };
+      if (io.json) io.data(status);
+      else {
+        io.out(`node:        ${status.node ?? '(no agent.json)'}`);
+        io.out(`state dir:   ${stateDir}`);
+        io.out(`identity:    ${identity ? identity.sealingKey : 'none yet (made on first run)'}`);
+        io.out(`applied:     ${applied ? `version ${applied.specVersion} at ${applied.appliedAt} (${applied.steps} steps)` : 'nothing yet'}`);
+        if (status.inProgress) {
+          const p = status.inProgress;
+          io.out(`in progress: version ${p.specVersion}, step ${p.step} of ${p.steps}${p.interrupted ? ' (interrupted)' : ''}${p.lastError ? `, failed: ${p.lastError.message}` : ''}`);
+        }
+      }
+      return ExitCode.ok;
+    },
+  },
+
+  identity: {
+    summary: "print this host's public keys, making them on first use",
+    usage: 'bosun identity [--state-dir DIR] [--json]',
+    help: 'The x25519 key is what the control plane seals secrets to (bosun seal --to ...); the ed25519 key verifies this host\'s reports.',
+    options: { ...common, ...stateOpts },
+    async run({ values, io }) {
+      const { stateDir } = await resolveState(values, false);
+      const { identity, created } = await loadOrCreateIdentity(stateDir);
+      if (io.json) io.data({ sealingKey: identity.sealingKey, signingKey: identity.signingKey, created });
+      else {
+        io.out(identity.sealingKey);
+        io.out(identity.signingKey);
+      }
+      return ExitCode.ok;
+    },
+  },
+
+  seal: {
+    summary: "seal a secret read from stdin to a host's public key",
+    usage: 'printf %s "$SECRET" | bosun seal --to x25519:... [--json]',
+    help: 'The secret is read from stdin, never from the command line (argv is visible to every local user). Prints {"sealed": "..."} ready to paste into a spec.',
+    options: { ...common, to: { type: 'string' } },
+    async run({ values, io }) {
+      if (typeof values.to !== 'string') throw usage('seal needs --to <x25519 public key>');
+      const recipient = x25519PublicFromString(values.to);
+      if (process.stdin.isTTY) throw usage('seal reads the secret from stdin; pipe it in');
+      const chunks: Buffer[] = [];
+      for await (const c of process.stdin) chunks.push(c as Buffer);
+      const secret = Buffer.concat(chunks);
+      if (secret.length === 0) throw usage('nothing to seal: stdin was empty');
+      const sealed = { sealed: seal(recipient, secret) };
+      secret.fill(0);
+      if (io.json) io.data(sealed);
+      else io.out(JSON.stringify(sealed));
+      return ExitCode.ok;
+    },
+  },
+};
+
+function usage(message: string): BosunError {
+  return new BosunError('E_USAGE', message);
+}
+
+function single(positionals: string[], message: string): string {
+  if (positionals.length !== 1) throw usage(message);
+  return positionals[0]!;
+}
+
+async function pickDistro(name: string | undefined): Promise<Distro> {
+  if (name === undefined) return detectDistro();
+  if (!isDistroId(name)) throw usage(`--distro is one of ${Object.keys(DISTROS).join(', ')}`);
+  return DISTROS[name];
+}
+
+/** agent.json (required for the daemon; used when present otherwise) and the state dir to use. */
+async function resolveState(values: Record<string, unknown>, settingsRequired: boolean): Promise<{ settings?: AgentSettings; stateDir: string }> {
+  const explicit = (values.settings as string | undefined) ?? process.env.BOSUN_SETTINGS;
+  const file = explicit ?? DEFAULT_SETTINGS;
+  let settings: AgentSettings | undefined;
+  try {
+    settings = await loadAgentSettings(file);
+  } catch (e) {
+    const missing = isBosunError(e) && e.code === 'E_READ';
+    if (!missing || explicit !== undefined || settingsRequired) throw e;
+  }
+  const stateDir = (values['state-dir'] as string | undefined) ?? process.env.BOSUN_STATE_DIR ?? settings?.stateDir ?? DEFAULT_STATE_DIR;
+  return { settings, stateDir };
+}
+
+function topHelp(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  return [
+    'bosun: lays out disks, the IPsec mesh and the service container of this host, restores its data,',
+    'and keeps it at the desired state it receives over Kafka.',
+    '',
+    'usage: bosun <command> [options]   (bosun <command> --help for more)',
+    '',
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    '',
+    'exit codes: 0 ok, 1 failed, 2 usage, 3 invalid input, 4 not implemented yet, 5 locked by another bosun',
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const json = argv.includes('--json');
+  const io: Output = {
+    json,
+    out: (t) => void process.stdout.write(t + '\n'),
+    data: (v) => void process.stdout.write(JSON.stringify(v, null, 2) + '\n'),
+  };
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    io.out(topHelp());
+    return name === undefined ? ExitCode.usage : ExitCode.ok;
+  }
+  const cmd = COMMANDS[name];
+  try {
+    if (!cmd) throw usage(`unknown command "${name}"; try bosun --help`);
+    let parsed;
+    try {
+      parsed = parseArgs({ args: rest, options: cmd.options, allowPositionals: true, strict: true });
+    } catch (e) {
+      throw usage(`${describeError(e)}\nusage: ${cmd.usage}`);
+    }
+    if (parsed.values.help) {
+      io.out(`usage: ${cmd.usage}\n\n${cmd.summary}.\n${cmd.help}`);
+      return ExitCode.ok;
+    }
+    return await cmd.run({ values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals, io });
+  } catch (e) {
+    return reportError(e, io);
+  }
+}
+
+function reportError(e: unknown, io: Output): number {
+  const err = isBosunError(e) ? e : new BosunError('E_EXEC', `unexpected error: ${describeError(e)}`);
+  const problems = (err.details.problems as Problem[] | undefined) ?? [];
+  if (io.json) io.data({ ok: false, error: { code: err.code, message: err.message, details: err.details } });
+  else {
+    process.stderr.write(`bosun: ${err.message}\n`);
+    for (const p of problems) process.stderr.write(`  ${p.path}: ${p.message}\n`);
+    if (!isBosunError(e) && process.env.BOSUN_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+  }
+  return err.exitCode;
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,106 @@
+import { createHash } from 'node:crypto';
+import type { SealedSecret } from '../spec/common.js';
+
+/**
+ * A Step is one thing the engine does to the host. Phases only ever return
+ * steps; the engine is the only caller of `host/`. A step is plain data: it
+ * can be printed (`bosun plan`), journalled, and compared.
+ *
+ * Secrets appear in steps only as references to the sealed value. They are
+ * opened at execution time, never printed, and never placed in argv (which any
+ * local user can read from /proc): a secret reaches a command on stdin or in a
+ * root-only file.
+ */
+
+export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary';
+export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'container', 'restore', 'auxiliary'];
+
+export interface SecretRef {
+  secret: SealedSecret;
+  /** what the secret is, for plans and errors: "disks.luks.key" */
+  label: string;
+}
+
+/** File content or stdin: literal text with sealed secrets spliced in at execution time. */
+export type Content = string | readonly (string | SecretRef)[];
+
+interface StepBase {
+  phase: PhaseName;
+  /** why this step is needed, in words an operator reads in `bosun plan` */
+  why: string;
+}
+
+export interface ExecStep extends StepBase {
+  kind: 'exec';
+  argv: readonly string[];
+  stdin?: Content;
+  /** exit codes that count as success besides 0 */
+  okExitCodes?: readonly number[];
+  timeoutSeconds?: number;
+}
+
+export interface WriteStep extends StepBase {
+  kind: 'write';
+  path: string;
+  mode: number;
+  owner?: number;
+  group?: number;
+  content: Content;
+}
+
+export interface MkdirStep extends StepBase {
+  kind: 'mkdir';
+  path: string;
+  mode: number;
+  owner?: number;
+  group?: number;
+}
+
+export interface RemoveStep extends StepBase {
+  kind: 'remove';
+  path: string;
+}
+
+export type UnitAction = 'daemon-reload' | 'enable' | 'disable' | 'start' | 'stop' | 'restart' | 'reload' | 'enable-now';
+
+export interface UnitStep extends StepBase {
+  kind: 'unit';
+  action: UnitAction;
+  /** absent only for daemon-reload */
+  unit?: string;
+}
+
+/** Work a phase will do once it is built; shown by `plan`, refused by `apply`. */
+export interface PendingStep extends StepBase {
+  kind: 'pending';
+  issue: number;
+}
+
+export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | PendingStep;
+
+export function isSecretRef(v: unknown): v is SecretRef {
+  return typeof v === 'object' && v !== null && 'secret' in v && 'label' in v;
+}
+
+/** Stable identity of a step's content: the journal uses it to tell a resumed plan from a new one. */
+export function stepDigest(step: Step): string {
+  return createHash('sha256').update(canonicalJson(step)).digest('hex').slice(0, 16);
+}
+
+export function planDigest(steps: readonly Step[]): string {
+  const h = createHash('sha256');
+  for (const s of steps) h.update(stepDigest(s)).update('\n');
+  return h.digest('hex').slice(0, 16);
+}
+
+/** JSON with object keys sorted, so equal data always hashes the same. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    const entries = Object.entries(v as Record<string, unknown>)
+      .filter(([, x]) => x !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}

@@ -1,0 +1,55 @@
+import { execa } from 'execa';
+import { BosunError } from '../errors.js';
+import type { Redactor } from '../engine/redact.js';
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  input?: Buffer;
+  timeoutSeconds?: number;
+  okExitCodes?: readonly number[];
+  /** a probe reports the exit code instead of throwing */
+  check?: boolean;
+}
+
+/**
+ * Run a command with argv (never a shell string), C locale for parseable
+ * output, and everything it prints passed through the redactor before it can
+ * reach an error message or a log line.
+ */
+export async function runCommand(argv: readonly string[], redactor: Redactor, opts: ExecOptions = {}): Promise<ExecResult> {
+  const [file, ...args] = argv;
+  if (!file) throw new BosunError('E_EXEC', 'empty command');
+  const r = await execa(file, args, {
+    input: opts.input,
+    stdin: opts.input ? undefined : 'ignore',
+    reject: false,
+    timeout: opts.timeoutSeconds ? opts.timeoutSeconds * 1000 : undefined,
+    env: { LC_ALL: 'C' },
+    stripFinalNewline: true,
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  const result: ExecResult = {
+    exitCode: r.exitCode ?? -1,
+    stdout: redactor.redact(String(r.stdout ?? '')),
+    stderr: redactor.redact(String(r.stderr ?? '')),
+  };
+  const ok = r.exitCode === 0 || (r.exitCode !== undefined && (opts.okExitCodes ?? []).includes(r.exitCode));
+  if (opts.check === false || ok) return result;
+  const cmd = redactor.redact(argv.join(' '));
+  let why: string;
+  if (r.timedOut) why = `timed out after ${opts.timeoutSeconds}s`;
+  else if (r.failed && r.exitCode === undefined) why = (r as { code?: string }).code === 'ENOENT' ? 'command not found' : `could not run (${redactor.redact(r.shortMessage ?? "")})`;
+  else if (r.signal) why = `killed by ${r.signal}`;
+  else why = `exited with ${r.exitCode}`;
+  const tail = lastLines(result.stderr || result.stdout, 5);
+  throw new BosunError('E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
+}
+
+function lastLines(text: string, n: number): string {
+  return text.trim().split('\n').slice(-n).join(' | ');
+}

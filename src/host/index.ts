@@ -1,0 +1,43 @@
+import type { Redactor } from '../engine/redact.js';
+import type { UnitAction } from '../engine/step.js';
+import { runCommand, type ExecOptions, type ExecResult } from './exec.js';
+import { ensureDir, removeFile, writeFileAtomic } from './files.js';
+import { systemctlArgv } from './systemd.js';
+
+/**
+ * The only object that changes the host. `root` prefixes every file path so
+ * tests (and image builds) can apply file steps into a directory; commands
+ * always run on the real host.
+ */
+export class Host {
+  readonly redactor: Redactor;
+  readonly root: string;
+
+  constructor(opts: { redactor: Redactor; root?: string }) {
+    this.redactor = opts.redactor;
+    this.root = opts.root ?? '';
+  }
+
+  exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    return runCommand(argv, this.redactor, opts);
+  }
+
+  write(path: string, content: string | Uint8Array, mode: number, owner?: { uid?: number; gid?: number }): Promise<void> {
+    return writeFileAtomic(this.root + path, content, { mode, uid: owner?.uid, gid: owner?.gid });
+  }
+
+  mkdir(path: string, mode: number, owner?: { uid?: number; gid?: number }): Promise<void> {
+    return ensureDir(this.root + path, mode, owner);
+  }
+
+  remove(path: string): Promise<void> {
+    return removeFile(this.root + path);
+  }
+
+  systemctl(action: UnitAction, unit?: string): Promise<ExecResult> {
+    return this.exec(systemctlArgv(action, unit), { timeoutSeconds: 300 });
+  }
+}
+
+export { LiveProbe, BlankProbe, type HostProbe } from './probe.js';
+export { detectDistro, DISTROS, isDistroId, type Distro, type DistroId } from './distro.js';

@@ -1,0 +1,60 @@
+import type { NodeSpec } from '../spec/node-spec.js';
+import { pendingPhase } from './types.js';
+
+/*
+ * Phases whose executing code is still to come. Each prints, from the spec,
+ * what it will do, so `bosun plan` already shows a newcomer the whole boot.
+ * Each is replaced by a real observe/plan module when its issue lands.
+ */
+
+function secretNote(s: { sealed: string } | { keyFile: string }): string {
+  return 'sealed' in s ? 'a key sealed to this host' : `the key file ${s.keyFile}`;
+}
+
+export const disksPhase = pendingPhase('disks', 5, (s) => s.disks, (spec, ctx) => {
+  const d = spec.disks!;
+  const sel = 'paths' in d.devices ? d.devices.paths.join(', ') : `disks matching ${JSON.stringify(d.devices.match)}`;
+  const out = [`select ${sel}, resolve them to /dev/disk/by-id names, refuse any that holds a signature bosun did not make (policy: ${d.foreignSignatures})`];
+  let dev = 'paths' in d.devices ? d.devices.paths[0]! : 'the selected disk';
+  if (d.raid) {
+    dev = `/dev/md/${d.raid.name}`;
+    out.push(`assemble or create md RAID${d.raid.level} ${dev} (--homehost any), record it in ${ctx.distro.mdadmConf}`);
+  }
+  if (d.luks) {
+    out.push(`open or format LUKS2 on ${dev} as /dev/mapper/${d.luks.name} with ${secretNote(d.luks.key)} (pbkdf2, fixed iterations${d.luks.discard ? ', discards allowed' : ''}), add it to /etc/crypttab`);
+    dev = `/dev/mapper/${d.luks.name}`;
+  }
+  out.push(`make ${d.filesystem.type} on ${dev} unless one is there, aligned to the RAID stripe`);
+  out.push(`mount it at ${d.mount.path} with a systemd mount unit by UUID (${d.filesystem.mountOptions.join(',')}), mode ${d.mount.mode}${d.mount.owner !== undefined ? `, owner ${d.mount.owner}` : ''}`);
+  return out;
+});
+
+export const networkPhase = pendingPhase('network', 6, (s) => s.network?.ipsec, (spec, ctx) => {
+  const ipsec = spec.network!.ipsec!;
+  const out = [`IPsec (${ipsec.backend}, IKEv2, ESP AES-GCM, transport mode) from ${ipsec.address}; drop unprotected traffic to cluster peers`];
+  for (const p of ipsec.peers) {
+    const initiator = spec.node < p.node ? 'this node initiates' : `${p.node} initiates`;
+    out.push(`conn to ${p.node} at ${p.address} in ${ctx.distro.ipsecDir}/bosun-${p.node}.conf, ${ipsec.auth === 'psk' ? 'pre-shared key sealed to this host' : 'certificate'}; ${initiator}`);
+  }
+  return out;
+});
+
+export const containerPhase = pendingPhase('container', 7, (s) => s.container, (spec, ctx) => {
+  const c = spec.container!;
+  const limits = Object.entries(c.limits).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';
+  return [
+    `write ${ctx.distro.nspawnDir}/${c.name}.nspawn: image ${c.image} read-only, private users, ${c.network.mode} network${c.network.ports.length ? `, ports ${c.network.ports.map((p) => `${p.host}->${p.container}/${p.protocol}`).join(' ')}` : ''}, keep ${c.capabilities.join(' ') || 'no extra capabilities'}`,
+    `limits for systemd-nspawn@${c.name}.service: ${limits}`,
+    ...(c.config ? [`render ${Object.keys(c.config.files).length} config file(s) for ${c.config.mountPoint} with overrides merged; a change triggers ${c.service.onConfigChange} of ${c.service.unit}`] : []),
+    `enable and start machine ${c.name}; health: ${c.service.health ? c.service.health.join(' ') : `${c.service.unit} active`}`,
+  ];
+});
+
+export const restorePhase = pendingPhase('restore', 8, (s) => s.restore, (spec: NodeSpec) => {
+  const r = spec.restore!;
+  const target = spec.disks?.mount.path ?? '(data volume)';
+  if (r.from === 'peer') {
+    return [`stream a consistent snapshot from peer ${r.peer} over the mesh into ${target}, verify every chunk${r.fallback ? `; fall back to s3://${r.fallback.bucket}/${r.fallback.prefix}` : ''}`, 'mark the data volume restored only after every byte verified'];
+  }
+  return [`restore backup ${r.backup} from s3://${r.bucket}/${r.prefix} into ${target}: parallel ranged GETs, decrypt, decompress, verify${r.bandwidthLimitMiBps ? `, at most ${r.bandwidthLimitMiBps} MiB/s` : ''}`, 'mark the data volume restored only after every byte verified'];
+});

@@ -1,0 +1,31 @@
+import type { Distro } from '../host/distro.js';
+import type { HostProbe } from '../host/probe.js';
+import type { NodeSpec } from '../spec/node-spec.js';
+import type { PhaseName, Step } from '../engine/step.js';
+
+export interface PlanContext {
+  distro: Distro;
+}
+
+/**
+ * A phase observes the host (read-only), then plans from the spec and what it
+ * saw. `plan` is pure: same spec, same observation, same steps. That is what
+ * makes `bosun plan` honest and the planners testable without a host.
+ */
+export interface Phase<Observed = unknown> {
+  readonly name: PhaseName;
+  /** the part of the spec this phase owns; a spec change outside it never re-runs the phase */
+  section(spec: NodeSpec): unknown;
+  observe(spec: NodeSpec, probe: HostProbe): Promise<Observed>;
+  plan(spec: NodeSpec, observed: Observed, ctx: PlanContext): Step[];
+}
+
+/** A phase whose real work is still to be built: it observes nothing and plans one pending step per action it will take. */
+export function pendingPhase(name: PhaseName, issue: number, section: (spec: NodeSpec) => unknown, describe: (spec: NodeSpec, ctx: PlanContext) => string[]): Phase<undefined> {
+  return {
+    name,
+    section,
+    observe: () => Promise.resolve(undefined),
+    plan: (spec, _observed, ctx) => (section(spec) === undefined ? [] : describe(spec, ctx).map((why) => ({ kind: 'pending', phase: name, issue, why }))),
+  };
+}

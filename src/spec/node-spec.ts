@@ -1,0 +1,251 @@
+import { z } from 'zod';
+import { AbsolutePath, FileMode, Identifier, Ipv6Address, Port, Principal, RelativePath, SealedSecret } from './common.js';
+
+/**
+ * NodeSpec: the desired state of one host, as the control plane sends it over
+ * Kafka. Objects are strict: a misspelt field is an error, never silently
+ * ignored, because an ignored `wipe` or `ports` setting is how hosts get hurt.
+ * New capabilities add optional fields; `apiVersion` changes only when the
+ * meaning of an existing field changes.
+ */
+
+export const PackagesSpec = z.strictObject({
+  /** packages to bring to their newest version at boot (dnf on Fedora) */
+  refresh: z.array(z.string().regex(/^[A-Za-z0-9._+-]+$/, 'expected a package name')).default([]),
+  /** give up refreshing after this long; the node still boots with what it has */
+  deadlineSeconds: z.number().int().min(10).max(3600).default(600),
+});
+
+const DeviceMatch = z.strictObject({
+  /** which kind of disk: all NVMe instance-store disks, or any disk */
+  kind: z.enum(['nvme-instance-store', 'any']).default('any'),
+  minSizeGiB: z.number().positive().optional(),
+  /** exactly this many disks must match, or the phase refuses */
+  count: z.number().int().min(1).max(64).optional(),
+  /** only disks with no signature at all (no partition table, filesystem, RAID or LUKS header) */
+  unused: z.boolean().default(true),
+});
+
+export const DiskSelection = z.union([
+  z.strictObject({ paths: z.array(AbsolutePath).min(1).max(64) }),
+  z.strictObject({ match: DeviceMatch }),
+]);
+
+export const RaidSpec = z.strictObject({
+  level: z.literal([0, 1, 10]),
+  /** the array's fixed name: /dev/md/<name> after every reboot */
+  name: Identifier.default('data'),
+  chunkKiB: z.number().int().min(4).max(65536).optional(),
+});
+
+export const LuksKey = z.union([SealedSecret, z.strictObject({ keyFile: AbsolutePath })], {
+  error: () => 'expected a sealed secret {"sealed": …} or a key file {"keyFile": "/abs/path"}; plaintext keys are refused',
+});
+
+export const LuksSpec = z.strictObject({
+  /** the mapping name: /dev/mapper/<name> */
+  name: Identifier.default('data'),
+  key: LuksKey,
+  /** pass discards through (instance-store SSDs); leaks which blocks are in use */
+  discard: z.boolean().default(true),
+});
+
+export const FilesystemSpec = z.strictObject({
+  type: z.enum(['xfs', 'ext4']),
+  label: z.string().regex(/^[A-Za-z0-9_-]{1,12}$/, 'expected at most 12 letters, digits, "-" or "_"').optional(),
+  mountOptions: z.array(z.string().regex(/^[A-Za-z0-9_=.,:-]+$/)).default(['noatime']),
+});
+
+export const MountSpec = z.strictObject({
+  path: AbsolutePath,
+  owner: Principal.optional(),
+  group: Principal.optional(),
+  mode: FileMode.default('0750'),
+});
+
+export const DisksSpec = z
+  .strictObject({
+    devices: DiskSelection,
+    raid: RaidSpec.optional(),
+    luks: LuksSpec.optional(),
+    filesystem: FilesystemSpec,
+    mount: MountSpec,
+    /**
+     * What to do with a selected disk that holds a signature bosun did not make:
+     * refuse (default; report and change nothing) or wipe it (only for disks that
+     * are known to be scratch, such as fresh instance store).
+     */
+    foreignSignatures: z.enum(['refuse', 'wipe']).default('refuse'),
+  })
+  .superRefine((d, ctx) => {
+    const n = 'paths' in d.devices ? d.devices.paths.length : d.devices.match.count;
+    if (d.raid && n !== undefined && n < 2) {
+      ctx.addIssue({ code: 'custom', path: ['raid'], message: `RAID ${d.raid.level} needs at least 2 devices, ${n} selected` });
+    }
+    if (!d.raid && n !== undefined && n !== 1) {
+      ctx.addIssue({ code: 'custom', path: ['devices'], message: `${n} devices selected but no raid level given; a single volume uses exactly one device` });
+    }
+    if ('paths' in d.devices && new Set(d.devices.paths).size !== d.devices.paths.length) {
+      ctx.addIssue({ code: 'custom', path: ['devices', 'paths'], message: 'a device is listed twice' });
+    }
+  });
+
+export const IpsecPeer = z.strictObject({
+  node: Identifier,
+  address: Ipv6Address,
+  /** pre-shared key for this pair, sealed to this host */
+  psk: SealedSecret.optional(),
+});
+
+export const IpsecCertAuth = z.strictObject({
+  /** this host's certificate and the CA that signed every peer's, PEM */
+  certificate: z.string().includes('BEGIN CERTIFICATE'),
+  ca: z.string().includes('BEGIN CERTIFICATE'),
+  key: SealedSecret,
+});
+
+export const IpsecSpec = z
+  .strictObject({
+    backend: z.enum(['libreswan', 'strongswan']).default('libreswan'),
+    /** this node's own address on the cluster link */
+    address: Ipv6Address,
+    auth: z.enum(['psk', 'cert']).default('psk'),
+    cert: IpsecCertAuth.optional(),
+    peers: z.array(IpsecPeer).max(1000).default([]),
+  })
+  .superRefine((s, ctx) => {
+    const seenNodes = new Set<string>();
+    const seenAddrs = new Set<string>([s.address]);
+    s.peers.forEach((p, i) => {
+      if (seenNodes.has(p.node)) ctx.addIssue({ code: 'custom', path: ['peers', i, 'node'], message: `peer ${p.node} is listed twice` });
+      if (seenAddrs.has(p.address)) ctx.addIssue({ code: 'custom', path: ['peers', i, 'address'], message: 'address is used twice (by another peer or by this node)' });
+      seenNodes.add(p.node);
+      seenAddrs.add(p.address);
+      if (s.auth === 'psk' && !p.psk) ctx.addIssue({ code: 'custom', path: ['peers', i, 'psk'], message: 'required when auth is "psk"' });
+    });
+    if (s.auth === 'cert' && !s.cert) ctx.addIssue({ code: 'custom', path: ['cert'], message: 'required when auth is "cert"' });
+  });
+
+export const NetworkSpec = z.strictObject({
+  ipsec: IpsecSpec.optional(),
+});
+
+const ConfigValue = z.union([z.string(), z.number(), z.boolean()]);
+
+export const ConfigFile = z.strictObject({
+  /** how settings are written: `key = value` lines (PostgreSQL), `key=value` (Java properties) */
+  format: z.enum(['conf', 'properties']),
+  settings: z.record(z.string(), ConfigValue).default({}),
+  /** keys the platform needs; a user override may change their value only if allowed, never remove them */
+  required: z.array(z.string()).default([]),
+});
+
+export const ContainerSpec = z.strictObject({
+  /** machine name: systemd-nspawn@<name>.service */
+  name: Identifier,
+  /** a directory tree pre-installed on the host image */
+  image: AbsolutePath,
+  /** the service inside the container, for reload and health */
+  service: z.strictObject({
+    unit: z.string().regex(/^[A-Za-z0-9@._-]+\.service$/, 'expected a systemd service unit name'),
+    /** how a config change reaches the running service */
+    onConfigChange: z.enum(['reload', 'restart']).default('restart'),
+    health: z.array(z.string()).min(1).optional(),
+  }),
+  limits: z
+    .strictObject({
+      memoryMax: z.string().regex(/^[0-9]+[KMGT]?$/, 'expected bytes with an optional K, M, G or T suffix').optional(),
+      cpuQuota: z.string().regex(/^[0-9]+%$/, 'expected a percentage such as "200%"').optional(),
+      ioWeight: z.number().int().min(1).max(10000).optional(),
+      tasksMax: z.number().int().min(1).optional(),
+    })
+    .default({}),
+  network: z
+    .strictObject({
+      mode: z.enum(['private', 'host']).default('private'),
+      ports: z.array(z.strictObject({ host: Port, container: Port, protocol: z.enum(['tcp', 'udp']).default('tcp') })).default([]),
+    })
+    .default({ mode: 'private', ports: [] }),
+  /** capabilities the service keeps; every other one is dropped */
+  capabilities: z.array(z.string().regex(/^CAP_[A-Z_]+$/, 'expected a capability name such as CAP_NET_BIND_SERVICE')).default([]),
+  config: z
+    .strictObject({
+      /** where inside the container the config directory appears (read-only) */
+      mountPoint: AbsolutePath,
+      files: z.record(RelativePath, ConfigFile).default({}),
+      /** user settings merged on top of `files`, per file; null removes a setting */
+      overrides: z.record(RelativePath, z.record(z.string(), z.union([ConfigValue, z.null()]))).default({}),
+    })
+    .optional(),
+  /** where the data volume appears inside the container (read-write) */
+  dataMountPoint: AbsolutePath.optional(),
+});
+
+export const ObjectStorageRestore = z.strictObject({
+  from: z.literal('object-storage'),
+  bucket: z.string().min(3).max(63),
+  prefix: z.string().default(''),
+  /** which backup: "latest" or a backup id */
+  backup: z.string().default('latest'),
+  credentials: z.strictObject({ accessKeyId: SealedSecret, secretAccessKey: SealedSecret }).optional(),
+  /** key that opens the backup's sealed data key */
+  backupKey: SealedSecret.optional(),
+  bandwidthLimitMiBps: z.number().positive().optional(),
+});
+
+export const PeerRestore = z.strictObject({
+  from: z.literal('peer'),
+  peer: Identifier,
+  /** when the peer cannot serve: fail, or restore from object storage instead */
+  fallback: ObjectStorageRestore.omit({ from: true }).optional(),
+});
+
+export const RestoreSpec = z.discriminatedUnion('from', [ObjectStorageRestore, PeerRestore]);
+
+export const AuxiliaryAgent = z.strictObject({
+  name: Identifier,
+  unit: z.string().regex(/^[A-Za-z0-9@._-]+\.service$/, 'expected a systemd service unit name'),
+  config: z.strictObject({ path: AbsolutePath, content: z.string(), mode: FileMode.default('0644') }).optional(),
+  enabled: z.boolean().default(true),
+});
+
+export const HealthSpec = z.strictObject({
+  intervalSeconds: z.number().int().min(5).max(3600).default(30),
+});
+
+export const NodeSpec = z
+  .strictObject({
+    apiVersion: z.literal('bosun/v1'),
+    cluster: Identifier,
+    node: Identifier,
+    /** only grows; an agent ignores any version it has already applied */
+    version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+    packages: PackagesSpec.optional(),
+    disks: DisksSpec.optional(),
+    network: NetworkSpec.optional(),
+    container: ContainerSpec.optional(),
+    restore: RestoreSpec.optional(),
+    auxiliary: z.array(AuxiliaryAgent).default([]),
+    health: HealthSpec.default({ intervalSeconds: 30 }),
+  })
+  .superRefine((s, ctx) => {
+    s.network?.ipsec?.peers.forEach((p, i) => {
+      if (p.node === s.node) ctx.addIssue({ code: 'custom', path: ['network', 'ipsec', 'peers', i, 'node'], message: 'a node cannot be its own peer' });
+    });
+    if (s.restore && !s.disks) ctx.addIssue({ code: 'custom', path: ['restore'], message: 'restore needs a data volume: add "disks"' });
+    if (s.restore?.from === 'peer' && s.restore.peer === s.node) ctx.addIssue({ code: 'custom', path: ['restore', 'peer'], message: 'a node cannot restore from itself' });
+    if (s.container?.dataMountPoint && !s.disks) ctx.addIssue({ code: 'custom', path: ['container', 'dataMountPoint'], message: 'needs a data volume: add "disks"' });
+    const names = new Set<string>();
+    s.auxiliary.forEach((a, i) => {
+      if (names.has(a.name)) ctx.addIssue({ code: 'custom', path: ['auxiliary', i, 'name'], message: `auxiliary agent ${a.name} is listed twice` });
+      names.add(a.name);
+    });
+  });
+
+export type NodeSpec = z.infer<typeof NodeSpec>;
+export type DisksSpec = z.infer<typeof DisksSpec>;
+export type IpsecSpec = z.infer<typeof IpsecSpec>;
+export type ContainerSpec = z.infer<typeof ContainerSpec>;
+export type RestoreSpec = z.infer<typeof RestoreSpec>;
+export type AuxiliaryAgent = z.infer<typeof AuxiliaryAgent>;
+export type PackagesSpec = z.infer<typeof PackagesSpec>;

@@ -1,0 +1,128 @@
+import { readFile } from 'node:fs/promises';
+import type { z } from 'zod';
+import { BosunError, type ErrorCode } from '../errors.js';
+import { NodeSpec } from './node-spec.js';
+import { AgentSettings } from './agent-settings.js';
+
+/** One problem in an input document, located by its path. */
+export interface Problem {
+  path: string;
+  message: string;
+}
+
+/** `disks.raid.level`, `network.ipsec.peers[1].address`; `(root)` for the document itself. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else out += out === '' ? String(seg) : `.${String(seg)}`;
+  }
+  return out === '' ? '(root)' : out;
+}
+
+/**
+ * Turn zod issues into problems a person can act on. Messages never quote the
+ * offending value: it may be a secret pasted into the wrong field.
+ */
+export function toProblems(error: z.ZodError): Problem[] {
+  const problems: Problem[] = [];
+  for (const issue of error.issues) {
+    const path = formatPath(issue.path);
+    switch (issue.code) {
+      case 'invalid_type': {
+        const missing = /received undefined/.test(issue.message);
+        const custom = !issue.message.startsWith('Invalid input');
+        problems.push({ path, message: missing ? `required (expected ${issue.expected})` : custom ? issue.message : `expected ${issue.expected}` });
+        break;
+      }
+      case 'invalid_value':
+        problems.push({ path, message: `expected one of ${issue.values.map((v) => (typeof v === 'string' ? `"${v}"` : String(v))).join(',')}` });
+        break;
+      case 'unrecognized_keys':
+        for (const key of issue.keys) problems.push({ path: formatPath([...issue.path, key]), message: 'unknown field' });
+        break;
+      case 'invalid_union': {
+        // Report the branch that got furthest, so a sealed secret with a typo says
+        // what is wrong with it rather than "matched none of 2 shapes".
+        const best = issue.errors
+          .map((branch) => branch.map((i) => ({ ...i, path: [...issue.path, ...i.path] })))
+          .sort((a, b) => depth(b) - depth(a) || a.length - b.length)[0];
+        if (best && best.length > 0 && depth(best) > issue.path.length) {
+          problems.push(...toProblems({ issues: best } as unknown as z.ZodError));
+        } else {
+          const expected = [...new Set(issue.errors.flatMap((b) => b.filter((i) => i.code === 'invalid_type' && i.path.length === 0).map((i) => (i as { expected: string }).expected)))];
+          const generic = issue.message === 'Invalid input';
+          problems.push({ path, message: !generic ? lowerFirst(issue.message) : expected.length > 0 ? `expected ${expected.join(' or ')}` : 'does not match any allowed shape' });
+        }
+        break;
+      }
+      default:
+        problems.push({ path, message: lowerFirst(issue.message) });
+    }
+  }
+  return dedupe(problems);
+}
+
+function depth(issues: readonly z.core.$ZodIssue[]): number {
+  return Math.max(0, ...issues.map((i) => i.path.length));
+}
+
+function lowerFirst(s: string): string {
+  return s.length > 0 ? s[0]!.toLowerCase() + s.slice(1) : s;
+}
+
+function dedupe(problems: Problem[]): Problem[] {
+  const seen = new Set<string>();
+  return problems.filter((p) => {
+    const k = `${p.path}\0${p.message}`;
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+
+export type ParseResult<T> = { ok: true; value: T } | { ok: false; problems: Problem[] };
+
+function parseWith<S extends z.ZodType>(schema: S, input: unknown): ParseResult<z.output<S>> {
+  const r = schema.safeParse(input);
+  return r.success ? { ok: true, value: r.data } : { ok: false, problems: toProblems(r.error) };
+}
+
+export const parseNodeSpec = (input: unknown): ParseResult<NodeSpec> => parseWith(NodeSpec, input);
+export const parseAgentSettings = (input: unknown): ParseResult<AgentSettings> => parseWith(AgentSettings, input);
+
+/** Parse JSON text; a syntax error becomes a problem at the document root with line and column. */
+export function parseJsonText(text: string): ParseResult<unknown> {
+  try {
+    return { ok: true, value: JSON.parse(text) as unknown };
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    const pos = /position (\d+)/.exec(msg);
+    let where = '';
+    if (pos) {
+      const before = text.slice(0, Number(pos[1]));
+      const line = before.split('\n').length;
+      where = ` at line ${line}, column ${before.length - before.lastIndexOf('\n')}`;
+    }
+    return { ok: false, problems: [{ path: '(root)', message: `not valid JSON${where}` }] };
+  }
+}
+
+async function loadFile<T>(file: string, parse: (v: unknown) => ParseResult<T>, code: ErrorCode, what: string): Promise<T> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    const reason = (e as NodeJS.ErrnoException).code ?? 'unreadable';
+    throw new BosunError('E_READ', `cannot read ${what} ${file}: ${reason}`, { file });
+  }
+  const json = parseJsonText(text);
+  const r = json.ok ? parse(json.value) : json;
+  if (!r.ok) {
+    throw new BosunError(code, `${what} ${file} is invalid (${r.problems.length} problem${r.problems.length === 1 ? '' : 's'})`, { file, problems: r.problems });
+  }
+  return r.value;
+}
+
+export const loadNodeSpec = (file: string): Promise<NodeSpec> => loadFile(file, parseNodeSpec, 'E_INVALID_SPEC', 'spec');
+export const loadAgentSettings = (file: string): Promise<AgentSettings> => loadFile(file, parseAgentSettings, 'E_INVALID_SETTINGS', 'settings');
