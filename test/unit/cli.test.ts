@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { examplesDir, runCli, withTempDir } from '../helpers.js';
+
+describe('bosun CLI', () => {
+  it('validate: path-level problems and exit 3 for a broken spec, exit 0 for good ones', async () => {
+    await withTempDir(async (dir) => {
+      const s = JSON.parse(await readFile(join(examplesDir, 'node-a.json'), 'utf8')) as Record<string, any>;
+      s.disks.raid.level = 5;
+      s.network.ipsec.peers[0].psk = 'plaintext-psk-value';
+      await writeFile(join(dir, 'bad.json'), JSON.stringify(s));
+      const bad = await runCli(['validate', join(dir, 'bad.json')]);
+      assert.equal(bad.code, 3);
+      assert.match(bad.stdout, /invalid, 2 problems/);
+      assert.match(bad.stdout, /^ {2}disks\.raid\.level: expected one of 0,1,10$/m);
+      assert.match(bad.stdout, /^ {2}network\.ipsec\.peers\[0\]\.psk: expected a sealed secret/m);
+      assert.ok(!bad.stdout.includes('plaintext-psk-value') && !bad.stderr.includes('plaintext-psk-value'));
+      assert.ok(!/at .*\.js:\d+/.test(bad.stdout + bad.stderr), 'no stack trace');
+
+      const json = await runCli(['validate', join(dir, 'bad.json'), '--json']);
+      assert.equal(json.code, 3);
+      assert.equal((JSON.parse(json.stdout) as { files: { problems: unknown[] }[] }).files[0]!.problems.length, 2);
+
+      await writeFile(join(dir, 'syntax.json'), '{"node": ');
+      const syntax = await runCli(['validate', join(dir, 'syntax.json')]);
+      assert.equal(syntax.code, 3);
+      assert.match(syntax.stdout, /\(root\): not valid JSON/);
+
+      const good = await runCli(['validate', ...['node-a', 'node-b', 'node-c'].map((n) => join(examplesDir, `${n}.json`))]);
+      assert.equal(good.code, 0, good.stdout);
+      const settings = await runCli(['validate', '--kind', 'settings', join(examplesDir, 'agent.json')]);
+      assert.equal(settings.code, 0, settings.stdout);
+    });
+  });
+
+  it('plan refuses an invalid spec with the problems on stderr', async () => {
+    await withTempDir(async (dir) => {
+      await writeFile(join(dir, 's.json'), JSON.stringify({ apiVersion: 'bosun/v1', cluster: 'c', node: 'Bad_Node', version: 1 }));
+      const r = await runCli(['plan', join(dir, 's.json')]);
+      assert.equal(r.code, 3);
+      assert.match(r.stderr, /is invalid \(1 problem\)\n {2}node: expected lowercase letters/);
+    });
+  });
+
+  it('apply refuses a spec for another node, and one with unbuilt phases, changing nothing', async () => {
+    await withTempDir(async (dir) => {
+      const settings = JSON.parse(await readFile(join(examplesDir, 'agent.json'), 'utf8')) as Record<string, unknown>;
+      await writeFile(join(dir, 'agent.json'), JSON.stringify({ ...settings, stateDir: join(dir, 'state') }));
+      const wrong = await runCli(['apply', join(examplesDir, 'node-b.json'), '--settings', join(dir, 'agent.json')]);
+      assert.equal(wrong.code, 3);
+      assert.match(wrong.stderr, /spec is for node node-b but this host is node-a/);
+
+      const pending = await runCli(['apply', join(examplesDir, 'node-a.json'), '--settings', join(dir, 'agent.json'), '--json']);
+      assert.equal(pending.code, 4);
+      const err = (JSON.parse(pending.stdout) as { error: { code: string; details: { phases: string[] } } }).error;
+      assert.equal(err.code, 'E_NOT_IMPLEMENTED');
+      assert.deepEqual(err.details.phases, ['disks', 'network', 'container', 'restore']);
+
+      const status = await runCli(['status', '--settings', join(dir, 'agent.json'), '--json']);
+      const st = JSON.parse(status.stdout) as { applied: unknown; inProgress: unknown; node: string };
+      assert.deepEqual([st.node, st.applied, st.inProgress], ['node-a', null, null]);
+    });
+  });
+
+  it('help everywhere, usage errors exit 2', async () => {
+    const top = await runCli(['--help']);
+    assert.equal(top.code, 0);
+    for (const c of ['validate', 'plan', 'apply', 'run', 'status', 'identity', 'seal']) {
+      assert.match(top.stdout, new RegExp(`^ {2}${c} `, 'm'));
+      const h = await runCli([c, '--help']);
+      assert.equal(h.code, 0, `${c} --help`);
+      assert.match(h.stdout, new RegExp(`^usage: .*bosun ${c}`, 'm'));
+    }
+    assert.equal((await runCli([])).code, 2);
+    const unknown = await runCli(['frobnicate']);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /unknown command "frobnicate"/);
+    const badOpt = await runCli(['plan', '--frob']);
+    assert.equal(badOpt.code, 2);
+    assert.match(badOpt.stderr, /usage: bosun plan/);
+  });
+
+  it('run needs an agent.json and says so', async () => {
+    await withTempDir(async (dir) => {
+      const r = await runCli(['run', '--settings', join(dir, 'missing.json')]);
+      assert.equal(r.code, 3);
+      assert.match(r.stderr, /cannot read settings .*missing\.json: ENOENT/);
+    });
+  });
+});

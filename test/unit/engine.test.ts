@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { access, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { applySpec, type ApplyRequest } from '../../src/engine/apply.js';
+import { Journal } from '../../src/engine/journal.js';
+import { Redactor } from '../../src/engine/redact.js';
+import type { Step } from '../../src/engine/step.js';
+import { isBosunError } from '../../src/errors.js';
+import { BlankProbe, DISTROS, Host } from '../../src/host/index.js';
+import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
+import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
+import { createLogger } from '../../src/log.js';
+import { parseNodeSpec } from '../../src/spec/validate.js';
+import type { NodeSpec } from '../../src/spec/node-spec.js';
+import { repoRoot, runNode, waitFor, withTempDir } from '../helpers.js';
+
+const exists = (p: string) => access(p).then(() => true, () => false);
+const lines = async (p: string) => ((await readFile(p, 'utf8').catch(() => '')).match(/\n/g) ?? []).length;
+
+function spec(version = 1): NodeSpec {
+  const r = parseNodeSpec({ apiVersion: 'bosun/v1', cluster: 'test', node: 'node-a', version });
+  assert.ok(r.ok);
+  return r.value;
+}
+
+function request(stateDir: string, steps: Step[], extra: Partial<ApplyRequest> = {}): ApplyRequest & { logLines: string[] } {
+  const redactor = extra.host?.redactor ?? new Redactor();
+  const logLines: string[] = [];
+  const { logger } = createLogger({ redactor, target: 'journald', loadJournald: () => new Proxy({}, { get: () => (msg: string) => logLines.push(msg) }) as never });
+  return { spec: spec(), stateDir, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, planner: () => Promise.resolve(steps), logLines, ...extra };
+}
+
+const sh = (script: string, why = 'test'): Step => ({ kind: 'exec', phase: 'packages', argv: ['sh', '-c', script], why });
+
+describe('apply engine', () => {
+  it('runs steps in order, records the last good state and removes the journal', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const out = await applySpec(request(state, [sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }, sh(`echo 2 >> ${dir}/order`)]));
+      assert.equal(out.result, 'applied');
+      assert.equal(out.steps, 3);
+      assert.equal(await readFile(`${dir}/order`, 'utf8'), '1\n2\n');
+      assert.equal((await stat(`${dir}/f`)).mode & 0o777, 0o600);
+      const j = new Journal(state);
+      assert.equal(await j.read(), undefined);
+      assert.equal((await j.readApplied())?.specVersion, 1);
+      assert.equal((await stat(j.lastGoodSpecPath)).mode & 0o777, 0o600);
+    });
+  });
+
+  it('resumes after a SIGKILL mid-apply: done steps are not re-run, the interrupted one is', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore' });
+      const exited = new Promise((r) => child.on('exit', r));
+      await waitFor('step 2 to start', () => exists(`${dir}/step2.started`));
+      child.kill('SIGKILL');
+      await exited;
+
+      const journal = await new Journal(state).read();
+      assert.ok(journal, 'journal must survive the kill');
+      assert.equal(journal.next, 1, 'step 1 is recorded as done');
+      assert.equal(journal.inFlight, 1, 'step 2 is recorded as running');
+      assert.equal(await exists(`${dir}/out/result.conf`), false);
+
+      const status = await runNode([join(repoRoot, 'dist/src/cli.js'), 'status', '--state-dir', state, '--json']);
+      assert.equal(status.code, 0, status.stderr);
+      const inProgress = (JSON.parse(status.stdout) as { inProgress: { step: number; interrupted: boolean } }).inProgress;
+      assert.deepEqual({ step: inProgress.step, interrupted: inProgress.interrupted }, { step: 2, interrupted: true });
+
+      await writeFile(`${dir}/release`, '');
+      const again = await runNode([join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir]);
+      assert.equal(again.code, 0, again.stderr);
+      const outcome = JSON.parse(again.stdout) as { result: string; resumedAt: number };
+      assert.equal(outcome.result, 'applied');
+      assert.equal(outcome.resumedAt, 1);
+      assert.match(again.stderr, /resuming the unfinished apply of version 1 at step 2 of 4/);
+      assert.equal(await lines(`${dir}/step1.log`), 1, 'step 1 ran once');
+      assert.equal(await lines(`${dir}/step2.log`), 2, 'step 2 ran again after the kill');
+      assert.equal(await lines(`${dir}/step4.log`), 1);
+      assert.equal(await readFile(`${dir}/out/result.conf`, 'utf8'), 'done\n');
+      assert.equal(await new Journal(state).read(), undefined);
+    });
+  });
+
+  it('a failed step stops the apply, keeps the last good state, and the next run retries from that step', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const steps = [sh(`echo ran >> ${dir}/s1`), sh(`echo ran >> ${dir}/s2; [ -e ${dir}/fixed ] || { echo 'mirror timed out' >&2; exit 7; }`, 'flaky'), sh(`echo ran >> ${dir}/s3`)];
+      await assert.rejects(applySpec(request(state, steps)), (e) => {
+        assert.ok(isBosunError(e));
+        assert.equal(e.code, 'E_EXEC');
+        assert.match(e.message, /step 2\/3 \(packages: flaky\) failed: .*exited with 7: mirror timed out/);
+        return true;
+      });
+      const j = new Journal(state);
+      assert.equal(await j.readApplied(), undefined, 'nothing is recorded as applied');
+      assert.equal((await j.read())?.lastError?.step, 1);
+      assert.equal(await lines(`${dir}/s3`), 0, 'no step after the failure ran');
+      await writeFile(`${dir}/fixed`, '');
+      const out = await applySpec(request(state, steps));
+      assert.equal(out.resumedAt, 1);
+      assert.deepEqual([await lines(`${dir}/s1`), await lines(`${dir}/s2`), await lines(`${dir}/s3`)], [1, 2, 1]);
+    });
+  });
+
+  it('a new spec abandons an unfinished plan and plans afresh', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      await assert.rejects(applySpec(request(state, [sh('exit 1')])));
+      const r = request(state, [sh(`echo new >> ${dir}/new`)], { spec: spec(2) });
+      const out = await applySpec(r);
+      assert.equal(out.resumedAt, undefined);
+      assert.equal(await lines(`${dir}/new`), 1);
+      assert.ok(r.logLines.some((l) => /abandoning the unfinished apply of version 1/.test(l)));
+    });
+  });
+
+  it('refuses an older version, and a changed spec under an applied version; nothing runs', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      await applySpec(request(state, [], { spec: spec(5) }));
+      await assert.rejects(applySpec(request(state, [sh(`touch ${dir}/ran`)], { spec: spec(4) })), /version 4 is older than version 5/);
+      const changed = { ...spec(5), cluster: 'other' };
+      await assert.rejects(applySpec(request(state, [sh(`touch ${dir}/ran`)], { spec: changed })), /already applied with different content/);
+      assert.equal(await exists(`${dir}/ran`), false);
+      const same = await applySpec(request(state, [], { spec: spec(5) }));
+      assert.equal(same.result, 'unchanged');
+    });
+  });
+
+  it('refuses a plan with phases not implemented yet before changing anything', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const steps: Step[] = [sh(`touch ${dir}/ran`), { kind: 'pending', phase: 'disks', issue: 5, why: 'make RAID' }];
+      await assert.rejects(applySpec(request(state, steps)), (e) => isBosunError(e) && e.code === 'E_NOT_IMPLEMENTED' && /disks/.test(e.message));
+      assert.equal(await exists(`${dir}/ran`), false);
+      assert.equal(await new Journal(state).read(), undefined);
+    });
+  });
+
+  it('opens sealed secrets only at execution time and keeps them out of errors, logs and the journal', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const { identity } = await loadOrCreateIdentity(state);
+      const secretValue = 'psk-0123456789-abcdef';
+      const sealed = { sealed: seal(x25519PublicFromString(identity.sealingKey), Buffer.from(secretValue)) };
+      const steps: Step[] = [
+        { kind: 'write', phase: 'network', path: `${dir}/ipsec.secrets`, mode: 0o600, content: [': PSK "', { secret: sealed, label: 'network.ipsec.peers[0].psk' }, '"\n'], why: 'psk file' },
+        { kind: 'exec', phase: 'network', argv: ['sh', '-c', 'k=$(cat); echo "bad key $k" >&2; exit 3'], stdin: [{ secret: sealed, label: 'psk' }], why: 'a tool that echoes its input' },
+      ];
+      const req = request(state, steps, { identity });
+      let message = '';
+      await assert.rejects(applySpec(req), (e) => ((message = (e as Error).message), true));
+      assert.equal(await readFile(`${dir}/ipsec.secrets`, 'utf8'), `: PSK "${secretValue}"\n`);
+      assert.equal((await stat(`${dir}/ipsec.secrets`)).mode & 0o777, 0o600);
+      assert.match(message, /bad key <redacted>/);
+      const journalText = await readFile(join(state, 'journal.json'), 'utf8');
+      for (const text of [message, journalText, req.logLines.join('\n')]) assert.ok(!text.includes(secretValue), 'secret leaked');
+    });
+  });
+
+  it('lets one bosun at a time change the host', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const slow = applySpec(request(state, [sh(`touch ${dir}/started; sleep 1`)]));
+      await waitFor('first apply to start', () => exists(`${dir}/started`));
+      await assert.rejects(applySpec(request(state, [])), (e) => isBosunError(e) && e.code === 'E_LOCKED');
+      await slow;
+      await writeFile(join(state, 'lock'), 'old-boot 1 1\n'); // left by a process of an earlier boot
+      assert.equal((await applySpec(request(state, []))).result, 'unchanged');
+    });
+  });
+});

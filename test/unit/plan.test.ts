@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import type { Step } from '../../src/engine/step.js';
+import { DISTROS } from '../../src/host/distro.js';
+import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
+import { auxiliaryPhase } from '../../src/phases/auxiliary.js';
+import { planNode } from '../../src/phases/index.js';
+import { parseNodeSpec } from '../../src/spec/validate.js';
+import type { NodeSpec } from '../../src/spec/node-spec.js';
+import { examplesDir, repoRoot, runCli } from '../helpers.js';
+
+const goldenDir = join(repoRoot, 'test/unit/golden');
+
+async function loadExample(node: string): Promise<NodeSpec> {
+  const r = parseNodeSpec(JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8')));
+  assert.ok(r.ok);
+  return r.value;
+}
+
+/** Compare with a pinned file; UPDATE_GOLDEN=1 rewrites it (review the diff before committing). */
+async function matchGolden(name: string, actual: string): Promise<void> {
+  const file = join(goldenDir, name);
+  if (process.env.UPDATE_GOLDEN === '1') await writeFile(file, actual);
+  assert.equal(actual, await readFile(file, 'utf8'), `${name} differs from the pinned plan; if the change is intended run with UPDATE_GOLDEN=1`);
+}
+
+describe('plan of the example cluster', () => {
+  for (const node of ['node-a', 'node-b', 'node-c']) {
+    it(`pins the full ordered boot plan of ${node}`, async () => {
+      const r = await runCli(['plan', join(examplesDir, `${node}.json`), '--blank', '--distro', 'fedora']);
+      assert.equal(r.code, 0, r.stderr);
+      await matchGolden(`plan-${node}.txt`, r.stdout);
+    });
+  }
+
+  it('prints machine-readable steps with modes and argv, and no secret material', async () => {
+    const r = await runCli(['plan', join(examplesDir, 'node-a.json'), '--blank', '--distro', 'fedora', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const plan = JSON.parse(r.stdout) as { steps: { n: number; phase: string; kind: string; argv?: string[]; mode?: string }[] };
+    assert.deepEqual([...new Set(plan.steps.map((s) => s.phase))], ['packages', 'disks', 'network', 'container', 'restore', 'auxiliary']);
+    assert.deepEqual(plan.steps[0]!.argv, ['dnf', '-y', '--refresh', 'upgrade', 'postgresql-server', 'postgresql-contrib']);
+    assert.equal(plan.steps.find((s) => s.kind === 'write')!.mode, '0644');
+    assert.ok(!r.stdout.includes('bosun-sealed-v1.'), 'sealed values do not belong in a plan either');
+  });
+
+  it('uses the distro module for package commands', async () => {
+    const steps = await planNode(await loadExample('node-a'), new BlankProbe(), { distro: DISTROS.debian });
+    const exec = steps.filter((s): s is Extract<Step, { kind: 'exec' }> => s.kind === 'exec' && s.phase === 'packages');
+    assert.deepEqual(exec.map((s) => s.argv[0]), ['apt-get', 'apt-get']);
+  });
+});
+
+describe('auxiliary phase', () => {
+  const probe = (files: Record<string, string>, units: Record<string, { enabled: string; active: string }>): HostProbe => ({
+    readFile: (p) => Promise.resolve(files[p] === undefined ? undefined : Buffer.from(files[p])),
+    unitState: (u) => Promise.resolve(units[u] ?? { enabled: 'not-found', active: 'inactive' }),
+  });
+
+  async function planWith(p: HostProbe, mutate: (s: NodeSpec) => void = () => undefined): Promise<string[]> {
+    const spec = await loadExample('node-a');
+    mutate(spec);
+    const steps = auxiliaryPhase.plan(spec, await auxiliaryPhase.observe(spec, p), { distro: DISTROS.fedora });
+    return steps.map((s) => (s.kind === 'write' ? `write ${s.path}` : s.kind === 'unit' ? `${s.action} ${s.unit}` : s.kind === 'exec' ? s.argv.join(' ') : s.kind));
+  }
+
+  it('does nothing when config and unit already match', async () => {
+    const spec = await loadExample('node-a');
+    const cfg = spec.auxiliary[0]!.config!;
+    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content }, { 'telegraf.service': { enabled: 'enabled', active: 'active' } })), []);
+  });
+
+  it('rewrites a changed config and restarts the running agent', async () => {
+    const spec = await loadExample('node-a');
+    const cfg = spec.auxiliary[0]!.config!;
+    assert.deepEqual(await planWith(probe({ [cfg.path]: 'old' }, { 'telegraf.service': { enabled: 'enabled', active: 'active' } })), [`write ${cfg.path}`, 'restart telegraf.service']);
+  });
+
+  it('starts a stopped agent without a restart, and stops a disabled one', async () => {
+    const spec = await loadExample('node-a');
+    const cfg = spec.auxiliary[0]!.config!;
+    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), ['enable-now telegraf.service']);
+    assert.deepEqual(
+      await planWith(probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' } }), (s) => (s.auxiliary[0]!.enabled = false)),
+      ['systemctl disable --now telegraf.service'],
+    );
+  });
+});
