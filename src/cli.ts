@@ -136,7 +136,7 @@ const COMMANDS: Record<string, Command> = {
         logger,
       });
       if (io.json) io.data({ ok: true, ...outcome });
-      else io.out(`version ${outcome.specVersion}: ${outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at step ${outcome.resumedAt + 1})` : ''}`}`);
+      else io.out(`version ${outcome.specVersion}: ${outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at phase ${outcome.resumedAt})` : ''}`}`);
       return ExitCode.ok;
     },
   },
@@ -186,7 +186,17 @@ const COMMANDS: Record<string, Command> = {
         identity: identity ? { sealingKey: identity.sealingKey, signingKey: identity.signingKey } : null,
         applied: applied ?? null,
         inProgress: inProgress
-          ? { specVersion: inProgress.specVersion, step: inProgress.next + 1, steps: inProgress.steps.length, runs: inProgress.runs, interrupted: inProgress.inFlight !== undefined, lastError: inProgress.lastError ?? null, updatedAt: inProgress.updatedAt }
+          ? {
+              specVersion: inProgress.specVersion,
+              donePhases: inProgress.donePhases,
+              phase: inProgress.current?.phase ?? null,
+              step: inProgress.current ? inProgress.current.next + 1 : null,
+              steps: inProgress.current?.steps.length ?? null,
+              runs: inProgress.runs,
+              interrupted: inProgress.current?.inFlight !== undefined,
+              lastError: inProgress.lastError ?? null,
+              updatedAt: inProgress.updatedAt,
+            }
           : null,
       };
       if (io.json) io.data(status);
@@ -197,7 +207,7 @@ const COMMANDS: Record<string, Command> = {
         io.out(`applied:     ${applied ? `version ${applied.specVersion} at ${applied.appliedAt} (${applied.steps} steps)` : 'nothing yet'}`);
         if (status.inProgress) {
           const p = status.inProgress;
-          io.out(`in progress: version ${p.specVersion}, step ${p.step} of ${p.steps}${p.interrupted ? ' (interrupted)' : ''}${p.lastError ? `, failed: ${p.lastError.message}` : ''}`);
+          io.out(`in progress: version ${p.specVersion}${p.phase ? `, phase ${p.phase} step ${p.step} of ${p.steps}` : ''}${p.interrupted ? ' (interrupted)' : ''}${p.lastError ? `, failed: ${p.lastError.message}` : ''}`);
         }
       }
       return ExitCode.ok;

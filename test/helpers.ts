@@ -3,6 +3,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Planner } from '../src/engine/apply.js';
+import { PHASE_ORDER, type Step } from '../src/engine/step.js';
 
 /** The repository root, from the compiled location dist/test/helpers.js. */
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -53,4 +55,12 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
     await new Promise((r) => setTimeout(r, 25));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A planner that always plans the given steps, grouped by their phase (tests of the engine itself). */
+export function fixedPlanner(steps: Step[]): Planner {
+  return {
+    phases: () => PHASE_ORDER.filter((p) => steps.some((s) => s.phase === p)),
+    plan: (_spec, phase) => Promise.resolve(steps.filter((s) => s.phase === phase)),
+  };
 }

@@ -4,13 +4,13 @@ import type { Host } from '../host/index.js';
 import type { HostProbe } from '../host/probe.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
-import { planNode, type PlanContext } from '../phases/index.js';
+import { planPhase, phasesFor, type PlanContext } from '../phases/index.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import { Journal, type AppliedRecord, type JournalState } from './journal.js';
 import { acquireLock } from './lock.js';
 import { OpenedSecret } from './redact.js';
 import { describeStep } from './render.js';
-import { canonicalJson, isSecretRef, planDigest, type Content, type Step } from './step.js';
+import { canonicalJson, isSecretRef, planDigest, type Content, type PhaseName, type Step } from './step.js';
 
 export interface ApplyRequest {
   spec: NodeSpec;
@@ -21,16 +21,23 @@ export interface ApplyRequest {
   /** opens sealed secrets; needed only when a step holds one */
   identity?: HostIdentity;
   logger: Logger;
-  /** plan from a given list of steps instead of the phases (tests of the engine itself) */
-  planner?: (spec: NodeSpec) => Promise<Step[]>;
+  /** plan phases with this instead of the phase modules (tests of the engine itself) */
+  planner?: Planner;
+}
+
+/** Which phases a spec needs, in order, and the steps of one of them as the host is now. */
+export interface Planner {
+  phases(spec: NodeSpec): PhaseName[];
+  plan(spec: NodeSpec, phase: PhaseName): Promise<Step[]>;
 }
 
 export interface ApplyOutcome {
   result: 'applied' | 'unchanged';
   specVersion: number;
+  /** steps run by this apply, over all its runs */
   steps: number;
-  /** set when this run continued a plan an earlier run did not finish */
-  resumedAt?: number;
+  /** set when this run continued an apply an earlier run did not finish: the phase it continued at */
+  resumedAt?: PhaseName;
   record: AppliedRecord;
 }
 
@@ -38,10 +45,18 @@ export function specDigest(spec: NodeSpec): string {
   return createHash('sha256').update(canonicalJson(spec)).digest('hex').slice(0, 16);
 }
 
+function phasePlanner(req: ApplyRequest): Planner {
+  return {
+    phases: phasesFor,
+    plan: (spec, phase) => planPhase(spec, phase, req.probe, req.ctx),
+  };
+}
+
 /**
- * Apply a spec: plan (or resume the unfinished plan for this same spec), then
- * run the steps in order through the host layer, journalling after each. The
- * last good state is replaced only when every step succeeded.
+ * Apply a spec phase by phase. Each phase is observed and planned right before
+ * it runs (it sees what the phases before it made), its steps run in order
+ * through the host layer, and the journal is rewritten after each step. The
+ * last good state is replaced only when every phase succeeded.
  */
 export async function applySpec(req: ApplyRequest): Promise<ApplyOutcome> {
   const release = await acquireLock(req.stateDir);
@@ -54,6 +69,7 @@ export async function applySpec(req: ApplyRequest): Promise<ApplyOutcome> {
 
 async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
   const { spec, logger } = req;
+  const planner = req.planner ?? phasePlanner(req);
   const journal = new Journal(req.stateDir);
   const digest = specDigest(spec);
   const log = logger.child({ specVersion: spec.version });
@@ -67,60 +83,79 @@ async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
   }
 
   let state = await journal.read();
-  let resumedAt: number | undefined;
+  let resumedAt: PhaseName | undefined;
   if (state && state.specDigest === digest) {
     state.runs += 1;
-    resumedAt = state.next;
-    log.warn({ step: state.next + 1, steps: state.steps.length, interrupted: state.inFlight !== undefined }, `resuming the unfinished apply of version ${spec.version} at step ${state.next + 1} of ${state.steps.length}${state.inFlight !== undefined ? ' (it was interrupted while running; it runs again)' : ''}`);
+    resumedAt = state.current?.phase ?? planner.phases(spec).find((p) => !state!.donePhases.includes(p));
+    const cur = state.current;
+    log.warn(
+      { phase: resumedAt, donePhases: state.donePhases, interrupted: cur?.inFlight !== undefined },
+      `resuming the unfinished apply of version ${spec.version} at phase ${resumedAt ?? '(none left)'}${cur ? ` (stopped at its step ${cur.next + 1} of ${cur.steps.length}${cur.inFlight !== undefined ? ', while running' : ''}); finished phases are not run again, this one is observed afresh` : ''}`,
+    );
   } else {
     if (state) {
-      log.warn({ abandoned: state.specVersion, step: state.next + 1 }, `abandoning the unfinished apply of version ${state.specVersion} at step ${state.next + 1} of ${state.steps.length}; planning version ${spec.version} afresh from the host as it is now`);
+      log.warn({ abandoned: state.specVersion }, `abandoning the unfinished apply of version ${state.specVersion}${state.current ? ` at phase ${state.current.phase}` : ''}; planning version ${spec.version} afresh from the host as it is now`);
       await journal.discard();
     }
-    const steps = await (req.planner ?? ((s) => planNode(s, req.probe, req.ctx)))(spec);
-    const pending = steps.filter((s) => s.kind === 'pending');
-    if (pending.length > 0) {
-      const phases = [...new Set(pending.map((s) => s.phase))];
-      throw new BosunError('E_NOT_IMPLEMENTED', `the plan needs phases bosun cannot run yet: ${phases.join(', ')}; nothing was changed (see \`bosun plan\`)`, { phases });
-    }
     const now = new Date().toISOString();
-    state = { format: 1, specVersion: spec.version, specDigest: digest, planDigest: planDigest(steps), steps, next: 0, runs: 1, startedAt: now, updatedAt: now };
-    if (steps.length === 0) {
-      const record = await journal.complete(state, spec);
-      log.info({ steps: 0 }, `version ${spec.version}: the host already matches; nothing to do`);
-      return { result: 'unchanged', specVersion: spec.version, steps: 0, record };
-    }
-    await journal.write(state);
-    log.info({ steps: steps.length, plan: state.planDigest }, `applying version ${spec.version}: ${steps.length} steps`);
+    state = { format: 2, specVersion: spec.version, specDigest: digest, donePhases: [], stepsDone: 0, runs: 1, startedAt: now, updatedAt: now };
   }
 
-  await runSteps(req, journal, state, log);
+  const remaining = planner.phases(spec).filter((p) => !state.donePhases.includes(p));
+  // Refuse before changing anything if any phase still to run cannot be run yet.
+  const firstPlans = new Map<PhaseName, Step[]>();
+  for (const phase of remaining) firstPlans.set(phase, await planner.plan(spec, phase));
+  const pending = remaining.filter((p) => firstPlans.get(p)!.some((s) => s.kind === 'pending'));
+  if (pending.length > 0) {
+    throw new BosunError('E_NOT_IMPLEMENTED', `the plan needs phases bosun cannot run yet: ${pending.join(', ')}; nothing was changed (see \`bosun plan\`)`, { phases: pending });
+  }
+  const total = [...firstPlans.values()].reduce((n, s) => n + s.length, 0);
+  if (total === 0 && state.stepsDone === 0) {
+    const record = await journal.complete(state, spec);
+    log.info({ steps: 0 }, `version ${spec.version}: the host already matches; nothing to do`);
+    return { result: 'unchanged', specVersion: spec.version, steps: 0, record };
+  }
+  log.info({ steps: total, phases: remaining }, `applying version ${spec.version}: about ${total} steps in ${remaining.length} phases`);
+
+  for (const [i, phase] of remaining.entries()) {
+    // The first phase runs what was just planned; later ones look again, after the phases before them changed the host.
+    const steps = i === 0 ? firstPlans.get(phase)! : await planner.plan(spec, phase);
+    if (steps.some((s) => s.kind === 'pending')) throw new BosunError('E_NOT_IMPLEMENTED', `phase ${phase} is not implemented yet`);
+    state.current = { phase, steps, planDigest: planDigest(steps), next: 0 };
+    await journal.write(state);
+    await runPhase(req, journal, state, log);
+    state.donePhases.push(phase);
+    delete state.current;
+    await journal.write(state);
+  }
   const record = await journal.complete(state, spec);
-  log.info({ steps: state.steps.length }, `version ${spec.version} applied`);
-  return { result: 'applied', specVersion: spec.version, steps: state.steps.length, resumedAt, record };
+  log.info({ steps: state.stepsDone }, `version ${spec.version} applied`);
+  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record };
 }
 
-async function runSteps(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger): Promise<void> {
-  const total = state.steps.length;
-  for (let i = state.next; i < total; i++) {
-    const step = state.steps[i]!;
-    const slog = log.child({ phase: step.phase, step: i + 1 });
-    state.inFlight = i;
+async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger): Promise<void> {
+  const cur = state.current!;
+  const total = cur.steps.length;
+  for (let i = cur.next; i < total; i++) {
+    const step = cur.steps[i]!;
+    const slog = log.child({ phase: cur.phase, step: i + 1 });
+    cur.inFlight = i;
     await journal.write(state);
-    slog.info(`step ${i + 1}/${total}: ${describeStep(step)}`);
+    slog.info(`${cur.phase} ${i + 1}/${total}: ${describeStep(step)}`);
     try {
       await runStep(req, step);
     } catch (e) {
       const err = isBosunError(e) ? e : new BosunError('E_EXEC', describeError(e), {}, { cause: e });
       const message = req.host.redactor.redact(err.message);
-      state.lastError = { step: i, code: err.code, message, at: new Date().toISOString() };
+      state.lastError = { phase: cur.phase, step: i, code: err.code, message, at: new Date().toISOString() };
       await journal.write(state);
-      slog.error({ errorCode: err.code }, `step ${i + 1}/${total} failed: ${message}`);
-      throw new BosunError(err.code, `step ${i + 1}/${total} (${step.phase}: ${step.why}) failed: ${message}`, { ...err.details, step: i + 1, phase: step.phase });
+      slog.error({ errorCode: err.code }, `${cur.phase} step ${i + 1}/${total} failed: ${message}`);
+      throw new BosunError(err.code, `${cur.phase} step ${i + 1}/${total} (${step.why}) failed: ${message}`, { ...err.details, phase: cur.phase, step: i + 1 });
     }
-    state.next = i + 1;
-    delete state.inFlight;
+    cur.next = i + 1;
+    delete cur.inFlight;
     delete state.lastError;
+    state.stepsDone += 1;
     await journal.write(state);
   }
 }
@@ -155,7 +190,13 @@ function materialize(req: ApplyRequest, content: Content): Buffer {
     content.map((part) => {
       if (!isSecretRef(part)) return Buffer.from(part);
       if (!req.identity) throw new BosunError('E_SECRET', `${part.label} is sealed but this host has no identity to open it`);
-      const opened = new OpenedSecret(part.label, req.identity.open(part.secret.sealed));
+      let value: Buffer;
+      try {
+        value = req.identity.open(part.secret.sealed);
+      } catch (e) {
+        throw new BosunError('E_SECRET', `${part.label}: ${describeError(e)}`);
+      }
+      const opened = new OpenedSecret(part.label, value);
       req.host.redactor.add(opened.reveal());
       return opened.reveal();
     }),

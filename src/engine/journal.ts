@@ -1,31 +1,46 @@
 import { join } from 'node:path';
 import { BosunError } from '../errors.js';
 import { readFileIfExists, removeFile, writeFileAtomic } from '../host/files.js';
-import type { Step } from './step.js';
+import type { PhaseName, Step } from './step.js';
 
 /**
- * The apply journal: the plan being applied and how far it got, rewritten
- * atomically (and fsynced) after every step. A crash, a power cut or a kill
- * leaves a journal that says which steps are done and which one was running,
- * so the next start resumes there instead of re-planning half-changed disks.
+ * The apply journal: which phases of the spec being applied are done, the
+ * steps of the phase under way and how far they got. It is rewritten
+ * atomically (and fsynced) after every step, so a crash, a power cut or a kill
+ * leaves a journal that says exactly where the apply stopped.
+ *
+ * On resume, finished phases are not run again. The interrupted phase is
+ * observed and planned afresh rather than continued from its saved steps:
+ * after a power cut the host is not where those steps left it (arrays not
+ * assembled, LUKS volumes closed), and the phase's own observation is what
+ * tells a half-made volume from a finished one.
  * Secrets are in it only in sealed form; the file is 0600 all the same.
  */
-export interface JournalState {
-  format: 1;
-  specVersion: number;
-  /** canonical digest of the spec this plan was made for */
-  specDigest: string;
-  planDigest: string;
+export interface PhaseProgress {
+  phase: PhaseName;
   steps: Step[];
+  planDigest: string;
   /** index of the first step not known to be done */
   next: number;
   /** the step that had started when the journal was last written, if it had not finished */
   inFlight?: number;
-  /** how many times this plan has been started (1 = first run) */
+}
+
+export interface JournalState {
+  format: 2;
+  specVersion: number;
+  /** canonical digest of the spec being applied */
+  specDigest: string;
+  /** phases finished, in order */
+  donePhases: PhaseName[];
+  current?: PhaseProgress;
+  /** steps run to completion so far, all phases */
+  stepsDone: number;
+  /** how many times this apply has been started (1 = first run) */
   runs: number;
   startedAt: string;
   updatedAt: string;
-  lastError?: { step: number; code: string; message: string; at: string };
+  lastError?: { phase: PhaseName; step: number; code: string; message: string; at: string };
 }
 
 /** The record of the last spec applied in full: the last good state. */
@@ -33,7 +48,7 @@ export interface AppliedRecord {
   format: 1;
   specVersion: number;
   specDigest: string;
-  planDigest: string;
+  /** steps this apply ran (0 when the host already matched) */
   steps: number;
   appliedAt: string;
 }
@@ -50,7 +65,9 @@ export class Journal {
   }
 
   async read(): Promise<JournalState | undefined> {
-    return this.readJson<JournalState>(this.path);
+    const state = await this.readJson<JournalState>(this.path);
+    // A journal from an older format describes a plan this agent cannot continue: start over.
+    return state?.format === 2 ? state : undefined;
   }
 
   async readApplied(): Promise<AppliedRecord | undefined> {
@@ -68,8 +85,7 @@ export class Journal {
       format: 1,
       specVersion: state.specVersion,
       specDigest: state.specDigest,
-      planDigest: state.planDigest,
-      steps: state.steps.length,
+      steps: state.stepsDone,
       appliedAt: new Date().toISOString(),
     };
     await writeFileAtomic(this.lastGoodSpecPath, JSON.stringify(spec, null, 2) + '\n', { mode: 0o600 });

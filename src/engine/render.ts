@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { systemctlArgv } from '../host/systemd.js';
-import { isSecretRef, PHASE_ORDER, type Content, type PhaseName, type Step } from './step.js';
+import { isSecretRef, PHASE_ORDER, type Content, type Step } from './step.js';
 
 /** Content as it may be shown: every secret replaced by a marker naming it. */
 export function showContent(content: Content): string {

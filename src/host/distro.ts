@@ -42,7 +42,7 @@ export function isDistroId(s: string): s is DistroId {
 
 /** The distro of the running host, from /etc/os-release; Fedora when it is neither. */
 export async function detectDistro(osRelease = '/etc/os-release'): Promise<Distro> {
-  let text = '';
+  let text: string;
   try {
     text = await readFile(osRelease, 'utf8');
   } catch {

@@ -1,22 +1,30 @@
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { HostProbe } from '../host/probe.js';
-import type { Step } from '../engine/step.js';
+import type { PhaseName, Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
 import { containerPhase, disksPhase, networkPhase, restorePhase } from './pending.js';
 import type { Phase, PlanContext } from './types.js';
 
 /** Boot order: each phase may rely on every phase before it. */
-export const PHASES: readonly Phase<never>[] = [packagesPhase, disksPhase, networkPhase, containerPhase, restorePhase, auxiliaryPhase] as Phase<never>[];
+export const PHASES: readonly Phase<unknown>[] = [packagesPhase, disksPhase, networkPhase, containerPhase, restorePhase, auxiliaryPhase] as Phase<unknown>[];
 
-/** Observe and plan every phase, in order. */
+/** The phases a spec asks for, in boot order. */
+export function phasesFor(spec: NodeSpec): PhaseName[] {
+  return PHASES.filter((p) => p.section(spec) !== undefined).map((p) => p.name);
+}
+
+/** Observe the host for one phase and plan it. */
+export async function planPhase(spec: NodeSpec, name: PhaseName, probe: HostProbe, ctx: PlanContext): Promise<Step[]> {
+  const phase = PHASES.find((p) => p.name === name);
+  if (!phase || phase.section(spec) === undefined) return [];
+  return phase.plan(spec, await phase.observe(spec, probe), ctx);
+}
+
+/** Observe and plan every phase, in order, as `bosun plan` shows it. */
 export async function planNode(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Step[]> {
   const steps: Step[] = [];
-  for (const phase of PHASES as readonly Phase<unknown>[]) {
-    if (phase.section(spec) === undefined) continue;
-    const observed = await phase.observe(spec, probe);
-    steps.push(...phase.plan(spec, observed, ctx));
-  }
+  for (const name of phasesFor(spec)) steps.push(...(await planPhase(spec, name, probe, ctx)));
   return steps;
 }
 

@@ -68,7 +68,8 @@ function depth(issues: readonly z.core.$ZodIssue[]): number {
 }
 
 function lowerFirst(s: string): string {
-  return s.length > 0 ? s[0]!.toLowerCase() + s.slice(1) : s;
+  // "Too small" -> "too small", but an acronym such as "RAID" stays as written.
+  return /^[A-Z][a-z]/.test(s) ? s[0]!.toLowerCase() + s.slice(1) : s;
 }
 
 function dedupe(problems: Problem[]): Problem[] {

@@ -14,7 +14,7 @@ import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { createLogger } from '../../src/log.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
-import { repoRoot, runNode, waitFor, withTempDir } from '../helpers.js';
+import { fixedPlanner, repoRoot, runNode, waitFor, withTempDir } from '../helpers.js';
 
 const exists = (p: string) => access(p).then(() => true, () => false);
 const lines = async (p: string) => ((await readFile(p, 'utf8').catch(() => '')).match(/\n/g) ?? []).length;
@@ -29,7 +29,7 @@ function request(stateDir: string, steps: Step[], extra: Partial<ApplyRequest> =
   const redactor = extra.host?.redactor ?? new Redactor();
   const logLines: string[] = [];
   const { logger } = createLogger({ redactor, target: 'journald', loadJournald: () => new Proxy({}, { get: () => (msg: string) => logLines.push(msg) }) as never });
-  return { spec: spec(), stateDir, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, planner: () => Promise.resolve(steps), logLines, ...extra };
+  return { spec: spec(), stateDir, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, planner: fixedPlanner(steps), logLines, ...extra };
 }
 
 const sh = (script: string, why = 'test'): Step => ({ kind: 'exec', phase: 'packages', argv: ['sh', '-c', script], why });
@@ -50,58 +50,62 @@ describe('apply engine', () => {
     });
   });
 
-  it('resumes after a SIGKILL mid-apply: done steps are not re-run, the interrupted one is', async () => {
+  it('resumes after a SIGKILL mid-apply: finished phases are not run again, the interrupted one is planned afresh', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
       const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore' });
       const exited = new Promise((r) => child.on('exit', r));
-      await waitFor('step 2 to start', () => exists(`${dir}/step2.started`));
+      await waitFor('the blocking step to start', () => exists(`${dir}/step3.started`));
       child.kill('SIGKILL');
       await exited;
 
       const journal = await new Journal(state).read();
       assert.ok(journal, 'journal must survive the kill');
-      assert.equal(journal.next, 1, 'step 1 is recorded as done');
-      assert.equal(journal.inFlight, 1, 'step 2 is recorded as running');
+      assert.deepEqual(journal.donePhases, ['packages']);
+      assert.equal(journal.current?.phase, 'disks');
+      assert.equal(journal.current?.next, 1, 'the first disks step is recorded as done');
+      assert.equal(journal.current?.inFlight, 1, 'the second disks step is recorded as running');
       assert.equal(await exists(`${dir}/out/result.conf`), false);
 
       const status = await runNode([join(repoRoot, 'dist/src/cli.js'), 'status', '--state-dir', state, '--json']);
       assert.equal(status.code, 0, status.stderr);
-      const inProgress = (JSON.parse(status.stdout) as { inProgress: { step: number; interrupted: boolean } }).inProgress;
-      assert.deepEqual({ step: inProgress.step, interrupted: inProgress.interrupted }, { step: 2, interrupted: true });
+      const p = (JSON.parse(status.stdout) as { inProgress: { phase: string; step: number; interrupted: boolean } }).inProgress;
+      assert.deepEqual([p.phase, p.step, p.interrupted], ['disks', 2, true]);
 
       await writeFile(`${dir}/release`, '');
       const again = await runNode([join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir]);
       assert.equal(again.code, 0, again.stderr);
-      const outcome = JSON.parse(again.stdout) as { result: string; resumedAt: number };
+      const outcome = JSON.parse(again.stdout) as { result: string; resumedAt: string; steps: number };
       assert.equal(outcome.result, 'applied');
-      assert.equal(outcome.resumedAt, 1);
-      assert.match(again.stderr, /resuming the unfinished apply of version 1 at step 2 of 4/);
-      assert.equal(await lines(`${dir}/step1.log`), 1, 'step 1 ran once');
-      assert.equal(await lines(`${dir}/step2.log`), 2, 'step 2 ran again after the kill');
-      assert.equal(await lines(`${dir}/step4.log`), 1);
+      assert.equal(outcome.resumedAt, 'disks');
+      assert.equal(outcome.steps, 6, '2 steps before the kill, 4 after');
+      assert.match(again.stderr, /resuming the unfinished apply of version 1 at phase disks \(stopped at its step 2 of 2, while running\)/);
+      assert.equal(await lines(`${dir}/step1.log`), 1, 'the finished phase did not run again');
+      assert.equal(await lines(`${dir}/step2.log`), 2, 'the interrupted phase was planned and run again');
+      assert.equal(await lines(`${dir}/step3.log`), 2);
+      assert.equal(await lines(`${dir}/step5.log`), 1);
       assert.equal(await readFile(`${dir}/out/result.conf`, 'utf8'), 'done\n');
       assert.equal(await new Journal(state).read(), undefined);
     });
   });
 
-  it('a failed step stops the apply, keeps the last good state, and the next run retries from that step', async () => {
+  it('a failed step stops the apply, keeps the last good state, and the next run retries from that phase', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const steps = [sh(`echo ran >> ${dir}/s1`), sh(`echo ran >> ${dir}/s2; [ -e ${dir}/fixed ] || { echo 'mirror timed out' >&2; exit 7; }`, 'flaky'), sh(`echo ran >> ${dir}/s3`)];
+      const steps: Step[] = [sh(`echo ran >> ${dir}/s1`), { ...sh(`echo ran >> ${dir}/s2; [ -e ${dir}/fixed ] || { echo 'mirror timed out' >&2; exit 7; }`, 'flaky'), phase: 'disks' }, { ...sh(`echo ran >> ${dir}/s3`), phase: 'auxiliary' }];
       await assert.rejects(applySpec(request(state, steps)), (e) => {
         assert.ok(isBosunError(e));
         assert.equal(e.code, 'E_EXEC');
-        assert.match(e.message, /step 2\/3 \(packages: flaky\) failed: .*exited with 7: mirror timed out/);
+        assert.match(e.message, /disks step 1\/1 \(flaky\) failed: .*exited with 7: mirror timed out/);
         return true;
       });
       const j = new Journal(state);
       assert.equal(await j.readApplied(), undefined, 'nothing is recorded as applied');
-      assert.equal((await j.read())?.lastError?.step, 1);
+      assert.deepEqual([(await j.read())?.lastError?.phase, (await j.read())?.donePhases], ['disks', ['packages']]);
       assert.equal(await lines(`${dir}/s3`), 0, 'no step after the failure ran');
       await writeFile(`${dir}/fixed`, '');
       const out = await applySpec(request(state, steps));
-      assert.equal(out.resumedAt, 1);
+      assert.equal(out.resumedAt, 'disks');
       assert.deepEqual([await lines(`${dir}/s1`), await lines(`${dir}/s2`), await lines(`${dir}/s3`)], [1, 2, 1]);
     });
   });
