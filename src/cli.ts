@@ -293,7 +293,7 @@ function topHelp(): string {
     '',
     ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
     '',
-    'exit codes: 0 ok, 1 failed, 2 usage, 3 invalid input, 4 not implemented yet, 5 locked by another bosun',
+    'exit codes: 0 ok, 1 failed, 2 usage, 3 invalid input, 4 not implemented yet, 5 locked by another bosun, 6 refused: the host is not what the spec expects',
   ].join('\n');
 }
 

@@ -16,6 +16,8 @@ export const ExitCode = {
   notImplemented: 4,
   /** another bosun process holds the state lock */
   locked: 5,
+  /** the host is not what the spec expects (a disk with foreign data, a missing device); nothing was changed */
+  refused: 6,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -32,7 +34,9 @@ export type ErrorCode =
   | 'E_LOCKED'
   | 'E_JOURNAL'
   | 'E_STALE_VERSION'
-  | 'E_WRONG_NODE';
+  | 'E_WRONG_NODE'
+  | 'E_TIMEOUT'
+  | 'E_REFUSED';
 
 const exitFor: Record<ErrorCode, ExitCode> = {
   E_USAGE: ExitCode.usage,
@@ -48,6 +52,8 @@ const exitFor: Record<ErrorCode, ExitCode> = {
   E_JOURNAL: ExitCode.failed,
   E_STALE_VERSION: ExitCode.invalid,
   E_WRONG_NODE: ExitCode.invalid,
+  E_TIMEOUT: ExitCode.failed,
+  E_REFUSED: ExitCode.refused,
 };
 
 export class BosunError extends Error {

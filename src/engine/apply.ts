@@ -10,7 +10,7 @@ import { Journal, type AppliedRecord, type JournalState } from './journal.js';
 import { acquireLock } from './lock.js';
 import { OpenedSecret } from './redact.js';
 import { describeStep } from './render.js';
-import { canonicalJson, isSecretRef, planDigest, type Content, type PhaseName, type Step } from './step.js';
+import { canonicalJson, isSecretRef, planDigest, type Content, type StageId, type Step } from './step.js';
 
 export interface ApplyRequest {
   spec: NodeSpec;
@@ -27,8 +27,8 @@ export interface ApplyRequest {
 
 /** Which phases a spec needs, in order, and the steps of one of them as the host is now. */
 export interface Planner {
-  phases(spec: NodeSpec): PhaseName[];
-  plan(spec: NodeSpec, phase: PhaseName): Promise<Step[]>;
+  phases(spec: NodeSpec): StageId[];
+  plan(spec: NodeSpec, phase: StageId): Promise<Step[]>;
 }
 
 export interface ApplyOutcome {
@@ -37,7 +37,7 @@ export interface ApplyOutcome {
   /** steps run by this apply, over all its runs */
   steps: number;
   /** set when this run continued an apply an earlier run did not finish: the phase it continued at */
-  resumedAt?: PhaseName;
+  resumedAt?: StageId;
   record: AppliedRecord;
 }
 
@@ -83,7 +83,7 @@ async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
   }
 
   let state = await journal.read();
-  let resumedAt: PhaseName | undefined;
+  let resumedAt: StageId | undefined;
   if (state && state.specDigest === digest) {
     state.runs += 1;
     resumedAt = state.current?.phase ?? planner.phases(spec).find((p) => !state!.donePhases.includes(p));
@@ -103,7 +103,7 @@ async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
 
   const remaining = planner.phases(spec).filter((p) => !state.donePhases.includes(p));
   // Refuse before changing anything if any phase still to run cannot be run yet.
-  const firstPlans = new Map<PhaseName, Step[]>();
+  const firstPlans = new Map<StageId, Step[]>();
   for (const phase of remaining) firstPlans.set(phase, await planner.plan(spec, phase));
   const pending = remaining.filter((p) => firstPlans.get(p)!.some((s) => s.kind === 'pending'));
   if (pending.length > 0) {
@@ -177,6 +177,9 @@ async function runStep(req: ApplyRequest, step: Step): Promise<void> {
       return;
     case 'unit':
       await host.systemctl(step.action, step.unit);
+      return;
+    case 'wait':
+      await host.waitForPath(step.path, step.timeoutSeconds);
       return;
     case 'pending':
       throw new BosunError('E_NOT_IMPLEMENTED', `phase ${step.phase} is not implemented yet (issue #${step.issue})`);

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { BosunError } from '../errors.js';
 import { readFileIfExists, removeFile, writeFileAtomic } from '../host/files.js';
-import type { PhaseName, Step } from './step.js';
+import type { StageId, Step } from './step.js';
 
 /**
  * The apply journal: which phases of the spec being applied are done, the
@@ -17,7 +17,7 @@ import type { PhaseName, Step } from './step.js';
  * Secrets are in it only in sealed form; the file is 0600 all the same.
  */
 export interface PhaseProgress {
-  phase: PhaseName;
+  phase: StageId;
   steps: Step[];
   planDigest: string;
   /** index of the first step not known to be done */
@@ -32,7 +32,7 @@ export interface JournalState {
   /** canonical digest of the spec being applied */
   specDigest: string;
   /** phases finished, in order */
-  donePhases: PhaseName[];
+  donePhases: StageId[];
   current?: PhaseProgress;
   /** steps run to completion so far, all phases */
   stepsDone: number;
@@ -40,7 +40,7 @@ export interface JournalState {
   runs: number;
   startedAt: string;
   updatedAt: string;
-  lastError?: { phase: PhaseName; step: number; code: string; message: string; at: string };
+  lastError?: { phase: StageId; step: number; code: string; message: string; at: string };
 }
 
 /** The record of the last spec applied in full: the last good state. */

@@ -28,7 +28,7 @@ export function describeStep(step: Step): string {
   switch (step.kind) {
     case 'exec':
     case 'unit':
-      return `run    ${showArgv(stepArgv(step)!)}${step.kind === 'exec' && step.stdin !== undefined ? `  < ${stdinNote(step.stdin)}` : ''}`;
+      return `run    ${showArgv(stepArgv(step)!)}${step.kind === 'exec' && step.stdin !== undefined ? `  < ${stdinNote(step.stdin)}` : ''}${step.kind === 'exec' && step.destructive ? '  [DESTRUCTIVE: erases what is on the device]' : ''}`;
     case 'write': {
       const shown = showContent(step.content);
       const lines = shown === '' ? 0 : shown.split('\n').length - (shown.endsWith('\n') ? 1 : 0);
@@ -38,6 +38,8 @@ export function describeStep(step: Step): string {
       return `mkdir  ${step.path}  mode ${showMode(step.mode)}${owner(step)}`;
     case 'remove':
       return `remove ${step.path}`;
+    case 'wait':
+      return `wait   for ${step.path} (up to ${step.timeoutSeconds}s)`;
     case 'pending':
       return `todo   ${step.why}`;
   }
@@ -99,7 +101,7 @@ export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
       const base = { n: i + 1, phase: s.phase, kind: s.kind, why: s.why };
       switch (s.kind) {
         case 'exec':
-          return { ...base, argv: s.argv, ...(s.stdin !== undefined ? { stdin: showContent(s.stdin) } : {}), ...(s.timeoutSeconds ? { timeoutSeconds: s.timeoutSeconds } : {}) };
+          return { ...base, argv: s.argv, ...(s.stdin !== undefined ? { stdin: showContent(s.stdin) } : {}), ...(s.timeoutSeconds ? { timeoutSeconds: s.timeoutSeconds } : {}), ...(s.destructive ? { destructive: true } : {}) };
         case 'unit':
           return { ...base, argv: stepArgv(s) };
         case 'write':
@@ -108,6 +110,8 @@ export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
           return { ...base, path: s.path, mode: showMode(s.mode), owner: s.owner, group: s.group };
         case 'remove':
           return { ...base, path: s.path };
+        case 'wait':
+          return { ...base, path: s.path, timeoutSeconds: s.timeoutSeconds };
         case 'pending':
           return { ...base, issue: s.issue };
       }

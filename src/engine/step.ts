@@ -15,6 +15,14 @@ import type { SealedSecret } from '../spec/common.js';
 export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary';
 export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'container', 'restore', 'auxiliary'];
 
+/**
+ * What the engine plans, runs and journals as one unit: a phase, or one stage
+ * of a phase ("disks/raid", "disks/luks", ...). A phase whose layers sit on
+ * each other is split into stages so each layer is observed after the one
+ * below it exists.
+ */
+export type StageId = string;
+
 export interface SecretRef {
   secret: SealedSecret;
   /** what the secret is, for plans and errors: "disks.luks.key" */
@@ -37,6 +45,8 @@ export interface ExecStep extends StepBase {
   /** exit codes that count as success besides 0 */
   okExitCodes?: readonly number[];
   timeoutSeconds?: number;
+  /** erases what is on a device (format, wipe): `bosun plan` marks it */
+  destructive?: boolean;
 }
 
 export interface WriteStep extends StepBase {
@@ -70,13 +80,24 @@ export interface UnitStep extends StepBase {
   unit?: string;
 }
 
+/**
+ * Wait until a device node or udev link exists. udev creates links after the
+ * event that announces a device; `udevadm settle` alone can return before the
+ * link a later step names, so the step that needs it waits for that link.
+ */
+export interface WaitStep extends StepBase {
+  kind: 'wait';
+  path: string;
+  timeoutSeconds: number;
+}
+
 /** Work a phase will do once it is built; shown by `plan`, refused by `apply`. */
 export interface PendingStep extends StepBase {
   kind: 'pending';
   issue: number;
 }
 
-export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | PendingStep;
+export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | PendingStep;
 
 export function isSecretRef(v: unknown): v is SecretRef {
   return typeof v === 'object' && v !== null && 'secret' in v && 'label' in v;

@@ -1,3 +1,5 @@
+import { access } from 'node:fs/promises';
+import { BosunError } from '../errors.js';
 import type { Redactor } from '../engine/redact.js';
 import type { UnitAction } from '../engine/step.js';
 import { runCommand, type ExecOptions, type ExecResult } from './exec.js';
@@ -32,6 +34,16 @@ export class Host {
 
   remove(path: string): Promise<void> {
     return removeFile(this.root + path);
+  }
+
+  /** Poll until a path exists (a device node or udev link); fail with E_TIMEOUT after the deadline. */
+  async waitForPath(path: string, timeoutSeconds: number): Promise<void> {
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    for (;;) {
+      if (await access(this.root + path).then(() => true, () => false)) return;
+      if (Date.now() > deadline) throw new BosunError('E_TIMEOUT', `${path} did not appear within ${timeoutSeconds}s`, { path });
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   systemctl(action: UnitAction, unit?: string): Promise<ExecResult> {

@@ -1,19 +1,32 @@
+import { readdir, realpath, stat as fsStat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { readFileIfExists } from './files.js';
-import { runCommand } from './exec.js';
+import { runCommand, type ExecResult } from './exec.js';
 import type { Redactor } from '../engine/redact.js';
 
 /**
  * Read-only questions phases ask about the host while observing. Observing
- * never changes anything, so `bosun plan` may run it on a live host.
+ * never changes anything, so `bosun plan` may run it on a live host. Probe
+ * commands are inspection tools only (lsblk, blkid, mdadm --examine, ...).
  */
 export interface HostProbe {
+  /** true for the imagined blank host of `bosun plan --blank`: phases plan from nothing */
+  readonly blank: boolean;
   /** a file's content, or undefined if it does not exist */
   readFile(path: string): Promise<Buffer | undefined>;
   /** systemctl is-enabled / is-active, as words ("enabled", "active", "not-found", ...) */
   unitState(unit: string): Promise<{ enabled: string; active: string }>;
+  /** run an inspection command; never throws for a non-zero exit */
+  run(argv: readonly string[]): Promise<ExecResult>;
+  /** the symlinks in a directory (such as /dev/disk/by-id) and what they resolve to */
+  links(dir: string): Promise<{ name: string; target: string }[]>;
+  /** owner and permission bits of a path, or undefined if it does not exist */
+  stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined>;
 }
 
 export class LiveProbe implements HostProbe {
+  readonly blank = false;
+
   constructor(
     private readonly redactor: Redactor,
     private readonly root = '',
@@ -25,24 +38,62 @@ export class LiveProbe implements HostProbe {
 
   async unitState(unit: string): Promise<{ enabled: string; active: string }> {
     const word = async (verb: string): Promise<string> => {
-      try {
-        const r = await runCommand(['systemctl', verb, unit], this.redactor, { check: false, timeoutSeconds: 30 });
-        return r.stdout.trim().split('\n')[0] || 'unknown';
-      } catch {
-        return 'unknown';
-      }
+      const r = await this.run(['systemctl', verb, unit]);
+      return r.stdout.trim().split('\n')[0] || 'unknown';
     };
     return { enabled: await word('is-enabled'), active: await word('is-active') };
+  }
+
+  async run(argv: readonly string[]): Promise<ExecResult> {
+    try {
+      return await runCommand(argv, this.redactor, { check: false, timeoutSeconds: 60 });
+    } catch (e) {
+      return { exitCode: -1, stdout: '', stderr: e instanceof Error ? e.message : String(e) };
+    }
+  }
+
+  async links(dir: string): Promise<{ name: string; target: string }[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.root + dir);
+    } catch {
+      return [];
+    }
+    const out: { name: string; target: string }[] = [];
+    for (const name of names.sort()) {
+      const target = await realpath(join(this.root + dir, name)).catch(() => undefined);
+      if (target) out.push({ name: join(dir, name), target: this.root ? target.slice(this.root.length) : target });
+    }
+    return out;
+  }
+
+  async stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined> {
+    const st = await fsStat(this.root + path).catch(() => undefined);
+    return st && { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
   }
 }
 
 /** The host as it is before bosun's first boot: nothing there. Used by `bosun plan --blank` and tests. */
 export class BlankProbe implements HostProbe {
+  readonly blank = true;
+
   readFile(): Promise<Buffer | undefined> {
     return Promise.resolve(undefined);
   }
 
   unitState(): Promise<{ enabled: string; active: string }> {
     return Promise.resolve({ enabled: 'disabled', active: 'inactive' });
+  }
+
+  run(): Promise<ExecResult> {
+    return Promise.resolve({ exitCode: 1, stdout: '', stderr: 'blank host' });
+  }
+
+  links(): Promise<{ name: string; target: string }[]> {
+    return Promise.resolve([]);
+  }
+
+  stat(): Promise<undefined> {
+    return Promise.resolve(undefined);
   }
 }

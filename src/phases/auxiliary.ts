@@ -15,6 +15,7 @@ interface ObservedAgent {
  */
 export const auxiliaryPhase: Phase<Map<string, ObservedAgent>> = {
   name: 'auxiliary',
+  stage: 'auxiliary',
   section: (spec) => (spec.auxiliary.length > 0 ? spec.auxiliary : undefined),
 
   async observe(spec, probe) {

@@ -1,6 +1,6 @@
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { HostProbe } from '../host/probe.js';
-import type { PhaseName, Step } from '../engine/step.js';
+import type { StageId, Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
 import { containerPhase, disksPhase, networkPhase, restorePhase } from './pending.js';
@@ -9,16 +9,16 @@ import type { Phase, PlanContext } from './types.js';
 /** Boot order: each phase may rely on every phase before it. */
 export const PHASES: readonly Phase<unknown>[] = [packagesPhase, disksPhase, networkPhase, containerPhase, restorePhase, auxiliaryPhase] as Phase<unknown>[];
 
-/** The phases a spec asks for, in boot order. */
-export function phasesFor(spec: NodeSpec): PhaseName[] {
-  return PHASES.filter((p) => p.section(spec) !== undefined).map((p) => p.name);
+/** The stages a spec asks for, in boot order. */
+export function phasesFor(spec: NodeSpec): StageId[] {
+  return PHASES.filter((p) => p.section(spec) !== undefined).map((p) => p.stage);
 }
 
-/** Observe the host for one phase and plan it. */
-export async function planPhase(spec: NodeSpec, name: PhaseName, probe: HostProbe, ctx: PlanContext): Promise<Step[]> {
-  const phase = PHASES.find((p) => p.name === name);
+/** Observe the host for one stage and plan it. */
+export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe, ctx: PlanContext): Promise<Step[]> {
+  const phase = PHASES.find((p) => p.stage === stage);
   if (!phase || phase.section(spec) === undefined) return [];
-  return phase.plan(spec, await phase.observe(spec, probe), ctx);
+  return phase.plan(spec, await phase.observe(spec, probe, ctx), ctx);
 }
 
 /** Observe and plan every phase, in order, as `bosun plan` shows it. */

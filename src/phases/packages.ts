@@ -8,6 +8,7 @@ import type { Phase } from './types.js';
  */
 export const packagesPhase: Phase<undefined> = {
   name: 'packages',
+  stage: 'packages',
   section: (spec) => spec.packages,
   observe: () => Promise.resolve(undefined),
   plan(spec, _observed, ctx): Step[] {

@@ -1,7 +1,7 @@
 import type { Distro } from '../host/distro.js';
 import type { HostProbe } from '../host/probe.js';
 import type { NodeSpec } from '../spec/node-spec.js';
-import type { PhaseName, Step } from '../engine/step.js';
+import type { PhaseName, StageId, Step } from '../engine/step.js';
 
 export interface PlanContext {
   distro: Distro;
@@ -14,9 +14,11 @@ export interface PlanContext {
  */
 export interface Phase<Observed = unknown> {
   readonly name: PhaseName;
+  /** the engine's unit of planning and journalling; the phase name unless the phase has stages */
+  readonly stage: StageId;
   /** the part of the spec this phase owns; a spec change outside it never re-runs the phase */
   section(spec: NodeSpec): unknown;
-  observe(spec: NodeSpec, probe: HostProbe): Promise<Observed>;
+  observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Observed>;
   plan(spec: NodeSpec, observed: Observed, ctx: PlanContext): Step[];
 }
 
@@ -24,6 +26,7 @@ export interface Phase<Observed = unknown> {
 export function pendingPhase(name: PhaseName, issue: number, section: (spec: NodeSpec) => unknown, describe: (spec: NodeSpec, ctx: PlanContext) => string[]): Phase<undefined> {
   return {
     name,
+    stage: name,
     section,
     observe: () => Promise.resolve(undefined),
     plan: (spec, _observed, ctx) => (section(spec) === undefined ? [] : describe(spec, ctx).map((why) => ({ kind: 'pending', phase: name, issue, why }))),

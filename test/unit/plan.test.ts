@@ -54,6 +54,10 @@ describe('plan of the example cluster', () => {
 
 describe('auxiliary phase', () => {
   const probe = (files: Record<string, string>, units: Record<string, { enabled: string; active: string }>): HostProbe => ({
+    blank: false,
+    run: () => Promise.reject(new Error('the auxiliary phase runs no probe commands')),
+    links: () => Promise.resolve([]),
+    stat: () => Promise.resolve(undefined),
     readFile: (p) => Promise.resolve(files[p] === undefined ? undefined : Buffer.from(files[p])),
     unitState: (u) => Promise.resolve(units[u] ?? { enabled: 'not-found', active: 'inactive' }),
   });
@@ -61,7 +65,7 @@ describe('auxiliary phase', () => {
   async function planWith(p: HostProbe, mutate: (s: NodeSpec) => void = () => undefined): Promise<string[]> {
     const spec = await loadExample('node-a');
     mutate(spec);
-    const steps = auxiliaryPhase.plan(spec, await auxiliaryPhase.observe(spec, p), { distro: DISTROS.fedora });
+    const steps = auxiliaryPhase.plan(spec, await auxiliaryPhase.observe(spec, p, { distro: DISTROS.fedora }), { distro: DISTROS.fedora });
     return steps.map((s) => (s.kind === 'write' ? `write ${s.path}` : s.kind === 'unit' ? `${s.action} ${s.unit}` : s.kind === 'exec' ? s.argv.join(' ') : s.kind));
   }
 
