@@ -3,11 +3,12 @@ import type { HostProbe } from '../host/probe.js';
 import type { StageId, Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
-import { containerPhase, disksPhase, networkPhase, restorePhase } from './pending.js';
+import { containerPhase, networkPhase, restorePhase } from './pending.js';
+import { diskStages } from './disks/index.js';
 import type { Phase, PlanContext } from './types.js';
 
 /** Boot order: each phase may rely on every phase before it. */
-export const PHASES: readonly Phase<unknown>[] = [packagesPhase, disksPhase, networkPhase, containerPhase, restorePhase, auxiliaryPhase] as Phase<unknown>[];
+export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, containerPhase, restorePhase, auxiliaryPhase] as Phase<unknown>[];
 
 /** The stages a spec asks for, in boot order. */
 export function phasesFor(spec: NodeSpec): StageId[] {

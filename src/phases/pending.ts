@@ -7,28 +7,6 @@ import { pendingPhase } from './types.js';
  * Each is replaced by a real observe/plan module when its issue lands.
  */
 
-function secretNote(s: { sealed: string } | { keyFile: string }): string {
-  return 'sealed' in s ? 'a key sealed to this host' : `the key file ${s.keyFile}`;
-}
-
-export const disksPhase = pendingPhase('disks', 5, (s) => s.disks, (spec, ctx) => {
-  const d = spec.disks!;
-  const sel = 'paths' in d.devices ? d.devices.paths.join(', ') : `disks matching ${JSON.stringify(d.devices.match)}`;
-  const out = [`select ${sel}, resolve them to /dev/disk/by-id names, refuse any that holds a signature bosun did not make (policy: ${d.foreignSignatures})`];
-  let dev = 'paths' in d.devices ? d.devices.paths[0]! : 'the selected disk';
-  if (d.raid) {
-    dev = `/dev/md/${d.raid.name}`;
-    out.push(`assemble or create md RAID${d.raid.level} ${dev} (--homehost any), record it in ${ctx.distro.mdadmConf}`);
-  }
-  if (d.luks) {
-    out.push(`open or format LUKS2 on ${dev} as /dev/mapper/${d.luks.name} with ${secretNote(d.luks.key)} (pbkdf2, fixed iterations${d.luks.discard ? ', discards allowed' : ''}), add it to /etc/crypttab`);
-    dev = `/dev/mapper/${d.luks.name}`;
-  }
-  out.push(`make ${d.filesystem.type} on ${dev} unless one is there, aligned to the RAID stripe`);
-  out.push(`mount it at ${d.mount.path} with a systemd mount unit by UUID (${d.filesystem.mountOptions.join(',')}), mode ${d.mount.mode}${d.mount.owner !== undefined ? `, owner ${d.mount.owner}` : ''}`);
-  return out;
-});
-
 export const networkPhase = pendingPhase('network', 6, (s) => s.network?.ipsec, (spec, ctx) => {
   const ipsec = spec.network!.ipsec!;
   const out = [`IPsec (${ipsec.backend}, IKEv2, ESP AES-GCM, transport mode) from ${ipsec.address}; drop unprotected traffic to cluster peers`];

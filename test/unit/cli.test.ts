@@ -44,7 +44,7 @@ describe('bosun CLI', () => {
     });
   });
 
-  it('apply refuses a spec for another node, and one with unbuilt phases, changing nothing', async () => {
+  it('apply refuses a spec for another node, disks that are not there, and unbuilt phases, changing nothing', async () => {
     await withTempDir(async (dir) => {
       const settings = JSON.parse(await readFile(join(examplesDir, 'agent.json'), 'utf8')) as Record<string, unknown>;
       await writeFile(join(dir, 'agent.json'), JSON.stringify({ ...settings, stateDir: join(dir, 'state') }));
@@ -52,11 +52,19 @@ describe('bosun CLI', () => {
       assert.equal(wrong.code, 3);
       assert.match(wrong.stderr, /spec is for node node-b but this host is node-a/);
 
-      const pending = await runCli(['apply', join(examplesDir, 'node-a.json'), '--settings', join(dir, 'agent.json'), '--json']);
+      // This machine has no NVMe instance-store disks: the disks stage refuses, naming what it found.
+      const refused = await runCli(['apply', join(examplesDir, 'node-a.json'), '--settings', join(dir, 'agent.json')]);
+      assert.equal(refused.code, 6, refused.stderr);
+      assert.match(refused.stderr, /disks: the match rule wants exactly 2 disks but 0 match; nothing was changed/);
+
+      const spec = JSON.parse(await readFile(join(examplesDir, 'node-a.json'), 'utf8')) as Record<string, unknown>;
+      for (const k of ['disks', 'container', 'restore', 'packages', 'auxiliary']) delete spec[k];
+      await writeFile(join(dir, 'network-only.json'), JSON.stringify(spec));
+      const pending = await runCli(['apply', join(dir, 'network-only.json'), '--settings', join(dir, 'agent.json'), '--json']);
       assert.equal(pending.code, 4);
       const err = (JSON.parse(pending.stdout) as { error: { code: string; details: { phases: string[] } } }).error;
       assert.equal(err.code, 'E_NOT_IMPLEMENTED');
-      assert.deepEqual(err.details.phases, ['disks', 'network', 'container', 'restore']);
+      assert.deepEqual(err.details.phases, ['network']);
 
       const status = await runCli(['status', '--settings', join(dir, 'agent.json'), '--json']);
       const st = JSON.parse(status.stdout) as { applied: unknown; inProgress: unknown; node: string };

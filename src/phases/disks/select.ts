@@ -75,18 +75,17 @@ export function classify(dev: BlockDevice, obs: ObservedDisks, names: LayoutName
   return { kind: 'foreign', signatures: sigs };
 }
 
-/** Why a disk cannot be wiped or reused now, or undefined. */
-function inUseReason(dev: BlockDevice, names: LayoutNames, obs: ObservedDisks): string | undefined {
-  for (const d of flatten([dev])) {
-    if (d.mountpoints.length > 0) return `${d.path} is mounted at ${d.mountpoints.join(', ')}`;
+/** Why a disk cannot be wiped or reused now, or undefined. Mounts inside this spec's own stack do not count. */
+function inUseReason(dev: BlockDevice, d: DisksSpec, obs: ObservedDisks): string | undefined {
+  if (dev.mountpoints.length > 0) return `${dev.path} is mounted at ${dev.mountpoints.join(', ')}`;
+  const ours = (c: BlockDevice): boolean =>
+    (c.type.startsWith('raid') && d.raid !== undefined && obs.arrays.some((a) => a.path === c.path && a.name === d.raid!.name)) ||
+    (c.type === 'crypt' && d.raid === undefined && d.luks !== undefined && c.path === `/dev/mapper/${d.luks.name}`);
+  for (const c of dev.children) {
+    if (ours(c)) continue;
+    const m = flatten([c]).find((x) => x.mountpoints.length > 0);
+    return m ? `${m.path} on ${dev.path} is mounted at ${m.mountpoints.join(', ')}` : `${dev.path} is in use by ${c.path} (${c.type})`;
   }
-  const ours = (c: BlockDevice): boolean => {
-    if (c.type.startsWith('raid')) return obs.arrays.some((a) => a.path === c.path && a.name === names.mdName);
-    if (c.type === 'crypt') return true; // judged with the device it sits on
-    return false;
-  };
-  const foreignHolder = dev.children.find((c) => !ours(c));
-  if (foreignHolder) return `${dev.path} is in use by ${foreignHolder.path} (${foreignHolder.type})`;
   return undefined;
 }
 
@@ -101,7 +100,7 @@ export function selectDisks(d: DisksSpec, obs: ObservedDisks): SelectedDisk[] {
   const disks = obs.devices.filter((x) => x.type === 'disk');
   const describe = (dev: BlockDevice): SelectedDisk => {
     const state = classify(dev, obs, names, d.filesystem.type);
-    return { path: dev.path, stableName: stableName(dev.path, obs), sizeBytes: dev.sizeBytes, state, inUse: inUseReason(dev, names, obs) };
+    return { path: dev.path, stableName: stableName(dev.path, obs), sizeBytes: dev.sizeBytes, state, inUse: inUseReason(dev, d, obs) };
   };
 
   if ('paths' in d.devices) {
@@ -122,7 +121,8 @@ export function selectDisks(d: DisksSpec, obs: ObservedDisks): SelectedDisk[] {
     .filter((x) => m.kind === 'any' || (x.transport === 'nvme' && INSTANCE_STORE_MODELS.test(x.model ?? '')))
     .filter((x) => m.minSizeGiB === undefined || x.sizeBytes >= m.minSizeGiB * 2 ** 30)
     .map(describe)
-    .filter((x) => !x.inUse || x.state.kind !== 'foreign')
+    // A disk in use (the root disk, a mounted scratch disk) is never a candidate.
+    .filter((x) => !x.inUse)
     // An unused disk is a blank one or one that already holds this spec's layout (a reboot must find its own disks again).
     .filter((x) => !m.unused || x.state.kind !== 'foreign')
     .sort((a, b) => (a.stableName < b.stableName ? -1 : a.stableName > b.stableName ? 1 : 0));
