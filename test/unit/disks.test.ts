@@ -284,3 +284,17 @@ describe('disks observation parsing', () => {
     assert.match(a, /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   });
 });
+
+describe('disks health', () => {
+  it('reports a degraded array, a closed volume and a missing mount', async () => {
+    const { disksHealth } = await import('../../src/phases/disks/health.js');
+    const built = host('built');
+    const ok = disksHealth(raid1Luks(), built, { sizeBytes: 100, usedBytes: 10, availBytes: 90 });
+    assert.deepEqual([ok.ok, ok.problems], [true, []]);
+    built.arrays[0] = { ...built.arrays[0]!, degraded: 1, syncAction: 'recover', members: ['/dev/vdb'] };
+    const bad = disksHealth(raid1Luks(), built, { sizeBytes: 100, usedBytes: 97, availBytes: 3 });
+    assert.deepEqual(bad.problems, ['array data is degraded: 1 of 2 members missing, recover', '/var/lib/bosun/data is 97% full']);
+    const down = disksHealth(raid1Luks(), host('rebooted'));
+    assert.deepEqual(down.problems, ['array data is not assembled', 'LUKS volume data is not open', '/var/lib/bosun/data is not mounted']);
+  });
+});
