@@ -201,7 +201,7 @@ function materialize(req: ApplyRequest, content: Content): Buffer {
       }
       const opened = new OpenedSecret(part.label, value);
       req.host.redactor.add(opened.reveal());
-      return opened.reveal();
+      return part.encoding === 'base64' ? Buffer.from(opened.reveal().toString('base64')) : opened.reveal();
     }),
   );
 }

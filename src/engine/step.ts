@@ -27,6 +27,8 @@ export interface SecretRef {
   secret: SealedSecret;
   /** what the secret is, for plans and errors: "disks.luks.key" */
   label: string;
+  /** how the opened bytes are spliced in: as they are (default) or base64, for formats that cannot hold arbitrary bytes */
+  encoding?: 'raw' | 'base64';
 }
 
 /** File content or stdin: literal text with sealed secrets spliced in at execution time. */

@@ -20,6 +20,8 @@ export interface HostProbe {
   run(argv: readonly string[]): Promise<ExecResult>;
   /** the symlinks in a directory (such as /dev/disk/by-id) and what they resolve to */
   links(dir: string): Promise<{ name: string; target: string }[]>;
+  /** the names in a directory, sorted; empty if it does not exist */
+  listDir(dir: string): Promise<string[]>;
   /** owner and permission bits of a path, or undefined if it does not exist */
   stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined>;
 }
@@ -67,6 +69,10 @@ export class LiveProbe implements HostProbe {
     return out;
   }
 
+  async listDir(dir: string): Promise<string[]> {
+    return (await readdir(this.root + dir).catch(() => [] as string[])).sort();
+  }
+
   async stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined> {
     const st = await fsStat(this.root + path).catch(() => undefined);
     return st && { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
@@ -90,6 +96,10 @@ export class BlankProbe implements HostProbe {
   }
 
   links(): Promise<{ name: string; target: string }[]> {
+    return Promise.resolve([]);
+  }
+
+  listDir(): Promise<string[]> {
     return Promise.resolve([]);
   }
 

@@ -3,7 +3,8 @@ import type { HostProbe } from '../host/probe.js';
 import type { StageId, Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
-import { containerPhase, networkPhase, restorePhase } from './pending.js';
+import { containerPhase, restorePhase } from './pending.js';
+import { networkPhase } from './network/index.js';
 import { diskStages } from './disks/index.js';
 import type { Phase, PlanContext } from './types.js';
 

@@ -7,16 +7,6 @@ import { pendingPhase } from './types.js';
  * Each is replaced by a real observe/plan module when its issue lands.
  */
 
-export const networkPhase = pendingPhase('network', 6, (s) => s.network?.ipsec, (spec, ctx) => {
-  const ipsec = spec.network!.ipsec!;
-  const out = [`IPsec (${ipsec.backend}, IKEv2, ESP AES-GCM, transport mode) from ${ipsec.address}; drop unprotected traffic to cluster peers`];
-  for (const p of ipsec.peers) {
-    const initiator = spec.node < p.node ? 'this node initiates' : `${p.node} initiates`;
-    out.push(`conn to ${p.node} at ${p.address} in ${ctx.distro.ipsecDir}/bosun-${p.node}.conf, ${ipsec.auth === 'psk' ? 'pre-shared key sealed to this host' : 'certificate'}; ${initiator}`);
-  }
-  return out;
-});
-
 export const containerPhase = pendingPhase('container', 7, (s) => s.container, (spec, ctx) => {
   const c = spec.container!;
   const limits = Object.entries(c.limits).map(([k, v]) => `${k}=${v}`).join(', ') || 'none';

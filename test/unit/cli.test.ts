@@ -58,13 +58,14 @@ describe('bosun CLI', () => {
       assert.match(refused.stderr, /disks: the match rule wants exactly 2 disks but 0 match; nothing was changed/);
 
       const spec = JSON.parse(await readFile(join(examplesDir, 'node-a.json'), 'utf8')) as Record<string, unknown>;
-      for (const k of ['disks', 'container', 'restore', 'packages', 'auxiliary']) delete spec[k];
-      await writeFile(join(dir, 'network-only.json'), JSON.stringify(spec));
-      const pending = await runCli(['apply', join(dir, 'network-only.json'), '--settings', join(dir, 'agent.json'), '--json']);
+      for (const k of ['disks', 'network', 'restore', 'packages', 'auxiliary']) delete spec[k];
+      delete (spec.container as Record<string, unknown>).dataMountPoint;
+      await writeFile(join(dir, 'container-only.json'), JSON.stringify(spec));
+      const pending = await runCli(['apply', join(dir, 'container-only.json'), '--settings', join(dir, 'agent.json'), '--json']);
       assert.equal(pending.code, 4);
       const err = (JSON.parse(pending.stdout) as { error: { code: string; details: { phases: string[] } } }).error;
       assert.equal(err.code, 'E_NOT_IMPLEMENTED');
-      assert.deepEqual(err.details.phases, ['network']);
+      assert.deepEqual(err.details.phases, ['container']);
 
       const status = await runCli(['status', '--settings', join(dir, 'agent.json'), '--json']);
       const st = JSON.parse(status.stdout) as { applied: unknown; inProgress: unknown; node: string };

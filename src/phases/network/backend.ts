@@ -1,0 +1,52 @@
+import type { SecretRef } from '../../engine/step.js';
+
+/**
+ * What the network phase needs from an IKE daemon. libreswan is the one
+ * Fedora ships and the RPM requires; a strongSwan (swanctl) backend implements
+ * the same interface beside it. Everything a backend returns is data: file
+ * contents and argv lists that the phase turns into steps.
+ */
+export interface PeerConn {
+  /** the connection's name in the daemon: bosun-<peer node> */
+  name: string;
+  localNode: string;
+  localAddress: string;
+  peerNode: string;
+  peerAddress: string;
+  /** exactly one side of each pair initiates, so the two never build crossing SAs */
+  initiator: boolean;
+  psk?: SecretRef;
+}
+
+export interface ObservedIke {
+  /** the daemon runs and answers */
+  running: boolean;
+  /** "4.10", "5.2", ... */
+  version?: string;
+  /** connections the daemon has loaded */
+  loaded: string[];
+  /** established child SAs per connection, with traffic counters */
+  traffic: Record<string, { inBytes: number; outBytes: number }>;
+}
+
+export interface IpsecBackend {
+  readonly id: 'libreswan' | 'strongswan';
+  /** the unit that runs the daemon */
+  readonly unit: string;
+  confPath(conn: PeerConn): string;
+  secretsPath(conn: PeerConn): string;
+  /** does a file in the config dir belong to bosun, and for which connection */
+  ownedConn(fileName: string): string | undefined;
+  renderConn(conn: PeerConn, daemonVersion?: string): string;
+  renderSecrets(conn: PeerConn): (string | SecretRef)[];
+  add(name: string): string[];
+  replace(name: string): string[];
+  up(name: string): string[];
+  remove(name: string): string[];
+  rereadSecrets(): string[];
+  /** argv lists whose output `parseStatus` reads */
+  statusCommands(): string[][];
+  parseStatus(outputs: string[]): Pick<ObservedIke, 'loaded' | 'traffic'>;
+  versionCommand(): string[];
+  parseVersion(output: string): string | undefined;
+}

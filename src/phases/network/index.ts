@@ -1,0 +1,154 @@
+import type { Step } from '../../engine/step.js';
+import type { HostProbe } from '../../host/probe.js';
+import type { IpsecSpec, NodeSpec } from '../../spec/node-spec.js';
+import type { Phase } from '../types.js';
+import type { IpsecBackend, ObservedIke, PeerConn } from './backend.js';
+import { libreswan, readSealedMarker, sealedMarker } from './libreswan.js';
+import { POLICY_FILE, POLICY_TABLE, POLICY_UNIT, POLICY_UNIT_FILE, renderPolicy, renderPolicyUnit } from './policy.js';
+
+/**
+ * The network phase: an IPv6 IPsec mesh (IKEv2, transport mode, ESP AES-GCM)
+ * from this node to every peer. It changes only what differs: a new peer gets
+ * its conn added, a removed peer's conn is deleted, a changed conn is
+ * replaced; every other tunnel keeps carrying traffic.
+ */
+
+interface ObservedNetwork {
+  ike: ObservedIke;
+  /** bosun-owned files in the config dir, by name: a conn file's content, or a secrets file's sealed marker (never its key) */
+  files: Record<string, string>;
+  policy?: string;
+  policyUnit?: string;
+  policyLoaded: boolean;
+  policyEnabled: boolean;
+}
+
+const BACKENDS: Record<string, IpsecBackend | undefined> = { libreswan };
+
+function backendFor(s: IpsecSpec): IpsecBackend | undefined {
+  return BACKENDS[s.backend];
+}
+
+export function peerConns(spec: NodeSpec): PeerConn[] {
+  const s = spec.network!.ipsec!;
+  return s.peers.map((p) => ({
+    name: `bosun-${p.node}`,
+    localNode: spec.node,
+    localAddress: s.address,
+    peerNode: p.node,
+    peerAddress: p.address,
+    initiator: spec.node < p.node,
+    psk: p.psk && { secret: p.psk, label: `network.ipsec.peers[${p.node}].psk` },
+  }));
+}
+
+async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwork> {
+  const backend = backendFor(spec.network!.ipsec!) ?? libreswan;
+  if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false };
+  const files: Record<string, string> = {};
+  for (const name of await probe.listDir('/etc/ipsec.d')) {
+    if (!backend.ownedConn(name)) continue;
+    const text = (await probe.readFile(`/etc/ipsec.d/${name}`))?.toString('utf8') ?? '';
+    files[name] = name.endsWith('.secrets') ? (readSealedMarker(text) ?? '') : text;
+  }
+  const unit = await probe.unitState(backend.unit);
+  const running = unit.active === 'active';
+  let ike: ObservedIke = { running, loaded: [], traffic: {}, version: backend.parseVersion((await probe.run(backend.versionCommand())).stdout) };
+  if (running) {
+    const outs = [];
+    for (const argv of backend.statusCommands()) outs.push((await probe.run(argv)).stdout);
+    ike = { ...ike, ...backend.parseStatus(outs) };
+  }
+  const policyUnit = await probe.unitState(POLICY_UNIT);
+  return {
+    ike,
+    files,
+    policy: (await probe.readFile(POLICY_FILE))?.toString('utf8'),
+    policyUnit: (await probe.readFile(POLICY_UNIT_FILE))?.toString('utf8'),
+    policyLoaded: (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0,
+    policyEnabled: policyUnit.enabled === 'enabled',
+  };
+}
+
+function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
+  const s = spec.network!.ipsec!;
+  const backend = backendFor(s);
+  if (!backend) return [{ kind: 'pending', phase: 'network', issue: 6, why: `the ${s.backend} backend (swanctl) is not built yet; libreswan is` }];
+  if (s.auth === 'cert') return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
+  const steps: Step[] = [];
+  const conns = peerConns(spec);
+
+  // 1. The drop policy first: from here on, peer traffic is protected or dropped.
+  const policy = renderPolicy(conns.map((c) => c.peerAddress));
+  const policyUnit = renderPolicyUnit();
+  if (policyUnit !== obs.policyUnit) {
+    steps.push({ kind: 'write', phase: 'network', path: POLICY_UNIT_FILE, mode: 0o644, content: policyUnit, why: 'load the drop policy at every boot, before the network and pluto' });
+    steps.push({ kind: 'unit', phase: 'network', action: 'daemon-reload', why: 'systemd must read the policy unit' });
+  }
+  if (!obs.policyEnabled || policyUnit !== obs.policyUnit) steps.push({ kind: 'unit', phase: 'network', action: 'enable', unit: POLICY_UNIT, why: 'the drop policy must be in force from early boot' });
+  if (policy !== obs.policy) steps.push({ kind: 'write', phase: 'network', path: POLICY_FILE, mode: 0o644, content: policy, why: `drop unprotected traffic to and from ${conns.length} peer${conns.length === 1 ? '' : 's'}` });
+  if (policy !== obs.policy || !obs.policyLoaded) steps.push({ kind: 'exec', phase: 'network', argv: ['nft', '-f', POLICY_FILE], why: 'replace the drop policy in one transaction' });
+
+  // 2. Files for every peer; remember which conns changed.
+  const changedConn = new Set<string>();
+  let secretsChanged = false;
+  for (const c of conns) {
+    const confName = backend.confPath(c).split('/').pop()!;
+    const secName = backend.secretsPath(c).split('/').pop()!;
+    const conf = backend.renderConn(c, obs.ike.version);
+    if (obs.files[confName] !== conf) {
+      steps.push({ kind: 'write', phase: 'network', path: backend.confPath(c), mode: 0o644, content: conf, why: `${obs.files[confName] === undefined ? 'new peer' : 'changed peer'} ${c.peerNode}` });
+      changedConn.add(c.name);
+    }
+    // Sealed keys are compared by the marker of the sealed value they were written from.
+    const secrets = backend.renderSecrets(c);
+    if (c.psk && obs.files[secName] === sealedMarker(c.psk.secret.sealed)) {
+      // unchanged
+    } else if (secrets.length > 0) {
+      steps.push({ kind: 'write', phase: 'network', path: backend.secretsPath(c), mode: 0o600, content: secrets, why: `pre-shared key for ${c.peerNode}` });
+      secretsChanged = true;
+    } else if (obs.files[secName] !== undefined) {
+      steps.push({ kind: 'remove', phase: 'network', path: backend.secretsPath(c), why: `no pre-shared key for ${c.peerNode} any more` });
+    }
+  }
+
+  // 3. Peers that left: delete their conns and files; nothing else is touched.
+  const wanted = new Set(conns.map((c) => c.name));
+  const owned = Object.keys(obs.files).map((f) => backend.ownedConn(f)).filter((n): n is string => n !== undefined);
+  const gone = [...new Set(owned)].filter((n) => !wanted.has(n)).sort();
+  for (const name of gone) {
+    if (obs.ike.loaded.includes(name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.remove(name), why: `${name.slice(6)} left the cluster` });
+    for (const f of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name)) steps.push({ kind: 'remove', phase: 'network', path: `/etc/ipsec.d/${f}`, why: `${name.slice(6)} left the cluster` });
+  }
+
+  // 4. The daemon: start it (it loads every conn file) or load only what changed.
+  if (!obs.ike.running) {
+    steps.push({ kind: 'unit', phase: 'network', action: 'enable-now', unit: backend.unit, why: 'the IKE daemon loads every conn at start; initiators bring theirs up' });
+    return steps;
+  }
+  if (secretsChanged) steps.push({ kind: 'exec', phase: 'network', argv: backend.rereadSecrets(), why: 'pluto rereads the pre-shared keys; SAs already up stay up' });
+  for (const c of conns) {
+    const loaded = obs.ike.loaded.includes(c.name);
+    if (!loaded) steps.push({ kind: 'exec', phase: 'network', argv: backend.add(c.name), why: `load the conn to ${c.peerNode}` });
+    else if (changedConn.has(c.name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.replace(c.name), why: `reload the changed conn to ${c.peerNode}` });
+    const up = obs.ike.traffic[c.name] !== undefined && !changedConn.has(c.name);
+    if (c.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(c.name), why: `this node initiates to ${c.peerNode} (the lower node id does)` });
+  }
+  return steps;
+}
+
+export const networkPhase: Phase<ObservedNetwork> = {
+  name: 'network',
+  stage: 'network',
+  section: (s) => s.network?.ipsec,
+  observe,
+  plan,
+};
+
+/** Per peer: is an SA up, and is it carrying traffic (for status reports). */
+export function ipsecHealth(spec: NodeSpec, ike: ObservedIke): { peer: string; up: boolean; inBytes: number; outBytes: number }[] {
+  return peerConns(spec).map((c) => {
+    const t = ike.traffic[c.name];
+    return { peer: c.peerNode, up: t !== undefined, inBytes: t?.inBytes ?? 0, outBytes: t?.outBytes ?? 0 };
+  });
+}

@@ -1,0 +1,90 @@
+import { createHash } from 'node:crypto';
+import type { IpsecBackend } from './backend.js';
+
+const DIR = '/etc/ipsec.d';
+
+/**
+ * libreswan: one conn and one secrets file per peer under /etc/ipsec.d (both
+ * read by the stock ipsec.conf and ipsec.secrets includes), loaded one at a
+ * time with `ipsec auto`, so adding or removing a peer never restarts pluto
+ * or touches another tunnel.
+ */
+export const libreswan: IpsecBackend = {
+  id: 'libreswan',
+  unit: 'ipsec.service',
+  confPath: (c) => `${DIR}/${c.name}.conf`,
+  secretsPath: (c) => `${DIR}/${c.name}.secrets`,
+  ownedConn(fileName) {
+    const m = /^(bosun-[a-z0-9-]+)\.(conf|secrets)$/.exec(fileName);
+    return m?.[1];
+  },
+
+  renderConn(c, version) {
+    // libreswan 5 derives the address family from the addresses and calls these keywords obsolete.
+    const v4 = version === undefined || Number(version.split('.')[0]) < 5;
+    return [
+      `# Written by bosun (network phase): IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
+      `conn ${c.name}`,
+      '\ttype=transport',
+      '\tauthby=secret',
+      ...(v4 ? ['\thostaddrfamily=ipv6', '\tclientaddrfamily=ipv6'] : []),
+      `\tleft=${c.localAddress}`,
+      `\tleftid=@${c.localNode}`,
+      `\tright=${c.peerAddress}`,
+      `\trightid=@${c.peerNode}`,
+      '\tike=aes_gcm256-sha2_256;dh19',
+      '\tesp=aes_gcm256',
+      '\tikelifetime=8h',
+      '\tsalifetime=1h',
+      '\tdpddelay=10',
+      '\tdpdtimeout=60',
+      '\tdpdaction=restart',
+      // The initiator keeps the tunnel up; the responder only accepts it.
+      `\tauto=${c.initiator ? 'start' : 'add'}`,
+      '',
+    ].join('\n');
+  },
+
+  renderSecrets(c) {
+    if (!c.psk) return [];
+    // "0s" + base64 holds any bytes, so a PSK can never break out of its line.
+    return [`# Written by bosun (network phase). Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
+  },
+
+  add: (name) => ['ipsec', 'auto', '--add', name],
+  replace: (name) => ['ipsec', 'auto', '--replace', name],
+  up: (name) => ['ipsec', 'auto', '--asynchronous', '--up', name],
+  remove: (name) => ['ipsec', 'auto', '--delete', name],
+  rereadSecrets: () => ['ipsec', 'auto', '--rereadsecrets'],
+  statusCommands: () => [['ipsec', 'status'], ['ipsec', 'trafficstatus']],
+
+  parseStatus([status = '', traffic = '']) {
+    const loaded = new Set<string>();
+    for (const m of status.matchAll(/^(?:\d{3} )?"(bosun-[a-z0-9-]+)":/gm)) loaded.add(m[1]!);
+    const t: Record<string, { inBytes: number; outBytes: number }> = {};
+    for (const line of traffic.split('\n')) {
+      const m = /"(bosun-[a-z0-9-]+)".*\binBytes=(\d+), outBytes=(\d+)/.exec(line);
+      if (!m) continue;
+      const prev = t[m[1]!] ?? { inBytes: 0, outBytes: 0 };
+      t[m[1]!] = { inBytes: prev.inBytes + Number(m[2]), outBytes: prev.outBytes + Number(m[3]) };
+    }
+    return { loaded: [...loaded].sort(), traffic: t };
+  },
+
+  versionCommand: () => ['ipsec', '--version'],
+  parseVersion: (out) => /Libreswan (?:U|v)?(\d+\.\d+)/i.exec(out)?.[1],
+};
+
+
+/**
+ * A secrets file records which sealed value it was written from, so a plan can
+ * tell an unchanged key from a changed one without opening either. The hash
+ * is of the sealed ciphertext, which says nothing about the key itself.
+ */
+export function sealedMarker(sealed: string): string {
+  return `sealed-sha256: ${createHash('sha256').update(sealed).digest('hex')}`;
+}
+
+export function readSealedMarker(secretsFile: string): string | undefined {
+  return /^# (sealed-sha256: [0-9a-f]{64})$/m.exec(secretsFile)?.[1];
+}

@@ -1,0 +1,194 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { showContent } from '../../src/engine/render.js';
+import type { Step } from '../../src/engine/step.js';
+import { DISTROS } from '../../src/host/distro.js';
+import { networkPhase, peerConns, ipsecHealth } from '../../src/phases/network/index.js';
+import { libreswan, sealedMarker } from '../../src/phases/network/libreswan.js';
+import { renderPolicy } from '../../src/phases/network/policy.js';
+import { parseNodeSpec } from '../../src/spec/validate.js';
+import type { NodeSpec } from '../../src/spec/node-spec.js';
+import { examplesDir } from '../helpers.js';
+
+const ctx = { distro: DISTROS.fedora };
+type Obs = Parameters<typeof networkPhase.plan>[1];
+
+async function example(node: string, mutate: (s: any) => void = () => undefined): Promise<NodeSpec> {
+  const raw = JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8'));
+  mutate(raw);
+  const r = parseNodeSpec(raw);
+  assert.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems));
+  return r.value;
+}
+
+/** What a host that has applied `spec` fully looks like to the network phase. */
+function builtFor(spec: NodeSpec, version = '4.10'): Obs {
+  const files: Record<string, string> = {};
+  for (const c of peerConns(spec)) {
+    files[`${c.name}.conf`] = libreswan.renderConn(c, version);
+    files[`${c.name}.secrets`] = sealedMarker(c.psk!.secret.sealed);
+  }
+  const conns = peerConns(spec).map((c) => c.name);
+  return {
+    ike: { running: true, version, loaded: conns, traffic: Object.fromEntries(conns.map((c) => [c, { inBytes: 10, outBytes: 20 }])) },
+    files,
+    policy: renderPolicy(spec.network!.ipsec!.peers.map((p) => p.address)),
+    policyUnit: (networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false }, ctx).find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>).content as string,
+    policyLoaded: true,
+    policyEnabled: true,
+  };
+}
+
+const show = (s: Step): string => (s.kind === 'exec' ? s.argv.join(' ') : s.kind === 'unit' ? `systemctl ${s.action} ${s.unit ?? ''}`.trim() : s.kind === 'write' || s.kind === 'remove' ? `${s.kind} ${s.path}` : s.kind);
+
+describe('network phase (libreswan)', () => {
+  it('pins the conn file: transport mode, IPv6, AES-GCM, the lower node id initiates', async () => {
+    const [toB, toC] = peerConns(await example('node-a'));
+    assert.equal(
+      libreswan.renderConn(toB!, '4.10'),
+      `# Written by bosun (network phase): IPsec between node-a and node-b. Edits are overwritten.
+conn bosun-node-b
+\ttype=transport
+\tauthby=secret
+\thostaddrfamily=ipv6
+\tclientaddrfamily=ipv6
+\tleft=fd00:b05:0:1::a
+\tleftid=@node-a
+\tright=fd00:b05:0:1::b
+\trightid=@node-b
+\tike=aes_gcm256-sha2_256;dh19
+\tesp=aes_gcm256
+\tikelifetime=8h
+\tsalifetime=1h
+\tdpddelay=10
+\tdpdtimeout=60
+\tdpdaction=restart
+\tauto=start
+`,
+    );
+    assert.match(libreswan.renderConn(toC!, '5.2'), /^\tauto=start$/m);
+    assert.doesNotMatch(libreswan.renderConn(toC!, '5.2'), /addrfamily/, 'libreswan 5 calls the family keywords obsolete');
+    const [toA] = peerConns(await example('node-b'));
+    assert.match(libreswan.renderConn(toA!, '4.10'), /^\tauto=add$/m, 'node-b only answers node-a');
+  });
+
+  it('keeps the PSK out of the plan: sealed reference, base64 in a 0600 file', async () => {
+    const spec = await example('node-a');
+    const steps = networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false }, ctx);
+    const sec = steps.find((s) => s.kind === 'write' && s.path === '/etc/ipsec.d/bosun-node-b.secrets');
+    assert.ok(sec && sec.kind === 'write');
+    assert.equal(sec.mode, 0o600);
+    assert.match(showContent(sec.content), /^@node-a @node-b : PSK 0s<redacted:network\.ipsec\.peers\[node-b\]\.psk>$/m);
+    const ref = (sec.content as unknown[]).find((p) => typeof p !== 'string') as { encoding: string };
+    assert.equal(ref.encoding, 'base64');
+  });
+
+  it('a blank host: policy first, then files, then pluto', async () => {
+    const steps = networkPhase.plan(await example('node-a'), { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false }, ctx).map(show);
+    assert.deepEqual(steps, [
+      'write /etc/systemd/system/bosun-ipsec-policy.service',
+      'systemctl daemon-reload',
+      'systemctl enable bosun-ipsec-policy.service',
+      'write /etc/bosun/ipsec-policy.nft',
+      'nft -f /etc/bosun/ipsec-policy.nft',
+      'write /etc/ipsec.d/bosun-node-b.conf',
+      'write /etc/ipsec.d/bosun-node-b.secrets',
+      'write /etc/ipsec.d/bosun-node-c.conf',
+      'write /etc/ipsec.d/bosun-node-c.secrets',
+      'systemctl enable-now ipsec.service',
+    ]);
+  });
+
+  it('a host that matches: nothing', async () => {
+    const spec = await example('node-a');
+    assert.deepEqual(networkPhase.plan(spec, builtFor(spec), ctx), []);
+  });
+
+  it('a peer joins: only its conn is added and brought up; the others are not touched', async () => {
+    const before = await example('node-a');
+    const spec = await example('node-a', (s) => {
+      s.network.ipsec.peers.push({ node: 'node-d', address: 'fd00:b05:0:1::d', psk: s.network.ipsec.peers[0].psk });
+    });
+    assert.deepEqual(networkPhase.plan(spec, builtFor(before), ctx).map(show), [
+      'write /etc/bosun/ipsec-policy.nft',
+      'nft -f /etc/bosun/ipsec-policy.nft',
+      'write /etc/ipsec.d/bosun-node-d.conf',
+      'write /etc/ipsec.d/bosun-node-d.secrets',
+      'ipsec auto --rereadsecrets',
+      'ipsec auto --add bosun-node-d',
+      'ipsec auto --asynchronous --up bosun-node-d',
+    ]);
+  });
+
+  it('a peer leaves: only its conn is deleted and its files removed', async () => {
+    const before = await example('node-a');
+    const spec = await example('node-a', (s) => {
+      s.network.ipsec.peers.pop();
+    });
+    const obs = builtFor(before);
+    obs.files['other-site.conf'] = 'conn other-site\n';
+    assert.deepEqual(networkPhase.plan(spec, obs, ctx).map(show), [
+      'write /etc/bosun/ipsec-policy.nft',
+      'nft -f /etc/bosun/ipsec-policy.nft',
+      'ipsec auto --delete bosun-node-c',
+      'remove /etc/ipsec.d/bosun-node-c.conf',
+      'remove /etc/ipsec.d/bosun-node-c.secrets',
+    ]);
+  });
+
+  it('a rotated PSK: rewrite and reread, no tunnel is torn down', async () => {
+    const before = await example('node-a');
+    const c = await example('node-c');
+    const spec = await example('node-a', (s) => (s.network.ipsec.peers[0].psk = c.network!.ipsec!.peers[0]!.psk));
+    assert.deepEqual(networkPhase.plan(spec, builtFor(before), ctx).map(show), ['write /etc/ipsec.d/bosun-node-b.secrets', 'ipsec auto --rereadsecrets']);
+  });
+
+  it('a changed peer address: replace that conn and bring it up again', async () => {
+    const before = await example('node-a');
+    const spec = await example('node-a', (s) => (s.network.ipsec.peers[1].address = 'fd00:b05:0:1::cc'));
+    assert.deepEqual(networkPhase.plan(spec, builtFor(before), ctx).map(show), [
+      'write /etc/bosun/ipsec-policy.nft',
+      'nft -f /etc/bosun/ipsec-policy.nft',
+      'write /etc/ipsec.d/bosun-node-c.conf',
+      'ipsec auto --replace bosun-node-c',
+      'ipsec auto --asynchronous --up bosun-node-c',
+    ]);
+  });
+
+  it('a tunnel that is down is brought up again by its initiator only', async () => {
+    const a = await example('node-a');
+    const obsA = builtFor(a);
+    delete obsA.ike.traffic['bosun-node-b'];
+    assert.deepEqual(networkPhase.plan(a, obsA, ctx).map(show), ['ipsec auto --asynchronous --up bosun-node-b']);
+    const b = await example('node-b');
+    const obsB = builtFor(b);
+    delete obsB.ike.traffic['bosun-node-a'];
+    assert.deepEqual(networkPhase.plan(b, obsB, ctx), []);
+    assert.deepEqual(ipsecHealth(b, obsB.ike).map((h) => [h.peer, h.up]), [['node-a', false], ['node-c', true]]);
+  });
+
+  it('reads pluto status and traffic counters', () => {
+    const st = libreswan.parseStatus([
+      '000 "bosun-node-b": fd00:b05:0:1::a[@node-a]...fd00:b05:0:1::b[@node-b]; eroute owner: #2\n000 "other": 10.0.0.1...10.0.0.2\n000 "bosun-node-c": fd00::a...fd00::c; unrouted',
+      '006 #2: "bosun-node-b", type=ESP, add_time=1700000000, inBytes=1234, outBytes=5678, maxBytes=2^63B, id=\'@node-b\'\n',
+    ]);
+    assert.deepEqual(st, { loaded: ['bosun-node-b', 'bosun-node-c'], traffic: { 'bosun-node-b': { inBytes: 1234, outBytes: 5678 } } });
+    assert.equal(libreswan.parseVersion('Libreswan 4.10'), '4.10');
+    assert.equal(libreswan.parseVersion('Linux Libreswan U5.2/K6.1.0 (XFRM)'), '5.2');
+  });
+
+  it('the drop policy names every peer and lets only IKE, ESP and neighbour discovery through unprotected', () => {
+    const p = renderPolicy(['fd00::c', 'fd00::b']);
+    assert.match(p, /elements = \{ fd00::b, fd00::c \}/);
+    assert.match(p, /ip6 daddr @peers rt ipsec missing counter drop/);
+    assert.match(p, /ip6 saddr @peers meta secpath missing counter drop/);
+    assert.doesNotMatch(renderPolicy([]), /elements/);
+  });
+
+  it('strongSwan and certificates are shown as not built yet', async () => {
+    const s1 = await example('node-a', (s) => (s.network.ipsec.backend = 'strongswan'));
+    assert.equal(networkPhase.plan(s1, builtFor(await example('node-a')), ctx)[0]!.kind, 'pending');
+  });
+});
