@@ -53,10 +53,11 @@ describe('apply engine', () => {
   it('resumes after a SIGKILL mid-apply: finished phases are not run again, the interrupted one is planned afresh', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore' });
+      // Its own process group, so the kill takes the running step's commands with it, as a power cut would.
+      const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore', detached: true });
       const exited = new Promise((r) => child.on('exit', r));
       await waitFor('the blocking step to start', () => exists(`${dir}/step3.started`));
-      child.kill('SIGKILL');
+      process.kill(-child.pid!, 'SIGKILL');
       await exited;
 
       const journal = await new Journal(state).read();
