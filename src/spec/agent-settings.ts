@@ -67,3 +67,4 @@ export const AgentSettings = z.strictObject({
 });
 
 export type AgentSettings = z.infer<typeof AgentSettings>;
+export type TrustedKey = z.infer<typeof TrustedKey>;
