@@ -72,7 +72,7 @@ export function verifyEnvelope(raw: Buffer | string | null, opts: { node: string
   if (!trusted) return refuse({ reason: 'unknown-key', message: `signed with key "${env.keyId.slice(0, 64)}", which this agent does not trust` });
   const payload = Buffer.from(env.payload, 'base64url');
   const signature = Buffer.from(env.signature, 'base64url');
-  let good = false;
+  let good: boolean;
   try {
     good = signature.length === 64 && verify(null, Buffer.concat([DOMAIN, payload]), ed25519PublicFromString(trusted.publicKey), signature);
   } catch {
