@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 import { readFile } from 'node:fs/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { Agent, AGENT_VERSION } from './agent.js';
 import { applySpec } from './engine/apply.js';
+import { collectHealth } from './health/collect.js';
+import { scheduleHealth } from './health/schedule.js';
 import { Journal } from './engine/journal.js';
 import { Redactor } from './engine/redact.js';
 import { planToJson, renderPlanText } from './engine/render.js';
@@ -142,7 +145,7 @@ const COMMANDS: Record<string, Command> = {
   },
 
   run: {
-    summary: 'the daemon: converge to the last good spec at boot, then follow the control loop',
+    summary: 'the daemon: converge to the last good spec at boot, then follow the desired state on Kafka',
     usage: 'bosun run [--settings FILE] [--state-dir DIR]',
     help: 'Started by bosun.service. Logs go to journald under systemd, else to stdout.',
     options: { ...common, ...stateOpts },
@@ -151,22 +154,22 @@ const COMMANDS: Record<string, Command> = {
       const redactor = new Redactor();
       const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
       const { identity, created } = await loadOrCreateIdentity(stateDir);
-      logger.info({ node: settings!.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created }, `bosun starting on node ${settings!.node}`);
-      const journal = new Journal(stateDir);
-      const lastGood = await readFile(journal.lastGoodSpecPath, 'utf8').catch(() => undefined);
-      if (lastGood !== undefined) {
-        const parsed = parseNodeSpec(JSON.parse(lastGood));
-        if (!parsed.ok) throw new BosunError('E_INVALID_SPEC', `the last good spec in ${journal.lastGoodSpecPath} no longer validates`, { problems: parsed.problems });
-        await applySpec({ spec: parsed.value, stateDir, host: new Host({ redactor }), probe: new LiveProbe(redactor), ctx: { distro: await detectDistro() }, identity, logger });
-      } else {
-        logger.info('no spec applied yet; waiting for the first desired state');
-      }
-      logger.warn('the Kafka control loop is not built yet (issue #9); idling until stopped');
+      logger.info({ node: settings!.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created }, `bosun ${AGENT_VERSION} starting on node ${settings!.node}`);
+      const probe = new LiveProbe(redactor);
+      const ctx = { distro: await detectDistro() };
+      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor });
+      await agent.start();
+      const health = scheduleHealth(agent.lastGood?.health.intervalSeconds ?? 30, async () => {
+        const spec = agent.lastGood;
+        if (spec) await agent.report(await collectHealth(spec, probe, ctx));
+      });
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);
       });
       logger.info('stopping');
+      await health.stop();
+      await agent.stop();
       return ExitCode.ok;
     },
   },

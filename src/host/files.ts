@@ -22,7 +22,9 @@ export interface WriteOptions {
  */
 export async function writeFileAtomic(path: string, content: string | Uint8Array, opts: WriteOptions): Promise<void> {
   const dir = dirname(path);
-  await mkdir(dir, { recursive: true, mode: 0o755 });
+  await mkdir(dir, { recursive: true, mode: 0o755 }).catch((e: unknown) => {
+    throw wrapWriteError(path, e);
+  });
   const tmp = join(dir, `.${basenameOf(path)}.bosun-tmp-${randomBytes(6).toString('hex')}`);
   const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
   try {

@@ -1,6 +1,6 @@
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { HostProbe } from '../host/probe.js';
-import type { StageId, Step } from '../engine/step.js';
+import { canonicalJson, type StageId, type Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
 import { containerPhase, restorePhase } from './pending.js';
@@ -31,3 +31,9 @@ export async function planNode(spec: NodeSpec, probe: HostProbe, ctx: PlanContex
 }
 
 export type { Phase, PlanContext } from './types.js';
+
+/** Stages whose part of the spec differs between two specs: the only ones a change re-runs. */
+export function changedStages(next: NodeSpec, previous: NodeSpec | undefined): StageId[] {
+  if (!previous) return phasesFor(next);
+  return PHASES.filter((p) => p.section(next) !== undefined && canonicalJson(p.section(next)) !== canonicalJson(p.section(previous))).map((p) => p.stage);
+}

@@ -1,0 +1,242 @@
+import { readFile } from 'node:fs/promises';
+import { applySpec, type Planner } from './engine/apply.js';
+import { Journal } from './engine/journal.js';
+import type { Redactor } from './engine/redact.js';
+import { describeError, isBosunError } from './errors.js';
+import type { Host } from './host/index.js';
+import type { HostProbe } from './host/probe.js';
+import type { HostIdentity } from './identity/host-identity.js';
+import type { Logger } from './log.js';
+import { changedStages, phasesFor, planPhase, type PlanContext } from './phases/index.js';
+import type { AgentSettings } from './spec/agent-settings.js';
+import type { NodeSpec } from './spec/node-spec.js';
+import { parseNodeSpec } from './spec/validate.js';
+import { startDesiredConsumer, type DesiredConsumer, type DesiredMessage } from './bus/desired.js';
+import { verifyEnvelope } from './bus/envelope.js';
+import { createKafka, type Kafka } from './bus/kafka.js';
+import { Reporter } from './bus/reporter.js';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface AgentOptions {
+  settings: AgentSettings;
+  stateDir: string;
+  identity: HostIdentity;
+  host: Host;
+  probe: HostProbe;
+  ctx: PlanContext;
+  logger: Logger;
+  redactor: Redactor;
+  /** plan with this instead of the phase modules (tests of the loop itself) */
+  planner?: Planner;
+  /** seconds without a fetch before the watchdog rebuilds the consumer */
+  watchdogSeconds?: number;
+  /** first retry delay after a failed apply; doubles up to five minutes */
+  retrySeconds?: number;
+}
+
+interface LastApply {
+  version: number;
+  result: 'applied' | 'unchanged' | 'failed';
+  at: string;
+  error?: { code: string; message: string; phase?: unknown; step?: unknown };
+}
+
+/**
+ * The daemon: converge to the last good spec at boot, then follow this node's
+ * desired state on Kafka. Applies run one at a time; a spec that arrives during
+ * an apply waits, and only the newest waiting one runs. A failed apply is
+ * reported and retried with backoff until it succeeds or a newer spec comes.
+ */
+export class Agent {
+  readonly #o: AgentOptions;
+  #kafka: Kafka | undefined;
+  #consumer: DesiredConsumer | undefined;
+  #reporter: Reporter | undefined;
+  #lastGood: NodeSpec | undefined;
+  #wanted: NodeSpec | undefined;
+  #lastApply: LastApply | undefined;
+  #applying: Promise<void> | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryDelay: number;
+  #watchdog: NodeJS.Timeout | undefined;
+  #lastFetch = Date.now();
+  #stopped = false;
+  readonly counters = { received: 0, refused: 0, applied: 0, failed: 0, duplicates: 0, consumerRestarts: 0 };
+
+  constructor(o: AgentOptions) {
+    this.#o = o;
+    this.#retryDelay = o.retrySeconds ?? 5;
+  }
+
+  get lastGood(): NodeSpec | undefined {
+    return this.#lastGood;
+  }
+
+  get consumer(): DesiredConsumer | undefined {
+    return this.#consumer;
+  }
+
+  async start(): Promise<void> {
+    const { logger } = this.#o;
+    this.#lastGood = await this.#readLastGood();
+    this.#kafka = await createKafka(this.#o.settings, logger);
+    this.#reporter = new Reporter({ kafka: this.#kafka, node: this.#o.settings.node, identity: this.#o.identity, topics: this.#o.settings.topics, logger });
+    if (this.#lastGood) {
+      // After a reboot the host may be behind its last good spec (arrays not assembled, volumes closed): converge every phase.
+      this.#wanted = this.#lastGood;
+      await this.#runApply(true);
+    } else {
+      logger.info('no spec applied yet; waiting for the first desired state');
+      await this.#reporter.status(this.statusBody());
+    }
+    await this.#startConsumer();
+    const limit = (this.#o.watchdogSeconds ?? 120) * 1000;
+    this.#watchdog = setInterval(() => {
+      if (Date.now() - this.#lastFetch > limit) {
+        logger.warn({ silentSeconds: Math.round((Date.now() - this.#lastFetch) / 1000) }, 'the Kafka consumer has stopped fetching; rebuilding it');
+        void this.#restartConsumer();
+      }
+    }, Math.min(limit, 10_000));
+  }
+
+  async #startConsumer(): Promise<void> {
+    this.#lastFetch = Date.now();
+    try {
+      this.#consumer = await startDesiredConsumer({
+        kafka: this.#kafka!,
+        topic: this.#o.settings.topics.desired,
+        node: this.#o.settings.node,
+        logger: this.#o.logger,
+        onMessage: (m) => this.#onDesired(m),
+        onFetch: () => {
+          this.#lastFetch = Date.now();
+        },
+      });
+    } catch (e) {
+      // The broker may be down at boot: the host keeps running as it is; the watchdog tries again.
+      this.#o.logger.warn(`cannot start reading desired state (${describeError(e)}); retrying`);
+    }
+  }
+
+  async #restartConsumer(): Promise<void> {
+    if (this.#stopped) return;
+    this.counters.consumerRestarts += 1;
+    const old = this.#consumer;
+    this.#consumer = undefined;
+    await old?.stop().catch(() => undefined);
+    await this.#startConsumer();
+  }
+
+  async #readLastGood(): Promise<NodeSpec | undefined> {
+    const text = await readFile(new Journal(this.#o.stateDir).lastGoodSpecPath, 'utf8').catch(() => undefined);
+    if (text === undefined) return undefined;
+    const r = parseNodeSpec(JSON.parse(text));
+    if (!r.ok) {
+      this.#o.logger.error({ problems: r.problems }, 'the last good spec in the state dir no longer validates; ignoring it');
+      return undefined;
+    }
+    return r.value;
+  }
+
+  async #onDesired(m: DesiredMessage): Promise<void> {
+    this.counters.received += 1;
+    const applied = (await new Journal(this.#o.stateDir).readApplied())?.specVersion;
+    const v = verifyEnvelope(m.value, { node: this.#o.settings.node, trusted: this.#o.settings.trustedKeys, lastApplied: applied });
+    if (!v.ok) {
+      if (v.refusal.reason === 'stale-version') {
+        // At-least-once delivery repeats messages: a version already applied is not news.
+        this.counters.duplicates += 1;
+        this.#o.logger.debug({ offset: m.offset }, v.refusal.message);
+        return;
+      }
+      this.counters.refused += 1;
+      this.#o.logger.warn({ reason: v.refusal.reason, offset: m.offset }, `refused a desired state: ${v.refusal.message}; nothing changed`);
+      await this.#reporter!.event({ kind: 'refused', reason: v.refusal.reason, message: v.refusal.message, offset: m.offset, partition: m.partition, ...('problems' in v.refusal ? { problems: v.refusal.problems } : {}) });
+      return;
+    }
+    if (this.#wanted && v.spec.version <= this.#wanted.version && this.#lastApply?.result !== 'failed') {
+      this.counters.duplicates += 1;
+      return;
+    }
+    this.#wanted = v.spec;
+    this.#o.logger.info({ version: v.spec.version, keyId: v.keyId, offset: m.offset }, `desired state version ${v.spec.version} received`);
+    void this.#kick();
+  }
+
+  #kick(): Promise<void> {
+    if (this.#retryTimer) {
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = undefined;
+    }
+    this.#applying ??= this.#runApply(false).finally(() => {
+      this.#applying = undefined;
+      if (this.#wanted && this.#wanted.version > (this.#lastApply?.version ?? 0) && !this.#stopped) void this.#kick();
+    });
+    return this.#applying;
+  }
+
+  async #runApply(boot: boolean): Promise<void> {
+    const spec = this.#wanted;
+    if (!spec || this.#stopped) return;
+    const previous = boot ? undefined : this.#lastGood;
+    const stages = changedStages(spec, previous);
+    const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx) };
+    const log = this.#o.logger.child({ specVersion: spec.version });
+    try {
+      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner });
+      this.counters.applied += 1;
+      this.#lastGood = spec;
+      this.#lastApply = { version: spec.version, result: out.result, at: new Date().toISOString() };
+      this.#retryDelay = this.#o.retrySeconds ?? 5;
+      await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt });
+    } catch (e) {
+      this.counters.failed += 1;
+      const code = isBosunError(e) ? e.code : 'E_EXEC';
+      const message = this.#o.redactor.redact(describeError(e));
+      const details = isBosunError(e) ? e.details : {};
+      this.#lastApply = { version: spec.version, result: 'failed', at: new Date().toISOString(), error: { code, message, phase: details.phase, step: details.step } };
+      log.error({ errorCode: code }, `applying version ${spec.version} failed: ${message}; the host keeps its last good state (version ${this.#lastGood?.version ?? 'none'}); retrying in ${this.#retryDelay}s`);
+      await this.#reporter!.event({ kind: 'apply-failed', version: spec.version, code, message, phase: details.phase, step: details.step, retryInSeconds: this.#retryDelay });
+      if (!this.#stopped && code !== 'E_INVALID_SPEC' && code !== 'E_STALE_VERSION') {
+        const delay = this.#retryDelay;
+        this.#retryDelay = Math.min(this.#retryDelay * 2, 300);
+        this.#retryTimer = setTimeout(() => {
+          this.#retryTimer = undefined;
+          void this.#kick();
+        }, delay * 1000);
+      }
+    }
+    await this.#reporter!.status(this.statusBody());
+  }
+
+  statusBody(extra: Record<string, unknown> = {}): Record<string, unknown> {
+    return {
+      node: this.#o.settings.node,
+      cluster: this.#lastGood?.cluster ?? null,
+      agentVersion: AGENT_VERSION,
+      sealingKey: this.#o.identity.sealingKey,
+      signingKey: this.#o.identity.signingKey,
+      appliedVersion: this.#lastGood?.version ?? null,
+      wantedVersion: this.#wanted?.version ?? null,
+      lastApply: this.#lastApply ?? null,
+      counters: this.counters,
+      time: new Date().toISOString(),
+      ...extra,
+    };
+  }
+
+  /** Publish a status with health figures (called by the health schedule). */
+  report(health: Record<string, unknown>): Promise<void> {
+    return this.#reporter!.status(this.statusBody({ health }));
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#watchdog) clearInterval(this.#watchdog);
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    await this.#applying?.catch(() => undefined);
+    await this.#consumer?.stop().catch(() => undefined);
+    await this.#reporter?.stop();
+  }
+}

@@ -1,0 +1,128 @@
+import kafkajs, { type Consumer, type PartitionAssigner } from 'kafkajs';
+import type { Logger } from '../log.js';
+import type { Kafka } from './kafka.js';
+import { partitionFor } from './murmur2.js';
+
+const { AssignerProtocol } = kafkajs;
+
+/**
+ * Reads this node's desired state, and nothing else of the fleet's: only the
+ * partition the node id hashes to (Kafka's default partitioner), through a
+ * consumer group of its own whose assigner hands that one partition to it.
+ * No offsets are committed: every start reads the partition from its
+ * beginning (compaction keeps that to about one message per node on it),
+ * takes the newest value for this node, then tails.
+ */
+
+export interface DesiredMessage {
+  value: Buffer | null;
+  offset: string;
+  partition: number;
+  /** true once the consumer has reached the partition's end as it was at start */
+  live: boolean;
+}
+
+export interface DesiredConsumerOptions {
+  kafka: Kafka;
+  topic: string;
+  node: string;
+  logger: Logger;
+  /** called with each message for this node, in order; at start only the newest one before `live` */
+  onMessage: (m: DesiredMessage) => Promise<void>;
+  /** called on every fetch; a watchdog uses it to see the consumer is alive */
+  onFetch?: () => void;
+}
+
+export interface DesiredConsumer {
+  partition: number;
+  /** messages read to find this node's spec, and their bytes (for the fleet-scale benchmark) */
+  stats: { messages: number; bytes: number; ownMessages: number };
+  stop(): Promise<void>;
+}
+
+function onePartitionAssigner(topic: string, partition: number): PartitionAssigner {
+  return () => ({
+    name: 'BosunOnePartition',
+    version: 1,
+    // eslint-disable-next-line @typescript-eslint/require-await
+    async assign({ members }) {
+      // One member per node. Should a second agent with the same node id join, only one gets the partition.
+      return members.map((m, i) => ({
+        memberId: m.memberId,
+        memberAssignment: AssignerProtocol.MemberAssignment.encode({ version: 1, assignment: i === 0 ? { [topic]: [partition] } : {}, userData: Buffer.alloc(0) }),
+      }));
+    },
+    protocol({ topics }) {
+      return { name: 'BosunOnePartition', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.alloc(0) }) };
+    },
+  });
+}
+
+export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer> {
+  const admin = o.kafka.admin();
+  await admin.connect();
+  let partitions: number;
+  let highWatermark: bigint;
+  try {
+    const md = await admin.fetchTopicMetadata({ topics: [o.topic] });
+    partitions = md.topics[0]!.partitions.length;
+    const p0 = partitionFor(o.node, partitions);
+    const offsets = await admin.fetchTopicOffsets(o.topic);
+    highWatermark = BigInt(offsets.find((x) => x.partition === p0)?.high ?? '0');
+  } finally {
+    await admin.disconnect();
+  }
+  const partition = partitionFor(o.node, partitions);
+  const stats = { messages: 0, bytes: 0, ownMessages: 0 };
+  const consumer: Consumer = o.kafka.consumer({
+    groupId: `bosun-agent-${o.node}`,
+    partitionAssigners: [onePartitionAssigner(o.topic, partition)],
+    sessionTimeout: 30_000,
+    heartbeatInterval: 3_000,
+    maxWaitTimeInMs: 1_000,
+    allowAutoTopicCreation: false,
+  });
+  consumer.on(consumer.events.FETCH, () => o.onFetch?.());
+  await consumer.connect();
+  await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+  let newest: DesiredMessage | undefined;
+  let live = highWatermark === 0n;
+  const log = o.logger.child({ component: 'desired', partition });
+  log.info({ topic: o.topic, partitions, catchUpTo: highWatermark.toString() }, `reading partition ${partition} of ${o.topic} for node ${o.node}`);
+  await consumer.run({
+    autoCommit: false,
+    eachBatchAutoResolve: true,
+    eachBatch: async (payload) => {
+      const { batch } = payload;
+      for (const m of batch.messages) {
+        stats.messages += 1;
+        stats.bytes += (m.value?.length ?? 0) + (m.key?.length ?? 0);
+        const next = BigInt(m.offset) + 1n;
+        if (m.key?.toString('utf8') === o.node) {
+          stats.ownMessages += 1;
+          newest = { value: m.value, offset: m.offset, partition: batch.partition, live };
+          if (live) {
+            await o.onMessage(newest);
+            newest = undefined;
+          }
+        }
+        if (!live && next >= highWatermark) {
+          live = true;
+          log.info({ read: stats.messages }, `caught up on partition ${partition} after ${stats.messages} messages`);
+          if (newest) {
+            await o.onMessage({ ...newest, live: true });
+            newest = undefined;
+          }
+        }
+      }
+      await payload.heartbeat();
+    },
+  });
+  return {
+    partition,
+    stats,
+    stop: async () => {
+      await consumer.disconnect();
+    },
+  };
+}

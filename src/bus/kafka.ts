@@ -1,0 +1,46 @@
+import { readFile } from 'node:fs/promises';
+import kafkajs, { type KafkaConfig, type SASLOptions, type logCreator } from 'kafkajs';
+import type { AgentSettings } from '../spec/agent-settings.js';
+import type { Logger } from '../log.js';
+
+const { Kafka, logLevel } = kafkajs;
+export type Kafka = InstanceType<typeof Kafka>;
+
+/** kafkajs log entries into bosun's logger, at one level lower: kafkajs is chatty about retries it handles itself. */
+function kafkaLogs(logger: Logger): logCreator {
+  return () =>
+    ({ level, log }) => {
+      const { message, ...extra } = log as { message: string } & Record<string, unknown>;
+      const fields = { kafka: extra.logger, broker: extra.broker, error: extra.error };
+      if (level === logLevel.ERROR) logger.warn(fields, `kafka: ${message}`);
+      else if (level === logLevel.WARN) logger.info(fields, `kafka: ${message}`);
+      else logger.debug(fields, `kafka: ${message}`);
+    };
+}
+
+/** A kafkajs client from AgentSettings: TLS files and the SASL password are read from root-only files, never from settings. */
+export async function createKafka(settings: AgentSettings, logger: Logger): Promise<Kafka> {
+  const k = settings.kafka;
+  const config: KafkaConfig = {
+    clientId: k.clientId ?? `bosun-${settings.node}`,
+    brokers: k.brokers,
+    logCreator: kafkaLogs(logger.child({ component: 'kafka' })),
+    connectionTimeout: 5000,
+    requestTimeout: 15000,
+    retry: { initialRetryTime: 300, retries: 8, maxRetryTime: 30_000 },
+  };
+  if (k.tls === true) config.ssl = true;
+  else if (k.tls && typeof k.tls === 'object') {
+    config.ssl = {
+      rejectUnauthorized: k.tls.rejectUnauthorized,
+      ca: k.tls.caFile ? [await readFile(k.tls.caFile, 'utf8')] : undefined,
+      cert: k.tls.certFile ? await readFile(k.tls.certFile, 'utf8') : undefined,
+      key: k.tls.keyFile ? await readFile(k.tls.keyFile, 'utf8') : undefined,
+    };
+  }
+  if (k.sasl) {
+    const password = (await readFile(k.sasl.passwordFile, 'utf8')).trim();
+    config.sasl = { mechanism: k.sasl.mechanism, username: k.sasl.username, password } as SASLOptions;
+  }
+  return new Kafka(config);
+}

@@ -1,0 +1,122 @@
+import type { Producer } from 'kafkajs';
+import { canonicalJson } from '../engine/step.js';
+import type { HostIdentity } from '../identity/host-identity.js';
+import type { Logger } from '../log.js';
+import type { Kafka } from './kafka.js';
+
+/**
+ * Status and events to Kafka, signed by the host. While the broker is away
+ * nothing is lost that matters: the newest status waits (newest wins, it is a
+ * compacted topic) and events wait in a bounded queue (oldest dropped first,
+ * and counted); both are flushed, in order, when the broker is back.
+ */
+
+export const STATUS_FORMAT = 'bosun-status-v1';
+
+export interface SignedReport {
+  format: typeof STATUS_FORMAT;
+  node: string;
+  /** "ed25519:…", the host key the signature verifies against */
+  signer: string;
+  payload: string;
+  signature: string;
+}
+
+export function signReport(node: string, identity: HostIdentity, body: unknown): SignedReport {
+  const payload = Buffer.from(canonicalJson(body));
+  const signature = identity.sign(Buffer.concat([Buffer.from(`${STATUS_FORMAT}\0`), payload]));
+  return { format: STATUS_FORMAT, node, signer: identity.signingKey, payload: payload.toString('base64url'), signature: signature.toString('base64url') };
+}
+
+export interface ReporterOptions {
+  kafka: Kafka;
+  node: string;
+  identity: HostIdentity;
+  topics: { status: string; events: string };
+  logger: Logger;
+  maxQueuedEvents?: number;
+}
+
+export class Reporter {
+  readonly #o: ReporterOptions;
+  #producer: Producer | undefined;
+  #pendingStatus: unknown;
+  #events: unknown[] = [];
+  #dropped = 0;
+  #flushing: Promise<void> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly sent = { status: 0, events: 0 };
+
+  constructor(o: ReporterOptions) {
+    this.#o = o;
+  }
+
+  get queued(): { status: boolean; events: number; dropped: number } {
+    return { status: this.#pendingStatus !== undefined, events: this.#events.length, dropped: this.#dropped };
+  }
+
+  status(body: unknown): Promise<void> {
+    this.#pendingStatus = body;
+    return this.flush();
+  }
+
+  event(body: Record<string, unknown>): Promise<void> {
+    this.#events.push({ ...body, node: this.#o.node, at: new Date().toISOString() });
+    const max = this.#o.maxQueuedEvents ?? 1000;
+    while (this.#events.length > max) {
+      this.#events.shift();
+      this.#dropped += 1;
+    }
+    return this.flush();
+  }
+
+  /** Send what is queued; on failure keep it and try again later. Never throws. */
+  flush(): Promise<void> {
+    this.#flushing ??= this.#flushOnce().finally(() => {
+      this.#flushing = undefined;
+    });
+    return this.#flushing;
+  }
+
+  async #flushOnce(): Promise<void> {
+    if (this.#stopped) return;
+    try {
+      if (!this.#producer) {
+        const p = this.#o.kafka.producer({ allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
+        await p.connect();
+        this.#producer = p;
+      }
+      while (this.#events.length > 0) {
+        const batch = this.#events.slice(0, 100);
+        if (this.#dropped > 0) batch.unshift({ node: this.#o.node, kind: 'events-dropped', count: this.#dropped, at: new Date().toISOString() });
+        await this.#producer.send({ topic: this.#o.topics.events, messages: batch.map((e) => ({ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, e)) })) });
+        this.#events.splice(0, Math.min(100, this.#events.length));
+        this.sent.events += batch.length;
+        this.#dropped = 0;
+      }
+      if (this.#pendingStatus !== undefined) {
+        const body = this.#pendingStatus;
+        await this.#producer.send({ topic: this.#o.topics.status, messages: [{ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, body)) }] });
+        if (this.#pendingStatus === body) this.#pendingStatus = undefined;
+        this.sent.status += 1;
+      }
+    } catch (e) {
+      this.#o.logger.warn({ component: 'reporter', queued: this.queued }, `cannot reach Kafka to report (${e instanceof Error ? e.message : String(e)}); keeping reports and retrying`);
+      const p = this.#producer;
+      this.#producer = undefined;
+      await p?.disconnect().catch(() => undefined);
+      this.#timer ??= setTimeout(() => {
+        this.#timer = undefined;
+        void this.flush();
+      }, 5_000);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.flush();
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#producer?.disconnect().catch(() => undefined);
+  }
+}

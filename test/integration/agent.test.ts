@@ -1,0 +1,187 @@
+// The control loop against the real broker: signed desired state in, signed status and events out.
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, randomBytes, verify } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import kafkajs, { type Consumer, type Producer } from 'kafkajs';
+import { Agent } from '../../src/agent.js';
+import { signEnvelope } from '../../src/bus/envelope.js';
+import { partitionFor } from '../../src/bus/murmur2.js';
+import type { SignedReport } from '../../src/bus/reporter.js';
+import type { Planner } from '../../src/engine/apply.js';
+import { Redactor } from '../../src/engine/redact.js';
+import { DISTROS, Host, BlankProbe } from '../../src/host/index.js';
+import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
+import { publicKeyString } from '../../src/identity/seal.js';
+import { createLogger } from '../../src/log.js';
+import { parseAgentSettings } from '../../src/spec/validate.js';
+import { ed25519PublicFromString } from '../../src/bus/envelope.js';
+import { requireServices, type ServiceEnv } from '../services/env.js';
+import { waitFor } from '../helpers.js';
+
+const { Kafka, logLevel } = kafkajs;
+const run = randomBytes(4).toString('hex');
+const topics = { desired: `bosun.desired.${run}`, status: `bosun.status.${run}`, events: `bosun.events.${run}` };
+const PARTITIONS = 6;
+
+describe('agent control loop (real Kafka)', () => {
+  let env: ServiceEnv;
+  let producer: Producer;
+  let watcher: Consumer;
+  const statuses: Record<string, unknown>[] = [];
+  const events: Record<string, unknown>[] = [];
+  const cp = generateKeyPairSync('ed25519');
+  const stranger = generateKeyPairSync('ed25519');
+  let dir: string;
+  let kafka: InstanceType<typeof Kafka>;
+  const node = 'node-a';
+
+  /** Every apply the planner is asked for, by spec version: the test's view of "did the host change". */
+  const applies: number[] = [];
+  const planner: Planner = {
+    phases: () => ['auxiliary'],
+    plan: (spec) => {
+      applies.push(spec.version);
+      return Promise.resolve([{ kind: 'write', phase: 'auxiliary', path: join(dir, 'applied-version'), mode: 0o644, content: String(spec.version), why: 'test marker' }]);
+    },
+  };
+
+  const spec = (version: number, extra: Record<string, unknown> = {}) => ({ apiVersion: 'bosun/v1', cluster: 'pg-main', node, version, ...extra });
+  const send = (key: string, value: unknown) => producer.send({ topic: topics.desired, messages: [{ key, value: typeof value === 'string' ? value : JSON.stringify(value) }] });
+
+  function decode(raw: Buffer | null, signer?: string): Record<string, unknown> {
+    const r = JSON.parse(raw!.toString()) as SignedReport;
+    const payload = Buffer.from(r.payload, 'base64url');
+    if (signer) assert.ok(verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(signer), Buffer.from(r.signature, 'base64url')), 'report signature');
+    return JSON.parse(payload.toString()) as Record<string, unknown>;
+  }
+
+  async function startAgent(): Promise<Agent> {
+    const settings = parseAgentSettings({ node, stateDir: join(dir, 'state'), kafka: { brokers: env.kafkaBrokers }, topics, trustedKeys: [{ id: 'cp-1', publicKey: publicKeyString('ed25519', cp.publicKey) }] });
+    assert.ok(settings.ok);
+    const redactor = new Redactor();
+    const { logger } = createLogger({ redactor, target: 'stderr', level: 'warn' });
+    const { identity } = await loadOrCreateIdentity(join(dir, 'state'));
+    const agent = new Agent({ settings: settings.value, stateDir: join(dir, 'state'), identity, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, redactor, planner, retrySeconds: 1 });
+    await agent.start();
+    return agent;
+  }
+
+  before(async () => {
+    env = await requireServices();
+    dir = await mkdtemp(join(tmpdir(), 'bosun-agent-'));
+    kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
+    const admin = kafka.admin();
+    await admin.connect();
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        { topic: topics.desired, numPartitions: PARTITIONS, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
+        { topic: topics.status, numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
+        { topic: topics.events, numPartitions: 3 },
+      ],
+    });
+    await admin.disconnect();
+    producer = kafka.producer();
+    await producer.connect();
+    watcher = kafka.consumer({ groupId: `watch-${run}` });
+    await watcher.connect();
+    await watcher.subscribe({ topics: [topics.status, topics.events], fromBeginning: true });
+    await watcher.run({
+      eachMessage: async ({ topic, message }) => {
+        (topic === topics.status ? statuses : events).push(decode(message.value));
+        await Promise.resolve();
+      },
+    });
+  });
+
+  after(async () => {
+    await watcher?.disconnect();
+    await producer?.disconnect();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('applies a signed spec, reports a signed status, and refuses everything else with a reason and no change', async () => {
+    // Other nodes' states on the same topic: the agent must not need to read them all.
+    for (let i = 0; i < 60; i++) await send(`node-${i}`, signEnvelope(spec(1, { node: `node-${i}` }), 'cp-1', cp.privateKey));
+    await send(node, signEnvelope(spec(1), 'cp-1', cp.privateKey));
+    const agent = await startAgent();
+    try {
+      await waitFor('status with version 1', () => statuses.some((s) => s.appliedVersion === 1), 30_000);
+      assert.equal(await readFile(join(dir, 'applied-version'), 'utf8'), '1');
+      const raw = await readFile(join(dir, 'state/identity/ed25519.pem'));
+      assert.ok(raw.length > 0);
+
+      const s1 = signEnvelope(spec(2), 'cp-1', cp.privateKey);
+      await send(node, '{"format": "bosun-envelope-v1", broken');
+      await send(node, signEnvelope(spec(2), 'who', stranger.privateKey));
+      await send(node, { ...s1, signature: signEnvelope(spec(2), 'cp-1', stranger.privateKey).signature });
+      await send(node, signEnvelope(spec(2, { node: 'node-zz' }), 'cp-1', cp.privateKey));
+      await send(node, signEnvelope(spec(2, { disks: { raid: { level: 5 } } }), 'cp-1', cp.privateKey));
+      await waitFor('five refusals', () => events.filter((e) => e.kind === 'refused').length >= 5, 30_000);
+      assert.deepEqual(events.filter((e) => e.kind === 'refused').map((e) => e.reason), ['malformed', 'unknown-key', 'bad-signature', 'wrong-node', 'invalid-spec']);
+      const invalid = events.find((e) => e.reason === 'invalid-spec') as { problems: { path: string }[] };
+      assert.ok(invalid.problems.some((p) => p.path === 'disks.devices'), JSON.stringify(invalid.problems));
+      assert.equal(await readFile(join(dir, 'applied-version'), 'utf8'), '1', 'nothing changed');
+      assert.deepEqual(applies, [1]);
+
+      // Duplicate delivery of a new version: one apply.
+      await send(node, s1);
+      await send(node, s1);
+      await waitFor('status with version 2', () => statuses.some((s) => s.appliedVersion === 2), 30_000);
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.deepEqual(applies, [1, 2]);
+      assert.equal(await readFile(join(dir, 'applied-version'), 'utf8'), '2');
+
+      // Fleet scale: it read its own partition only.
+      const mine = Array.from({ length: 60 }, (_, i) => `node-${i}`).filter((n) => partitionFor(n, PARTITIONS) === agent.consumer!.partition).length;
+      assert.ok(agent.consumer!.stats.messages <= mine + 10, `read ${agent.consumer!.stats.messages} messages; its partition holds about ${mine + 8}`);
+      assert.ok(agent.consumer!.stats.messages < 60);
+
+      const last = statuses.filter((s) => s.appliedVersion === 2).at(-1)!;
+      assert.equal(last.node, node);
+      assert.match(String(last.sealingKey), /^x25519:/);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('after a restart it converges to its last good state and ignores what it already applied', async () => {
+    const before = applies.length;
+    const agent = await startAgent();
+    try {
+      await waitFor('the consumer to catch up', () => (agent.consumer?.stats.ownMessages ?? 0) > 0, 30_000);
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.deepEqual(applies.slice(before), [2], 'one converging apply at boot, none for messages already applied');
+      assert.ok(agent.counters.duplicates >= 1);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('a failed apply is reported with the error and retried until it succeeds', async () => {
+    const agent = await startAgent();
+    const failing = join(dir, 'not-a-dir');
+    await (await import('node:fs/promises')).writeFile(failing, 'x');
+    const orig = planner.plan.bind(planner);
+    planner.plan = (s) => {
+      applies.push(s.version);
+      return Promise.resolve([{ kind: 'write', phase: 'auxiliary', path: join(failing, 'f'), mode: 0o644, content: 'x', why: 'blocked by a file where a directory should be' }]);
+    };
+    try {
+      await send(node, signEnvelope(spec(3), 'cp-1', cp.privateKey));
+      await waitFor('a failure event', () => events.some((e) => e.kind === 'apply-failed' && e.version === 3), 30_000);
+      const f = events.find((e) => e.kind === 'apply-failed')!;
+      assert.equal(f.code, 'E_WRITE');
+      assert.match(String(f.message), /cannot write .*not-a-dir\/f: (ENOTDIR|EEXIST)/);
+      await waitFor('a status that shows the failure and the last good version', () => statuses.some((s) => (s.lastApply as { result?: string } | null)?.result === 'failed' && s.appliedVersion === 2), 30_000);
+      planner.plan = orig;
+      await waitFor('the retry to succeed', () => statuses.some((s) => s.appliedVersion === 3), 30_000);
+    } finally {
+      planner.plan = orig;
+      await agent.stop();
+    }
+  });
+});
