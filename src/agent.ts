@@ -15,6 +15,7 @@ import { startDesiredConsumer, type DesiredConsumer, type DesiredMessage } from 
 import { verifyEnvelope } from './bus/envelope.js';
 import { createKafka, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
+import type { Sample } from './health/metrics.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -62,6 +63,7 @@ export class Agent {
   #watchdog: NodeJS.Timeout | undefined;
   #lastFetch = Date.now();
   #stopped = false;
+  #lastHealth: Record<string, unknown> | undefined;
   readonly counters = { received: 0, refused: 0, applied: 0, failed: 0, duplicates: 0, consumerRestarts: 0 };
 
   constructor(o: AgentOptions) {
@@ -228,7 +230,30 @@ export class Agent {
 
   /** Publish a status with health figures (called by the health schedule). */
   report(health: Record<string, unknown>): Promise<void> {
+    this.#lastHealth = health;
     return this.#reporter!.status(this.statusBody({ health }));
+  }
+
+  /** The figures for the local Prometheus endpoint. */
+  metrics(): Sample[] {
+    const g = (name: string, help: string, value: number, labels?: Record<string, string>): Sample => ({ name, help, type: 'gauge', value, labels });
+    const c = (name: string, help: string, value: number): Sample => ({ name, help, type: 'counter', value });
+    const h = this.#lastHealth as { ok?: boolean; disks?: { array?: { degraded: number }; usage?: { sizeBytes: number; usedBytes: number } } } | undefined;
+    const q = this.#reporter?.queued;
+    return [
+      g('bosun_applied_version', 'spec version applied in full (0: none yet)', this.#lastGood?.version ?? 0),
+      g('bosun_wanted_version', 'newest spec version received', this.#wanted?.version ?? 0),
+      g('bosun_last_apply_failed', '1 if the last apply failed', this.#lastApply?.result === 'failed' ? 1 : 0),
+      c('bosun_desired_messages_total', 'desired-state messages for this node read', this.counters.received),
+      c('bosun_desired_refused_total', 'desired-state messages refused (bad signature, unknown key, invalid ...)', this.counters.refused),
+      c('bosun_applies_total', 'applies that completed', this.counters.applied),
+      c('bosun_apply_failures_total', 'applies that failed', this.counters.failed),
+      c('bosun_consumer_restarts_total', 'Kafka consumers rebuilt by the watchdog', this.counters.consumerRestarts),
+      g('bosun_reports_queued', 'events waiting for the broker', q?.events ?? 0),
+      ...(h ? [g('bosun_health_ok', '1 if the last health round found no problem', h.ok ? 1 : 0)] : []),
+      ...(h?.disks?.array ? [g('bosun_raid_degraded_members', 'RAID members missing', h.disks.array.degraded)] : []),
+      ...(h?.disks?.usage ? [g('bosun_volume_size_bytes', 'data volume size', h.disks.usage.sizeBytes), g('bosun_volume_used_bytes', 'data volume bytes used', h.disks.usage.usedBytes)] : []),
+    ];
   }
 
   async stop(): Promise<void> {

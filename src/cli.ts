@@ -5,6 +5,7 @@ import { Agent, AGENT_VERSION } from './agent.js';
 import { applySpec } from './engine/apply.js';
 import { collectHealth } from './health/collect.js';
 import { scheduleHealth } from './health/schedule.js';
+import { serveMetrics } from './health/metrics.js';
 import { Journal } from './engine/journal.js';
 import { Redactor } from './engine/redact.js';
 import { planToJson, renderPlanText } from './engine/render.js';
@@ -159,6 +160,8 @@ const COMMANDS: Record<string, Command> = {
       const ctx = { distro: await detectDistro() };
       const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor });
       await agent.start();
+      const m = settings!.metrics;
+      const metrics = m ? await serveMetrics({ host: m.listen.slice(0, m.listen.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: Number(m.listen.slice(m.listen.lastIndexOf(':') + 1)) }, () => agent.metrics()) : undefined;
       const health = scheduleHealth(agent.lastGood?.health.intervalSeconds ?? 30, async () => {
         const spec = agent.lastGood;
         if (spec) await agent.report(await collectHealth(spec, probe, ctx));
@@ -169,6 +172,7 @@ const COMMANDS: Record<string, Command> = {
       });
       logger.info('stopping');
       await health.stop();
+      metrics?.close();
       await agent.stop();
       return ExitCode.ok;
     },

@@ -140,6 +140,10 @@ describe('agent control loop (real Kafka)', () => {
       assert.ok(agent.consumer!.stats.messages <= mine + 10, `read ${agent.consumer!.stats.messages} messages; its partition holds about ${mine + 8}`);
       assert.ok(agent.consumer!.stats.messages < 60);
 
+      const metrics = Object.fromEntries(agent.metrics().map((m) => [m.name, m.value]));
+      assert.equal(metrics.bosun_applied_version, 2);
+      assert.equal(metrics.bosun_desired_refused_total, 5);
+
       const last = statuses.filter((s) => s.appliedVersion === 2).at(-1)!;
       assert.equal(last.node, node);
       assert.match(String(last.sealingKey), /^x25519:/);

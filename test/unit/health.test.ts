@@ -14,3 +14,27 @@ describe('health schedule', () => {
     for (const s of [5, 7, 30, 59, 60, 90, 300, 3600]) assert.ok(validate(cronFor(s)), cronFor(s));
   });
 });
+
+describe('metrics endpoint', () => {
+  it('serves Prometheus text on loopback', async () => {
+    const { serveMetrics } = await import('../../src/health/metrics.js');
+    const server = await serveMetrics({ host: '127.0.0.1', port: 0 }, () => [
+      { name: 'bosun_applied_version', help: 'spec version applied', type: 'gauge', value: 7 },
+      { name: 'bosun_refused_total', help: 'messages refused', type: 'counter', value: 2, labels: { reason: 'bad-signature' } },
+      { name: 'bosun_refused_total', help: 'messages refused', type: 'counter', value: 1, labels: { reason: 'wrong "node"' } },
+    ]);
+    try {
+      const { port } = server.address() as { port: number };
+      const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+      assert.equal(
+        await res.text(),
+        '# HELP bosun_applied_version spec version applied\n# TYPE bosun_applied_version gauge\nbosun_applied_version 7\n# HELP bosun_refused_total messages refused\n# TYPE bosun_refused_total counter\nbosun_refused_total{reason="bad-signature"} 2\nbosun_refused_total{reason="wrong \\"node\\""} 1\n',
+      );
+      assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
+    } finally {
+      server.close();
+    }
+  });
+});
