@@ -1,4 +1,6 @@
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from './host/files.js';
 import { applySpec, type Planner } from './engine/apply.js';
 import { Journal } from './engine/journal.js';
 import type { Redactor } from './engine/redact.js';
@@ -63,6 +65,11 @@ export class Agent {
   #watchdog: NodeJS.Timeout | undefined;
   #lastFetch = Date.now();
   #stopped = false;
+  #restarting = false;
+  /** per partition, the newest offset of this node's messages examined, kept across restarts */
+  #seen: Record<string, string> = {};
+  /** partition:offset of messages already refused and reported, so re-reading after a restart does not report them again */
+  readonly #refused = new Set<string>();
   #lastHealth: Record<string, unknown> | undefined;
   readonly counters = { received: 0, refused: 0, applied: 0, failed: 0, duplicates: 0, consumerRestarts: 0 };
 
@@ -82,6 +89,8 @@ export class Agent {
   async start(): Promise<void> {
     const { logger } = this.#o;
     this.#lastGood = await this.#readLastGood();
+    const seen = await readFile(join(this.#o.stateDir, 'desired-seen.json'), 'utf8').catch(() => '{}');
+    this.#seen = JSON.parse(seen) as Record<string, string>;
     this.#kafka = await createKafka(this.#o.settings, logger);
     this.#reporter = new Reporter({ kafka: this.#kafka, node: this.#o.settings.node, identity: this.#o.identity, topics: this.#o.settings.topics, logger });
     if (this.#lastGood) {
@@ -95,7 +104,7 @@ export class Agent {
     await this.#startConsumer();
     const limit = (this.#o.watchdogSeconds ?? 120) * 1000;
     this.#watchdog = setInterval(() => {
-      if (Date.now() - this.#lastFetch > limit) {
+      if (Date.now() - this.#lastFetch > limit && !this.#restarting) {
         logger.warn({ silentSeconds: Math.round((Date.now() - this.#lastFetch) / 1000) }, 'the Kafka consumer has stopped fetching; rebuilding it');
         void this.#restartConsumer();
       }
@@ -114,6 +123,10 @@ export class Agent {
         onFetch: () => {
           this.#lastFetch = Date.now();
         },
+        onCrash: (err) => {
+          this.#o.logger.warn(`the Kafka consumer crashed (${err.message}); rebuilding it`);
+          void this.#restartConsumer();
+        },
       });
     } catch (e) {
       // The broker may be down at boot: the host keeps running as it is; the watchdog tries again.
@@ -122,12 +135,29 @@ export class Agent {
   }
 
   async #restartConsumer(): Promise<void> {
-    if (this.#stopped) return;
-    this.counters.consumerRestarts += 1;
-    const old = this.#consumer;
-    this.#consumer = undefined;
-    await old?.stop().catch(() => undefined);
-    await this.#startConsumer();
+    if (this.#stopped || this.#restarting) return;
+    this.#restarting = true;
+    try {
+      this.counters.consumerRestarts += 1;
+      const old = this.#consumer;
+      this.#consumer = undefined;
+      await old?.stop().catch(() => undefined);
+      if (!this.#stopped) await this.#startConsumer();
+    } finally {
+      this.#restarting = false;
+    }
+  }
+
+  /** Was this message examined (and any refusal reported) by an earlier run? */
+  #alreadySeen(m: DesiredMessage): boolean {
+    const seen = this.#seen[String(m.partition)];
+    return seen !== undefined && BigInt(m.offset) <= BigInt(seen);
+  }
+
+  async #markSeen(m: DesiredMessage): Promise<void> {
+    if (this.#alreadySeen(m)) return;
+    this.#seen[String(m.partition)] = m.offset;
+    await writeFileAtomic(join(this.#o.stateDir, 'desired-seen.json'), JSON.stringify(this.#seen) + '\n', { mode: 0o600 });
   }
 
   async #readLastGood(): Promise<NodeSpec | undefined> {
@@ -152,6 +182,9 @@ export class Agent {
         this.#o.logger.debug({ offset: m.offset }, v.refusal.message);
         return;
       }
+      if (this.#refused.has(`${m.partition}:${m.offset}`) || this.#alreadySeen(m)) return;
+      this.#refused.add(`${m.partition}:${m.offset}`);
+      await this.#markSeen(m);
       this.counters.refused += 1;
       this.#o.logger.warn({ reason: v.refusal.reason, offset: m.offset }, `refused a desired state: ${v.refusal.message}; nothing changed`);
       await this.#reporter!.event({ kind: 'refused', reason: v.refusal.reason, message: v.refusal.message, offset: m.offset, partition: m.partition, ...('problems' in v.refusal ? { problems: v.refusal.problems } : {}) });
@@ -161,6 +194,7 @@ export class Agent {
       this.counters.duplicates += 1;
       return;
     }
+    await this.#markSeen(m);
     this.#wanted = v.spec;
     this.#o.logger.info({ version: v.spec.version, keyId: v.keyId, offset: m.offset }, `desired state version ${v.spec.version} received`);
     void this.#kick();
@@ -261,6 +295,7 @@ export class Agent {
     if (this.#watchdog) clearInterval(this.#watchdog);
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     await this.#applying?.catch(() => undefined);
+    while (this.#restarting) await new Promise((r) => setTimeout(r, 50));
     await this.#consumer?.stop().catch(() => undefined);
     await this.#reporter?.stop();
   }

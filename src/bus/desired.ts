@@ -31,6 +31,8 @@ export interface DesiredConsumerOptions {
   onMessage: (m: DesiredMessage) => Promise<void>;
   /** called on every fetch; a watchdog uses it to see the consumer is alive */
   onFetch?: () => void;
+  /** called when kafkajs gives up on the consumer; the owner rebuilds it */
+  onCrash?: (error: Error) => void;
 }
 
 export interface DesiredConsumer {
@@ -81,10 +83,18 @@ export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<D
     heartbeatInterval: 3_000,
     maxWaitTimeInMs: 1_000,
     allowAutoTopicCreation: false,
+    // kafkajs's own restart loop is known to spin forever without brokers; the agent's watchdog rebuilds instead.
+    retry: { retries: 5, restartOnFailure: () => Promise.resolve(false) },
   });
   consumer.on(consumer.events.FETCH, () => o.onFetch?.());
-  await consumer.connect();
-  await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+  consumer.on(consumer.events.CRASH, (e) => o.onCrash?.(e.payload.error));
+  try {
+    await consumer.connect();
+    await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+  } catch (e) {
+    await consumer.disconnect().catch(() => undefined);
+    throw e;
+  }
   let newest: DesiredMessage | undefined;
   let live = highWatermark === 0n;
   const log = o.logger.child({ component: 'desired', partition });

@@ -1,9 +1,11 @@
 // The control loop against the real broker: signed desired state in, signed status and events out.
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, randomBytes, verify } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import kafkajs, { type Consumer, type Producer } from 'kafkajs';
 import { Agent } from '../../src/agent.js';
@@ -18,8 +20,8 @@ import { publicKeyString } from '../../src/identity/seal.js';
 import { createLogger } from '../../src/log.js';
 import { parseAgentSettings } from '../../src/spec/validate.js';
 import { ed25519PublicFromString } from '../../src/bus/envelope.js';
-import { requireServices, type ServiceEnv } from '../services/env.js';
-import { waitFor } from '../helpers.js';
+import { requireServices, stateFilePath, type ServiceEnv } from '../services/env.js';
+import { repoRoot, waitFor } from '../helpers.js';
 
 const { Kafka, logLevel } = kafkajs;
 const run = randomBytes(4).toString('hex');
@@ -58,13 +60,13 @@ describe('agent control loop (real Kafka)', () => {
     return JSON.parse(payload.toString()) as Record<string, unknown>;
   }
 
-  async function startAgent(): Promise<Agent> {
+  async function startAgent(watchdogSeconds?: number): Promise<Agent> {
     const settings = parseAgentSettings({ node, stateDir: join(dir, 'state'), kafka: { brokers: env.kafkaBrokers }, topics, trustedKeys: [{ id: 'cp-1', publicKey: publicKeyString('ed25519', cp.publicKey) }] });
     assert.ok(settings.ok);
     const redactor = new Redactor();
     const { logger } = createLogger({ redactor, target: 'stderr', level: 'warn' });
     const { identity } = await loadOrCreateIdentity(join(dir, 'state'));
-    const agent = new Agent({ settings: settings.value, stateDir: join(dir, 'state'), identity, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, redactor, planner, retrySeconds: 1 });
+    const agent = new Agent({ settings: settings.value, stateDir: join(dir, 'state'), identity, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, redactor, planner, retrySeconds: 1, watchdogSeconds });
     await agent.start();
     return agent;
   }
@@ -159,6 +161,7 @@ describe('agent control loop (real Kafka)', () => {
       await waitFor('the consumer to catch up', () => (agent.consumer?.stats.ownMessages ?? 0) > 0, 30_000);
       await new Promise((r) => setTimeout(r, 1000));
       assert.deepEqual(applies.slice(before), [2], 'one converging apply at boot, none for messages already applied');
+      assert.equal(agent.counters.refused, 0, 'refusals reported by the earlier run are not reported again');
       assert.ok(agent.counters.duplicates >= 1);
     } finally {
       await agent.stop();
@@ -185,6 +188,31 @@ describe('agent control loop (real Kafka)', () => {
       await waitFor('the retry to succeed', () => statuses.some((s) => s.appliedVersion === 3), 30_000);
     } finally {
       planner.plan = orig;
+      await agent.stop();
+    }
+  });
+
+  it('survives a minute without the broker: keeps the host as it is, then catches up and flushes its reports', async () => {
+    const own = existsSync(join(dirname(stateFilePath()), 'run', 'kafka.pid'));
+    assert.ok(own, 'this test stops and restarts the broker, so it needs the one test/services/up started (not an external KAFKA_BROKERS)');
+    const agent = await startAgent(15);
+    // Without KAFKA_BROKERS in its environment, so the harness manages its own broker rather than "using that Kafka".
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KAFKA_')));
+    const sh = (cmd: string) => execFileSync('bash', [join(repoRoot, 'test/services', cmd), 'kafka'], { stdio: 'pipe', timeout: 120_000, env });
+    try {
+      await waitFor('the agent to be reading', () => (agent.consumer?.stats.ownMessages ?? 0) > 0, 30_000);
+      const before = applies.length;
+      sh('down');
+      await agent.report({ ok: true, problems: [], marker: 'during-outage' });
+      await new Promise((r) => setTimeout(r, 60_000));
+      assert.equal(applies.length, before, 'nothing applied while the broker was away');
+      sh('up');
+      const refusedBefore = agent.counters.refused;
+      await waitFor('the status reported during the outage to arrive', () => statuses.some((s) => (s.health as { marker?: string } | undefined)?.marker === 'during-outage'), 90_000);
+      await send(node, signEnvelope(spec(4), 'cp-1', cp.privateKey));
+      await waitFor('the spec sent after the outage to be applied', () => statuses.some((s) => s.appliedVersion === 4), 120_000);
+      assert.equal(agent.counters.refused, refusedBefore, 'refusals already reported are not reported again after the consumer is rebuilt');
+    } finally {
       await agent.stop();
     }
   });

@@ -1,0 +1,381 @@
+import { createHash, randomBytes, type KeyObject } from 'node:crypto';
+import { constants, type BigIntStats } from 'node:fs';
+import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { seal, x25519PublicFromString, publicKeyString } from '../identity/seal.js';
+import { BackupError, errnoOf } from './errors.js';
+import {
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_PACK_SIZE,
+  FORMAT,
+  LATEST_KEY,
+  deriveKeys,
+  encodeManifest,
+  manifestKey,
+  newBackupId,
+  packKey,
+  type BackupStats,
+  type ChunkRef,
+  type Entry,
+  type FileEntry,
+  type LatestPointer,
+  type ManifestHeader,
+  type PackRef,
+} from './format.js';
+import { ProgressTracker, type Progress } from './progress.js';
+import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
+import { ChunkWorkers, RecordBuffers, defaultWorkerCount } from './workers/pool.js';
+import type { Transport } from './transport.js';
+
+export interface ManifestSigner {
+  /** "ed25519:<base64url>", as HostIdentity.signingKey */
+  signingKey: string;
+  sign(data: Uint8Array): Buffer;
+}
+
+export interface CreateBackupOptions {
+  /** directory to back up; its own mode, owner and mtime are kept too */
+  source: string;
+  transport: Transport;
+  /** X25519 public key ("x25519:…") the backup's data key is sealed to */
+  recipient: string | KeyObject;
+  /** signs the manifest (the creating host's Ed25519 identity); see FORMAT.md */
+  signer?: ManifestSigner;
+  /** label of the creating host, kept in the manifest header */
+  host?: string;
+  chunkSize?: number;
+  packSize?: number;
+  /** zstd level; 0 stores chunks uncompressed */
+  compressionLevel?: number;
+  uploadConcurrency?: number;
+  /** point latest.json at this backup once it is complete (default true) */
+  updateLatest?: boolean;
+  retry?: RetryPolicy;
+  logger?: Logger;
+  onProgress?: (p: Progress) => void;
+  signal?: AbortSignal;
+  /** worker threads that hash, compress and encrypt chunks (default: cores - 1, 1 to 4) */
+  workers?: number;
+  /** for tests: a fixed id */
+  backupId?: string;
+}
+
+export interface BackupResult {
+  backupId: string;
+  manifestKey: string;
+  stats: BackupStats;
+  seconds: number;
+}
+
+interface PendingFile {
+  entry: FileEntry;
+  abs: string;
+}
+
+/**
+ * Make a backup of `source`: walk the tree, cut each regular file into
+ * fixed-size chunks, compress and encrypt each chunk, append the records to
+ * packs of about packSize and upload each pack once full; then upload the
+ * manifest, and only then move latest.json. A backup whose manifest is missing
+ * was never finished and is never restored.
+ */
+export async function createBackup(o: CreateBackupOptions): Promise<BackupResult> {
+  const started = performance.now();
+  const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const packSize = o.packSize ?? DEFAULT_PACK_SIZE;
+  const level = o.compressionLevel ?? 1;
+  const retry = o.retry ?? DEFAULT_RETRY;
+  const backupId = o.backupId ?? newBackupId();
+  const recipient = typeof o.recipient === 'string' ? x25519PublicFromString(o.recipient) : o.recipient;
+  const log = o.logger?.child({ backupId });
+
+  const { entries, files, skipped } = await walk(o.source, log);
+  const stats: BackupStats = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, storedBytes: 0, chunks: 0, packs: 0, skipped };
+  for (const e of entries) {
+    if (e.type === 'dir') stats.dirs++;
+    else if (e.type === 'symlink') stats.symlinks++;
+    else if (e.type === 'hardlink') stats.hardlinks++;
+    else stats.files++;
+  }
+  const plannedBytes = files.reduce((n, f) => n + f.entry.size, 0);
+  log?.info({ files: stats.files, bytes: plannedBytes }, 'backup: source walked');
+
+  const dataKey = randomBytes(32);
+  const keys = deriveKeys(dataKey, backupId);
+  const sealedDataKey = seal(recipient, dataKey);
+  dataKey.fill(0);
+
+  const progress = new ProgressTracker('backup', plannedBytes, stats.files, o.onProgress);
+  progress.phase = 'transferring';
+  const packs = new PackWriter(o.transport, backupId, packSize, o.uploadConcurrency ?? 2, retry, log, o.signal);
+  const chunks: ChunkRef[] = [];
+  const bySha = new Map<string, number>();
+  // Hashing, compression and encryption run on worker threads; the main thread
+  // reads files in order (and hashes each whole file) and assembles packs.
+  const workers = new ChunkWorkers(o.workers ?? defaultWorkerCount(), { key: keys.chunk, backupId });
+  const buffers = new RecordBuffers(chunkSize);
+  const maxInflight = 4 * (o.workers ?? defaultWorkerCount());
+  const inflight = new Set<Promise<void>>();
+  const filesDone: Array<Promise<void>> = [];
+
+  const sealOne = async (plain: Buffer): Promise<number> => {
+    // The buffer is transferred to the worker: after this call it is empty here.
+    const plainLength = plain.length;
+    const r = await workers.run({ op: 'seal', buffer: plain.buffer as ArrayBuffer, length: plain.length, level });
+    buffers.give(r.buffer);
+    if (!r.ok || 'plain' in r) throw new Error('chunk worker failed to seal a chunk');
+    if ('zero' in r) return -1;
+    const { record, codec, sha256: hash } = r.sealed;
+    let idx = bySha.get(hash);
+    if (idx !== undefined) return idx;
+    idx = chunks.length;
+    bySha.set(hash, idx);
+    const rec = Buffer.from(record);
+    const ref: ChunkRef = [0, 0, rec.length, plainLength, codec === 1 ? 1 : 0, hash];
+    chunks.push(ref);
+    const at = await packs.add([rec], rec.length);
+    ref[0] = at.pack;
+    ref[1] = at.offset;
+    return idx;
+  };
+
+  try {
+    for (const f of files) {
+      o.signal?.throwIfAborted();
+      const fileHash = createHash('sha256');
+      const refs: Array<Promise<number>> = [];
+      let size = 0;
+      await readChunks(f.abs, chunkSize, buffers, async (plain) => {
+        size += plain.length;
+        fileHash.update(plain);
+        progress.add(plain.length);
+        while (inflight.size >= maxInflight) await Promise.race(inflight);
+        const p = sealOne(plain);
+        const tracked: Promise<void> = p.then(
+          () => undefined,
+          () => undefined,
+        );
+        inflight.add(tracked);
+        void tracked.finally(() => inflight.delete(tracked));
+        refs.push(p);
+      });
+      if (size !== f.entry.size) log?.warn({ path: f.entry.path, before: f.entry.size, read: size }, 'backup: file changed size while it was read; the backup has what was read');
+      f.entry.size = size;
+      f.entry.sha256 = fileHash.digest('hex');
+      stats.bytes += size;
+      const entry = f.entry;
+      const done = Promise.all(refs).then((r) => {
+        entry.chunks = r;
+      });
+      done.catch(() => undefined);
+      filesDone.push(done);
+    }
+    await Promise.all(filesDone);
+    const packRefs: PackRef[] = await packs.finish();
+    stats.packs = packRefs.length;
+    stats.chunks = chunks.length;
+    stats.storedBytes = packRefs.reduce((n, p) => n + p.size, 0);
+
+    progress.phase = 'finishing';
+    const header: ManifestHeader = {
+      format: FORMAT,
+      backupId,
+      createdAt: new Date().toISOString(),
+      ...(o.host !== undefined ? { host: o.host } : {}),
+      recipient: publicKeyString('x25519', recipient),
+      sealedDataKey,
+      ...(o.signer ? { signer: o.signer.signingKey } : {}),
+      chunkSize,
+      cipher: 'aes-256-gcm',
+      compression: 'zstd',
+      hash: 'sha256',
+      stats,
+    };
+    const signer = o.signer;
+    const manifest = encodeManifest({ header, body: { entries, chunks, packs: packRefs } }, keys.manifest, signer ? (d) => signer.sign(d) : undefined);
+    await withRetry(retry, () => o.transport.put(manifestKey(backupId), manifest, o.signal), o.signal ? { signal: o.signal } : {});
+    if (o.updateLatest ?? true) {
+      const pointer: LatestPointer = { format: FORMAT, backupId, createdAt: header.createdAt };
+      await withRetry(retry, () => o.transport.put(LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), o.signal), o.signal ? { signal: o.signal } : {});
+    }
+  } catch (e) {
+    await Promise.allSettled(filesDone);
+    await packs.abandon();
+    throw e;
+  } finally {
+    await workers.close();
+    keys.chunk.fill(0);
+    keys.manifest.fill(0);
+  }
+  progress.phase = 'done';
+  progress.maybeEmit(true);
+  const seconds = (performance.now() - started) / 1000;
+  log?.info({ ...stats, seconds: Number(seconds.toFixed(3)), manifest: o.transport.describe(manifestKey(backupId)) }, 'backup: complete');
+  return { backupId, manifestKey: manifestKey(backupId), stats, seconds };
+}
+
+function sourceError(path: string, e: unknown): BackupError {
+  return new BackupError('source', `cannot read ${path}: ${errnoOf(e) ?? String(e)}`, { path, errno: errnoOf(e) }, { cause: e });
+}
+
+/**
+ * The tree in manifest order: depth first, names sorted, every directory before
+ * what it holds. A second name of an inode already seen becomes a hard link.
+ */
+async function walk(root: string, log: Logger | undefined): Promise<{ entries: Entry[]; files: PendingFile[]; skipped: number }> {
+  const entries: Entry[] = [];
+  const files: PendingFile[] = [];
+  const inodes = new Map<string, string>();
+  let skipped = 0;
+  const rootStat = await lstat(root, { bigint: true }).catch((e: unknown) => {
+    throw sourceError(root, e);
+  });
+  if (!rootStat.isDirectory()) throw new BackupError('source', `${root} is not a directory`, { path: root });
+
+  const visit = async (rel: string, abs: string, st: BigIntStats): Promise<void> => {
+    const base = { path: rel, uid: Number(st.uid), gid: Number(st.gid), mtimeNs: st.mtimeNs.toString() };
+    const mode = Number(st.mode) & 0o7777;
+    if (st.isDirectory()) {
+      entries.push({ type: 'dir', ...base, mode });
+      let names: string[];
+      try {
+        names = await readdir(abs);
+      } catch (e) {
+        throw sourceError(abs, e);
+      }
+      names.sort();
+      for (const name of names) {
+        const childAbs = join(abs, name);
+        let cst;
+        try {
+          cst = await lstat(childAbs, { bigint: true });
+        } catch (e) {
+          if (errnoOf(e) === 'ENOENT') continue; // gone since readdir: a live tree
+          throw sourceError(childAbs, e);
+        }
+        await visit(rel === '.' ? name : `${rel}/${name}`, childAbs, cst);
+      }
+    } else if (st.isFile()) {
+      if (st.nlink > 1n) {
+        const id = `${st.dev}:${st.ino}`;
+        const first = inodes.get(id);
+        if (first !== undefined) {
+          entries.push({ type: 'hardlink', path: rel, target: first });
+          return;
+        }
+        inodes.set(id, rel);
+      }
+      const size = Number(st.size);
+      const entry: FileEntry = { type: 'file', ...base, mode, size, sha256: '', sparse: st.blocks * 512n < st.size, chunks: [] };
+      entries.push(entry);
+      files.push({ entry, abs });
+    } else if (st.isSymbolicLink()) {
+      let target: string;
+      try {
+        target = await readlink(abs);
+      } catch (e) {
+        throw sourceError(abs, e);
+      }
+      entries.push({ type: 'symlink', ...base, target });
+    } else {
+      skipped++;
+      log?.warn({ path: rel }, 'backup: skipping a socket, fifo or device node');
+    }
+  };
+  await visit('.', root, rootStat);
+  return { entries, files, skipped };
+}
+
+/** Read a file in chunkSize pieces, each into a buffer of its own from `buffers` (it travels to a worker). */
+async function readChunks(path: string, chunkSize: number, buffers: RecordBuffers, each: (plain: Buffer) => Promise<void>): Promise<void> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (e) {
+    throw sourceError(path, e);
+  }
+  try {
+    for (;;) {
+      const buf = buffers.take(chunkSize);
+      let n = 0;
+      while (n < buf.length) {
+        const { bytesRead } = await fh.read(buf, n, buf.length - n, null);
+        if (bytesRead === 0) break;
+        n += bytesRead;
+      }
+      if (n === 0) {
+        buffers.give(buf.buffer as ArrayBuffer);
+        break;
+      }
+      await each(buf.subarray(0, n));
+      if (n < chunkSize) break;
+    }
+  } catch (e) {
+    if (e instanceof BackupError) throw e;
+    throw sourceError(path, e);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Appends records to the current pack and uploads each full pack, a few at a time. */
+class PackWriter {
+  #parts: Buffer[] = [];
+  #size = 0;
+  #index = 0;
+  readonly #refs: PackRef[] = [];
+  readonly #inflight = new Set<Promise<void>>();
+  #failure: Error | undefined;
+
+  constructor(
+    readonly transport: Transport,
+    readonly backupId: string,
+    readonly packSize: number,
+    readonly concurrency: number,
+    readonly retry: RetryPolicy,
+    readonly log: Logger | undefined,
+    readonly signal: AbortSignal | undefined,
+  ) {}
+
+  async add(record: Buffer[], length: number): Promise<{ pack: number; offset: number }> {
+    if (this.#failure !== undefined) throw this.#failure;
+    const at = { pack: this.#index, offset: this.#size };
+    this.#parts.push(...record);
+    this.#size += length;
+    if (this.#size >= this.packSize) await this.#flush();
+    return at;
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#size === 0) return;
+    const body = Buffer.concat(this.#parts, this.#size);
+    const key = packKey(this.backupId, this.#index);
+    this.#refs.push({ key, size: body.length });
+    this.#parts = [];
+    this.#size = 0;
+    this.#index++;
+    while (this.#inflight.size >= this.concurrency) await Promise.race(this.#inflight);
+    if (this.#failure !== undefined) throw this.#failure;
+    const p: Promise<void> = withRetry(this.retry, () => this.transport.put(key, body, this.signal), {
+      ...(this.signal ? { signal: this.signal } : {}),
+      onRetry: (e, n, ms) => this.log?.warn({ object: this.transport.describe(key), failures: n, delayMs: ms, err: e instanceof Error ? e.message : String(e) }, 'backup: upload failed, retrying'),
+    })
+      .catch((e: unknown) => {
+        this.#failure ??= e instanceof Error ? e : new Error(String(e));
+      })
+      .finally(() => this.#inflight.delete(p));
+    this.#inflight.add(p);
+  }
+
+  async finish(): Promise<PackRef[]> {
+    await this.#flush();
+    await Promise.all(this.#inflight);
+    if (this.#failure !== undefined) throw this.#failure;
+    return this.#refs;
+  }
+
+  async abandon(): Promise<void> {
+    await Promise.allSettled(this.#inflight);
+  }
+}

@@ -1,0 +1,661 @@
+import { constants } from 'node:fs';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { writeFileAtomic } from '../host/files.js';
+import type { Logger } from '../log.js';
+import { BackupError, errnoOf, isBackupError } from './errors.js';
+import { runCommand } from '../host/exec.js';
+import { Redactor } from '../engine/redact.js';
+import { Semaphore } from './semaphore.js';
+import { ChunkWorkers, DigestChecker, RecordBuffers, defaultWorkerCount } from './workers/pool.js';
+import {
+  LATEST_KEY,
+  RECORD_OVERHEAD,
+  LatestPointer,
+  MAX_MANIFEST_BYTES,
+  checkManifestSignature,
+  deriveKeys,
+  isBackupId,
+  manifestKey,
+  openManifestBody,
+  parseManifest,
+  type ChunkRef,
+  type FileEntry,
+  type ManifestBody,
+  type ManifestHeader,
+} from './format.js';
+import { DoneSet, readJournal, removeJournal, writeJournal } from './journal.js';
+import { indexChunks, planRanges, type WorkRange } from './plan.js';
+import { ProgressTracker, formatBytes, type Progress } from './progress.js';
+import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
+import { S3Transport } from './s3-transport.js';
+import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, type TargetLayout } from './target.js';
+import { Throttle } from './throttle.js';
+import { TransportError, type Transport } from './transport.js';
+
+/** What a manifest policy sees before any data is fetched. */
+export interface ManifestInfo {
+  header: ManifestHeader;
+  /** the signature verified against header.signer (false: the manifest is unsigned) */
+  signed: boolean;
+}
+
+export type RestoreSource = { transport: Transport } | { client: S3Client; bucket: string; prefix?: string };
+
+export type RestoreOptions = RestoreSource & {
+  /** a backup id, or "latest" */
+  backupId: string;
+  /** the directory to restore into: missing, or empty (see target.ts) */
+  target: string;
+  /** open the sealed data key of the manifest (e.g. with the backup key pair); throw if it cannot */
+  openDataKey: (sealedDataKey: string, header: ManifestHeader) => Buffer | Promise<Buffer>;
+  /** accept or refuse a manifest (throw to refuse), e.g. trustSigners([...]); default: accept signed and unsigned */
+  verifyManifest?: (info: ManifestInfo) => void | Promise<void>;
+  logger?: Logger;
+  /** the data key is registered here, so no log line or error can carry it */
+  redactor?: Redactor;
+  onProgress?: (p: Progress) => void;
+  /** bytes per second over all downloads */
+  bandwidthLimit?: number;
+  /** ranged GETs in flight (default 8) */
+  concurrency?: number;
+  /** bytes per ranged GET at most (default 16 MiB) */
+  rangeSize?: number;
+  retry?: RetryPolicy;
+  /** set owner and group from the backup (default: when running as root) */
+  preserveOwner?: boolean;
+  /** write a JSON completion record here after the commit */
+  markerPath?: string;
+  /** worker threads that decrypt, decompress and verify chunks (default: cores - 1, 1 to 4) */
+  workers?: number;
+  /** how often the journal is checkpointed (default 2000 ms) */
+  checkpointIntervalMs?: number;
+  signal?: AbortSignal;
+};
+
+export interface RestoreResult {
+  backupId: string;
+  manifestDigest: string;
+  target: string;
+  /** logical bytes of all files */
+  bytes: number;
+  files: number;
+  /** bytes fetched from the store by this run */
+  transferredBytes: number;
+  /** chunks that were already restored by an interrupted earlier run */
+  resumedChunks: number;
+  seconds: number;
+}
+
+/** A manifest policy that requires a valid signature by one of the given Ed25519 keys ("ed25519:…"). */
+export function trustSigners(keys: readonly string[]): (info: ManifestInfo) => void {
+  return ({ header, signed }) => {
+    if (!signed || header.signer === undefined) throw new BackupError('key', `backup ${header.backupId} is not signed, and only signed backups are trusted`);
+    if (!keys.includes(header.signer)) throw new BackupError('key', `backup ${header.backupId} is signed by ${header.signer}, which is not a trusted key`);
+  };
+}
+
+function transportOf(o: RestoreSource): Transport {
+  return 'transport' in o ? o.transport : new S3Transport({ client: o.client, bucket: o.bucket, ...(o.prefix !== undefined ? { prefix: o.prefix } : {}) });
+}
+
+/** A whole small object (manifest, pointer) into memory, with retries; refuses anything over `limit`. */
+async function getWhole(t: Transport, key: string, limit: number, retry: RetryPolicy, signal?: AbortSignal): Promise<Buffer> {
+  return withRetry(retry, async () => {
+    const res = await t.get(key, undefined, signal);
+    if (res.objectSize !== undefined && res.objectSize > limit) throw new BackupError('format', `${t.describe(key)} is ${res.objectSize} bytes, more than a manifest may be`);
+    const parts: Buffer[] = [];
+    let n = 0;
+    for await (const p of res.body) {
+      n += p.length;
+      if (n > limit) throw new BackupError('format', `${t.describe(key)} is larger than a manifest may be`);
+      parts.push(Buffer.from(p.buffer, p.byteOffset, p.length));
+    }
+    if (res.objectSize !== undefined && n !== res.objectSize) throw new TransportError('transient', `${t.describe(key)}: got ${n} of ${res.objectSize} bytes`);
+    return Buffer.concat(parts, n);
+  }, signal ? { signal } : {});
+}
+
+function storeError(t: Transport, key: string, e: unknown): unknown {
+  if (!(e instanceof TransportError)) return e;
+  const what = t.describe(key);
+  if (e.kind === 'not-found') return new BackupError('missing', `${what} is missing from the store`, { object: what }, { cause: e });
+  if (e.kind === 'range') return new BackupError('truncated', `${what} is shorter than the manifest says: truncated`, { object: what }, { cause: e });
+  if (e.kind === 'transient') return new BackupError('transport', `${e.message} (gave up after retries)`, { object: what }, { cause: e });
+  return new BackupError('transport', e.message, { object: what }, { cause: e });
+}
+
+export async function resolveBackupId(t: Transport, backupId: string, retry: RetryPolicy = DEFAULT_RETRY, signal?: AbortSignal): Promise<string> {
+  if (backupId !== 'latest') {
+    if (!isBackupId(backupId)) throw new BackupError('format', `"${backupId}" is not a backup id (expected e.g. 20250102T030405Z-1a2b3c4d, or "latest")`);
+    return backupId;
+  }
+  let raw: Buffer;
+  try {
+    raw = await getWhole(t, LATEST_KEY, 64 * 1024, retry, signal);
+  } catch (e) {
+    throw storeError(t, LATEST_KEY, e);
+  }
+  try {
+    return LatestPointer.parse(JSON.parse(raw.toString('utf8'))).backupId;
+  } catch {
+    throw new BackupError('format', `${t.describe(LATEST_KEY)} is not a bosun latest pointer`);
+  }
+}
+
+interface Opened {
+  header: ManifestHeader;
+  body: ManifestBody;
+  digest: string;
+  chunkKey: Buffer;
+}
+
+/**
+ * Fetch, authenticate and open a manifest. Nothing on disk is touched, so a
+ * wrong key or an untrusted signer fails before the target is looked at.
+ */
+export async function openManifest(
+  t: Transport,
+  backupId: string,
+  openDataKey: RestoreOptions['openDataKey'],
+  opts: { verifyManifest?: RestoreOptions['verifyManifest']; retry?: RetryPolicy; signal?: AbortSignal; redactor?: Redactor } = {},
+): Promise<Opened> {
+  const key = manifestKey(backupId);
+  let bytes: Buffer;
+  try {
+    bytes = await getWhole(t, key, MAX_MANIFEST_BYTES, opts.retry ?? DEFAULT_RETRY, opts.signal);
+  } catch (e) {
+    throw storeError(t, key, e);
+  }
+  const sealed = parseManifest(bytes);
+  if (sealed.header.backupId !== backupId) throw new BackupError('integrity', `${t.describe(key)} names backup ${sealed.header.backupId}: it was moved or replaced`);
+  const signed = checkManifestSignature(sealed);
+  await opts.verifyManifest?.({ header: sealed.header, signed });
+  let dataKey: Buffer;
+  try {
+    dataKey = Buffer.from(await openDataKey(sealed.header.sealedDataKey, sealed.header));
+  } catch (e) {
+    throw new BackupError('key', `cannot open the data key of backup ${backupId}: it is sealed to ${sealed.header.recipient}, and the key given is not that key (or the sealed key was altered)`, { backupId, recipient: sealed.header.recipient }, { cause: e });
+  }
+  opts.redactor?.add(dataKey);
+  const keys = deriveKeys(dataKey, backupId);
+  dataKey.fill(0);
+  opts.redactor?.add(keys.chunk);
+  opts.redactor?.add(keys.manifest);
+  try {
+    const body = openManifestBody(sealed, keys.manifest);
+    return { header: sealed.header, body, digest: sealed.digest, chunkKey: keys.chunk };
+  } finally {
+    keys.manifest.fill(0);
+  }
+}
+
+const SPARSE_BLOCK = 4096;
+
+/** Write `buf` at `pos`, leaving 4 KiB blocks that are all zero as holes (the file was sized beforehand). */
+async function writeAt(fh: FileHandle, buf: Buffer, pos: number, sparse: boolean, zero: Buffer): Promise<void> {
+  if (!sparse) {
+    let n = 0;
+    while (n < buf.length) n += (await fh.write(buf, n, buf.length - n, pos + n)).bytesWritten;
+    return;
+  }
+  let runStart = -1;
+  const flush = async (end: number): Promise<void> => {
+    let n = runStart;
+    while (n < end) n += (await fh.write(buf, n, end - n, pos + n)).bytesWritten;
+    runStart = -1;
+  };
+  for (let off = 0; off < buf.length; off += SPARSE_BLOCK) {
+    const end = Math.min(buf.length, off + SPARSE_BLOCK);
+    const isZero = buf.compare(zero, 0, end - off, off, end) === 0;
+    if (!isZero && runStart < 0) runStart = off;
+    if (isZero && runStart >= 0) await flush(off);
+  }
+  if (runStart >= 0) await flush(buf.length);
+}
+
+function mtimeSeconds(ns: string): number {
+  const n = BigInt(ns);
+  return Number(n / 1_000_000_000n) + Number(n % 1_000_000_000n) / 1e9;
+}
+
+/**
+ * Restore a backup into `target`: many ranged GETs in flight, each streamed
+ * through decrypt → decompress → verify → write, one chunk in memory per
+ * download; transient errors retried with backoff from the byte reached; a
+ * journal beside the staging directory lets a killed restore continue; the
+ * target appears (or is marked complete) only when every chunk and every
+ * file's SHA-256 has verified.
+ */
+export async function restoreFromObjectStorage(o: RestoreOptions): Promise<RestoreResult> {
+  const started = performance.now();
+  const t = transportOf(o);
+  const retry = o.retry ?? DEFAULT_RETRY;
+  const abort = new AbortController();
+  const onOuterAbort = (): void => abort.abort(o.signal?.reason);
+  o.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  const signal = abort.signal;
+
+  const backupId = await resolveBackupId(t, o.backupId, retry, signal);
+  const log = o.logger?.child({ backupId });
+  const m = await openManifest(t, backupId, o.openDataKey, {
+    ...(o.verifyManifest ? { verifyManifest: o.verifyManifest } : {}),
+    retry,
+    signal,
+    ...(o.redactor ? { redactor: o.redactor } : {}),
+  });
+  const { header, body } = m;
+  const chunkSize = header.chunkSize;
+  const index = indexChunks(body);
+  const layout = await chooseLayout(o.target);
+  const bytesTotal = index.files.reduce((n, f) => n + f.size, 0);
+  const progress = new ProgressTracker('restore', bytesTotal, index.files.length, o.onProgress);
+  log?.info({ target: o.target, layout: layout.mode, files: index.files.length, bytes: bytesTotal, storedBytes: header.stats.storedBytes, createdAt: header.createdAt, signer: header.signer ?? null }, 'restore: manifest verified');
+
+  // Resume or start afresh.
+  const journal = await readJournal(layout.journal);
+  let done = new DoneSet(body.chunks.length);
+  let committing = false;
+  if (journal && journal.backupId === backupId && journal.manifestDigest === m.digest && journal.chunks === body.chunks.length) {
+    done = DoneSet.decode(body.chunks.length, journal.done);
+    committing = journal.state === 'committing';
+    log?.info({ doneChunks: done.count, chunks: body.chunks.length, committing }, 'restore: continuing an interrupted restore');
+  } else {
+    if (journal) log?.warn({ previous: journal.backupId }, 'restore: discarding an unfinished restore of another backup');
+    await clearStaging(layout);
+  }
+  const resumedChunks = done.count;
+  const writeJ = (state: 'fetching' | 'committing'): Promise<void> =>
+    writeJournal(layout.journal, { backupId, manifestDigest: m.digest, chunks: body.chunks.length, done: done.encode(), state });
+
+  let transferred = 0;
+  try {
+    if (!committing) {
+      await ensureStaging(layout);
+      await writeJ('fetching');
+      const fetched = await fetchAll(o, t, m, index, layout, done, progress, signal, abort, log);
+      transferred = fetched.transferred;
+      progress.phase = 'finishing';
+      log?.info({ transferred, finishedFiles: fetched.finalized.size }, 'restore: every chunk and file verified; setting metadata');
+      await finishTree(o, body, index.files, fetched.finalized, layout, chunkSize);
+      committing = true;
+      await writeJ('committing');
+    }
+    progress.phase = 'finishing';
+    log?.debug({ layout: layout.mode }, 'restore: committing');
+    await commitLayout(layout);
+    if (layout.mode === 'into') await applyRootMetadata(o, body, layout.target);
+    if (o.markerPath) {
+      const marker = { backupId, manifestDigest: m.digest, target: o.target, bytes: bytesTotal, files: index.files.length, completedAt: new Date().toISOString() };
+      await writeFileAtomic(o.markerPath, JSON.stringify(marker) + '\n', { mode: 0o644 });
+    }
+    await removeJournal(layout.journal);
+  } catch (e) {
+    abort.abort();
+    throw e;
+  } finally {
+    m.chunkKey.fill(0);
+    o.signal?.removeEventListener('abort', onOuterAbort);
+  }
+  progress.phase = 'done';
+  progress.maybeEmit(true);
+  const seconds = (performance.now() - started) / 1000;
+  log?.info({ target: o.target, bytes: bytesTotal, transferred, seconds: Number(seconds.toFixed(3)), rate: `${formatBytes(bytesTotal / Math.max(seconds, 1e-3))}/s`, resumedChunks }, 'restore: complete');
+  return { backupId, manifestDigest: m.digest, target: o.target, bytes: bytesTotal, files: index.files.length, transferredBytes: transferred, resumedChunks, seconds };
+}
+
+/** Every missing chunk fetched, verified and written; every file's digest checked on disk. Returns the bytes fetched. */
+async function fetchAll(
+  o: RestoreOptions,
+  t: Transport,
+  m: Opened,
+  index: ReturnType<typeof indexChunks>,
+  layout: TargetLayout,
+  done: DoneSet,
+  progress: ProgressTracker,
+  signal: AbortSignal,
+  abort: AbortController,
+  log: Logger | undefined,
+): Promise<{ transferred: number; finalized: Set<number> }> {
+  const { header, body } = m;
+  const chunkSize = header.chunkSize;
+  const retry = o.retry ?? DEFAULT_RETRY;
+  const zero = Buffer.alloc(Math.max(SPARSE_BLOCK, 1 << 16));
+  const pool = new HandlePool();
+  const throttle = o.bandwidthLimit ? new Throttle(o.bandwidthLimit) : undefined;
+  const pathOf = (f: FileEntry): string => join(layout.staging, f.path);
+  let failure: Error | undefined;
+  const fail = (e: unknown): void => {
+    failure ??= e instanceof Error ? e : new Error(String(e));
+    abort.abort();
+  };
+
+  // Directories and symlinks first; files appear on their first write.
+  for (const e of body.entries) {
+    const p = join(layout.staging, e.path);
+    try {
+      if (e.type === 'dir' && e.path !== '.') await mkdir(p, { mode: 0o700 });
+      if (e.type === 'symlink') await symlink(e.target, p);
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw err;
+    }
+  }
+
+  // A file is finished (size, zeros, owner, mode, mtime) as soon as its digest verifies on disk.
+  const finalized = new Set<number>();
+  const finishing = new Set<Promise<void>>();
+  const finishSlots = new Semaphore(8);
+  const onVerdict = (file: number, ok: boolean, detail: string | undefined): void => {
+    const f = index.files[file]!;
+    if (!ok) {
+      fail(new BackupError('integrity', `restored ${f.path} does not match its SHA-256 in the manifest${detail !== undefined ? ` (${detail})` : ''}`, { path: f.path }));
+      return;
+    }
+    const p: Promise<void> = finishSlots
+      .run(async () => {
+        await pool.forget(pathOf(f));
+        await finishFile(o, f, pathOf(f), chunkSize);
+        finalized.add(file);
+      })
+      .catch(fail)
+      .finally(() => finishing.delete(p));
+    finishing.add(p);
+  };
+  const digests = new DigestChecker(
+    chunkSize,
+    index.files.map((f) => ({ path: pathOf(f), size: f.size, sha256: f.sha256, holes: f.chunks.map((c) => c === -1) })),
+    onVerdict,
+    fail,
+  );
+  const workers = new ChunkWorkers(o.workers ?? defaultWorkerCount(), { key: m.chunkKey, backupId: header.backupId });
+  const buffers = new RecordBuffers(chunkSize + RECORD_OVERHEAD + 64);
+
+  // Chunks restored before a kill count as done, and are read back for the file digests.
+  let resumedBytes = 0;
+  for (const [c, slots] of index.targets.entries()) {
+    if (!done.has(c)) continue;
+    for (const s of slots) {
+      digests.written(s.file, s.ordinal);
+      resumedBytes += body.chunks[c]![3];
+    }
+  }
+  for (const f of index.files) for (const [k, c] of f.chunks.entries()) if (c === -1) resumedBytes += Math.min(chunkSize, f.size - k * chunkSize);
+  progress.add(resumedBytes);
+
+  const ranges = planRanges(body.chunks, index.targets, (c) => done.has(c), o.rangeSize ?? 16 * 1024 * 1024);
+  progress.phase = 'transferring';
+  log?.info({ ranges: ranges.length, chunks: ranges.reduce((n, r) => n + r.chunks.length, 0), bytes: ranges.reduce((n, r) => n + r.end - r.start + 1, 0) }, 'restore: fetching');
+
+  // Checkpoints: sync what was written, then record it as done.
+  const interval = o.checkpointIntervalMs ?? 2000;
+  let lastCheckpoint = performance.now();
+  let checkpointing: Promise<void> | undefined;
+  const checkpoint = async (): Promise<void> => {
+    const snapshot = new DoneSet(done.size, done.bits);
+    await syncTree(layout.staging, pool);
+    await writeJournal(layout.journal, { backupId: header.backupId, manifestDigest: m.digest, chunks: done.size, done: snapshot.encode(), state: 'fetching' });
+  };
+  const maybeCheckpoint = (): void => {
+    if (checkpointing || performance.now() - lastCheckpoint < interval) return;
+    lastCheckpoint = performance.now();
+    checkpointing = checkpoint()
+      .catch(fail)
+      .finally(() => (checkpointing = undefined));
+  };
+  let lastLog = performance.now();
+  let transferred = 0;
+
+  /** The plaintext, in a buffer to give back to `buffers` once written; or why the record did not open. */
+  const open = async (c: number, record: Buffer): Promise<{ plain: Buffer; release: () => void } | string> => {
+    const ref: ChunkRef = body.chunks[c]!;
+    const r = await workers.run({ op: 'open', buffer: record.buffer as ArrayBuffer, length: record.length, codec: ref[4], plainLength: ref[3], sha256: ref[5] });
+    if (!r.ok) {
+      buffers.give(r.buffer);
+      return r.why;
+    }
+    if (!('plain' in r)) throw new Error('chunk worker answered an open with something else');
+    if (r.plain !== r.buffer) buffers.give(r.buffer);
+    return { plain: Buffer.from(r.plain, 0, r.plainLength), release: () => buffers.give(r.plain) };
+  };
+
+  const handleRecord = async (c: number, record: Buffer): Promise<void> => {
+    const ref: ChunkRef = body.chunks[c]!;
+    const key = body.packs[ref[0]]!.key;
+    let result = await open(c, record);
+    // A bad record is fetched again on its own (it may have been damaged on the way) before the restore gives up.
+    for (let attempt = 1; attempt < 3 && typeof result === 'string'; attempt++) {
+      log?.warn({ object: t.describe(key), offset: ref[1], why: result }, 'restore: chunk failed verification, fetching it again');
+      const again = await fetchExact(t, key, ref[1], ref[2], body.packs[ref[0]]!.size, retry, signal, throttle, buffers);
+      transferred += again.length;
+      result = await open(c, again);
+    }
+    if (typeof result === 'string') {
+      const users = index.targets[c]!.map((s) => index.files[s.file]!.path);
+      throw new BackupError('integrity', `corrupt data in ${t.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${c}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`, { object: t.describe(key), offset: ref[1], chunk: c, files: users.slice(0, 10) });
+    }
+    const plain = result.plain;
+    try {
+      for (const s of index.targets[c]!) {
+        const f = index.files[s.file]!;
+        await pool.use(pathOf(f), (fh) => writeAt(fh, plain, s.ordinal * chunkSize, f.sparse, zero));
+        digests.written(s.file, s.ordinal);
+        progress.add(plain.length);
+      }
+    } finally {
+      result.release();
+    }
+    done.add(c);
+    maybeCheckpoint();
+    if (log && performance.now() - lastLog > 5000) {
+      lastLog = performance.now();
+      const p = progress.snapshot();
+      log.info({ bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, rate: Math.round(p.rate), etaSeconds: p.etaSeconds === undefined ? null : Math.round(p.etaSeconds) }, 'restore: progress');
+    }
+  };
+
+  const fetchRange = async (r: WorkRange): Promise<void> => {
+    const pack = body.packs[r.pack]!;
+    let pos = r.start;
+    let idx = 0;
+    let rec: Buffer | undefined;
+    let filled = 0;
+    // Up to two records of this range are being opened and written while the next one downloads.
+    const inflight: Array<Promise<void>> = [];
+    const settle = async (keep: number): Promise<void> => {
+      while (inflight.length > keep) await inflight.shift();
+    };
+    try {
+      await withRetry(
+        retry,
+        async (_attempt, progressed) => {
+          let res;
+          try {
+            res = await t.get(pack.key, { start: pos, end: r.end }, signal);
+          } catch (e) {
+            throw storeError(t, pack.key, e);
+          }
+          if (res.objectSize !== undefined && res.objectSize !== pack.size) {
+            throw new BackupError('truncated', `${t.describe(pack.key)} is ${res.objectSize} bytes but the manifest says ${pack.size}: truncated or replaced`, { object: t.describe(pack.key) });
+          }
+          for await (const piece of res.body) {
+            if (throttle) await throttle.take(piece.length);
+            transferred += piece.length;
+            progress.transferredBytes += piece.length;
+            let off = 0;
+            while (off < piece.length && idx < r.chunks.length) {
+              const c = r.chunks[idx]!;
+              const len = body.chunks[c]![2];
+              rec ??= buffers.take(len);
+              const n = Math.min(len - filled, piece.length - off);
+              rec.set(piece.subarray(off, off + n), filled);
+              filled += n;
+              off += n;
+              pos += n;
+              progressed();
+              if (filled === len) {
+                const full = rec;
+                rec = undefined;
+                filled = 0;
+                idx++;
+                const p = handleRecord(c, full);
+                p.catch(() => undefined);
+                inflight.push(p);
+                await settle(1);
+              }
+            }
+            if (idx >= r.chunks.length) break;
+          }
+          if (idx < r.chunks.length) throw new TransportError('transient', `${t.describe(pack.key)}: download ended early at byte ${pos} of ${r.end + 1}`);
+        },
+        {
+          signal,
+          onRetry: (e, n, ms) => log?.warn({ object: t.describe(pack.key), resumeAt: pos, failures: n, delayMs: ms, err: e instanceof Error ? e.message : String(e) }, 'restore: download failed, resuming'),
+        },
+      );
+      await settle(0);
+    } catch (e) {
+      await Promise.allSettled(inflight);
+      throw storeError(t, pack.key, e);
+    }
+  };
+
+  const queue = ranges.slice();
+  const streams = Array.from({ length: Math.min(o.concurrency ?? 8, queue.length) }, async () => {
+    while (queue.length > 0 && failure === undefined) {
+      const r = queue.shift()!;
+      try {
+        await fetchRange(r);
+      } catch (e) {
+        fail(e);
+      }
+    }
+  });
+  try {
+    await Promise.all(streams);
+    if (failure === undefined) {
+      const pending = await digests.finish();
+      if (pending > 0 && failure === undefined) fail(new BackupError('integrity', `internal error: ${pending} files were not fully verified`));
+    }
+    while (finishing.size > 0) await Promise.allSettled([...finishing]);
+    if (checkpointing) await checkpointing;
+    if (failure !== undefined) throw failure;
+    await checkpoint();
+  } finally {
+    await Promise.allSettled([pool.closeAll(), workers.close(), digests.close()]);
+  }
+  return { transferred, finalized };
+}
+
+/** Make everything written to the staging tree durable: syncfs(2) through `sync -f`, or fdatasync of each written file if that fails. */
+async function syncTree(staging: string, pool: HandlePool | undefined): Promise<void> {
+  try {
+    await runCommand(['sync', '-f', staging], new Redactor(), { timeoutSeconds: 600 });
+  } catch {
+    await pool?.syncDirty();
+  }
+}
+
+async function fetchExact(t: Transport, key: string, offset: number, length: number, packSize: number, retry: RetryPolicy, signal: AbortSignal, throttle: Throttle | undefined, buffers: RecordBuffers): Promise<Buffer> {
+  try {
+    return await withRetry(retry, async () => {
+      const res = await t.get(key, { start: offset, end: offset + length - 1 }, signal);
+      if (res.objectSize !== undefined && res.objectSize !== packSize) throw new BackupError('truncated', `${t.describe(key)} is ${res.objectSize} bytes but the manifest says ${packSize}: truncated or replaced`, { object: t.describe(key) });
+      const buf = buffers.take(length);
+      let n = 0;
+      for await (const p of res.body) {
+        if (throttle) await throttle.take(p.length);
+        const take = Math.min(p.length, length - n);
+        buf.set(p.subarray(0, take), n);
+        n += take;
+      }
+      if (n < length) throw new TransportError('transient', `${t.describe(key)}: got ${n} of ${length} bytes`);
+      return buf;
+    }, { signal });
+  } catch (e) {
+    throw storeError(t, key, e);
+  }
+}
+
+/** Size (which also makes trailing holes), zeros where a non-sparse file had them, owner, mode, mtime. Safe to repeat. */
+async function finishFile(o: RestoreOptions, f: FileEntry, path: string, chunkSize: number): Promise<void> {
+  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.truncate(f.size);
+    if (!f.sparse && f.chunks.includes(-1)) {
+      const zero = Buffer.alloc(Math.min(chunkSize, 1 << 20));
+      for (const [k, c] of f.chunks.entries()) {
+        if (c !== -1) continue;
+        const end = Math.min(f.size, (k + 1) * chunkSize);
+        for (let p = k * chunkSize; p < end; p += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - p), p);
+      }
+    }
+    if (o.preserveOwner ?? process.getuid?.() === 0) await fh.chown(f.uid, f.gid);
+    await fh.chmod(f.mode);
+    const mt = mtimeSeconds(f.mtimeNs);
+    await fh.utimes(mt, mt);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * After the data: files not finished during the fetch (all of them after a
+ * resume), hard links, then owner, mode and mtime of symlinks and
+ * directories, deepest first so creating a child never bumps a directory's
+ * restored mtime. All of it is safe to repeat after a crash.
+ */
+async function finishTree(o: RestoreOptions, body: ManifestBody, files: FileEntry[], finalized: Set<number>, layout: TargetLayout, chunkSize: number): Promise<void> {
+  const owner = o.preserveOwner ?? process.getuid?.() === 0;
+  const slots = new Semaphore(8);
+  await Promise.all(files.map((f, i) => (finalized.has(i) ? Promise.resolve() : slots.run(() => finishFile(o, f, join(layout.staging, f.path), chunkSize)))));
+  for (const e of body.entries) {
+    if (e.type !== 'hardlink') continue;
+    const p = join(layout.staging, e.path);
+    const to = join(layout.staging, e.target);
+    try {
+      await link(to, p);
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw err;
+      const [a, b] = await Promise.all([lstat(p), lstat(to)]);
+      if (a.ino !== b.ino) {
+        await unlink(p);
+        await link(to, p);
+      }
+    }
+  }
+  await Promise.all(
+    body.entries.map((e) =>
+      e.type !== 'symlink'
+        ? Promise.resolve()
+        : slots.run(async () => {
+            const p = join(layout.staging, e.path);
+            if (owner) await lchown(p, e.uid, e.gid);
+            const mt = mtimeSeconds(e.mtimeNs);
+            await lutimes(p, mt, mt);
+          }),
+    ),
+  );
+  const dirs = body.entries.filter((e) => e.type === 'dir');
+  for (const d of dirs.reverse()) {
+    if (d.path === '.' && layout.mode === 'into') continue;
+    const p = join(layout.staging, d.path);
+    if (owner) await lchown(p, d.uid, d.gid);
+    await chmod(p, d.mode);
+    const mt = mtimeSeconds(d.mtimeNs);
+    await utimes(p, mt, mt);
+  }
+  await syncTree(layout.staging, undefined);
+}
+
+async function applyRootMetadata(o: RestoreOptions, body: ManifestBody, dir: string): Promise<void> {
+  const root = body.entries[0];
+  if (root?.type !== 'dir') return;
+  if (o.preserveOwner ?? process.getuid?.() === 0) await lchown(dir, root.uid, root.gid);
+  await chmod(dir, root.mode);
+  const mt = mtimeSeconds(root.mtimeNs);
+  await utimes(dir, mt, mt);
+}
+
+export { isBackupError };
+export const _forTests = { writeAt };

@@ -1,0 +1,127 @@
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { TransportError, type ByteRange, type GetResult, type Transport } from './transport.js';
+
+export interface S3Location {
+  client: S3Client;
+  bucket: string;
+  /** prefix of every object of this backup set, e.g. "pg/node-a/"; a missing trailing slash is added */
+  prefix?: string;
+}
+
+export interface S3ClientOptions {
+  endpoint?: string;
+  region: string;
+  forcePathStyle?: boolean;
+  credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** sockets per host; restore keeps `concurrency` ranged GETs open at once */
+  maxSockets?: number;
+}
+
+/**
+ * An S3 client set up for backups: retries are bosun's (one policy, which
+ * resumes a cut download where it stopped, see restore.ts), so the SDK makes
+ * one attempt; CRC checksums are left to AES-GCM, which already authenticates
+ * every byte; sockets are kept alive for the many ranged GETs of a restore.
+ */
+export function createS3Client(o: S3ClientOptions): S3Client {
+  const agentOptions = { keepAlive: true, maxSockets: o.maxSockets ?? 64 };
+  const https = o.endpoint === undefined || o.endpoint.startsWith('https:');
+  return new S3Client({
+    ...(o.endpoint !== undefined ? { endpoint: o.endpoint } : {}),
+    region: o.region,
+    forcePathStyle: o.forcePathStyle ?? true,
+    ...(o.credentials ? { credentials: o.credentials } : {}),
+    maxAttempts: 1,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    requestHandler: https
+      ? { httpsAgent: new HttpsAgent(agentOptions), connectionTimeout: 10_000, requestTimeout: 60_000 }
+      : { httpAgent: new HttpAgent(agentOptions), connectionTimeout: 10_000, requestTimeout: 60_000 },
+  });
+}
+
+function statusOf(e: unknown): number | undefined {
+  if (typeof e !== 'object' || e === null || !('$metadata' in e)) return undefined;
+  return (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+}
+
+function nameOf(e: unknown): string {
+  if (e instanceof Error) return (e as Error & { code?: string }).code ?? e.name;
+  return 'error';
+}
+
+/**
+ * Turn an SDK error into a TransportError. Only the error's name, HTTP status
+ * and the object's address go into the message: SDK errors can carry request
+ * details, and credentials must never reach a log.
+ */
+export function s3Error(e: unknown, what: string): TransportError {
+  if (e instanceof TransportError) return e;
+  const status = statusOf(e);
+  const name = nameOf(e);
+  if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) return new TransportError('not-found', `${what} does not exist`, status);
+  if (name === 'InvalidRange' || status === 416) return new TransportError('range', `${what}: the requested range starts past its end`, status);
+  if (name === 'AbortError') return new TransportError('fatal', `${what}: aborted`, status);
+  if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) {
+    return new TransportError('fatal', `${what}: ${name} (HTTP ${status})`, status);
+  }
+  return new TransportError('transient', `${what}: ${name}${status !== undefined ? ` (HTTP ${status})` : ''}`, status);
+}
+
+export class S3Transport implements Transport {
+  readonly #client: S3Client;
+  readonly #bucket: string;
+  readonly #prefix: string;
+
+  constructor(loc: S3Location) {
+    this.#client = loc.client;
+    this.#bucket = loc.bucket;
+    const p = loc.prefix ?? '';
+    this.#prefix = p === '' || p.endsWith('/') ? p : `${p}/`;
+  }
+
+  describe(key: string): string {
+    return `s3://${this.#bucket}/${this.#prefix}${key}`;
+  }
+
+  async get(key: string, range?: ByteRange, signal?: AbortSignal): Promise<GetResult> {
+    const what = this.describe(key);
+    try {
+      const res = await this.#client.send(
+        new GetObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key, ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}) }),
+        signal ? { abortSignal: signal } : {},
+      );
+      const body = res.Body as (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
+      if (!body) throw new TransportError('transient', `${what}: empty response`);
+      const total = /\/(\d+)$/.exec(res.ContentRange ?? '')?.[1];
+      const objectSize = total !== undefined ? Number(total) : range === undefined ? res.ContentLength : undefined;
+      return { body: wrapBody(body, what), ...(objectSize !== undefined ? { objectSize } : {}) };
+    } catch (e) {
+      throw s3Error(e, what);
+    }
+  }
+
+  async put(key: string, body: Buffer, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.#client.send(
+        new PutObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key, Body: body, ContentLength: body.length, ContentType: 'application/octet-stream' }),
+        signal ? { abortSignal: signal } : {},
+      );
+    } catch (e) {
+      throw s3Error(e, this.describe(key));
+    }
+  }
+}
+
+/** A body stream whose errors (a reset connection mid-transfer) become transient TransportErrors. */
+async function* wrapBody(body: AsyncIterable<Uint8Array> & { destroy?: () => void }, what: string): AsyncGenerator<Uint8Array> {
+  try {
+    for await (const chunk of body) yield chunk;
+  } catch (e) {
+    throw new TransportError('transient', `${what}: download cut (${nameOf(e)})`);
+  } finally {
+    body.destroy?.();
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Where backup objects live. A backup is a set of named objects (a manifest,
+ * packs, a "latest" pointer) under one root; a transport reads byte ranges of
+ * them and writes whole ones. S3 implements it (s3-transport.ts); a peer
+ * transport (another host serving its backup objects over the IPsec mesh) only
+ * has to implement `get` (and `put` if it accepts backups).
+ *
+ * Keys are relative to the transport's root ("backups/<id>/manifest"); a
+ * transport adds its own prefix.
+ */
+export interface ByteRange {
+  /** first byte, inclusive */
+  start: number;
+  /** last byte, inclusive */
+  end: number;
+}
+
+export interface GetResult {
+  body: AsyncIterable<Uint8Array>;
+  /** size of the whole object, when the store says (Content-Range / Content-Length) */
+  objectSize?: number;
+}
+
+export interface Transport {
+  /** how to name an object to a person: "s3://bucket/prefix/key"; never includes credentials */
+  describe(key: string): string;
+  /** read a whole object or a byte range of it; must throw TransportError */
+  get(key: string, range?: ByteRange, signal?: AbortSignal): Promise<GetResult>;
+  /** write a whole object; must throw TransportError */
+  put(key: string, body: Buffer, signal?: AbortSignal): Promise<void>;
+}
+
+export type TransportFailure =
+  /** the object does not exist */
+  | 'not-found'
+  /** the range starts past the end of the object */
+  | 'range'
+  /** refused for good (403, bad request): retrying will not help */
+  | 'fatal'
+  /** network trouble, 5xx, throttling, a cut stream: worth retrying */
+  | 'transient';
+
+export class TransportError extends Error {
+  constructor(
+    readonly kind: TransportFailure,
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+    this.name = 'TransportError';
+  }
+}
+
+/**
+ * Only a TransportError can be transient: a transport wraps whatever its
+ * network layer throws (a reset socket, a cut body) into one. Anything else
+ * (a corrupt chunk, a full disk) is not cured by asking again.
+ */
+export function classify(e: unknown): TransportFailure {
+  if (e instanceof TransportError) return e.kind;
+  return 'fatal';
+}
