@@ -291,6 +291,8 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
       await writeFileAtomic(o.markerPath, JSON.stringify(marker) + '\n', { mode: 0o644 });
     }
     await removeJournal(layout.journal);
+    // Removing the journal from the target itself changed its mtime: set it once more.
+    if (layout.mode === 'into') await applyRootMetadata(o, body, layout.target);
   } catch (e) {
     abort.abort();
     throw e;

@@ -76,7 +76,7 @@ describe('bosun CLI', () => {
   it('help everywhere, usage errors exit 2', async () => {
     const top = await runCli(['--help']);
     assert.equal(top.code, 0);
-    for (const c of ['validate', 'plan', 'apply', 'run', 'status', 'identity', 'seal']) {
+    for (const c of ['validate', 'plan', 'apply', 'run', 'status', 'identity', 'sign', 'seal']) {
       assert.match(top.stdout, new RegExp(`^ {2}${c} `, 'm'));
       const h = await runCli([c, '--help']);
       assert.equal(h.code, 0, `${c} --help`);
@@ -96,6 +96,22 @@ describe('bosun CLI', () => {
       const r = await runCli(['run', '--settings', join(dir, 'missing.json')]);
       assert.equal(r.code, 3);
       assert.match(r.stderr, /cannot read settings .*missing\.json: ENOENT/);
+    });
+  });
+
+  it('sign wraps a valid spec in an envelope the agent verifies', async () => {
+    await withTempDir(async (dir) => {
+      const { generateKeyPairSync } = await import('node:crypto');
+      const { verifyEnvelope } = await import('../../src/bus/envelope.js');
+      const { publicKeyString } = await import('../../src/identity/seal.js');
+      const kp = generateKeyPairSync('ed25519');
+      await writeFile(join(dir, 'cp.pem'), kp.privateKey.export({ format: 'pem', type: 'pkcs8' }));
+      const r = await runCli(['sign', join(examplesDir, 'node-b.json'), '--key', join(dir, 'cp.pem'), '--key-id', 'cp-1']);
+      assert.equal(r.code, 0, r.stderr);
+      const v = verifyEnvelope(r.stdout.trim(), { node: 'node-b', trusted: [{ id: 'cp-1', publicKey: publicKeyString('ed25519', kp.publicKey) }] });
+      assert.ok(v.ok);
+      const bad = await runCli(['sign', join(examplesDir, 'agent.json'), '--key', join(dir, 'cp.pem'), '--key-id', 'cp-1']);
+      assert.equal(bad.code, 3, 'an invalid spec is never signed');
     });
   });
 });
