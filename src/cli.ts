@@ -181,13 +181,19 @@ const COMMANDS: Record<string, Command> = {
 
   status: {
     summary: 'what this host has applied, what is in progress, and its public keys',
-    usage: 'bosun status [--state-dir DIR] [--settings FILE] [--json]',
-    help: 'Reads the state dir only; never creates or changes anything.',
-    options: { ...common, ...stateOpts },
+    usage: 'bosun status [--state-dir DIR] [--settings FILE] [--health] [--json]',
+    help: 'Reads the state dir only; never creates or changes anything.\n  --health  also observe the host (read-only) and report the health of what the last good spec built',
+    options: { ...common, ...stateOpts, health: { type: 'boolean' } },
     async run({ values, io }) {
       const { settings, stateDir } = await resolveState(values, false);
       const journal = new Journal(stateDir);
       const [applied, inProgress, identity] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir)]);
+      let health: Record<string, unknown> | null = null;
+      if (values.health) {
+        const lastGood = await readFile(journal.lastGoodSpecPath, 'utf8').catch(() => undefined);
+        const parsed = lastGood === undefined ? undefined : parseNodeSpec(JSON.parse(lastGood));
+        if (parsed?.ok) health = await collectHealth(parsed.value, new LiveProbe(new Redactor()), { distro: await detectDistro() });
+      }
       const status = {
         node: settings?.node,
         stateDir,
@@ -206,6 +212,7 @@ const COMMANDS: Record<string, Command> = {
               updatedAt: inProgress.updatedAt,
             }
           : null,
+        ...(values.health ? { health } : {}),
       };
       if (io.json) io.data(status);
       else {
@@ -216,6 +223,11 @@ const COMMANDS: Record<string, Command> = {
         if (status.inProgress) {
           const p = status.inProgress;
           io.out(`in progress: version ${p.specVersion}${p.phase ? `, phase ${p.phase} step ${p.step} of ${p.steps}` : ''}${p.interrupted ? ' (interrupted)' : ''}${p.lastError ? `, failed: ${p.lastError.message}` : ''}`);
+        }
+        if (values.health) {
+          const h = health as { ok?: boolean; problems?: string[] } | null;
+          io.out(`health:      ${!h ? 'nothing applied yet' : h.ok ? 'ok' : `${h.problems?.length} problem(s)`}`);
+          for (const p of h?.problems ?? []) io.out(`  ${p}`);
         }
       }
       return ExitCode.ok;
