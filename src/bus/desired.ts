@@ -81,7 +81,8 @@ export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<D
     partitionAssigners: [onePartitionAssigner(o.topic, partition)],
     sessionTimeout: 30_000,
     heartbeatInterval: 3_000,
-    maxWaitTimeInMs: 1_000,
+    // Long polls: the broker answers at once when a message arrives, so this costs no latency, only idle CPU.
+    maxWaitTimeInMs: 5_000,
     allowAutoTopicCreation: false,
     // kafkajs's own restart loop is known to spin forever without brokers; the agent's watchdog rebuilds instead.
     retry: { retries: 5, restartOnFailure: () => Promise.resolve(false) },
