@@ -157,7 +157,8 @@ export class Agent {
   async #markSeen(m: DesiredMessage): Promise<void> {
     if (this.#alreadySeen(m)) return;
     this.#seen[String(m.partition)] = m.offset;
-    await writeFileAtomic(join(this.#o.stateDir, 'desired-seen.json'), JSON.stringify(this.#seen) + '\n', { mode: 0o600 });
+    // Losing this in a power cut only means a refusal may be reported once more.
+    await writeFileAtomic(join(this.#o.stateDir, 'desired-seen.json'), JSON.stringify(this.#seen) + '\n', { mode: 0o600, durable: false });
   }
 
   async #readLastGood(): Promise<NodeSpec | undefined> {

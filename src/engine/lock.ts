@@ -16,8 +16,8 @@ export async function acquireLock(stateDir: string): Promise<() => Promise<void>
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+      // Not fsynced: after a power cut the lock names a process of another boot and is taken over anyway.
       await fh.writeFile(`${me}\n`);
-      await fh.sync();
       await fh.close();
       return async () => {
         await unlink(path).catch(() => undefined);

@@ -11,6 +11,12 @@ export interface WriteOptions {
   gid?: number;
   /** fail with EEXIST instead of replacing an existing file (first-boot key creation) */
   exclusive?: boolean;
+  /**
+   * false: still atomic (old or new content, never a mix), but not forced to disk
+   * before returning; for bookkeeping whose loss in a power cut only costs
+   * repeated work, never correctness.
+   */
+  durable?: boolean;
 }
 
 /**
@@ -31,7 +37,7 @@ export async function writeFileAtomic(path: string, content: string | Uint8Array
     await fh.writeFile(content);
     if (opts.uid !== undefined || opts.gid !== undefined) await fh.chown(opts.uid ?? -1, opts.gid ?? -1);
     await fh.chmod(opts.mode);
-    await fh.sync();
+    if (opts.durable !== false) await fh.sync();
   } catch (e) {
     await fh.close().catch(() => undefined);
     await unlink(tmp).catch(() => undefined);
@@ -47,7 +53,7 @@ export async function writeFileAtomic(path: string, content: string | Uint8Array
     } else {
       await rename(tmp, path);
     }
-    await syncDir(dir);
+    if (opts.durable !== false) await syncDir(dir);
   } catch (e) {
     await unlink(tmp).catch(() => undefined);
     throw wrapWriteError(path, e);
