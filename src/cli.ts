@@ -269,6 +269,20 @@ const COMMANDS: Record<string, Command> = {
     },
   },
 
+  lab: {
+    summary: 'boot a 3-node cluster of VMs running the real agent, publish its desired state and watch it (source checkout only)',
+    usage: 'bosun lab up|down|status',
+    help: 'up: starts Kafka and MinIO (test/services), boots node-a/b/c under qemu, runs bosun in each and shows what they report.\ndown: stops the VMs and the services up started. Needs the source tree (test/lab), not an installed bosun.',
+    options: { ...common },
+    async run({ positionals }) {
+      // Resolved at run time: the lab is test code and is not part of an installed bosun.
+      const where = new URL('../test/lab/bosun-lab.js', import.meta.url).href;
+      const mod = (await import(where).catch(() => undefined)) as { labCommand(args: string[], out: NodeJS.WritableStream): Promise<number> } | undefined;
+      if (!mod) throw usage('bosun lab needs the source tree (dist/test/lab); it is not part of an installed bosun');
+      return mod.labCommand(positionals, process.stdout);
+    },
+  },
+
   seal: {
     summary: "seal a secret read from stdin to a host's public key",
     usage: 'printf %s "$SECRET" | bosun seal --to x25519:... [--json]',
