@@ -23,6 +23,9 @@ interface ApplyResult {
   ms: number;
 }
 
+/** The running array's device: /dev/md/data, or /dev/md127 when the initramfs assembled it without the link. */
+const MD = "$(lsblk -lnpo NAME,TYPE | awk '$2 ~ /^raid/ {print $1; exit}')";
+
 async function sh(script: string, timeoutMs = 120_000): Promise<string> {
   const r = await vm.exec(['sh', '-c', script], { timeoutMs });
   assert.equal(r.exitCode, 0, `${script}\n${r.stderr}`);
@@ -101,7 +104,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       assert.match(await sh('cat /etc/mdadm/mdadm.conf'), /^ARRAY \/dev\/md\/data metadata=1\.2 UUID=[0-9a-f:]{35} name=data$/m);
       assert.match(await sh('cat /etc/crypttab'), /^data UUID=[0-9a-f-]{36} none luks,discard,noauto$/m);
       const sum = await sh('head -c 8M /dev/urandom > /var/lib/bosun/data/f && sync && sha256sum /var/lib/bosun/data/f');
-      const ids = await sh('blkid -s UUID -o value /dev/md/data; blkid -s UUID -o value /dev/mapper/data');
+      const ids = await sh(`blkid -s UUID -o value ${MD}; blkid -s UUID -o value /dev/mapper/data`);
 
       const again = await apply(raid1Spec(key));
       assert.equal(again.code, 0, again.stderr);
@@ -118,12 +121,12 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       assert.equal(after.code, 0, after.stderr);
       figures.afterRebootApplyMs = after.ms;
       assert.equal(await sh('sha256sum /var/lib/bosun/data/f'), sum, 'data written before the reboot is still there');
-      assert.equal(await sh('blkid -s UUID -o value /dev/md/data; blkid -s UUID -o value /dev/mapper/data'), ids, 'same LUKS header and filesystem');
+      assert.equal(await sh(`blkid -s UUID -o value ${MD}; blkid -s UUID -o value /dev/mapper/data`), ids, 'same LUKS header and filesystem');
     }));
 
   it('reports a RAID1 that lost a member as degraded, and rebuilds onto a blank replacement', () =>
     guarded('degraded', async () => {
-      await sh('mdadm /dev/md/data --fail /dev/vdc && mdadm /dev/md/data --remove /dev/vdc && wipefs -a -q /dev/vdc');
+      await sh(`MD=${MD}; mdadm $MD --fail /dev/vdc && mdadm $MD --remove /dev/vdc && wipefs -a -q /dev/vdc`);
       const st = await vm.exec([...BOSUN, 'status', '--health', '--json']);
       assert.equal(st.exitCode, 0, st.stderr);
       const health = (JSON.parse(st.stdout) as { health: { ok: boolean; problems: string[] } }).health;
@@ -132,8 +135,8 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       const spec = JSON.parse(await sh('cat /tmp/spec.json')) as unknown;
       const r = await apply(spec);
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stderr, /mdadm --manage \/dev\/md\/data --add \/dev\/vdc/);
-      assert.match(await sh('mdadm --detail /dev/md/data'), /Raid Devices : 2[\s\S]*(Active Devices : 2|Rebuild Status|recovering|spare rebuilding)/);
+      assert.match(r.stderr, /mdadm --manage \/dev\/md(\/data|\d+) --add \/dev\/vdc/);
+      assert.match(await sh(`mdadm --detail ${MD}`), /Raid Devices : 2[\s\S]*(Active Devices : 2|Rebuild Status|recovering|spare rebuilding)/);
     }));
 
   it('a power cut in the middle of the phase: after power-on it completes without re-formatting what was made', () =>

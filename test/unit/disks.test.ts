@@ -150,7 +150,8 @@ describe('disks phase planning', () => {
   it('half-built (crash after the array was made): formats LUKS on the empty array, keeps the array', () => {
     const steps = planAll(raid1Luks(), host('md-only'));
     assert.ok(!steps.some((s) => s.includes('mdadm --create')));
-    assert.equal(steps[0], `!cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --hash sha256 --cipher aes-xts-plain64 --key-size 512 --label bosun-data --uuid ${luksUuid} --key-file=- /dev/md/data`);
+    // The running array is named by its kernel device: after a reboot the /dev/md/data link may not exist.
+    assert.equal(steps[0], `!cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --hash sha256 --cipher aes-xts-plain64 --key-size 512 --label bosun-data --uuid ${luksUuid} --key-file=- /dev/md127`);
     assert.ok(steps.some((s) => s.startsWith('!mkfs.xfs')));
   });
 

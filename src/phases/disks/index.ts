@@ -70,7 +70,7 @@ export const raidStage = stage('raid', (s) => s.disks, (spec, l, obs, ctx) => {
     );
   }
   if (!r.create) {
-    for (const disk of r.fresh) steps.push(step.exec(['mdadm', '--manage', r.link, '--add', disk.path], `${disk.stableName} replaces a missing member of "${r.name}"; md rebuilds onto it`));
+    for (const disk of r.fresh) steps.push(step.exec(['mdadm', '--manage', r.device, '--add', disk.path], `${disk.stableName} replaces a missing member of "${r.name}"; md rebuilds onto it`));
   }
   const conf = withLine(obs.mdadmConf, (line) => new RegExp(`^ARRAY\\s+${escapeRe(r.link)}(\\s|$)`).test(line) || line.includes(`UUID=${mdadmUuid(r.uuid)}`), `ARRAY ${r.link} metadata=1.2 UUID=${mdadmUuid(r.uuid)} name=${r.name}`);
   if (conf !== obs.mdadmConf) steps.push(step.write(ctx.distro.mdadmConf, conf, 0o644, `record "${r.name}" so the array assembles under the same name after a reboot`));

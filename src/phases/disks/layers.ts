@@ -23,7 +23,15 @@ export type LayerState =
 
 export interface RaidLayer {
   name: string;
+  /** /dev/md/<name>: what create and assemble make */
   link: string;
+  /**
+   * What commands name the array by: the running array's kernel device, or the
+   * link once this plan has made it. An array assembled at boot by the
+   * initramfs (from a copy of mdadm.conf older than the array) runs as
+   * /dev/md127 without the /dev/md/<name> link, and that must not stop anything.
+   */
+  device: string;
   /** the running array, if assembled */
   active?: MdArray;
   /** disks carrying this array's superblock */
@@ -86,8 +94,8 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
       throw new BosunError('E_REFUSED', `disks: RAID0 array "${name}" cannot take the new disk${fresh.length === 1 ? '' : 's'} ${fresh.map((x) => x.stableName).join(', ')}; a RAID0 that lost a disk has lost its data; nothing was changed`);
     }
     const uuid = active?.uuid || memberUuids[0] || normalizeUuid(plannedUuid(spec, 'md'));
-    raid = { name, link: `/dev/md/${name}`, active, members, fresh, uuid, create };
-    base = { path: raid.link, kernelPath: active?.path };
+    raid = { name, link: `/dev/md/${name}`, device: active?.path ?? `/dev/md/${name}`, active, members, fresh, uuid, create };
+    base = { path: raid.device, kernelPath: active?.path };
     if (active) baseState = stateOf(sigsOf(obs, active.path) ?? [], names, d, 'base');
     else baseState = create ? { kind: 'absent', predicted: true } : { kind: 'ours', predicted: true };
   } else {
