@@ -10,6 +10,7 @@ import {
   DEFAULT_PACK_SIZE,
   FORMAT,
   LATEST_KEY,
+  RECORD_OVERHEAD,
   deriveKeys,
   encodeManifest,
   manifestKey,
@@ -25,7 +26,7 @@ import {
 } from './format.js';
 import { ProgressTracker, type Progress } from './progress.js';
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
-import { ChunkWorkers, RecordBuffers, defaultWorkerCount } from './workers/pool.js';
+import { ChunkWorkers, SlotRing, defaultWorkerCount } from './workers/pool.js';
 import type { Transport } from './transport.js';
 
 export interface ManifestSigner {
@@ -113,28 +114,36 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
   const bySha = new Map<string, number>();
   // Hashing, compression and encryption run on worker threads; the main thread
   // reads files in order (and hashes each whole file) and assembles packs.
-  const workers = new ChunkWorkers(o.workers ?? defaultWorkerCount(), { key: keys.chunk, backupId });
-  const buffers = new RecordBuffers(chunkSize);
-  const maxInflight = 4 * (o.workers ?? defaultWorkerCount());
+  const workerCount = o.workers ?? defaultWorkerCount();
+  const maxInflight = 4 * workerCount;
+  const ring = new SlotRing(maxInflight + 1, chunkSize + RECORD_OVERHEAD + 64);
+  const workers = new ChunkWorkers(workerCount, { key: keys.chunk, backupId, slots: ring.sab, slotSize: ring.slotSize });
   const inflight = new Set<Promise<void>>();
   const filesDone: Array<Promise<void>> = [];
 
-  const sealOne = async (plain: Buffer): Promise<number> => {
-    // The buffer is transferred to the worker: after this call it is empty here.
-    const plainLength = plain.length;
-    const r = await workers.run({ op: 'seal', buffer: plain.buffer as ArrayBuffer, length: plain.length, level });
-    buffers.give(r.buffer);
-    if (!r.ok || 'plain' in r) throw new Error('chunk worker failed to seal a chunk');
-    if ('zero' in r) return -1;
-    const { record, codec, sha256: hash } = r.sealed;
+  /** Seal the plaintext in `slot` (releasing it) and place the record in a pack: the chunk's index, or -1 for zeros. */
+  const sealOne = async (slot: number, plainLength: number): Promise<number> => {
+    let record: Buffer;
+    let codec: number;
+    let hash: string;
+    try {
+      const r = await workers.run({ op: 'seal', slot, length: plainLength, level });
+      if (!r.ok || r.op !== 'seal') throw new Error('chunk worker failed to seal a chunk');
+      if (r.zero) return -1;
+      codec = r.codec;
+      hash = r.sha256;
+      if (bySha.has(hash)) return bySha.get(hash)!;
+      record = Buffer.from(ring.view(slot, r.recordLength));
+    } finally {
+      ring.release(slot);
+    }
     let idx = bySha.get(hash);
     if (idx !== undefined) return idx;
     idx = chunks.length;
     bySha.set(hash, idx);
-    const rec = Buffer.from(record);
-    const ref: ChunkRef = [0, 0, rec.length, plainLength, codec === 1 ? 1 : 0, hash];
+    const ref: ChunkRef = [0, 0, record.length, plainLength, codec === 1 ? 1 : 0, hash];
     chunks.push(ref);
-    const at = await packs.add([rec], rec.length);
+    const at = await packs.add([record], record.length);
     ref[0] = at.pack;
     ref[1] = at.offset;
     return idx;
@@ -146,12 +155,11 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
       const fileHash = createHash('sha256');
       const refs: Array<Promise<number>> = [];
       let size = 0;
-      await readChunks(f.abs, chunkSize, buffers, async (plain) => {
+      await readChunks(f.abs, chunkSize, ring, async (slot, plain) => {
         size += plain.length;
         fileHash.update(plain);
         progress.add(plain.length);
-        while (inflight.size >= maxInflight) await Promise.race(inflight);
-        const p = sealOne(plain);
+        const p = sealOne(slot, plain.length);
         const tracked: Promise<void> = p.then(
           () => undefined,
           () => undefined,
@@ -159,6 +167,7 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
         inflight.add(tracked);
         void tracked.finally(() => inflight.delete(tracked));
         refs.push(p);
+        while (inflight.size >= maxInflight) await Promise.race(inflight);
       });
       if (size !== f.entry.size) log?.warn({ path: f.entry.path, before: f.entry.size, read: size }, 'backup: file changed size while it was read; the backup has what was read');
       f.entry.size = size;
@@ -287,8 +296,8 @@ async function walk(root: string, log: Logger | undefined): Promise<{ entries: E
   return { entries, files, skipped };
 }
 
-/** Read a file in chunkSize pieces, each into a buffer of its own from `buffers` (it travels to a worker). */
-async function readChunks(path: string, chunkSize: number, buffers: RecordBuffers, each: (plain: Buffer) => Promise<void>): Promise<void> {
+/** Read a file in chunkSize pieces, each into a slot of `ring` (where a worker will seal it); `each` owns the slot. */
+async function readChunks(path: string, chunkSize: number, ring: SlotRing, each: (slot: number, plain: Buffer) => Promise<void>): Promise<void> {
   let fh: FileHandle;
   try {
     fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -297,18 +306,24 @@ async function readChunks(path: string, chunkSize: number, buffers: RecordBuffer
   }
   try {
     for (;;) {
-      const buf = buffers.take(chunkSize);
+      const slot = await ring.acquire();
+      const buf = ring.view(slot, chunkSize);
       let n = 0;
-      while (n < buf.length) {
-        const { bytesRead } = await fh.read(buf, n, buf.length - n, null);
-        if (bytesRead === 0) break;
-        n += bytesRead;
+      try {
+        while (n < buf.length) {
+          const { bytesRead } = await fh.read(buf, n, buf.length - n, null);
+          if (bytesRead === 0) break;
+          n += bytesRead;
+        }
+      } catch (e) {
+        ring.release(slot);
+        throw e;
       }
       if (n === 0) {
-        buffers.give(buf.buffer as ArrayBuffer);
+        ring.release(slot);
         break;
       }
-      await each(buf.subarray(0, n));
+      await each(slot, buf.subarray(0, n));
       if (n < chunkSize) break;
     }
   } catch (e) {

@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, createPublicKey, hkdfSync, randomBytes, verify as edVerify } from 'node:crypto';
 import { compress, decompress } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import { z } from 'zod';
 import { BackupError } from './errors.js';
 
@@ -160,6 +161,56 @@ export function openChunk(key: Buffer, backupId: string, record: Buffer, id: Chu
   if (plain.length !== id.plainLength) throw new ChunkOpenError('length');
   if (sha256(plain) !== id.sha256) throw new ChunkOpenError('hash');
   return plain;
+}
+
+let dctx: InstanceType<typeof zstdBinding.DCtx> | undefined;
+const DECRYPT_PIECE = 64 * 1024;
+
+/**
+ * openChunk for the restore's hot path: the plaintext lands in `dst`, which may
+ * be the very memory the record is in, and `scratch` (at least the record's
+ * size) holds a compressed payload; no chunk-sized buffer is allocated per
+ * chunk. Returns the plaintext's length; throws ChunkOpenError.
+ */
+export function openChunkInto(key: Buffer, backupId: string, record: Buffer, id: ChunkIdentity, dst: Buffer, scratch: Buffer): number {
+  if (record.length < RECORD_OVERHEAD) throw new ChunkOpenError('length');
+  if (id.plainLength > dst.length) throw new ChunkOpenError('length');
+  const d = createDecipheriv('aes-256-gcm', key, record.subarray(0, NONCE_LEN));
+  d.setAAD(chunkAad(backupId, id));
+  d.setAuthTag(record.subarray(record.length - TAG_LEN));
+  // Decrypt in small pieces into `scratch` (or straight into `dst` for a stored-raw
+  // chunk: plaintext byte i lands before ciphertext byte i is read, never after),
+  // so no chunk-sized buffer is allocated per chunk.
+  const ctLen = record.length - RECORD_OVERHEAD;
+  const raw = id.codec !== Codec.zstd;
+  const out = raw ? dst : scratch;
+  if (ctLen > out.length) throw new ChunkOpenError('length');
+  try {
+    let w = 0;
+    for (let off = NONCE_LEN; off < NONCE_LEN + ctLen; off += DECRYPT_PIECE) {
+      const piece = d.update(record.subarray(off, Math.min(off + DECRYPT_PIECE, NONCE_LEN + ctLen)));
+      out.set(piece, w);
+      w += piece.length;
+    }
+    const fin = d.final();
+    out.set(fin, w);
+  } catch {
+    throw new ChunkOpenError('auth');
+  }
+  let n: number;
+  if (!raw) {
+    try {
+      dctx ??= new zstdBinding.DCtx();
+      n = dctx.decompress(dst.subarray(0, id.plainLength), scratch.subarray(0, ctLen));
+    } catch {
+      throw new ChunkOpenError('decompress');
+    }
+  } else {
+    n = ctLen;
+  }
+  if (n !== id.plainLength) throw new ChunkOpenError('length');
+  if (sha256(dst.subarray(0, n)) !== id.sha256) throw new ChunkOpenError('hash');
+  return n;
 }
 
 // ---------------------------------------------------------------- manifest

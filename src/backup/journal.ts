@@ -5,10 +5,13 @@ import { errnoOf } from './errors.js';
 
 /**
  * The restore's progress journal: which backup (and exactly which manifest)
- * is being restored, which chunks are already written and synced, and whether
- * the restore has reached its commit. Small (one bit per chunk), rewritten
+ * is being restored, which chunks are already written, and whether the
+ * restore has reached its commit. Small (one bit per chunk), rewritten
  * atomically every few seconds; a restore that finds one for the same
- * manifest continues where it stopped.
+ * manifest continues where it stopped. The data it lists is not synced at
+ * each checkpoint (that would force writeback every few seconds): a resumed
+ * restore reads every chunk it lists back and checks its SHA-256, so a chunk
+ * lost in a power cut is simply fetched again.
  */
 export const JOURNAL_FORMAT = 'bosun-restore-journal-v1';
 
@@ -17,7 +20,7 @@ const JournalFile = z.strictObject({
   backupId: z.string(),
   manifestDigest: z.string(),
   chunks: z.number().int().min(0),
-  /** base64 bitmap, bit i = chunk i is written and synced */
+  /** base64 bitmap, bit i = chunk i was written (checked again on resume) */
   done: z.string(),
   state: z.enum(['fetching', 'committing']),
   updatedAt: z.string(),
@@ -44,6 +47,12 @@ export class DoneSet {
     if (this.has(i)) return;
     this.bits[i >> 3]! |= 1 << (i & 7);
     this.#count++;
+  }
+
+  delete(i: number): void {
+    if (!this.has(i)) return;
+    this.bits[i >> 3]! &= ~(1 << (i & 7));
+    this.#count--;
   }
 
   get count(): number {

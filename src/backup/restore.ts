@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { writeFileAtomic } from '../host/files.js';
@@ -8,7 +9,7 @@ import { BackupError, errnoOf, isBackupError } from './errors.js';
 import { runCommand } from '../host/exec.js';
 import { Redactor } from '../engine/redact.js';
 import { Semaphore } from './semaphore.js';
-import { ChunkWorkers, DigestChecker, RecordBuffers, defaultWorkerCount } from './workers/pool.js';
+import { ChunkWorkers, DigestChecker, SlotRing, defaultWorkerCount } from './workers/pool.js';
 import {
   LATEST_KEY,
   RECORD_OVERHEAD,
@@ -30,7 +31,7 @@ import { indexChunks, planRanges, type WorkRange } from './plan.js';
 import { ProgressTracker, formatBytes, type Progress } from './progress.js';
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
 import { S3Transport } from './s3-transport.js';
-import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, type TargetLayout } from './target.js';
+import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from './target.js';
 import { Throttle } from './throttle.js';
 import { TransportError, type Transport } from './transport.js';
 
@@ -67,6 +68,16 @@ export type RestoreOptions = RestoreSource & {
   preserveOwner?: boolean;
   /** write a JSON completion record here after the commit */
   markerPath?: string;
+  /** chunk-sized buffers shared by all downloads (default: concurrency): the main bound on memory */
+  slots?: number;
+  /**
+   * also read every restored file back and check its SHA-256 against the
+   * manifest (default false; like restic's restore --verify): proves what is on
+   * disk end to end, at the cost of reading and hashing every byte a second
+   * time. Every chunk is verified (GCM tag, length, SHA-256) before it is
+   * written either way.
+   */
+  verifyFiles?: boolean;
   /** worker threads that decrypt, decompress and verify chunks (default: cores - 1, 1 to 4) */
   workers?: number;
   /** how often the journal is checkpointed (default 2000 ms) */
@@ -83,7 +94,7 @@ export interface RestoreResult {
   files: number;
   /** bytes fetched from the store by this run */
   transferredBytes: number;
-  /** chunks that were already restored by an interrupted earlier run */
+  /** chunks an interrupted earlier run had restored (and that read back intact) */
   resumedChunks: number;
   seconds: number;
 }
@@ -265,17 +276,18 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
     if (journal) log?.warn({ previous: journal.backupId }, 'restore: discarding an unfinished restore of another backup');
     await clearStaging(layout);
   }
-  const resumedChunks = done.count;
   const writeJ = (state: 'fetching' | 'committing'): Promise<void> =>
     writeJournal(layout.journal, { backupId, manifestDigest: m.digest, chunks: body.chunks.length, done: done.encode(), state });
 
   let transferred = 0;
+  let resumedChunks = committing ? done.count : 0;
   try {
     if (!committing) {
       await ensureStaging(layout);
       await writeJ('fetching');
       const fetched = await fetchAll(o, t, m, index, layout, done, progress, signal, abort, log);
       transferred = fetched.transferred;
+      resumedChunks = fetched.resumedChunks;
       progress.phase = 'finishing';
       log?.info({ transferred, finishedFiles: fetched.finalized.size }, 'restore: every chunk and file verified; setting metadata');
       await finishTree(o, body, index.files, fetched.finalized, layout, chunkSize);
@@ -319,7 +331,7 @@ async function fetchAll(
   signal: AbortSignal,
   abort: AbortController,
   log: Logger | undefined,
-): Promise<{ transferred: number; finalized: Set<number> }> {
+): Promise<{ transferred: number; finalized: Set<number>; resumedChunks: number }> {
   const { header, body } = m;
   const chunkSize = header.chunkSize;
   const retry = o.retry ?? DEFAULT_RETRY;
@@ -356,24 +368,35 @@ async function fetchAll(
     }
     const p: Promise<void> = finishSlots
       .run(async () => {
+        await pool.use(pathOf(f), (fh) => finishFile(o, f, fh, chunkSize));
         await pool.forget(pathOf(f));
-        await finishFile(o, f, pathOf(f), chunkSize);
         finalized.add(file);
       })
       .catch(fail)
       .finally(() => finishing.delete(p));
     finishing.add(p);
   };
-  const digests = new DigestChecker(
-    chunkSize,
-    index.files.map((f) => ({ path: pathOf(f), size: f.size, sha256: f.sha256, holes: f.chunks.map((c) => c === -1) })),
-    onVerdict,
-    fail,
-  );
-  const workers = new ChunkWorkers(o.workers ?? defaultWorkerCount(), { key: m.chunkKey, backupId: header.backupId });
-  const buffers = new RecordBuffers(chunkSize + RECORD_OVERHEAD + 64);
+  const digests: FileTracker =
+    (o.verifyFiles ?? false)
+      ? new DigestChecker(
+          chunkSize,
+          index.files.map((f) => ({ path: pathOf(f), size: f.size, sha256: f.sha256, holes: f.chunks.map((c) => c === -1) })),
+          onVerdict,
+          fail,
+        )
+      : new WrittenTracker(index.files, onVerdict);
+  // The slots bound the memory: a download holds one while a record arrives and
+  // until it is written; when all are taken, downloads wait (and TCP pushes back).
+  const concurrency = o.concurrency ?? 8;
+  const ring = new SlotRing(o.slots ?? concurrency, chunkSize + RECORD_OVERHEAD + 64);
+  const workers = new ChunkWorkers(o.workers ?? defaultWorkerCount(), { key: m.chunkKey, backupId: header.backupId, slots: ring.sab, slotSize: ring.slotSize });
 
-  // Chunks restored before a kill count as done, and are read back for the file digests.
+  // Chunks an interrupted run wrote are read back and checked before they count as done.
+  if (done.count > 0) {
+    const lost = await recheckDone(body, index, done, pathOf, chunkSize);
+    log?.info({ rechecked: done.count + lost, refetch: lost }, 'restore: checked the chunks an interrupted run wrote');
+  }
+  const resumedChunks = done.count;
   let resumedBytes = 0;
   for (const [c, slots] of index.targets.entries()) {
     if (!done.has(c)) continue;
@@ -394,9 +417,7 @@ async function fetchAll(
   let lastCheckpoint = performance.now();
   let checkpointing: Promise<void> | undefined;
   const checkpoint = async (): Promise<void> => {
-    const snapshot = new DoneSet(done.size, done.bits);
-    await syncTree(layout.staging, pool);
-    await writeJournal(layout.journal, { backupId: header.backupId, manifestDigest: m.digest, chunks: done.size, done: snapshot.encode(), state: 'fetching' });
+    await writeJournal(layout.journal, { backupId: header.backupId, manifestDigest: m.digest, chunks: done.size, done: done.encode(), state: 'fetching' });
   };
   const maybeCheckpoint = (): void => {
     if (checkpointing || performance.now() - lastCheckpoint < interval) return;
@@ -408,36 +429,33 @@ async function fetchAll(
   let lastLog = performance.now();
   let transferred = 0;
 
-  /** The plaintext, in a buffer to give back to `buffers` once written; or why the record did not open. */
-  const open = async (c: number, record: Buffer): Promise<{ plain: Buffer; release: () => void } | string> => {
+  /** Open the record in `slot` in place: the plaintext's length, or why it did not open. */
+  const openSlot = async (c: number, slot: number): Promise<number | string> => {
     const ref: ChunkRef = body.chunks[c]!;
-    const r = await workers.run({ op: 'open', buffer: record.buffer as ArrayBuffer, length: record.length, codec: ref[4], plainLength: ref[3], sha256: ref[5] });
-    if (!r.ok) {
-      buffers.give(r.buffer);
-      return r.why;
-    }
-    if (!('plain' in r)) throw new Error('chunk worker answered an open with something else');
-    if (r.plain !== r.buffer) buffers.give(r.buffer);
-    return { plain: Buffer.from(r.plain, 0, r.plainLength), release: () => buffers.give(r.plain) };
+    const r = await workers.run({ op: 'open', slot, length: ref[2], codec: ref[4], plainLength: ref[3], sha256: ref[5] });
+    if (!r.ok) return r.why;
+    if (r.op !== 'open') throw new Error('chunk worker answered an open with something else');
+    return r.plainLength;
   };
 
-  const handleRecord = async (c: number, record: Buffer): Promise<void> => {
-    const ref: ChunkRef = body.chunks[c]!;
-    const key = body.packs[ref[0]]!.key;
-    let result = await open(c, record);
-    // A bad record is fetched again on its own (it may have been damaged on the way) before the restore gives up.
-    for (let attempt = 1; attempt < 3 && typeof result === 'string'; attempt++) {
-      log?.warn({ object: t.describe(key), offset: ref[1], why: result }, 'restore: chunk failed verification, fetching it again');
-      const again = await fetchExact(t, key, ref[1], ref[2], body.packs[ref[0]]!.size, retry, signal, throttle, buffers);
-      transferred += again.length;
-      result = await open(c, again);
-    }
-    if (typeof result === 'string') {
-      const users = index.targets[c]!.map((s) => index.files[s.file]!.path);
-      throw new BackupError('integrity', `corrupt data in ${t.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${c}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`, { object: t.describe(key), offset: ref[1], chunk: c, files: users.slice(0, 10) });
-    }
-    const plain = result.plain;
+  /** Open, verify and write the record in `slot`; the slot is released whatever happens. */
+  const handleRecord = async (c: number, slot: number): Promise<void> => {
     try {
+      const ref: ChunkRef = body.chunks[c]!;
+      const key = body.packs[ref[0]]!.key;
+      let result = await openSlot(c, slot);
+      // A bad record is fetched again on its own (it may have been damaged on the way) before the restore gives up.
+      for (let attempt = 1; attempt < 3 && typeof result === 'string'; attempt++) {
+        log?.warn({ object: t.describe(key), offset: ref[1], why: result }, 'restore: chunk failed verification, fetching it again');
+        await fetchExact(t, key, ref[1], body.packs[ref[0]]!.size, ring.view(slot, ref[2]), retry, signal, throttle);
+        transferred += ref[2];
+        result = await openSlot(c, slot);
+      }
+      if (typeof result === 'string') {
+        const users = index.targets[c]!.map((s) => index.files[s.file]!.path);
+        throw new BackupError('integrity', `corrupt data in ${t.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${c}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`, { object: t.describe(key), offset: ref[1], chunk: c, files: users.slice(0, 10) });
+      }
+      const plain = ring.view(slot, result);
       for (const s of index.targets[c]!) {
         const f = index.files[s.file]!;
         await pool.use(pathOf(f), (fh) => writeAt(fh, plain, s.ordinal * chunkSize, f.sparse, zero));
@@ -445,7 +463,7 @@ async function fetchAll(
         progress.add(plain.length);
       }
     } finally {
-      result.release();
+      ring.release(slot);
     }
     done.add(c);
     maybeCheckpoint();
@@ -461,6 +479,7 @@ async function fetchAll(
     let pos = r.start;
     let idx = 0;
     let rec: Buffer | undefined;
+    let recSlot = -1;
     let filled = 0;
     // Up to two records of this range are being opened and written while the next one downloads.
     const inflight: Array<Promise<void>> = [];
@@ -488,7 +507,10 @@ async function fetchAll(
             while (off < piece.length && idx < r.chunks.length) {
               const c = r.chunks[idx]!;
               const len = body.chunks[c]![2];
-              rec ??= buffers.take(len);
+              if (rec === undefined) {
+                recSlot = await ring.acquire();
+                rec = ring.view(recSlot, len);
+              }
               const n = Math.min(len - filled, piece.length - off);
               rec.set(piece.subarray(off, off + n), filled);
               filled += n;
@@ -496,8 +518,9 @@ async function fetchAll(
               pos += n;
               progressed();
               if (filled === len) {
-                const full = rec;
+                const full = recSlot;
                 rec = undefined;
+                recSlot = -1;
                 filled = 0;
                 idx++;
                 const p = handleRecord(c, full);
@@ -519,11 +542,13 @@ async function fetchAll(
     } catch (e) {
       await Promise.allSettled(inflight);
       throw storeError(t, pack.key, e);
+    } finally {
+      if (recSlot >= 0) ring.release(recSlot);
     }
   };
 
   const queue = ranges.slice();
-  const streams = Array.from({ length: Math.min(o.concurrency ?? 8, queue.length) }, async () => {
+  const streams = Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
     while (queue.length > 0 && failure === undefined) {
       const r = queue.shift()!;
       try {
@@ -546,33 +571,117 @@ async function fetchAll(
   } finally {
     await Promise.allSettled([pool.closeAll(), workers.close(), digests.close()]);
   }
-  return { transferred, finalized };
+  return { transferred, finalized, resumedChunks };
 }
 
-/** Make everything written to the staging tree durable: syncfs(2) through `sync -f`, or fdatasync of each written file if that fails. */
-async function syncTree(staging: string, pool: HandlePool | undefined): Promise<void> {
-  try {
-    await runCommand(['sync', '-f', staging], new Redactor(), { timeoutSeconds: 600 });
-  } catch {
-    await pool?.syncDirty();
+/** What fetchAll tells as slices land, and hears back per file: the digest worker, or WrittenTracker. */
+interface FileTracker {
+  written(file: number, ordinal: number): void;
+  finish(): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Without read-back verification: a file is done when every stored slice of it is written. */
+class WrittenTracker implements FileTracker {
+  readonly #left: number[];
+  readonly #seen: Array<Set<number>>;
+
+  constructor(
+    files: FileEntry[],
+    readonly onDone: (file: number, ok: boolean, detail: string | undefined) => void,
+  ) {
+    this.#left = files.map((f) => f.chunks.filter((c) => c !== -1).length);
+    this.#seen = files.map(() => new Set());
+    // Files with nothing stored (empty, or all holes) are done from the start.
+    queueMicrotask(() => this.#left.forEach((n, i) => n === 0 && this.onDone(i, true, undefined)));
+  }
+
+  written(file: number, ordinal: number): void {
+    const seen = this.#seen[file]!;
+    if (seen.has(ordinal)) return;
+    seen.add(ordinal);
+    if (--this.#left[file]! === 0) this.onDone(file, true, undefined);
+  }
+
+  finish(): Promise<number> {
+    return Promise.resolve(this.#left.filter((n) => n > 0).length);
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
   }
 }
 
-async function fetchExact(t: Transport, key: string, offset: number, length: number, packSize: number, retry: RetryPolicy, signal: AbortSignal, throttle: Throttle | undefined, buffers: RecordBuffers): Promise<Buffer> {
+/**
+ * Read back every chunk the journal lists as written and compare it with its
+ * SHA-256; a chunk that does not match (a power cut lost it, or the file was
+ * touched) is taken off the list and fetched again. Returns how many were.
+ */
+async function recheckDone(body: ManifestBody, index: ReturnType<typeof indexChunks>, done: DoneSet, pathOf: (f: FileEntry) => string, chunkSize: number): Promise<number> {
+  const slots = new Semaphore(4);
+  let lost = 0;
+  const check = async (c: number): Promise<void> => {
+    const ref = body.chunks[c]!;
+    const buf = Buffer.allocUnsafe(ref[3]);
+    for (const s of index.targets[c]!) {
+      let fh: FileHandle | undefined;
+      try {
+        fh = await open(pathOf(index.files[s.file]!), constants.O_RDONLY | constants.O_NOFOLLOW);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, s.ordinal * chunkSize);
+        if (bytesRead !== buf.length || createHash('sha256').update(buf).digest('hex') !== ref[5]) throw new Error('mismatch');
+      } catch {
+        done.delete(c);
+        lost++;
+        return;
+      } finally {
+        await fh?.close();
+      }
+    }
+  };
+  await Promise.all(index.targets.map((_, c) => (done.has(c) ? slots.run(() => check(c)) : Promise.resolve())));
+  return lost;
+}
+
+/** Make everything written to the staging tree durable: syncfs(2) through `sync -f`, or fsync of every file and directory if that fails. */
+async function syncTree(staging: string): Promise<void> {
   try {
-    return await withRetry(retry, async () => {
+    await runCommand(['sync', '-f', staging], new Redactor(), { timeoutSeconds: 600 });
+  } catch {
+    await fsyncTree(staging);
+  }
+}
+
+async function fsyncTree(dir: string): Promise<void> {
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) await fsyncTree(p);
+    else if (e.isFile()) {
+      const fh = await open(p, constants.O_RDONLY | constants.O_NOFOLLOW);
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+  await syncDir(dir);
+}
+
+/** Fetch exactly one record again, into `into`. */
+async function fetchExact(t: Transport, key: string, offset: number, packSize: number, into: Buffer, retry: RetryPolicy, signal: AbortSignal, throttle: Throttle | undefined): Promise<void> {
+  const length = into.length;
+  try {
+    await withRetry(retry, async () => {
       const res = await t.get(key, { start: offset, end: offset + length - 1 }, signal);
       if (res.objectSize !== undefined && res.objectSize !== packSize) throw new BackupError('truncated', `${t.describe(key)} is ${res.objectSize} bytes but the manifest says ${packSize}: truncated or replaced`, { object: t.describe(key) });
-      const buf = buffers.take(length);
       let n = 0;
       for await (const p of res.body) {
         if (throttle) await throttle.take(p.length);
         const take = Math.min(p.length, length - n);
-        buf.set(p.subarray(0, take), n);
+        into.set(p.subarray(0, take), n);
         n += take;
       }
       if (n < length) throw new TransportError('transient', `${t.describe(key)}: got ${n} of ${length} bytes`);
-      return buf;
     }, { signal });
   } catch (e) {
     throw storeError(t, key, e);
@@ -580,22 +689,26 @@ async function fetchExact(t: Transport, key: string, offset: number, length: num
 }
 
 /** Size (which also makes trailing holes), zeros where a non-sparse file had them, owner, mode, mtime. Safe to repeat. */
-async function finishFile(o: RestoreOptions, f: FileEntry, path: string, chunkSize: number): Promise<void> {
+async function finishFile(o: RestoreOptions, f: FileEntry, fh: FileHandle, chunkSize: number): Promise<void> {
+  await fh.truncate(f.size);
+  if (!f.sparse && f.chunks.includes(-1)) {
+    const zero = Buffer.alloc(Math.min(chunkSize, 1 << 20));
+    for (const [k, c] of f.chunks.entries()) {
+      if (c !== -1) continue;
+      const end = Math.min(f.size, (k + 1) * chunkSize);
+      for (let p = k * chunkSize; p < end; p += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - p), p);
+    }
+  }
+  if (o.preserveOwner ?? process.getuid?.() === 0) await fh.chown(f.uid, f.gid);
+  await fh.chmod(f.mode);
+  const mt = mtimeSeconds(f.mtimeNs);
+  await fh.utimes(mt, mt);
+}
+
+async function finishPath(o: RestoreOptions, f: FileEntry, path: string, chunkSize: number): Promise<void> {
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   try {
-    await fh.truncate(f.size);
-    if (!f.sparse && f.chunks.includes(-1)) {
-      const zero = Buffer.alloc(Math.min(chunkSize, 1 << 20));
-      for (const [k, c] of f.chunks.entries()) {
-        if (c !== -1) continue;
-        const end = Math.min(f.size, (k + 1) * chunkSize);
-        for (let p = k * chunkSize; p < end; p += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - p), p);
-      }
-    }
-    if (o.preserveOwner ?? process.getuid?.() === 0) await fh.chown(f.uid, f.gid);
-    await fh.chmod(f.mode);
-    const mt = mtimeSeconds(f.mtimeNs);
-    await fh.utimes(mt, mt);
+    await finishFile(o, f, fh, chunkSize);
   } finally {
     await fh.close();
   }
@@ -610,7 +723,7 @@ async function finishFile(o: RestoreOptions, f: FileEntry, path: string, chunkSi
 async function finishTree(o: RestoreOptions, body: ManifestBody, files: FileEntry[], finalized: Set<number>, layout: TargetLayout, chunkSize: number): Promise<void> {
   const owner = o.preserveOwner ?? process.getuid?.() === 0;
   const slots = new Semaphore(8);
-  await Promise.all(files.map((f, i) => (finalized.has(i) ? Promise.resolve() : slots.run(() => finishFile(o, f, join(layout.staging, f.path), chunkSize)))));
+  await Promise.all(files.map((f, i) => (finalized.has(i) ? Promise.resolve() : slots.run(() => finishPath(o, f, join(layout.staging, f.path), chunkSize)))));
   for (const e of body.entries) {
     if (e.type !== 'hardlink') continue;
     const p = join(layout.staging, e.path);
@@ -647,7 +760,7 @@ async function finishTree(o: RestoreOptions, body: ManifestBody, files: FileEntr
     const mt = mtimeSeconds(d.mtimeNs);
     await utimes(p, mt, mt);
   }
-  await syncTree(layout.staging, undefined);
+  await syncTree(layout.staging);
 }
 
 async function applyRootMetadata(o: RestoreOptions, body: ManifestBody, dir: string): Promise<void> {

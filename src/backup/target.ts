@@ -105,13 +105,10 @@ export async function ensureStaging(layout: TargetLayout): Promise<void> {
 /**
  * Open files of the staging tree, shared by all downloads. A file is opened on
  * its first write (O_CREAT, never O_TRUNC, so a resumed restore keeps what it
- * wrote) and kept open for the next chunks; at most `limit` stay open. Files
- * written since the last checkpoint are fdatasync'ed before the journal says
- * their chunks are done.
+ * wrote) and kept open for the next chunks; at most `limit` stay open.
  */
 export class HandlePool {
   readonly #open = new Map<string, { fh: Promise<FileHandle>; refs: number; lastUse: number }>();
-  readonly #dirty = new Set<string>();
   #tick = 0;
 
   constructor(readonly limit = 128) {}
@@ -121,13 +118,15 @@ export class HandlePool {
     if (!slot) {
       slot = { fh: open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600), refs: 0, lastUse: 0 };
       this.#open.set(path, slot);
-      void slot.fh.catch(() => this.#open.delete(path));
+      const mine = slot;
+      void slot.fh.catch(() => {
+        if (this.#open.get(path) === mine) this.#open.delete(path);
+      });
     }
     slot.refs++;
     slot.lastUse = ++this.#tick;
     try {
       const fh = await slot.fh;
-      this.#dirty.add(path);
       return await fn(fh);
     } finally {
       slot.refs--;
@@ -137,10 +136,12 @@ export class HandlePool {
 
   async #evict(): Promise<void> {
     const idle = [...this.#open.entries()].filter(([, s]) => s.refs === 0).sort((a, b) => a[1].lastUse - b[1].lastUse);
-    for (const [path, s] of idle.slice(0, this.#open.size - this.limit + 16)) {
+    // Take every victim out of the map before the first await, so no use() can pick one up while it closes.
+    const closing = idle.slice(0, this.#open.size - this.limit + 16).map(([path, s]) => {
       this.#open.delete(path);
-      await (await s.fh).close();
-    }
+      return s.fh.then((fh) => fh.close());
+    });
+    await Promise.all(closing);
   }
 
   /** Close a file that will not be written again (if no write is using it). */
@@ -149,30 +150,6 @@ export class HandlePool {
     if (!s || s.refs > 0) return;
     this.#open.delete(path);
     await (await s.fh).close();
-  }
-
-  /** fdatasync every file written since the last call. */
-  async syncDirty(): Promise<void> {
-    const paths = [...this.#dirty];
-    this.#dirty.clear();
-    for (const path of paths) {
-      const s = this.#open.get(path);
-      if (s) {
-        s.refs++;
-        try {
-          await (await s.fh).datasync();
-        } finally {
-          s.refs--;
-        }
-      } else {
-        const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-        try {
-          await fh.datasync();
-        } finally {
-          await fh.close();
-        }
-      }
-    }
   }
 
   async closeAll(): Promise<void> {

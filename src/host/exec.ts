@@ -50,6 +50,9 @@ export async function runCommand(argv: readonly string[], redactor: Redactor, op
   throw new BosunError('E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
 }
 
+/** The lines of a tool's complaint worth quoting: the first ones (the reason, before any usage text) and the last ones. */
 function lastLines(text: string, n: number): string {
-  return text.trim().split('\n').slice(-n).join(' | ');
+  const lines = text.trim().split('\n').filter((l) => l.trim() !== '');
+  if (lines.length <= n + 2) return lines.join(' | ');
+  return [...lines.slice(0, 2), '…', ...lines.slice(-n)].join(' | ');
 }

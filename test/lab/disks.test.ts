@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
-import { startLab, type Lab, type Vm } from './driver.js';
+import { rmSync } from 'node:fs';
+import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
 
 const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 const DISK = (n: number) => `/dev/disk/by-id/virtio-bosun-disk${n}`;
@@ -45,7 +46,8 @@ async function apply(spec: unknown, extra: string[] = []): Promise<ApplyResult> 
   assert.equal(w.exitCode, 0);
   const t = Date.now();
   const r = await vm.exec([...BOSUN, 'apply', '/tmp/spec.json', '--json', ...extra], { timeoutMs: 600_000 });
-  return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: r.stderr, ms: Date.now() - t };
+  // With --json an error is on stdout; keep it with stderr so assertion messages show it.
+  return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
 }
 
 async function freshHost(): Promise<void> {
@@ -80,6 +82,8 @@ const raid1Spec = (key: { sealed: string }, version = 1) => ({
 
 describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
   before(async () => {
+    // Pristine root and disks: a run dir left by an earlier run keeps its overlay and disk images.
+    rmSync(labRunDir('disks'), { recursive: true, force: true });
     lab = await startLab({ name: 'disks', nodes: [{ name: 'disks-a', disks: [512, 512, 512, 512].map((sizeMiB) => ({ sizeMiB })) }] });
     vm = lab.vm('disks-a');
   });

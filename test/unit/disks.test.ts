@@ -113,7 +113,7 @@ describe('disks phase planning', () => {
       'cryptsetup open --type luks2 --key-file=- --allow-discards /dev/md/data data',
       'wait /dev/mapper/data',
       'write /etc/crypttab',
-      `!mkfs.xfs -q -K -L bosun-data -m uuid=${fsUuid} /dev/mapper/data`,
+      `!mkfs.xfs -q -f -K -L bosun-data -m uuid=${fsUuid} /dev/mapper/data`,
       `wait /dev/disk/by-uuid/${fsUuid}`,
       'write /etc/systemd/system/var-lib-bosun-data.mount',
       'systemctl daemon-reload',
@@ -157,7 +157,7 @@ describe('disks phase planning', () => {
 
   it('half-built (crash after LUKS was opened): makes the filesystem only', () => {
     const steps = planAll(raid1Luks(), host('luks-empty'));
-    assert.deepEqual(steps.filter((s) => s.startsWith('!')), [`!mkfs.xfs -q -K -L bosun-data -m uuid=${fsUuid} /dev/mapper/data`]);
+    assert.deepEqual(steps.filter((s) => s.startsWith('!')), [`!mkfs.xfs -q -f -K -L bosun-data -m uuid=${fsUuid} /dev/mapper/data`]);
     assert.ok(!steps.some((s) => s.includes('crypttab')), 'crypttab already right');
   });
 

@@ -1,56 +1,39 @@
 // A worker thread that opens (decrypt, decompress, verify) and seals
 // (hash, compress, encrypt) chunks, so that the main thread only moves bytes
-// between the network and the disk. Buffers travel both ways by transfer,
-// never by copy.
+// between the network and the disk. The bytes stay in a shared slot; only
+// small job messages travel.
 import { parentPort, workerData } from 'node:worker_threads';
-import { ChunkOpenError, isAllZero, openChunk, sealChunk, sha256, type Codec } from '../format.js';
+import { ChunkOpenError, isAllZero, openChunkInto, sealChunk, sha256, type Codec } from '../format.js';
 import type { ChunkJob, ChunkReply, ChunkWorkerData } from './protocol.js';
 
 const data = workerData as ChunkWorkerData;
 const key = Buffer.from(data.key);
 const zero = Buffer.alloc(1 << 16);
+const slot = (n: number, length: number): Buffer => Buffer.from(data.slots, n * data.slotSize, length);
+const scratch = Buffer.allocUnsafe(data.slotSize);
 
-/** A buffer that owns its whole ArrayBuffer, so it can be transferred; copied only if it does not. */
-function own(b: Buffer): ArrayBuffer {
-  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b.buffer;
-  const copy = new ArrayBuffer(b.length);
-  new Uint8Array(copy).set(b);
-  return copy;
+function handle(job: ChunkJob): ChunkReply {
+  if (job.op === 'open') {
+    try {
+      const n = openChunkInto(key, data.backupId, slot(job.slot, job.length), { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 }, slot(job.slot, data.slotSize), scratch);
+      return { id: job.id, ok: true, op: 'open', plainLength: n };
+    } catch (e) {
+      return { id: job.id, ok: false, why: e instanceof ChunkOpenError ? e.why : 'auth' };
+    }
+  }
+  const plain = slot(job.slot, job.length);
+  if (isAllZero(plain, zero)) return { id: job.id, ok: true, op: 'seal', zero: true };
+  const hash = sha256(plain);
+  // sealChunk's output is in buffers of its own; the slot is overwritten only afterwards.
+  const sealed = sealChunk(key, data.backupId, plain, { level: job.level, hash });
+  if (sealed.length > data.slotSize) return { id: job.id, ok: false, why: 'length' };
+  let off = 0;
+  const out = slot(job.slot, sealed.length);
+  for (const part of sealed.record) {
+    out.set(part, off);
+    off += part.length;
+  }
+  return { id: job.id, ok: true, op: 'seal', zero: false, recordLength: sealed.length, codec: sealed.identity.codec, sha256: hash };
 }
 
-parentPort!.on('message', (job: ChunkJob) => {
-  if (job.op === 'open') {
-    const record = Buffer.from(job.buffer, 0, job.length);
-    try {
-      const plain = openChunk(key, data.backupId, record, { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 });
-      // The plaintext goes back in the record's own buffer (it is never larger than the
-      // buffer's capacity), so the main thread reuses a few buffers instead of
-      // collecting a new one per chunk.
-      if (plain.length <= job.buffer.byteLength) {
-        Buffer.from(job.buffer).set(plain);
-        const reply: ChunkReply = { id: job.id, ok: true, plain: job.buffer, plainLength: plain.length, buffer: job.buffer };
-        parentPort!.postMessage(reply, [job.buffer]);
-      } else {
-        const out = own(plain);
-        const reply: ChunkReply = { id: job.id, ok: true, plain: out, plainLength: plain.length, buffer: job.buffer };
-        parentPort!.postMessage(reply, [out, job.buffer]);
-      }
-    } catch (e) {
-      const reply: ChunkReply = { id: job.id, ok: false, why: e instanceof ChunkOpenError ? e.why : 'auth', buffer: job.buffer };
-      parentPort!.postMessage(reply, [job.buffer]);
-    }
-    return;
-  }
-  const plain = Buffer.from(job.buffer, 0, job.length);
-  if (isAllZero(plain, zero)) {
-    const reply: ChunkReply = { id: job.id, ok: true, zero: true, buffer: job.buffer };
-    parentPort!.postMessage(reply, [job.buffer]);
-    return;
-  }
-  const hash = sha256(plain);
-  const sealed = sealChunk(key, data.backupId, plain, { level: job.level, hash });
-  const record = Buffer.concat(sealed.record, sealed.length);
-  const out = own(record);
-  const reply: ChunkReply = { id: job.id, ok: true, sealed: { record: out, codec: sealed.identity.codec, sha256: hash }, buffer: job.buffer };
-  parentPort!.postMessage(reply, [out, job.buffer]);
-});
+parentPort!.on('message', (job: ChunkJob) => parentPort!.postMessage(handle(job)));

@@ -3,27 +3,40 @@ import { Worker } from 'node:worker_threads';
 import type { ChunkJob, ChunkJobInput, ChunkReply, ChunkWorkerData, DigestFile, DigestIn, DigestOut } from './protocol.js';
 
 /**
- * Buffers for chunk records, reused: a record is read from the network into
- * one, transferred to a worker and handed back with the worker's reply. Keeps
- * the main thread from allocating (and the garbage collector from chasing)
- * a fresh multi-megabyte buffer per chunk.
+ * Fixed slots of one SharedArrayBuffer that hold chunk bytes while they are
+ * read from the network (or a file), worked on by a chunk worker, and written
+ * out. Allocated once: the memory a restore uses is slots x slot size, known
+ * up front, and no multi-megabyte buffer is created (or garbage-collected)
+ * per chunk.
  */
-export class RecordBuffers {
-  readonly #free: ArrayBuffer[] = [];
+export class SlotRing {
+  readonly sab: SharedArrayBuffer;
+  readonly #free: number[];
+  readonly #waiters: Array<(slot: number) => void> = [];
 
   constructor(
-    readonly capacity: number,
-    readonly keep = 16,
-  ) {}
-
-  take(length: number): Buffer {
-    if (length > this.capacity) return Buffer.from(new ArrayBuffer(length));
-    const ab = this.#free.pop() ?? new ArrayBuffer(this.capacity);
-    return Buffer.from(ab, 0, length);
+    readonly count: number,
+    readonly slotSize: number,
+  ) {
+    this.sab = new SharedArrayBuffer(count * slotSize);
+    this.#free = Array.from({ length: count }, (_, i) => count - 1 - i);
   }
 
-  give(ab: ArrayBuffer): void {
-    if (ab.byteLength === this.capacity && this.#free.length < this.keep) this.#free.push(ab);
+  acquire(): Promise<number> {
+    const slot = this.#free.pop();
+    if (slot !== undefined) return Promise.resolve(slot);
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  release(slot: number): void {
+    const next = this.#waiters.shift();
+    if (next) next(slot);
+    else this.#free.push(slot);
+  }
+
+  view(slot: number, length: number): Buffer {
+    if (length > this.slotSize) throw new RangeError(`${length} bytes do not fit a ${this.slotSize}-byte slot`);
+    return Buffer.from(this.sab, slot * this.slotSize, length);
   }
 }
 
@@ -72,7 +85,7 @@ export class ChunkWorkers {
     return new Promise<ChunkReply>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
       const msg: ChunkJob = { ...job, id };
-      slot.w.postMessage(msg, [job.buffer]);
+      slot.w.postMessage(msg);
     });
   }
 

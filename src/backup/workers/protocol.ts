@@ -1,22 +1,31 @@
-/** Messages between the main thread and the backup worker threads. */
+/**
+ * Messages between the main thread and the backup worker threads. Chunk bytes
+ * never travel in messages: they sit in slots of one SharedArrayBuffer that
+ * both sides see (SlotRing), and a job names its slot. A worker reads the
+ * record (or plaintext) from the slot and writes its answer back into it.
+ */
 export interface ChunkWorkerData {
   /** the chunk sub-key (not the data key); lives only in this process */
   key: Uint8Array;
   backupId: string;
+  slots: SharedArrayBuffer;
+  slotSize: number;
 }
 
 export type ChunkJob =
-  | { op: 'open'; id: number; buffer: ArrayBuffer; length: number; codec: number; plainLength: number; sha256: string }
-  | { op: 'seal'; id: number; buffer: ArrayBuffer; length: number; level: number };
+  /** decrypt, decompress and verify the record in `slot`; the plaintext replaces it */
+  | { op: 'open'; id: number; slot: number; length: number; codec: number; plainLength: number; sha256: string }
+  /** hash, compress and encrypt the plaintext in `slot`; the record replaces it */
+  | { op: 'seal'; id: number; slot: number; length: number; level: number };
 
 /** a job as the caller gives it; the pool adds the id */
 export type ChunkJobInput = ChunkJob extends infer J ? (J extends unknown ? Omit<J, 'id'> : never) : never;
 
 export type ChunkReply =
-  | { id: number; ok: true; plain: ArrayBuffer; plainLength: number; buffer: ArrayBuffer }
-  | { id: number; ok: true; zero: true; buffer: ArrayBuffer }
-  | { id: number; ok: true; sealed: { record: ArrayBuffer; codec: number; sha256: string }; buffer: ArrayBuffer }
-  | { id: number; ok: false; why: string; buffer: ArrayBuffer };
+  | { id: number; ok: true; op: 'open'; plainLength: number }
+  | { id: number; ok: true; op: 'seal'; zero: true }
+  | { id: number; ok: true; op: 'seal'; zero: false; recordLength: number; codec: number; sha256: string }
+  | { id: number; ok: false; why: string };
 
 export interface DigestFile {
   path: string;

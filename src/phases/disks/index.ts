@@ -115,10 +115,14 @@ export const filesystemStage = stage('filesystem', (s) => s.disks, (spec, l) => 
   }
   if (f.state.kind === 'ours') return [];
   const { su, sw } = stripe(d);
+  // Inside bosun's own array or LUKS volume, wipefs found no signature, so anything mkfs's
+  // more eager probe still sees is the remains of bosun's own mkfs cut short by a power
+  // loss: overwrite it. Directly on a disk, mkfs keeps its own refusal as a second guard.
+  const ownStack = d.raid !== undefined || d.luks !== undefined;
   const argv =
     d.filesystem.type === 'xfs'
-      ? ['mkfs.xfs', '-q', '-K', '-L', l.names.fsLabel, '-m', `uuid=${f.uuid}`, ...(su ? ['-d', `su=${su}k,sw=${sw}`] : []), f.device]
-      : ['mkfs.ext4', '-q', '-L', l.names.fsLabel, '-U', f.uuid, '-m', '1', '-E', ['nodiscard', ...(su ? [`stride=${su / 4}`, `stripe_width=${(su / 4) * sw}`] : [])].join(','), f.device];
+      ? ['mkfs.xfs', '-q', ...(ownStack ? ['-f'] : []), '-K', '-L', l.names.fsLabel, '-m', `uuid=${f.uuid}`, ...(su ? ['-d', `su=${su}k,sw=${sw}`] : []), f.device]
+      : ['mkfs.ext4', '-q', ...(ownStack ? ['-F'] : []), '-L', l.names.fsLabel, '-U', f.uuid, '-m', '1', '-E', ['nodiscard', ...(su ? [`stride=${su / 4}`, `stripe_width=${(su / 4) * sw}`] : [])].join(','), f.device];
   return [
     step.exec(argv, `make ${d.filesystem.type} on ${f.device}, which is empty${f.state.predicted ? ' (predicted: re-checked when this stage runs)' : ''}${su ? `; aligned to the ${su} KiB chunk x ${sw} data disks` : ''}`, { destructive: true, timeoutSeconds: 600 }),
     step.wait(`/dev/disk/by-uuid/${f.uuid}`, 'the mount unit names the filesystem by UUID'),
