@@ -265,6 +265,10 @@ describe('disks observation parsing', () => {
   it('reads wipefs and mdadm --export output', () => {
     assert.deepEqual(parseWipefs('{"signatures": [{"device":"vdb","offset":"0x1000","type":"linux_raid_member","uuid":"1a2b","label":"any:data"}]}'), [{ type: 'linux_raid_member', offset: '0x1000', uuid: '1a2b', label: 'any:data' }]);
     assert.deepEqual(parseWipefs(''), []);
+    // LUKS2's primary and secondary headers are one signature; two different things are two.
+    const luks2 = parseWipefs('{"signatures": [{"offset":"0x0","type":"crypto_LUKS","uuid":"u1","label":"bosun-data"},{"offset":"0x4000","type":"crypto_LUKS","uuid":"u1","label":"bosun-data"}]}');
+    assert.deepEqual(luks2.map((x) => x.offset), ['0x0']);
+    assert.equal(parseWipefs('{"signatures": [{"offset":"0x0","type":"crypto_LUKS","uuid":"u1"},{"offset":"0x438","type":"ext4","uuid":"u2"}]}').length, 2);
     const ex = parseExport("MD_LEVEL=raid1\nMD_DEVICES=2\nMD_NAME=any:data\nMD_UUID=11111111:22222222:33333333:44444444\nMD_DEVICE_dev_vdb_DEV=/dev/vdb\n");
     assert.equal(ex.get('MD_NAME'), 'any:data');
     assert.equal(ex.get('MD_DEVICE_dev_vdb_DEV'), '/dev/vdb');

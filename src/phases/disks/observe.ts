@@ -103,10 +103,20 @@ export function parseLsblk(json: string): BlockDevice[] {
   return (doc.blockdevices ?? []).map(convert);
 }
 
+/**
+ * wipefs lists every copy of a header: LUKS2 keeps a primary and a secondary
+ * header, GPT a backup table at the end. Copies of one header (same type, UUID
+ * and label) are one signature here; different things on one device stay many.
+ */
 export function parseWipefs(json: string): Signature[] {
   if (json.trim() === '') return [];
   const doc = JSON.parse(json) as { signatures?: { offset: string; type: string; uuid?: string | null; label?: string | null }[] };
-  return (doc.signatures ?? []).map((s) => ({ type: s.type, offset: s.offset, uuid: str(s.uuid), label: str(s.label) }));
+  const out: Signature[] = [];
+  for (const s of doc.signatures ?? []) {
+    const sig = { type: s.type, offset: s.offset, uuid: str(s.uuid), label: str(s.label) };
+    if (!out.some((o) => o.type === sig.type && o.uuid === sig.uuid && o.label === sig.label)) out.push(sig);
+  }
+  return out;
 }
 
 /** `mdadm --detail --export` lines into a map. */
