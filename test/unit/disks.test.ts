@@ -66,9 +66,10 @@ function host(state: 'blank' | 'built' | 'rebooted' | 'md-only' | 'luks-empty'):
       return { devices: [root, disk('/dev/vdb', [mdNode]), disk('/dev/vdc', [mdNode])], byId, signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [sig('crypto_LUKS', 'bosun-data', LUKS_UUID)], '/dev/mapper/data': [] }, arrays: [md], mdadmConf: files.mdadmConf, crypttab: files.crypttab };
     }
     case 'built': {
-      const mdNode = node('/dev/md127', 'raid1', [node('/dev/mapper/data', 'crypt', [], ['/var/lib/bosun/data'])]);
+      // lsblk lists the array and what sits on it under each member: two objects, one device.
+      const mdNode = () => node('/dev/md127', 'raid1', [node('/dev/mapper/data', 'crypt', [], ['/var/lib/bosun/data'])]);
       return {
-        devices: [root, disk('/dev/vdb', [mdNode]), disk('/dev/vdc', [mdNode])],
+        devices: [root, disk('/dev/vdb', [mdNode()]), disk('/dev/vdc', [mdNode()])],
         byId,
         signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [sig('crypto_LUKS', 'bosun-data', LUKS_UUID)], '/dev/mapper/data': [sig('xfs', 'bosun-data', FS_UUID)] },
         arrays: [md],

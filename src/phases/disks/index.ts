@@ -139,7 +139,8 @@ export const mountStage = stage('mount', (s) => s.disks, (spec, l, obs) => {
   const all = flatten(obs.devices);
   const ours = l.fs.kernelPath ? all.find((x) => x.path === l.fs.kernelPath) : undefined;
   const mounted = ours?.mountpoints.includes(m.path) ?? false;
-  const other = all.find((x) => x !== ours && x.mountpoints.includes(m.path));
+  // lsblk shows an array and what sits on it under each member disk: compare devices by path.
+  const other = all.find((x) => x.path !== l.fs.kernelPath && x.mountpoints.includes(m.path));
   if (other) throw new BosunError('E_REFUSED', `disks: ${other.path} is already mounted at ${m.path}; refusing to mount the data volume over it; nothing was changed`, { device: other.path });
   if (unitChanged) {
     steps.push({ kind: 'write', phase: 'disks', path: mountUnitPath(m.path), mode: 0o644, content, why: obs.mountUnit === undefined ? 'the mount unit for the data volume' : 'the mount unit differs from the spec' });
