@@ -6,7 +6,7 @@ import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import { planPhase, phasesFor, type PlanContext } from '../phases/index.js';
 import type { NodeSpec } from '../spec/node-spec.js';
-import { Journal, type AppliedRecord, type JournalState } from './journal.js';
+import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
 import { acquireLock } from './lock.js';
 import { OpenedSecret } from './redact.js';
 import { describeStep } from './render.js';
@@ -84,8 +84,16 @@ async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
 
   let state = await journal.read();
   let resumedAt: StageId | undefined;
+  const bootId = await currentBootId();
   if (state && state.specDigest === digest) {
     state.runs += 1;
+    if (state.bootId !== undefined && state.bootId !== bootId && state.donePhases.length > 0) {
+      // What finished stages made at runtime (assembled arrays, open volumes, mounts) did not survive the restart.
+      log.warn({ donePhases: state.donePhases }, 'the host restarted since this apply began: every stage is observed and run again (they only redo what is missing)');
+      state.donePhases = [];
+      delete state.current;
+    }
+    state.bootId = bootId;
     resumedAt = state.current?.phase ?? planner.phases(spec).find((p) => !state!.donePhases.includes(p));
     const cur = state.current;
     log.warn(
@@ -98,7 +106,7 @@ async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
       await journal.discard();
     }
     const now = new Date().toISOString();
-    state = { format: 2, specVersion: spec.version, specDigest: digest, donePhases: [], stepsDone: 0, runs: 1, startedAt: now, updatedAt: now };
+    state = { format: 2, specVersion: spec.version, specDigest: digest, donePhases: [], bootId, stepsDone: 0, runs: 1, startedAt: now, updatedAt: now };
   }
 
   const remaining = planner.phases(spec).filter((p) => !state.donePhases.includes(p));

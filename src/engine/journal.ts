@@ -31,8 +31,10 @@ export interface JournalState {
   specVersion: number;
   /** canonical digest of the spec being applied */
   specDigest: string;
-  /** phases finished, in order */
+  /** phases finished, in order, during the boot named by bootId */
   donePhases: StageId[];
+  /** the kernel's boot id when the journal was written: finished stages count only within one boot */
+  bootId?: string;
   current?: PhaseProgress;
   /** steps run to completion so far, all phases */
   stepsDone: number;
@@ -108,4 +110,9 @@ export class Journal {
       throw new BosunError('E_JOURNAL', `${path} is not valid JSON; inspect it, then remove it to re-plan from the host as it is`, { path });
     }
   }
+}
+
+/** This boot's id; a different one means the host restarted (arrays stopped, volumes closed, mounts gone). */
+export async function currentBootId(): Promise<string> {
+  return ((await readFileIfExists('/proc/sys/kernel/random/boot_id'))?.toString('utf8') ?? 'unknown').trim();
 }

@@ -90,6 +90,27 @@ describe('apply engine', () => {
     });
   });
 
+  it('after a restart of the host, finished stages are observed and run again: what they made at runtime is gone', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore', detached: true });
+      const exited = new Promise((r) => child.on('exit', r));
+      await waitFor('the blocking step to start', () => exists(`${dir}/step3.started`));
+      process.kill(-child.pid!, 'SIGKILL');
+      await exited;
+      // Pretend the journal was written during an earlier boot.
+      const j = JSON.parse(await readFile(join(state, 'journal.json'), 'utf8')) as { bootId: string };
+      assert.match(j.bootId, /\S/);
+      await writeFile(join(state, 'journal.json'), JSON.stringify({ ...j, bootId: 'an-earlier-boot' }));
+      await writeFile(`${dir}/release`, '');
+      const again = await runNode([join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir]);
+      assert.equal(again.code, 0, again.stderr);
+      assert.match(again.stderr, /the host restarted since this apply began: every stage is observed and run again/);
+      assert.equal(await lines(`${dir}/step1.log`), 2, 'the finished phase ran again after the restart');
+      assert.equal(await lines(`${dir}/step5.log`), 1);
+    });
+  });
+
   it('a failed step stops the apply, keeps the last good state, and the next run retries from that phase', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
