@@ -39,6 +39,8 @@ export interface ApplyOutcome {
   /** set when this run continued an apply an earlier run did not finish: the phase it continued at */
   resumedAt?: StageId;
   record: AppliedRecord;
+  /** time inside the engine (observe, plan, run), without process start-up */
+  durationMs: number;
 }
 
 export function specDigest(spec: NodeSpec): string {
@@ -59,15 +61,16 @@ function phasePlanner(req: ApplyRequest): Planner {
  * last good state is replaced only when every phase succeeded.
  */
 export async function applySpec(req: ApplyRequest): Promise<ApplyOutcome> {
+  const started = performance.now();
   const release = await acquireLock(req.stateDir);
   try {
-    return await applyLocked(req);
+    return { ...(await applyLocked(req)), durationMs: Math.round(performance.now() - started) };
   } finally {
     await release();
   }
 }
 
-async function applyLocked(req: ApplyRequest): Promise<ApplyOutcome> {
+async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durationMs'>> {
   const { spec, logger } = req;
   const planner = req.planner ?? phasePlanner(req);
   const journal = new Journal(req.stateDir);

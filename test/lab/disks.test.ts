@@ -42,10 +42,10 @@ async function sealTo(secret: string): Promise<{ sealed: string }> {
 }
 
 async function apply(spec: unknown, extra: string[] = []): Promise<ApplyResult> {
-  const w = await vm.exec(['sh', '-c', 'cat > /tmp/spec.json'], { stdin: JSON.stringify(spec) });
+  const w = await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec) });
   assert.equal(w.exitCode, 0);
   const t = Date.now();
-  const r = await vm.exec([...BOSUN, 'apply', '/tmp/spec.json', '--json', ...extra], { timeoutMs: 600_000 });
+  const r = await vm.exec([...BOSUN, 'apply', '/root/spec.json', '--json', ...extra], { timeoutMs: 600_000 });
   // With --json an error is on stdout; keep it with stderr so assertion messages show it.
   return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
 }
@@ -100,6 +100,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       assert.equal(first.code, 0, first.stderr);
       assert.equal(first.out.result, 'applied');
       figures.blankApplyMs = first.ms;
+      figures.blankAgentMs = first.out.durationMs;
       assert.match(await sh('cat /proc/mdstat'), /md\d+ : active raid1 vd[bc]\[\d\] vd[bc]\[\d\]/);
       assert.match(await sh('cryptsetup status data'), /is active/);
       assert.match(await sh('cryptsetup luksDump /dev/md/data'), /Version:\s+2[\s\S]*PBKDF:\s+pbkdf2/);
@@ -114,9 +115,10 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       assert.equal(again.code, 0, again.stderr);
       assert.equal(again.out.result, 'unchanged', 'a built host needs nothing');
       figures.rerunApplyMs = again.ms;
+      figures.rerunAgentMs = again.out.durationMs;
 
       await vm.reboot();
-      const plan = await vm.exec([...BOSUN, 'plan', '/tmp/spec.json', '--json']);
+      const plan = await vm.exec([...BOSUN, 'plan', '/root/spec.json', '--json']);
       assert.equal(plan.exitCode, 0, plan.stderr);
       const steps = (JSON.parse(plan.stdout) as { steps: { argv?: string[]; destructive?: boolean }[] }).steps;
       assert.deepEqual(steps.filter((s) => s.destructive), [], 'nothing is formatted after a reboot');
@@ -136,7 +138,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       const health = (JSON.parse(st.stdout) as { health: { ok: boolean; problems: string[] } }).health;
       assert.equal(health.ok, false);
       assert.ok(health.problems.some((p) => /array data is degraded: 1 of 2 members missing/.test(p)), JSON.stringify(health));
-      const spec = JSON.parse(await sh('cat /tmp/spec.json')) as unknown;
+      const spec = JSON.parse(await sh('cat /root/spec.json')) as unknown;
       const r = await apply(spec);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stderr, /mdadm --manage \/dev\/md(\/data|\d+) --add \/dev\/vdc/);
@@ -147,8 +149,8 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
     guarded('powercut', async () => {
       await freshHost();
       const key = await sealTo(randomBytes(64).toString('base64'));
-      await vm.exec(['sh', '-c', 'cat > /tmp/spec.json'], { stdin: JSON.stringify(raid1Spec(key)) });
-      const running = vm.exec([...BOSUN, 'apply', '/tmp/spec.json'], { timeoutMs: 600_000 }).catch(() => undefined);
+      await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(raid1Spec(key)) });
+      const running = vm.exec([...BOSUN, 'apply', '/root/spec.json'], { timeoutMs: 600_000 }).catch(() => undefined);
       // Cut once the filesystem stage has begun: the array and the LUKS volume exist by then.
       let journal = '';
       let before: { donePhases: string[]; current?: { phase: string } } = { donePhases: [] };
