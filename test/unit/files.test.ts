@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { writeFileAtomic } from '../../src/host/files.js';
@@ -45,7 +45,9 @@ describe('atomic file writes', () => {
   it('leave the old or the new content, never a mix, when the writer is killed (SIGKILL at 5 points)', async () => {
     await withTempDir(async (dir) => {
       const f = join(dir, 'data');
+      // The starting file has the writer's mode too: a kill before the first rename leaves it as it was.
       await writeFile(f, Buffer.alloc(4 << 20, 'a'));
+      await chmod(f, 0o640);
       for (const delayMs of [5, 37, 80, 151, 260]) {
         const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/write-loop.js'), f], { stdio: ['ignore', 'pipe', 'inherit'] });
         let ready = false;
