@@ -34,6 +34,15 @@ function request(stateDir: string, steps: Step[], extra: Partial<ApplyRequest> =
 
 const sh = (script: string, why = 'test'): Step => ({ kind: 'exec', phase: 'packages', argv: ['sh', '-c', script], why });
 
+/** Run the fixture apply and SIGKILL it, with its whole process group (as a power cut would), while its blocking step runs. */
+async function killApplyMidStep(state: string, dir: string): Promise<void> {
+  const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore', detached: true });
+  const exited = new Promise((r) => child.on('exit', r));
+  await waitFor('the blocking step to start', () => exists(`${dir}/step3.started`));
+  process.kill(-child.pid!, 'SIGKILL');
+  await exited;
+}
+
 describe('apply engine', () => {
   it('runs steps in order, records the last good state and removes the journal', async () => {
     await withTempDir(async (dir) => {
@@ -53,12 +62,7 @@ describe('apply engine', () => {
   it('resumes after a SIGKILL mid-apply: finished phases are not run again, the interrupted one is planned afresh', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      // Its own process group, so the kill takes the running step's commands with it, as a power cut would.
-      const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore', detached: true });
-      const exited = new Promise((r) => child.on('exit', r));
-      await waitFor('the blocking step to start', () => exists(`${dir}/step3.started`));
-      process.kill(-child.pid!, 'SIGKILL');
-      await exited;
+      await killApplyMidStep(state, dir);
 
       const journal = await new Journal(state).read();
       assert.ok(journal, 'journal must survive the kill');
@@ -93,11 +97,7 @@ describe('apply engine', () => {
   it('after a restart of the host, finished stages are observed and run again: what they made at runtime is gone', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const child = spawn(process.execPath, [join(repoRoot, 'dist/test/unit/fixtures/apply-child.js'), state, dir], { stdio: 'ignore', detached: true });
-      const exited = new Promise((r) => child.on('exit', r));
-      await waitFor('the blocking step to start', () => exists(`${dir}/step3.started`));
-      process.kill(-child.pid!, 'SIGKILL');
-      await exited;
+      await killApplyMidStep(state, dir);
       // Pretend the journal was written during an earlier boot.
       const j = JSON.parse(await readFile(join(state, 'journal.json'), 'utf8')) as { bootId: string };
       assert.match(j.bootId, /\S/);
