@@ -236,8 +236,9 @@ function mtimeSeconds(ns: string): number {
  * through decrypt → decompress → verify → write, one chunk in memory per
  * download; transient errors retried with backoff from the byte reached; a
  * journal beside the staging directory lets a killed restore continue; the
- * target appears (or is marked complete) only when every chunk and every
- * file's SHA-256 has verified.
+ * target appears (or is marked complete) only when every chunk has verified
+ * (and, with verifyFiles, every file's SHA-256 read back from disk), and
+ * everything is synced.
  */
 export async function restoreFromObjectStorage(o: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
@@ -259,7 +260,13 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
   const { header, body } = m;
   const chunkSize = header.chunkSize;
   const index = indexChunks(body);
-  const layout = await chooseLayout(o.target);
+  let layout: TargetLayout;
+  try {
+    layout = await chooseLayout(o.target);
+  } catch (e) {
+    m.chunkKey.fill(0);
+    throw e;
+  }
   const bytesTotal = index.files.reduce((n, f) => n + f.size, 0);
   const progress = new ProgressTracker('restore', bytesTotal, index.files.length, o.onProgress);
   log?.info({ target: o.target, layout: layout.mode, files: index.files.length, bytes: bytesTotal, storedBytes: header.stats.storedBytes, createdAt: header.createdAt, signer: header.signer ?? null }, 'restore: manifest verified');
@@ -289,7 +296,7 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
       transferred = fetched.transferred;
       resumedChunks = fetched.resumedChunks;
       progress.phase = 'finishing';
-      log?.info({ transferred, finishedFiles: fetched.finalized.size }, 'restore: every chunk and file verified; setting metadata');
+      log?.info({ transferred, finishedFiles: fetched.finalized.size }, 'restore: every chunk verified and written; setting metadata');
       await finishTree(o, body, index.files, fetched.finalized, layout, chunkSize);
       committing = true;
       await writeJ('committing');
@@ -581,26 +588,25 @@ interface FileTracker {
   close(): Promise<void>;
 }
 
-/** Without read-back verification: a file is done when every stored slice of it is written. */
+/**
+ * Without read-back verification: a file is done when every stored slice of it
+ * is written. Each slice is reported once per run (resumed ones at the start,
+ * the others as they are written), so a count per file is enough.
+ */
 class WrittenTracker implements FileTracker {
-  readonly #left: number[];
-  readonly #seen: Array<Set<number>>;
+  readonly #left: Uint32Array;
 
   constructor(
     files: FileEntry[],
     readonly onDone: (file: number, ok: boolean, detail: string | undefined) => void,
   ) {
-    this.#left = files.map((f) => f.chunks.filter((c) => c !== -1).length);
-    this.#seen = files.map(() => new Set());
+    this.#left = Uint32Array.from(files, (f) => f.chunks.reduce((n, c) => (c === -1 ? n : n + 1), 0));
     // Files with nothing stored (empty, or all holes) are done from the start.
     queueMicrotask(() => this.#left.forEach((n, i) => n === 0 && this.onDone(i, true, undefined)));
   }
 
-  written(file: number, ordinal: number): void {
-    const seen = this.#seen[file]!;
-    if (seen.has(ordinal)) return;
-    seen.add(ordinal);
-    if (--this.#left[file]! === 0) this.onDone(file, true, undefined);
+  written(file: number): void {
+    if (this.#left[file]! > 0 && --this.#left[file]! === 0) this.onDone(file, true, undefined);
   }
 
   finish(): Promise<number> {
@@ -612,15 +618,25 @@ class WrittenTracker implements FileTracker {
   }
 }
 
+/** Run `fn` on 0..count-1, at most `parallel` at a time, without making a promise per item up front. */
+async function forEachLimited(count: number, parallel: number, fn: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(parallel, count) }, async () => {
+      while (next < count) await fn(next++);
+    }),
+  );
+}
+
 /**
  * Read back every chunk the journal lists as written and compare it with its
  * SHA-256; a chunk that does not match (a power cut lost it, or the file was
  * touched) is taken off the list and fetched again. Returns how many were.
  */
 async function recheckDone(body: ManifestBody, index: ReturnType<typeof indexChunks>, done: DoneSet, pathOf: (f: FileEntry) => string, chunkSize: number): Promise<number> {
-  const slots = new Semaphore(4);
   let lost = 0;
-  const check = async (c: number): Promise<void> => {
+  await forEachLimited(body.chunks.length, 4, async (c) => {
+    if (!done.has(c)) return;
     const ref = body.chunks[c]!;
     const buf = Buffer.allocUnsafe(ref[3]);
     for (const s of index.targets[c]!) {
@@ -637,8 +653,7 @@ async function recheckDone(body: ManifestBody, index: ReturnType<typeof indexChu
         await fh?.close();
       }
     }
-  };
-  await Promise.all(index.targets.map((_, c) => (done.has(c) ? slots.run(() => check(c)) : Promise.resolve())));
+  });
   return lost;
 }
 
@@ -690,7 +705,8 @@ async function fetchExact(t: Transport, key: string, offset: number, packSize: n
 
 /** Size (which also makes trailing holes), zeros where a non-sparse file had them, owner, mode, mtime. Safe to repeat. */
 async function finishFile(o: RestoreOptions, f: FileEntry, fh: FileHandle, chunkSize: number): Promise<void> {
-  await fh.truncate(f.size);
+  // The last write already gave the file its size, unless the file ends in a hole.
+  if (f.chunks.length === 0 || f.chunks[f.chunks.length - 1] === -1) await fh.truncate(f.size);
   if (!f.sparse && f.chunks.includes(-1)) {
     const zero = Buffer.alloc(Math.min(chunkSize, 1 << 20));
     for (const [k, c] of f.chunks.entries()) {
@@ -699,7 +715,8 @@ async function finishFile(o: RestoreOptions, f: FileEntry, fh: FileHandle, chunk
       for (let p = k * chunkSize; p < end; p += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - p), p);
     }
   }
-  if (o.preserveOwner ?? process.getuid?.() === 0) await fh.chown(f.uid, f.gid);
+  // Files are created by this process: owned by it already when the backup says so.
+  if ((o.preserveOwner ?? process.getuid?.() === 0) && (f.uid !== process.getuid?.() || f.gid !== process.getgid?.())) await fh.chown(f.uid, f.gid);
   await fh.chmod(f.mode);
   const mt = mtimeSeconds(f.mtimeNs);
   await fh.utimes(mt, mt);
@@ -722,8 +739,9 @@ async function finishPath(o: RestoreOptions, f: FileEntry, path: string, chunkSi
  */
 async function finishTree(o: RestoreOptions, body: ManifestBody, files: FileEntry[], finalized: Set<number>, layout: TargetLayout, chunkSize: number): Promise<void> {
   const owner = o.preserveOwner ?? process.getuid?.() === 0;
-  const slots = new Semaphore(8);
-  await Promise.all(files.map((f, i) => (finalized.has(i) ? Promise.resolve() : slots.run(() => finishPath(o, f, join(layout.staging, f.path), chunkSize)))));
+  await forEachLimited(files.length, 8, async (i) => {
+    if (!finalized.has(i)) await finishPath(o, files[i]!, join(layout.staging, files[i]!.path), chunkSize);
+  });
   for (const e of body.entries) {
     if (e.type !== 'hardlink') continue;
     const p = join(layout.staging, e.path);
@@ -739,18 +757,14 @@ async function finishTree(o: RestoreOptions, body: ManifestBody, files: FileEntr
       }
     }
   }
-  await Promise.all(
-    body.entries.map((e) =>
-      e.type !== 'symlink'
-        ? Promise.resolve()
-        : slots.run(async () => {
-            const p = join(layout.staging, e.path);
-            if (owner) await lchown(p, e.uid, e.gid);
-            const mt = mtimeSeconds(e.mtimeNs);
-            await lutimes(p, mt, mt);
-          }),
-    ),
-  );
+  await forEachLimited(body.entries.length, 8, async (i) => {
+    const e = body.entries[i]!;
+    if (e.type !== 'symlink') return;
+    const p = join(layout.staging, e.path);
+    if (owner) await lchown(p, e.uid, e.gid);
+    const mt = mtimeSeconds(e.mtimeNs);
+    await lutimes(p, mt, mt);
+  });
   const dirs = body.entries.filter((e) => e.type === 'dir');
   for (const d of dirs.reverse()) {
     if (d.path === '.' && layout.mode === 'into') continue;

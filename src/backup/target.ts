@@ -62,12 +62,15 @@ export async function chooseLayout(target: string): Promise<TargetLayout> {
     throw new BackupError('target', `cannot inspect restore target ${target}: ${errnoOf(e) ?? String(e)}`, { target });
   }
   if (!st.isDirectory()) throw new BackupError('target', `restore target ${target} exists and is not a directory; refusing to touch it`, { target });
+  const asInto = intoLayout(target);
+  // Our own unfinished restore (perhaps stopped half-way through moving entries up at the commit).
+  if (await readJournal(asInto.journal)) return asInto;
   const names = await readdir(target);
   const foreign = names.filter((n) => !IGNORABLE.has(n));
   if (foreign.length > 0) {
     throw new BackupError('target', `restore target ${target} is not empty (it holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); bosun restores only into a missing or empty directory and never overwrites data`, { target, entries: foreign.length });
   }
-  return intoLayout(target);
+  return asInto;
 }
 
 /** Remove what an abandoned restore (another backup) left in the staging directory. */

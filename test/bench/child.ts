@@ -1,0 +1,63 @@
+// One backup create or restore in its own process, so the benchmark can time
+// it alone and read its peak RSS. Config as JSON in argv[2]; prints one JSON
+// line: the result, seconds, peak RSS and CPU seconds.
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createBackup, createS3Client, restoreFromObjectStorage, S3Transport } from '../../src/backup/index.js';
+import { openSealed } from '../../src/identity/seal.js';
+
+export interface BenchChildConfig {
+  mode: 'create' | 'restore';
+  endpoint: string;
+  region: string;
+  bucket: string;
+  prefix: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  /** PEM of the X25519 private key (its public half is the recipient) */
+  keyFile: string;
+  source?: string;
+  target?: string;
+  backupId?: string;
+  concurrency?: number;
+  workers?: number;
+  slots?: number;
+  verifyFiles?: boolean;
+  chunkSize?: number;
+  packSize?: number;
+}
+
+const cfg = JSON.parse(process.argv[2] ?? '{}') as BenchChildConfig;
+const priv = createPrivateKey(readFileSync(cfg.keyFile));
+const pub = createPublicKey(priv);
+const client = createS3Client({ endpoint: cfg.endpoint, region: cfg.region, credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } });
+const transport = new S3Transport({ client, bucket: cfg.bucket, prefix: cfg.prefix });
+const started = performance.now();
+try {
+  let result: object;
+  if (cfg.mode === 'create') {
+    result = await createBackup({
+      source: cfg.source!,
+      transport,
+      recipient: pub,
+      ...(cfg.workers !== undefined ? { workers: cfg.workers } : {}),
+      ...(cfg.chunkSize !== undefined ? { chunkSize: cfg.chunkSize } : {}),
+      ...(cfg.packSize !== undefined ? { packSize: cfg.packSize } : {}),
+    });
+  } else {
+    result = await restoreFromObjectStorage({
+      transport,
+      backupId: cfg.backupId ?? 'latest',
+      target: cfg.target!,
+      openDataKey: (sealed) => openSealed(priv, pub, sealed),
+      ...(cfg.concurrency !== undefined ? { concurrency: cfg.concurrency } : {}),
+      ...(cfg.workers !== undefined ? { workers: cfg.workers } : {}),
+      ...(cfg.slots !== undefined ? { slots: cfg.slots } : {}),
+      ...(cfg.verifyFiles !== undefined ? { verifyFiles: cfg.verifyFiles } : {}),
+    });
+  }
+  const u = process.resourceUsage();
+  process.stdout.write(JSON.stringify({ result, seconds: (performance.now() - started) / 1000, maxRssBytes: u.maxRSS * 1024, cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6 }) + '\n');
+} finally {
+  client.destroy();
+}

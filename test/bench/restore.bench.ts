@@ -1,0 +1,311 @@
+// Benchmark: bosun backup create and restore against MinIO on loopback, side
+// by side in one run with `s5cmd cp` of the same bytes stored raw.
+//
+//   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs 3] [--workers N]
+//        [--concurrency N] [--slots N] [--verify-files] [--dir /tmp] [--keep]
+//
+// Needs the test services (test/services/up; s5cmd comes with them). Each
+// restore and each s5cmd download runs in its own process, timed from spawn
+// to exit, with its peak RSS; the two alternate run by run so both see the
+// same machine. Prints the figures and one JSON line at the end.
+import { spawn } from 'node:child_process';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DeleteObjectsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { createS3Client, formatBytes } from '../../src/backup/index.js';
+import { repoRoot } from '../helpers.js';
+import { requireServices } from '../services/env.js';
+import type { BenchChildConfig } from './child.js';
+
+const MiB = 1024 * 1024;
+
+function out(line = ''): void {
+  process.stdout.write(line + '\n');
+}
+
+function parseSize(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g|t)?i?b?$/i.exec(s.trim());
+  if (!m) throw new Error(`not a size: ${s} (e.g. 256MiB, 1GiB, 8GiB)`);
+  const mult = { k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[(m[2] ?? '').toLowerCase() as 'k'] ?? 1;
+  return Math.round(Number(m[1]) * mult);
+}
+
+function args(): { size: number; runs: number; workers?: number; concurrency?: number; slots?: number; verifyFiles: boolean; dir: string; keep: boolean } {
+  const a = process.argv.slice(2);
+  const get = (name: string): string | undefined => {
+    const i = a.indexOf(`--${name}`);
+    return i >= 0 ? a[i + 1] : undefined;
+  };
+  const workers = get('workers');
+  const concurrency = get('concurrency');
+  const slots = get('slots');
+  return {
+    ...(slots !== undefined ? { slots: Number(slots) } : {}),
+    verifyFiles: a.includes('--verify-files'),
+    size: parseSize(get('size') ?? a.find((x) => /^\d/.test(x)) ?? '1GiB'),
+    runs: Number(get('runs') ?? 3),
+    ...(workers !== undefined ? { workers: Number(workers) } : {}),
+    ...(concurrency !== undefined ? { concurrency: Number(concurrency) } : {}),
+    dir: get('dir') ?? tmpdir(),
+    keep: a.includes('--keep'),
+  };
+}
+
+/** A deterministic-enough pseudo-random source that is fast (randomBytes for "random" data). */
+function textSource(): Buffer {
+  const words = 'select insert update delete from where order by group the quick brown fox jumps over lazy dog id name value timestamp error warning info debug user account balance'.split(' ');
+  const parts: string[] = [];
+  let n = 0;
+  while (n < 16 * MiB) {
+    const w = `${words[Math.floor(Math.random() * words.length)]} ${Math.floor(Math.random() * 100000)}${Math.random() < 0.1 ? '\n' : ' '}`;
+    parts.push(w);
+    n += w.length;
+  }
+  return Buffer.from(parts.join(''));
+}
+
+/** Text-like content that compresses about 3:1 and does not repeat across files (so chunk dedup gets no free ride). */
+function textBlock(base: Buffer, n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let off = 0; off < n; off += 65536) {
+    const len = Math.min(65536, n - off);
+    const at = Math.floor(Math.random() * (base.length - len));
+    base.copy(b, off, at, at + len);
+  }
+  return b;
+}
+
+interface DataSet {
+  files: number;
+  bytes: number;
+  compressibleBytes: number;
+}
+
+/** Mixed files: 10% of the bytes in many small files, 30% in medium ones, 60% in a few large ones; about half text, half random. */
+async function generate(root: string, size: number): Promise<DataSet> {
+  const base = textSource();
+  let files = 0;
+  let bytes = 0;
+  let compressible = 0;
+  const write = async (path: string, n: number, text: boolean): Promise<void> => {
+    const fh = await open(path, 'w');
+    try {
+      for (let off = 0; off < n; off += 8 * MiB) {
+        const len = Math.min(8 * MiB, n - off);
+        await fh.write(text ? textBlock(base, len) : randomBytes(len));
+      }
+    } finally {
+      await fh.close();
+    }
+    files++;
+    bytes += n;
+    if (text) compressible += n;
+  };
+  let budget = Math.round(size * 0.1);
+  for (let d = 0; budget > 0; d++) {
+    const dir = join(root, 'small', String(d).padStart(3, '0'));
+    await mkdir(dir, { recursive: true });
+    for (let i = 0; i < 100 && budget > 0; i++) {
+      const n = Math.min(budget, 1024 + Math.floor(Math.random() * 63 * 1024));
+      await write(join(dir, `f${i}.dat`), n, i % 2 === 0);
+      budget -= n;
+    }
+  }
+  budget = Math.round(size * 0.3);
+  await mkdir(join(root, 'medium'), { recursive: true });
+  for (let i = 0; budget > 0; i++) {
+    const n = Math.min(budget, MiB + Math.floor(Math.random() * 15 * MiB));
+    await write(join(root, 'medium', `m${i}.bin`), n, i % 2 === 0);
+    budget -= n;
+  }
+  budget = size - bytes;
+  await mkdir(join(root, 'large'), { recursive: true });
+  for (let i = 0; budget > 0; i++) {
+    const n = Math.min(budget, 64 * MiB + Math.floor(Math.random() * 192 * MiB));
+    await write(join(root, 'large', `l${i}.bin`), n, i % 2 === 1);
+    budget -= n;
+  }
+  return { files, bytes, compressibleBytes: compressible };
+}
+
+interface Measured {
+  seconds: number;
+  maxRssBytes: number;
+  cpuSeconds?: number;
+  stdout: string;
+}
+
+/** Run a command, timed from spawn to exit, with its peak RSS from GNU time. */
+function measure(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Measured> {
+  return new Promise((resolve, reject) => {
+    const timeFile = join(tmpdir(), `bosun-bench-time-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    const started = performance.now();
+    const child = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', timeFile, ...argv], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const seconds = (performance.now() - started) / 1000;
+      void readFile(timeFile, 'utf8')
+        .then(async (t) => {
+          await rm(timeFile, { force: true });
+          if (code !== 0) throw new Error(`${argv.join(' ')} exited with ${code}: ${stderr.slice(-2000)}`);
+          const [rssKb, user, sys] = t.trim().split('\n').at(-1)!.split(' ').map(Number);
+          resolve({ seconds, maxRssBytes: rssKb! * 1024, cpuSeconds: user! + sys!, stdout });
+        })
+        .catch(reject);
+    });
+  });
+}
+
+/** CPU seconds MinIO has used so far (utime + stime of its process): BOSUN_BENCH_MINIO_PID, or the pid file test/services/up writes. */
+async function minioCpu(): Promise<number | undefined> {
+  try {
+    const pid = process.env.BOSUN_BENCH_MINIO_PID ?? (await readFile(join(repoRoot, '.cache/services/run/minio.pid'), 'utf8')).trim();
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const rate = (bytes: number, seconds: number): string => `${formatBytes(bytes / seconds)}/s`;
+
+async function main(): Promise<void> {
+  const o = args();
+  const env = await requireServices();
+  if (!env.s5cmd) throw new Error('s5cmd not found: run test/services/up (it installs s5cmd and records its path)');
+  const work = await mkdtemp(join(o.dir, 'bosun-bench-'));
+  const prefix = `bosun-bench/${Date.now().toString(36)}/`;
+  const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+  const s5env = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, AWS_REGION: env.s3.region };
+  const s5 = (...a: string[]): string[] => [env.s5cmd!, '--endpoint-url', env.s3.endpoint, ...a];
+  const childJs = join(repoRoot, 'dist/test/bench/child.js');
+  const deletePrefix = async (p: string): Promise<void> => {
+    for (;;) {
+      const l = await client.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: p }));
+      const keys = (l.Contents ?? []).map((c) => ({ Key: c.Key! }));
+      if (keys.length === 0) break;
+      await client.send(new DeleteObjectsCommand({ Bucket: env.s3.bucket, Delete: { Objects: keys } }));
+    }
+  };
+  try {
+    const src = join(work, 'src');
+    out(`bosun bench: generating ${formatBytes(o.size)} of mixed files in ${src} ...`);
+    const ds = await generate(src, o.size);
+    out(`  ${ds.files} files, ${formatBytes(ds.bytes)}, ${Math.round((100 * ds.compressibleBytes) / ds.bytes)}% text-like (compressible), the rest random`);
+    await measure(['sync']);
+
+    const keyFile = join(work, 'recipient.pem');
+    await writeFile(keyFile, generateKeyPairSync('x25519').privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+    const base: Omit<BenchChildConfig, 'mode'> = {
+      endpoint: env.s3.endpoint,
+      region: env.s3.region,
+      bucket: env.s3.bucket,
+      prefix: `${prefix}bosun/`,
+      accessKeyId: env.s3.accessKeyId,
+      secretAccessKey: env.s3.secretAccessKey,
+      keyFile,
+      ...(o.workers !== undefined ? { workers: o.workers } : {}),
+      ...(o.concurrency !== undefined ? { concurrency: o.concurrency } : {}),
+      ...(o.slots !== undefined ? { slots: o.slots } : {}),
+      verifyFiles: o.verifyFiles,
+    };
+
+    out('uploading the raw copy for s5cmd ...');
+    const up = await measure(s5('cp', `${src}/*`, `s3://${env.s3.bucket}/${prefix}raw/`), s5env);
+    out(`  s5cmd cp upload: ${up.seconds.toFixed(2)} s, ${rate(ds.bytes, up.seconds)}`);
+
+    const creates: Array<{ seconds: number; rss: number; cpu: number; stored: number; backupId: string }> = [];
+    for (let i = 0; i < o.runs; i++) {
+      const m = await measure([process.execPath, childJs, JSON.stringify({ ...base, mode: 'create', source: src } satisfies BenchChildConfig)]);
+      const r = JSON.parse(m.stdout) as { result: { backupId: string; stats: { storedBytes: number } } };
+      creates.push({ seconds: m.seconds, rss: m.maxRssBytes, cpu: m.cpuSeconds ?? 0, stored: r.result.stats.storedBytes, backupId: r.result.backupId });
+      out(`  bosun backup create #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s`);
+      // Only the last backup is restored: drop the earlier ones so a big run does not fill the disk.
+      if (i > 0) await deletePrefix(`${prefix}bosun/backups/${creates[i - 1]!.backupId}/`);
+    }
+    const backupId = creates.at(-1)!.backupId;
+    const stored = creates.at(-1)!.stored;
+
+    const s5runs: Measured[] = [];
+    const bosunRuns: Measured[] = [];
+    const s5synced: number[] = [];
+    for (let i = 0; i < o.runs; i++) {
+      const order = i % 2 === 0 ? ['s5cmd', 'bosun'] : ['bosun', 's5cmd'];
+      for (const who of order) {
+        const dst = join(work, `dst-${who}`);
+        await rm(dst, { recursive: true, force: true });
+        await measure(['sync']);
+        const m0 = await minioCpu();
+        if (who === 's5cmd') {
+          const m = await measure(s5('cp', `s3://${env.s3.bucket}/${prefix}raw/*`, `${dst}/`), s5env);
+          const m1 = await minioCpu();
+          // bosun's restore ends with its data on disk (syncfs before the commit); s5cmd's does not: time that part too.
+          const synced = await measure(['sync', '-f', dst]);
+          s5runs.push(m);
+          s5synced.push(m.seconds + synced.seconds);
+          const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
+          out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
+        } else {
+          const m = await measure([process.execPath, childJs, JSON.stringify({ ...base, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
+          const m1 = await minioCpu();
+          bosunRuns.push(m);
+          const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
+          out(`  bosun restore     #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`);
+        }
+        await rm(dst, { recursive: true, force: true });
+      }
+    }
+
+    const createMed = median(creates.map((c) => c.seconds));
+    const s5Med = median(s5runs.map((m) => m.seconds));
+    const bosunMed = median(bosunRuns.map((m) => m.seconds));
+    const ratio = s5Med / bosunMed;
+    const [l1, l5] = loadavg();
+    out('');
+    out(`bosun bench, ${formatBytes(ds.bytes)} in ${ds.files} files, medians of ${o.runs} runs, file read-back verification ${o.verifyFiles ? 'on' : 'off'} (load average ${l1!.toFixed(1)} / ${l5!.toFixed(1)}):`);
+    out(`  backup create   ${createMed.toFixed(2)} s  ${rate(ds.bytes, createMed)}  peak RSS ${formatBytes(median(creates.map((c) => c.rss)))}  stored ${formatBytes(stored)} (${(ds.bytes / stored).toFixed(2)}:1)`);
+    out(`  s5cmd cp        ${s5Med.toFixed(2)} s  ${rate(ds.bytes, s5Med)}  peak RSS ${formatBytes(median(s5runs.map((m) => m.maxRssBytes)))}`);
+    out(`  bosun restore   ${bosunMed.toFixed(2)} s  ${rate(ds.bytes, bosunMed)}  peak RSS ${formatBytes(Math.max(...bosunRuns.map((m) => m.maxRssBytes)))} (max)  CPU ${median(bosunRuns.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`);
+    out(`  s5cmd cp + sync ${median(s5synced).toFixed(2)} s  ${rate(ds.bytes, median(s5synced))}  (data on disk, as bosun's restore leaves it)`);
+    out(`  restore rate / s5cmd rate = ${ratio.toFixed(2)}; / (s5cmd + sync) rate = ${(median(s5synced) / bosunMed).toFixed(2)}  (target >= 0.90; peak RSS target < 300 MB)`);
+    out(
+      JSON.stringify({
+        bench: 'restore',
+        bytes: ds.bytes,
+        files: ds.files,
+        runs: o.runs,
+        createSeconds: creates.map((c) => c.seconds),
+        s5cmdSeconds: s5runs.map((m) => m.seconds),
+        s5cmdSyncedSeconds: s5synced,
+        restoreSeconds: bosunRuns.map((m) => m.seconds),
+        restoreMaxRssBytes: bosunRuns.map((m) => m.maxRssBytes),
+        createMaxRssBytes: creates.map((c) => c.rss),
+        storedBytes: stored,
+        ratio,
+        verifyFiles: o.verifyFiles,
+        loadavg: [l1, l5],
+      }),
+    );
+  } finally {
+    if (!o.keep) {
+      await rm(work, { recursive: true, force: true });
+      await deletePrefix(prefix);
+    }
+    client.destroy();
+  }
+}
+
+await main();

@@ -1,0 +1,505 @@
+// Backups against the real S3 service (MinIO from test/services/up): a round
+// trip of a tree with every kind of file, damaged and missing objects, a proxy
+// that cuts connections, a killed restore that resumes, wrong keys and
+// untrusted signers. Run: npm run test:integration.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, generateKeyPairSync, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, chown, link, lstat, lutimes, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { after, before, beforeEach, describe, it } from 'node:test';
+import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { pino } from 'pino';
+import { BackupError, createBackup, createS3Client, restoreFromObjectStorage, S3Transport, trustSigners, type BackupResult, type RestoreResult } from '../../src/backup/index.js';
+import { parseManifest } from '../../src/backup/format.js';
+import { DoneSet } from '../../src/backup/journal.js';
+import { openSealed, publicKeyString } from '../../src/identity/seal.js';
+import { execa } from 'execa';
+import { repoRoot } from '../helpers.js';
+import { requireServices, type ServiceEnv } from '../services/env.js';
+import type { ChildConfig } from './backup-child.js';
+
+const MiB = 1024 * 1024;
+const RUN = `${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`;
+const CHUNK = MiB;
+const FAST_RETRY = { attempts: 6, baseDelayMs: 20, maxDelayMs: 200 };
+
+function text(n: number, seed = 0): Buffer {
+  const words = ['select', 'from', 'where', 'insert', 'update', 'the', 'quick', 'brown', 'fox', 'jumps'];
+  const parts: string[] = [];
+  let len = 0;
+  for (let i = seed; len < n; i++) {
+    const w = `${words[(i * 7) % words.length]} ${(i * 31) % 1000}\n`;
+    parts.push(w);
+    len += w.length;
+  }
+  return Buffer.from(parts.join('').slice(0, n));
+}
+
+const T0 = 1_600_000_000.123456;
+
+/** A tree with every kind of entry a data directory can hold. Owners and setuid need root, which the tests run as. */
+async function makeTree(root: string): Promise<void> {
+  await mkdir(root, { recursive: true });
+  await mkdir(join(root, 'docs'));
+  await writeFile(join(root, 'docs/readme.txt'), text(300_000));
+  await writeFile(join(root, 'docs/empty'), '');
+  await mkdir(join(root, 'data'));
+  await writeFile(join(root, 'data/big.bin'), randomBytes(2 * MiB + 12345));
+  await writeFile(join(root, 'data/compressible.log'), text(3 * MiB, 5));
+  const dup = randomBytes(MiB + 999);
+  await writeFile(join(root, 'data/dup1'), dup);
+  await writeFile(join(root, 'data/dup2'), dup);
+  await writeFile(join(root, 'data/zeros.bin'), Buffer.alloc(2 * MiB));
+  const fh = await open(join(root, 'data/sparse.img'), 'w');
+  await fh.write(text(100_000), 0, 100_000, 0);
+  await fh.write(randomBytes(MiB), 0, MiB, 20 * MiB + 123);
+  await fh.write(randomBytes(4096), 0, 4096, 64 * MiB - 4096);
+  await fh.close();
+  await writeFile(join(root, 'data/script.sh'), '#!/bin/sh\necho hi\n');
+  await mkdir(join(root, 'hl'));
+  await link(join(root, 'data/big.bin'), join(root, 'hl/second-name'));
+  await symlink('docs/readme.txt', join(root, 'link-rel'));
+  await symlink('/nonexistent/target', join(root, 'dangling'));
+  await mkdir(join(root, 'ro'));
+  await writeFile(join(root, 'ro/frozen'), 'frozen\n');
+  await mkdir(join(root, 'shared'));
+  await execa('mkfifo', [join(root, 'pipe')]);
+
+  await chown(join(root, 'docs/readme.txt'), 1001, 1002);
+  await chown(join(root, 'data'), 26, 26);
+  await chown(join(root, 'data/big.bin'), 26, 26);
+  await chown(join(root, 'shared'), 0, 4242);
+  await symlink('x', join(root, 'owned-link'));
+  await execa('chown', ['-h', '777:778', join(root, 'owned-link')]);
+  await chmod(join(root, 'docs/empty'), 0o600);
+  await chmod(join(root, 'data/script.sh'), 0o4755);
+  await chmod(join(root, 'ro/frozen'), 0o444);
+  await chmod(join(root, 'data'), 0o700);
+  await chmod(join(root, 'shared'), 0o2770);
+  await chmod(root, 0o750);
+  let i = 0;
+  for (const p of ['docs/readme.txt', 'docs/empty', 'data/big.bin', 'data/compressible.log', 'data/dup1', 'data/dup2', 'data/zeros.bin', 'data/sparse.img', 'data/script.sh', 'ro/frozen']) {
+    await utimes(join(root, p), T0 + i, T0 + 1000 + i++);
+  }
+  for (const p of ['link-rel', 'dangling', 'owned-link']) await lutimes(join(root, p), T0, T0 + 50 + i++);
+  await chmod(join(root, 'ro'), 0o555);
+  for (const p of ['docs', 'data', 'hl', 'ro', 'shared', '.']) await utimes(join(root, p), T0, T0 + 5000 + i++);
+}
+
+interface Described {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** microseconds */
+  mtimeUs: bigint;
+  size?: number;
+  sha256?: string;
+  target?: string;
+  /** other names of the same inode */
+  links?: string[];
+}
+
+/** Everything bosun promises to keep, per path (sockets and fifos are left out: backups do not carry them). */
+async function describeTree(root: string): Promise<Map<string, Described>> {
+  const out = new Map<string, Described>();
+  const inodes = new Map<bigint, string[]>();
+  const walk = async (rel: string): Promise<void> => {
+    const abs = rel === '.' ? root : join(root, rel);
+    const st = await lstat(abs, { bigint: true });
+    const base = { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), mtimeUs: st.mtimeNs / 1000n };
+    if (st.isDirectory()) {
+      out.set(rel, { type: 'dir', ...base });
+      for (const n of (await readdir(abs)).sort()) await walk(rel === '.' ? n : `${rel}/${n}`);
+    } else if (st.isFile()) {
+      const names = inodes.get(st.ino) ?? [];
+      names.push(rel);
+      inodes.set(st.ino, names);
+      out.set(rel, { type: 'file', ...base, size: Number(st.size), sha256: createHash('sha256').update(await readFile(abs)).digest('hex') });
+    } else if (st.isSymbolicLink()) {
+      out.set(rel, { type: 'symlink', ...base, mode: 0, target: await readlink(abs) });
+    }
+  };
+  await walk('.');
+  for (const names of inodes.values()) for (const n of names) out.get(n)!.links = names.filter((x) => x !== n);
+  return out;
+}
+
+function assertSameTree(actual: Map<string, Described>, expected: Map<string, Described>): void {
+  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
+  for (const [p, e] of expected) {
+    const a = actual.get(p)!;
+    const diff = a.mtimeUs - e.mtimeUs;
+    assert.ok(diff >= -1n && diff <= 1n, `${p}: mtime ${a.mtimeUs} µs, expected ${e.mtimeUs} µs`);
+    assert.deepEqual({ ...a, mtimeUs: 0n }, { ...e, mtimeUs: 0n }, p);
+  }
+}
+
+/** A TCP proxy in front of MinIO that resets connections part-way through responses. */
+class ResettingProxy {
+  server: Server;
+  resets = 0;
+  readonly sockets = new Set<Socket>();
+
+  constructor(
+    upstreamPort: number,
+    readonly cutAfterBytes: number,
+    readonly maxResets: number,
+  ) {
+    this.server = createServer((client) => {
+      const upstream = connect(upstreamPort, '127.0.0.1');
+      this.sockets.add(client);
+      this.sockets.add(upstream);
+      let forwarded = 0;
+      client.on('data', (d: Buffer) => upstream.write(d));
+      upstream.on('data', (d: Buffer) => {
+        forwarded += d.length;
+        if (forwarded > this.cutAfterBytes && this.resets < this.maxResets) {
+          this.resets++;
+          client.resetAndDestroy();
+          upstream.destroy();
+          return;
+        }
+        client.write(d);
+      });
+      const close = (): void => {
+        client.destroy();
+        upstream.destroy();
+        this.sockets.delete(client);
+        this.sockets.delete(upstream);
+      };
+      client.on('error', close);
+      upstream.on('error', close);
+      client.on('close', close);
+      upstream.on('close', close);
+    });
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+function runChild(cfg: ChildConfig, onSpawn?: (kill: () => void) => void): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/backup-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+    onSpawn?.(() => child.kill('SIGKILL'));
+  });
+}
+
+describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
+  let env: ServiceEnv;
+  let s3: S3Client;
+  let work: string;
+  let setupError: Error | undefined;
+  const recipient = generateKeyPairSync('x25519');
+  const openKey = (k: { privateKey: KeyObject; publicKey: KeyObject }) => (sealed: string) => openSealed(k.privateKey, k.publicKey, sealed);
+  const prefixes: string[] = [];
+
+  const transport = (name: string, client = s3): S3Transport => {
+    const prefix = `bosun-it/${RUN}/${name}/`;
+    if (!prefixes.includes(prefix)) prefixes.push(prefix);
+    return new S3Transport({ client, bucket: env.s3.bucket, prefix });
+  };
+
+  const backup = (src: string, name: string, extra: Partial<Parameters<typeof createBackup>[0]> = {}): Promise<BackupResult> =>
+    createBackup({ source: src, transport: transport(name), recipient: recipient.publicKey, chunkSize: CHUNK, packSize: 4 * MiB, retry: FAST_RETRY, ...extra });
+
+  const restore = (name: string, target: string, extra: Partial<Parameters<typeof restoreFromObjectStorage>[0]> = {}): Promise<RestoreResult> =>
+    restoreFromObjectStorage({ transport: transport(name), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY, ...extra });
+
+  const objectKey = (name: string, key: string): string => `bosun-it/${RUN}/${name}/${key}`;
+  const getObject = async (key: string): Promise<Buffer> => {
+    const r = await s3.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
+    return Buffer.from(await r.Body!.transformToByteArray());
+  };
+  const putObject = (key: string, body: Buffer) => s3.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: body }));
+
+  let source: string;
+  let expected: Map<string, Described>;
+  let first: BackupResult;
+
+  before(async () => {
+    try {
+      env = await requireServices();
+    } catch (err) {
+      setupError = err instanceof Error ? err : new Error(String(err));
+      return;
+    }
+    s3 = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    work = await mkdtemp(join(tmpdir(), 'bosun-backup-it-'));
+    source = join(work, 'source');
+    await makeTree(source);
+    expected = await describeTree(source);
+  });
+
+  beforeEach(() => {
+    if (setupError !== undefined) throw setupError;
+  });
+
+  after(async () => {
+    if (work) await rm(work, { recursive: true, force: true });
+    if (!s3) return;
+    for (const prefix of prefixes) {
+      for (;;) {
+        const l = await s3.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: prefix }));
+        const keys = (l.Contents ?? []).map((o) => ({ Key: o.Key! }));
+        if (keys.length === 0) break;
+        await s3.send(new DeleteObjectsCommand({ Bucket: env.s3.bucket, Delete: { Objects: keys } }));
+      }
+    }
+    s3.destroy();
+  });
+
+  it('round-trips every kind of entry: data, empty, sparse, symlinks, hard links, modes, owners, mtimes', async () => {
+    first = await backup(source, 'tree', { host: 'it-host' });
+    assert.equal(first.stats.skipped, 1, 'the fifo is skipped');
+    assert.equal(first.stats.hardlinks, 1);
+    assert.equal(first.stats.symlinks, 3);
+    assert.ok(first.stats.packs > 1, `${first.stats.packs} packs`);
+    // dup1/dup2 share their chunks; zero chunks and holes are not stored.
+    assert.ok(first.stats.storedBytes < first.stats.bytes / 2, `stored ${first.stats.storedBytes} of ${first.stats.bytes}`);
+
+    const target = join(work, 'restored');
+    const progress: number[] = [];
+    // With the read-back of every file from disk, too.
+    const r = await restore('tree', target, { onProgress: (p) => progress.push(p.bytesDone), verifyFiles: true });
+    assert.equal(r.backupId, first.backupId);
+    assert.equal(r.resumedChunks, 0);
+    assertSameTree(await describeTree(target), expected);
+    const sparse = await lstat(join(target, 'data/sparse.img'));
+    assert.equal(sparse.size, 64 * MiB);
+    assert.ok(sparse.blocks * 512 < 4 * MiB, `sparse.img allocates ${sparse.blocks * 512} bytes`);
+    const zeros = await lstat(join(target, 'data/zeros.bin'));
+    assert.ok(zeros.blocks * 512 >= 2 * MiB, 'a file of written zeros stays allocated');
+    assert.equal(progress.at(-1), r.bytes);
+    // Nothing of the restore's own is left behind.
+    assert.deepEqual((await readdir(work)).sort(), ['restored', 'source']);
+  });
+
+  it('restores into an existing empty directory (a mount point) and refuses a non-empty one', async () => {
+    const target = join(work, 'mountpoint');
+    await mkdir(join(target, 'lost+found'), { recursive: true });
+    const marker = join(work, 'marker.json');
+    await restore('tree', target, { markerPath: marker });
+    const want = new Map(expected);
+    want.set('lost+found', (await describeTree(target)).get('lost+found')!);
+    assertSameTree(await describeTree(target), want);
+    assert.equal(JSON.parse(await readFile(marker, 'utf8')).backupId, first.backupId);
+
+    await assert.rejects(restore('tree', target), (e: unknown) => e instanceof BackupError && e.reason === 'target' && /not empty/.test(e.message));
+    await rm(target, { recursive: true });
+    await rm(marker);
+  });
+
+  it('refuses a wrong key before writing anything', async () => {
+    const target = join(work, 'wrong-key');
+    const other = generateKeyPairSync('x25519');
+    await assert.rejects(restore('tree', target, { openDataKey: openKey(other) }), (e: unknown) => {
+      assert.ok(e instanceof BackupError);
+      assert.equal(e.reason, 'key');
+      assert.match(e.message, /cannot open the data key .* sealed to x25519:/);
+      return true;
+    });
+    assert.deepEqual((await readdir(work)).sort(), ['restored', 'source']);
+  });
+
+  it('accepts a backup signed by a trusted host key and refuses an untrusted or unsigned one', async () => {
+    const host = generateKeyPairSync('ed25519');
+    const signingKey = publicKeyString('ed25519', host.publicKey);
+    const small = join(work, 'small');
+    await mkdir(small);
+    await writeFile(join(small, 'a'), text(5000));
+    await backup(small, 'signed', { signer: { signingKey, sign: (d) => sign(null, d, host.privateKey) } });
+    const target = join(work, 'signed-restore');
+    await restore('signed', target, { verifyManifest: trustSigners([signingKey]) });
+    assert.equal((await readFile(join(target, 'a'))).length, 5000);
+    await rm(target, { recursive: true });
+
+    const stranger = publicKeyString('ed25519', generateKeyPairSync('ed25519').publicKey);
+    await assert.rejects(restore('signed', target, { verifyManifest: trustSigners([stranger]) }), (e: unknown) => e instanceof BackupError && e.reason === 'key' && /not a trusted key/.test(e.message));
+    await assert.rejects(restore('tree', target, { verifyManifest: trustSigners([signingKey]) }), (e: unknown) => e instanceof BackupError && /not signed/.test(e.message));
+    assert.equal(existsSync(target), false);
+    await rm(small, { recursive: true });
+  });
+
+  describe('damaged backups fail loudly, name the object, and leave no target', () => {
+    let damaged: BackupResult;
+    const name = 'damaged';
+    const src = (): string => join(work, 'damaged-src');
+    const pack0 = (): string => objectKey(name, `backups/${damaged.backupId}/packs/000000.pack`);
+    let original: Buffer;
+
+    before(async () => {
+      if (setupError) return;
+      await mkdir(src());
+      await writeFile(join(src(), 'one'), randomBytes(3 * MiB));
+      await writeFile(join(src(), 'two'), text(2 * MiB));
+      damaged = await backup(src(), name);
+      original = await getObject(pack0());
+    });
+
+    const expectFailure = async (reason: string, re: RegExp): Promise<void> => {
+      const target = join(work, 'damaged-target');
+      await assert.rejects(restore(name, target), (e: unknown) => {
+        assert.ok(e instanceof BackupError, String(e));
+        assert.equal(e.reason, reason, e.message);
+        assert.match(e.message, re);
+        return true;
+      });
+      assert.equal(existsSync(target), false, 'no target appears');
+    };
+
+    it('a corrupt chunk: detected, fetched again, then reported with its object and byte range', async () => {
+      const bad = Buffer.from(original);
+      bad[1000]! ^= 0xff;
+      await putObject(pack0(), bad);
+      await expectFailure('integrity', new RegExp(`corrupt data in s3://${env.s3.bucket}/.*/packs/000000\\.pack at bytes 0-\\d+ .*fetching it twice more.*belongs to one`));
+    });
+
+    it('a truncated pack', async () => {
+      await putObject(pack0(), original.subarray(0, original.length - 1000));
+      await expectFailure('truncated', /packs\/000000\.pack is \d+ bytes but the manifest says \d+: truncated/);
+    });
+
+    it('a deleted pack', async () => {
+      await s3.send(new DeleteObjectsCommand({ Bucket: env.s3.bucket, Delete: { Objects: [{ Key: pack0() }] } }));
+      await expectFailure('missing', /packs\/000000\.pack is missing from the store/);
+    });
+
+    it('restores once the pack is back, continuing from what the failed runs verified', async () => {
+      await putObject(pack0(), original);
+      const r = await restore(name, join(work, 'damaged-target'));
+      assert.equal(r.files, 2);
+      assertSameTree(await describeTree(join(work, 'damaged-target')), await describeTree(src()));
+      await rm(join(work, 'damaged-target'), { recursive: true });
+      await rm(src(), { recursive: true });
+      for (const n of await readdir(work)) if (n.startsWith('.damaged-')) assert.fail(`left behind: ${n}`);
+    });
+  });
+
+  it('completes through a proxy that resets connections mid-transfer', async () => {
+    const proxy = new ResettingProxy(Number(new URL(env.s3.endpoint).port), 300_000, 12);
+    const port = await proxy.listen();
+    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const target = join(work, 'through-proxy');
+    try {
+      const r = await restoreFromObjectStorage({ transport: transport('tree', client), backupId: first.backupId, target, openDataKey: openKey(recipient), retry: FAST_RETRY, concurrency: 4 });
+      assert.ok(proxy.resets >= 5, `only ${proxy.resets} resets`);
+      assert.equal(r.resumedChunks, 0);
+      assertSameTree(await describeTree(target), expected);
+    } finally {
+      client.destroy();
+      await proxy.close();
+      await rm(target, { recursive: true, force: true });
+    }
+  });
+
+  it('resumes a restore killed with SIGKILL, fetching less the second time', async () => {
+    const src = join(work, 'kill-src');
+    await mkdir(src);
+    for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(4 * MiB));
+    const b = await backup(src, 'kill');
+    const keyFile = join(work, 'recipient.pem');
+    await writeFile(keyFile, recipient.privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+    const target = join(work, 'killed');
+    const journal = join(work, '.killed.bosun-restore.journal');
+    const cfg: ChildConfig = {
+      endpoint: env.s3.endpoint,
+      region: env.s3.region,
+      bucket: env.s3.bucket,
+      prefix: `bosun-it/${RUN}/kill/`,
+      accessKeyId: env.s3.accessKeyId,
+      secretAccessKey: env.s3.secretAccessKey,
+      backupId: b.backupId,
+      target,
+      keyFile,
+      bandwidthLimit: 3 * MiB,
+      checkpointIntervalMs: 100,
+      concurrency: 2,
+    };
+    let killedWith = 0;
+    const run1 = await runChild(cfg, (kill) => {
+      const poll = setInterval(() => {
+        void readFile(journal, 'utf8')
+          .then((t) => {
+            const j = JSON.parse(t);
+            const done = DoneSet.decode(j.chunks, j.done).count;
+            if (done >= 4 && killedWith === 0) {
+              killedWith = done;
+              clearInterval(poll);
+              kill();
+            }
+          })
+          .catch(() => undefined);
+      }, 20);
+    });
+    assert.equal(run1.signal, 'SIGKILL', `first run was not killed: ${run1.stderr}`);
+    assert.ok(killedWith >= 4 && killedWith < b.stats.chunks, `killed after ${killedWith} of ${b.stats.chunks} chunks`);
+    assert.equal(existsSync(target), false, 'no target after the kill');
+    const journalled = DoneSet.decode(b.stats.chunks, JSON.parse(await readFile(journal, 'utf8')).done).count;
+
+    // Damage what the first run wrote: the second run must not trust it.
+    const staged = join(work, '.killed.bosun-restore', 'f0');
+    if (existsSync(staged)) {
+      const fh = await open(staged, 'r+');
+      await fh.write(Buffer.from('XXXX'), 0, 4, 0);
+      await fh.close();
+    }
+    // The second run also reads every file back, so the chunks written before the kill are checked on disk too.
+    const { bandwidthLimit: _limit, ...unlimited } = cfg;
+    const run2 = await runChild({ ...unlimited, verifyFiles: true });
+    assert.equal(run2.code, 0, run2.stderr);
+    const r = JSON.parse(run2.stdout) as RestoreResult;
+    assert.equal(r.resumedChunks, journalled - 1, `resumed ${r.resumedChunks} chunks; the journal had ${journalled}, one of them damaged`);
+    assert.ok(r.transferredBytes < b.stats.storedBytes, `fetched ${r.transferredBytes} of ${b.stats.storedBytes} bytes again`);
+    assertSameTree(await describeTree(target), await describeTree(src));
+    assert.equal(existsSync(journal), false);
+    await rm(src, { recursive: true });
+    await rm(target, { recursive: true });
+  });
+
+  it('never puts the data key or S3 credentials into logs or errors', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
+    const logger = pino({ level: 'debug' }, sink);
+    const manifest = parseManifest(await getObject(objectKey('tree', `backups/${first.backupId}/manifest`)));
+    const dataKey = openSealed(recipient.privateKey, recipient.publicKey, manifest.header.sealedDataKey);
+    const target = join(work, 'logged');
+    await restore('tree', target, { logger });
+    await rm(target, { recursive: true });
+    let message = '';
+    await restore('tree', target, { logger, openDataKey: openKey(generateKeyPairSync('x25519')) }).catch((e: unknown) => (message = e instanceof Error ? `${e.message} ${JSON.stringify(e)}` : String(e)));
+    const all = lines.join('') + message;
+    assert.ok(lines.length > 3, 'the restore logged');
+    for (const secret of [dataKey.toString('hex'), dataKey.toString('base64'), dataKey.toString('base64url'), env.s3.secretAccessKey]) {
+      assert.ok(!all.includes(secret), 'a secret reached the log');
+    }
+  });
+});
