@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chown, link, mkdir, open, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, open, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BosunError } from '../errors.js';
 
@@ -91,10 +91,7 @@ export async function ensureDir(path: string, mode: number, owner?: { uid?: numb
   await mkdir(path, { recursive: true, mode });
   if (owner && (owner.uid !== undefined || owner.gid !== undefined)) await chown(path, owner.uid ?? -1, owner.gid ?? -1);
   const st = await stat(path);
-  if ((st.mode & 0o7777) !== mode) {
-    const { chmod } = await import('node:fs/promises');
-    await chmod(path, mode);
-  }
+  if ((st.mode & 0o7777) !== mode) await chmod(path, mode);
 }
 
 export async function removeFile(path: string): Promise<void> {

@@ -1,7 +1,7 @@
 import { BosunError } from '../../errors.js';
 import type { DisksSpec, NodeSpec } from '../../spec/node-spec.js';
 import { dashedUuid, flatten, normalizeUuid, type MdArray, type ObservedDisks, type Signature } from './observe.js';
-import { classify, layoutNames, selectDisks, type LayoutNames, type SelectedDisk } from './select.js';
+import { layoutNames, selectDisks, type LayoutNames, type SelectedDisk } from './select.js';
 import { plannedUuid } from './uuid.js';
 
 /**
@@ -157,4 +157,3 @@ function stateOf(sigs: Signature[], names: LayoutNames, d: DisksSpec, where: 'ba
   return { kind: 'foreign', signatures: sigs };
 }
 
-export { classify };
