@@ -1,0 +1,380 @@
+// Restore from a peer, two processes on loopback: the serving agent's
+// PeerServer runs in a child process (peer-server-child.ts) and the test
+// process restores from it over mutually authenticated TLS. Round trip of a
+// tree with every file kind; hooks in order (quiesce before the read, release
+// after, release also on failure); wrong client key and wrong server key
+// refused with nothing written; the server killed mid-transfer gives a clear
+// error and a re-run against the restarted server resumes; a corrupt chunk is
+// detected. Needs no shared service. Run:
+//   node --test --test-concurrency=1 dist/test/integration/peer-restore.test.js
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, chown, link, lstat, lutimes, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { execa } from 'execa';
+import { isPeerRestoreError, restoreFromPeer, type PeerRestoreError, type PeerRestoreOptions, type SnapshotHooks } from '../../src/backup/peer/index.js';
+import { openSealed, publicKeyString } from '../../src/identity/seal.js';
+import { repoRoot } from '../helpers.js';
+import type { PeerServerChildConfig } from './peer-server-child.js';
+
+const MiB = 1024 * 1024;
+const CHUNK = MiB;
+const FAST_RETRY = { attempts: 3, baseDelayMs: 50, maxDelayMs: 300 };
+const T0 = 1_600_000_000.123456;
+
+function text(n: number, seed = 0): Buffer {
+  const words = ['select', 'from', 'where', 'insert', 'update', 'the', 'quick', 'brown', 'fox', 'jumps'];
+  const parts: string[] = [];
+  let len = 0;
+  for (let i = seed; len < n; i++) {
+    const w = `${words[(i * 7) % words.length]} ${(i * 31) % 1000}\n`;
+    parts.push(w);
+    len += w.length;
+  }
+  return Buffer.from(parts.join('').slice(0, n));
+}
+
+/** Every kind of entry a data directory holds; `state.txt` is what the test hooks write. */
+async function makeTree(root: string): Promise<void> {
+  await mkdir(root, { recursive: true });
+  await mkdir(join(root, 'docs'));
+  await writeFile(join(root, 'docs/readme.txt'), text(300_000));
+  await writeFile(join(root, 'docs/empty'), '');
+  await mkdir(join(root, 'data'));
+  await writeFile(join(root, 'data/big.bin'), randomBytes(2 * MiB + 12345));
+  await writeFile(join(root, 'data/compressible.log'), text(3 * MiB, 5));
+  const dup = randomBytes(MiB + 999);
+  await writeFile(join(root, 'data/dup1'), dup);
+  await writeFile(join(root, 'data/dup2'), dup);
+  await writeFile(join(root, 'data/zeros.bin'), Buffer.alloc(2 * MiB));
+  const fh = await open(join(root, 'data/sparse.img'), 'w');
+  await fh.write(text(100_000), 0, 100_000, 0);
+  await fh.write(randomBytes(MiB), 0, MiB, 20 * MiB + 123);
+  await fh.close();
+  await writeFile(join(root, 'data/script.sh'), '#!/bin/sh\necho hi\n');
+  await mkdir(join(root, 'hl'));
+  await link(join(root, 'data/big.bin'), join(root, 'hl/second-name'));
+  await symlink('docs/readme.txt', join(root, 'link-rel'));
+  await symlink('/nonexistent/target', join(root, 'dangling'));
+  await mkdir(join(root, 'ro'));
+  await writeFile(join(root, 'ro/frozen'), 'frozen\n');
+  await execa('mkfifo', [join(root, 'pipe')]);
+  await writeFile(join(root, 'state.txt'), 'initial');
+  await chown(join(root, 'docs/readme.txt'), 1001, 1002);
+  await chown(join(root, 'data'), 26, 26);
+  await chown(join(root, 'data/big.bin'), 26, 26);
+  await symlink('x', join(root, 'owned-link'));
+  await execa('chown', ['-h', '777:778', join(root, 'owned-link')]);
+  await chmod(join(root, 'docs/empty'), 0o600);
+  await chmod(join(root, 'data/script.sh'), 0o4755);
+  await chmod(join(root, 'ro/frozen'), 0o444);
+  await chmod(join(root, 'data'), 0o700);
+  await chmod(root, 0o750);
+  let i = 0;
+  for (const p of ['docs/readme.txt', 'docs/empty', 'data/big.bin', 'data/compressible.log', 'data/dup1', 'data/dup2', 'data/zeros.bin', 'data/sparse.img', 'data/script.sh', 'ro/frozen']) {
+    await utimes(join(root, p), T0 + i, T0 + 1000 + i++);
+  }
+  for (const p of ['link-rel', 'dangling', 'owned-link']) await lutimes(join(root, p), T0, T0 + 50 + i++);
+  await chmod(join(root, 'ro'), 0o555);
+  for (const p of ['docs', 'data', 'hl', 'ro', '.']) await utimes(join(root, p), T0, T0 + 5000 + i++);
+}
+
+interface Described {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeUs: bigint;
+  size?: number;
+  sha256?: string;
+  target?: string;
+  links?: string[];
+}
+
+/** what a restore promises to keep, per path; `skip` leaves paths out (the file the hooks rewrite) */
+async function describeTree(root: string, skip: readonly string[] = []): Promise<Map<string, Described>> {
+  const out = new Map<string, Described>();
+  const inodes = new Map<bigint, string[]>();
+  const walk = async (rel: string): Promise<void> => {
+    if (skip.includes(rel)) return;
+    const abs = rel === '.' ? root : join(root, rel);
+    const st = await lstat(abs, { bigint: true });
+    const base = { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), mtimeUs: st.mtimeNs / 1000n };
+    if (st.isDirectory()) {
+      out.set(rel, { type: 'dir', ...base });
+      for (const n of (await readdir(abs)).sort()) await walk(rel === '.' ? n : `${rel}/${n}`);
+    } else if (st.isFile()) {
+      const names = inodes.get(st.ino) ?? [];
+      names.push(rel);
+      inodes.set(st.ino, names);
+      out.set(rel, { type: 'file', ...base, size: Number(st.size), sha256: createHash('sha256').update(await readFile(abs)).digest('hex') });
+    } else if (st.isSymbolicLink()) {
+      out.set(rel, { type: 'symlink', ...base, mode: 0, target: await readlink(abs) });
+    }
+  };
+  await walk('.');
+  for (const names of inodes.values()) for (const n of names) out.get(n)!.links = names.filter((x) => x !== n);
+  return out;
+}
+
+function assertSameTree(actual: Map<string, Described>, expected: Map<string, Described>): void {
+  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
+  for (const [p, e] of expected) {
+    const a = actual.get(p)!;
+    const diff = a.mtimeUs - e.mtimeUs;
+    assert.ok(diff >= -1n && diff <= 1n, `${p}: mtime ${a.mtimeUs} µs, expected ${e.mtimeUs} µs`);
+    assert.deepEqual({ ...a, mtimeUs: 0n }, { ...e, mtimeUs: 0n }, p);
+  }
+}
+
+interface Host {
+  ed: KeyObject;
+  edKey: string;
+  keyFile: string;
+  x: KeyObject;
+  xPub: string;
+}
+
+async function makeHost(dir: string, name: string): Promise<Host> {
+  const ed = generateKeyPairSync('ed25519').privateKey;
+  const x = generateKeyPairSync('x25519').privateKey;
+  const keyFile = join(dir, `${name}-ed25519.pem`);
+  await writeFile(keyFile, ed.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+  return { ed, edKey: publicKeyString('ed25519', createPublicKey(ed)), keyFile, x, xPub: publicKeyString('x25519', createPublicKey(x)) };
+}
+
+interface ServerChild {
+  port: number;
+  key: string;
+  child: ChildProcess;
+  stderr: () => string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const children = new Set<ChildProcess>();
+
+async function startServer(cfg: PeerServerChildConfig): Promise<ServerChild> {
+  const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const first = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    child.stdout.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) resolve(buf.slice(0, nl));
+    });
+    child.once('exit', (code) => reject(new Error(`peer server child exited (${code}) before listening: ${stderr}`)));
+  });
+  const { port, key } = JSON.parse(first) as { port: number; key: string };
+  return {
+    port,
+    key,
+    child,
+    stderr: () => stderr,
+    async kill(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+      children.delete(child);
+    },
+  };
+}
+
+describe('restore from a peer (two processes, TLS on loopback)', () => {
+  let dir: string;
+  let data: string;
+  let server: Host;
+  let client: Host;
+  let hookLog: string;
+  let hooks: SnapshotHooks;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'bosun-peer-'));
+    data = join(dir, 'data');
+    await makeTree(data);
+    server = await makeHost(dir, 'server');
+    client = await makeHost(dir, 'client');
+    hookLog = join(dir, 'hooks.log');
+    // quiesce rewrites state.txt before the snapshot reads it; release rewrites it again after.
+    hooks = {
+      quiesce: ['sh', '-c', `echo quiesce >> ${hookLog} && printf quiesced > ${join(data, 'state.txt')}`],
+      release: ['sh', '-c', `echo release >> ${hookLog} && printf released > ${join(data, 'state.txt')}`],
+      timeoutSeconds: 30,
+    };
+  });
+
+  after(async () => {
+    for (const c of children) c.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const hookRuns = async (): Promise<string[]> => (existsSync(hookLog) ? (await readFile(hookLog, 'utf8')).trim().split('\n').filter(Boolean) : []);
+
+  function options(s: ServerChild, target: string, extra: Partial<PeerRestoreOptions> = {}): PeerRestoreOptions {
+    return {
+      peer: { host: '127.0.0.1', port: s.port, key: server.edKey, name: 'node-a' },
+      identity: client.ed,
+      recipient: client.xPub,
+      openDataKey: (sealed) => openSealed(client.x, createPublicKey(client.x), sealed),
+      target,
+      retry: FAST_RETRY,
+      checkpointIntervalMs: 100,
+      ...extra,
+    };
+  }
+
+  async function expectPeerError(p: Promise<unknown>): Promise<PeerRestoreError> {
+    try {
+      await p;
+    } catch (e) {
+      assert.ok(isPeerRestoreError(e), `expected a PeerRestoreError, got ${String(e)}`);
+      return e;
+    }
+    assert.fail('the restore should have failed');
+  }
+
+  it('round-trips a tree with every kind of file, hooks around the read, in parallel over TLS', async () => {
+    await rm(hookLog, { force: true });
+    const s = await startServer({ dataDir: data, spoolDir: join(dir, 'spool-rt'), keyFile: server.keyFile, allowedClients: [client.edKey], hooks, chunkSize: CHUNK, packSize: 4 * MiB });
+    try {
+      assert.equal(s.key, server.edKey);
+      const target = join(dir, 'rt');
+      const marker = join(dir, 'rt.restored.json');
+      const r = await restoreFromPeer(options(s, target, { markerPath: marker, concurrency: 4 }));
+      assert.equal(r.snapshotReused, false);
+      assert.ok(r.bytes > 30 * MiB, `bytes ${r.bytes}`);
+      assert.deepEqual(await hookRuns(), ['quiesce', 'release']);
+      // The snapshot was read between the hooks: it holds what quiesce wrote, not what release wrote.
+      assert.equal(await readFile(join(target, 'state.txt'), 'utf8'), 'quiesced');
+      assert.equal(await readFile(join(data, 'state.txt'), 'utf8'), 'released');
+      assertSameTree(await describeTree(target, ['state.txt']), await describeTree(data, ['state.txt', 'pipe']));
+      const m = JSON.parse(await readFile(marker, 'utf8')) as { backupId: string };
+      assert.equal(m.backupId, r.backupId);
+      // The client released the snapshot: the spool is empty again.
+      assert.deepEqual((await readdir(join(dir, 'spool-rt'))).filter((n) => !n.startsWith('.')), []);
+    } finally {
+      await s.kill();
+    }
+  });
+
+  it('runs release when the snapshot fails, and when quiesce fails; the client gets a clear error and nothing is written', async () => {
+    for (const [name, cfg] of [
+      ['snapshot', { dataDir: join(dir, 'no-such-volume'), hooks }],
+      ['quiesce', { dataDir: data, hooks: { ...hooks, quiesce: ['sh', '-c', `echo quiesce >> ${hookLog}; echo "cannot freeze" >&2; exit 3`] } }],
+    ] as const) {
+      await rm(hookLog, { force: true });
+      const s = await startServer({ ...cfg, spoolDir: join(dir, `spool-fail-${name}`), keyFile: server.keyFile, allowedClients: [client.edKey] });
+      try {
+        const target = join(dir, `fail-${name}`);
+        const e = await expectPeerError(restoreFromPeer(options(s, target)));
+        assert.equal(e.stage, 'snapshot');
+        assert.equal(e.fallback, true);
+        assert.match(e.message, new RegExp(`peer node-a .*could not make a snapshot: ${name === 'quiesce' ? 'quiesce hook failed.*cannot freeze' : 'snapshot of .* failed'}`));
+        assert.deepEqual(await hookRuns(), ['quiesce', 'release'], name);
+        assert.equal(existsSync(target), false);
+        assert.deepEqual((await readdir(dir)).filter((n) => n.includes(`fail-${name}`) && !n.startsWith('spool')), []);
+      } finally {
+        await s.kill();
+      }
+    }
+  });
+
+  it('refuses a client whose key the server does not allow, and a server whose key is not the pinned one; nothing written, no hook run', async () => {
+    await rm(hookLog, { force: true });
+    const stranger = await makeHost(dir, 'stranger');
+    const s = await startServer({ dataDir: data, spoolDir: join(dir, 'spool-keys'), keyFile: server.keyFile, allowedClients: [stranger.edKey], hooks });
+    try {
+      const target = join(dir, 'keys');
+      const e1 = await expectPeerError(restoreFromPeer(options(s, target)));
+      assert.equal(e1.reason, 'key');
+      assert.equal(e1.stage, 'auth');
+      assert.match(e1.message, new RegExp(`peer node-a \\(127\\.0\\.0\\.1:${s.port}\\) refused this host's key ${client.edKey}`));
+
+      const e2 = await expectPeerError(restoreFromPeer(options(s, target, { peer: { host: '127.0.0.1', port: s.port, key: stranger.edKey, name: 'node-a' } })));
+      assert.equal(e2.reason, 'key');
+      assert.equal(e2.stage, 'auth');
+      assert.match(e2.message, new RegExp(`presented ${server.edKey}, but the spec pins its host key ${stranger.edKey}`));
+      // Even the allowed stranger, if it pins the wrong server key, sends nothing: the server sees no request.
+      assert.deepEqual(await hookRuns(), []);
+      assert.equal(existsSync(target), false);
+      assert.equal(existsSync(join(dir, '.keys.bosun-restore')), false);
+      // Private keys never reach an error.
+      for (const e of [e1, e2]) assert.doesNotMatch(JSON.stringify({ m: e.message, d: e.details }), /PRIVATE KEY/);
+    } finally {
+      await s.kill();
+    }
+  });
+
+  it('server killed mid-transfer: a clear error the phase can act on; a re-run against the restarted server resumes on the same snapshot', async () => {
+    await rm(hookLog, { force: true });
+    const big = join(dir, 'bigdata');
+    await mkdir(big);
+    for (let i = 0; i < 6; i++) await writeFile(join(big, `seg${i}`), randomBytes(4 * MiB));
+    const spool = join(dir, 'spool-kill');
+    const cfg: PeerServerChildConfig = { dataDir: big, spoolDir: spool, keyFile: server.keyFile, allowedClients: [client.edKey], hooks, chunkSize: CHUNK, packSize: 2 * MiB };
+    const s1 = await startServer(cfg);
+    const target = join(dir, 'killed');
+    let killed: Promise<void> | undefined;
+    const e = await expectPeerError(
+      restoreFromPeer(
+        options(s1, target, {
+          bandwidthLimit: 6 * MiB,
+          concurrency: 2,
+          onProgress: (p) => {
+            if (killed === undefined && p.bytesDone > 8 * MiB) killed = s1.kill('SIGKILL');
+          },
+        }),
+      ),
+    );
+    await killed;
+    assert.ok(killed !== undefined, 'the server was killed part-way');
+    assert.equal(e.stage, 'transfer');
+    assert.equal(e.reason, 'transport');
+    assert.equal(e.fallback, true);
+    assert.match(e.message, /restore from peer node-a \(127\.0\.0\.1:\d+\) failed: .*gave up after retries/);
+    assert.equal(existsSync(target), false, 'no half-restored target');
+    assert.ok(existsSync(join(dir, '.killed.bosun-restore.journal')), 'the journal stays for a re-run');
+
+    const s2 = await startServer(cfg);
+    try {
+      const r = await restoreFromPeer(options(s2, target));
+      assert.equal(r.snapshotReused, true);
+      assert.ok(r.resumedChunks > 0, `resumed ${r.resumedChunks} chunks`);
+      assert.ok(r.transferredBytes < 24 * MiB, `transferred ${r.transferredBytes}`);
+      assert.deepEqual(await hookRuns(), ['quiesce', 'release'], 'the resumed run did not quiesce the service again');
+      assertSameTree(await describeTree(target), await describeTree(big));
+    } finally {
+      await s2.kill();
+    }
+  });
+
+  it('detects a corrupt chunk served by the peer: integrity error, no target', async () => {
+    const spool = join(dir, 'spool-corrupt');
+    const s = await startServer({ dataDir: data, spoolDir: spool, keyFile: server.keyFile, allowedClients: [client.edKey], chunkSize: CHUNK, packSize: 4 * MiB });
+    try {
+      const first = await restoreFromPeer(options(s, join(dir, 'corrupt-a'), { releaseSnapshot: false }));
+      const packDir = join(spool, first.backupId, 'backups', first.backupId, 'packs');
+      const packs = (await readdir(packDir)).sort();
+      const fh = await open(join(packDir, packs[0]!), 'r+');
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, 100);
+      b[0] = b[0]! ^ 0xff;
+      await fh.write(b, 0, 1, 100);
+      await fh.close();
+      const target = join(dir, 'corrupt-b');
+      const e = await expectPeerError(restoreFromPeer(options(s, target, { reuseSnapshot: first.backupId })));
+      assert.equal(e.reason, 'integrity');
+      assert.equal(e.stage, 'transfer');
+      assert.match(e.message, /packs\/000000\.pack/);
+      assert.equal(existsSync(target), false);
+    } finally {
+      await s.kill();
+    }
+  });
+});

@@ -1,0 +1,117 @@
+// Unit tests for restore from a peer: the self-signed Ed25519 certificate
+// (DER encoder) and the service-command method (placeholder substitution, and
+// a real local command run into staging, committed and marked only on success).
+import assert from 'node:assert/strict';
+import { X509Certificate, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Redactor } from '../../src/engine/redact.js';
+import { BosunError } from '../../src/errors.js';
+import { publicKeyString } from '../../src/identity/seal.js';
+import { certificateKey, isPeerRestoreError, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
+
+describe('peer TLS credential from an Ed25519 host key', () => {
+  it('is a parseable, self-signed X.509 certificate carrying exactly the host key', () => {
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const cred = tlsCredential(privateKey, 'node-a');
+    const cert = new X509Certificate(cred.cert);
+    assert.equal(cert.subject, 'CN=node-a');
+    assert.equal(cert.issuer, 'CN=node-a');
+    assert.ok(cert.verify(publicKey), 'signed by its own key');
+    assert.equal(certificateKey(cert), publicKeyString('ed25519', publicKey));
+    assert.equal(cred.publicKey, publicKeyString('ed25519', publicKey));
+    assert.equal(cert.validTo, 'Dec 31 23:59:59 9999 GMT');
+    assert.ok(!cert.ca);
+    // Deterministic: the same key gives the same certificate, another key another one.
+    assert.equal(tlsCredential(privateKey, 'node-a').cert, cred.cert);
+    const other = generateKeyPairSync('ed25519');
+    assert.notEqual(tlsCredential(other.privateKey, 'node-a').cert, cred.cert);
+    assert.equal(cert.verify(other.publicKey), false);
+    // The PEM of the private key round-trips to the same public key.
+    assert.equal(publicKeyString('ed25519', createPublicKey(cred.key)), cred.publicKey);
+  });
+
+  it('refuses keys that are not Ed25519 private keys', () => {
+    assert.throws(() => selfSignedCertificate(generateKeyPairSync('x25519').privateKey, 'x'), BosunError);
+    assert.throws(() => selfSignedCertificate(generateKeyPairSync('ed25519').publicKey, 'x'), BosunError);
+    assert.equal(certificateKey(undefined), undefined);
+  });
+});
+
+describe('restore command substitution', () => {
+  const vars = { peer: 'pg-a', peerAddress: 'fd00::a', target: '/data/.bosun-restore', node: 'pg-b' };
+
+  it('fills placeholders anywhere in an argument, and nothing else', () => {
+    assert.deepEqual(substituteRestoreCommand(['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}', '--label=bosun-{node}-from-{peer}', 'x;rm -rf /', '$HOME'], vars), [
+      'pg_basebackup',
+      '-h',
+      'fd00::a',
+      '-D',
+      '/data/.bosun-restore',
+      '--label=bosun-pg-b-from-pg-a',
+      'x;rm -rf /',
+      '$HOME',
+    ]);
+    assert.deepEqual(substituteRestoreCommand(['{{peer}}', 'a{{b}}c', '{{{peer}}}'], vars), ['{peer}', 'a{b}c', '{pg-a}']);
+  });
+
+  it('refuses an unknown placeholder, a lone brace, a placeholder without a value, and an empty command', () => {
+    assert.throws(() => substituteRestoreCommand(['x', '{peerAdress}'], vars), /argument 1 \("\{peerAdress\}"\): unknown placeholder \{peerAdress\}/);
+    assert.throws(() => substituteRestoreCommand(['a{b'], vars), /unknown placeholder \{/);
+    assert.throws(() => substituteRestoreCommand(['{}'], vars), /unknown placeholder \{\}/);
+    assert.throws(() => substituteRestoreCommand(['{node}'], { peer: 'a', peerAddress: 'b', target: 'c' }), /unknown placeholder \{node\}/);
+    assert.throws(() => substituteRestoreCommand([], vars), /empty/);
+  });
+});
+
+describe('restore with a service command', () => {
+  let dir: string;
+  let source: string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'bosun-peer-cmd-'));
+    source = join(dir, 'source');
+    await mkdir(join(source, 'base'), { recursive: true });
+    await writeFile(join(source, 'base/1'), 'one');
+    await writeFile(join(source, 'PG_VERSION'), '16\n');
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it('runs the command into staging and commits and marks only when it exits 0', async () => {
+    const target = join(dir, 'restored');
+    const marker = join(dir, 'restored.json');
+    const failing = ['sh', '-c', 'cp -a "$1"/. "$2"/ && echo "connection to $3 refused" >&2 && exit 1', 'sh', source, '{target}', '{peerAddress}'];
+    await assert.rejects(
+      restoreWithCommand({ argv: failing, peer: 'pg-a', peerAddress: '127.0.0.1', target, markerPath: marker, redactor: new Redactor() }),
+      (e: unknown) => isPeerRestoreError(e) && e.stage === 'transfer' && e.fallback && /restore command against pg-a failed: .*exited with 1.*connection to 127\.0\.0\.1 refused/.test(e.message),
+    );
+    assert.equal(existsSync(target), false, 'a failed command leaves no target');
+    assert.equal(existsSync(marker), false);
+    assert.ok(existsSync(join(dir, '.restored.bosun-restore.journal')));
+
+    const ok = ['sh', '-c', 'test -z "$(ls -A "$2")" && cp -a "$1"/. "$2"/', 'sh', source, '{target}'];
+    const r = await restoreWithCommand({ argv: ok, peer: 'pg-a', peerAddress: '127.0.0.1', target, markerPath: marker, redactor: new Redactor() });
+    assert.equal(r.argv[5], join(dir, '.restored.bosun-restore'));
+    assert.equal(await readFile(join(target, 'base/1'), 'utf8'), 'one');
+    assert.deepEqual((await readdir(target)).sort(), ['PG_VERSION', 'base']);
+    assert.equal((JSON.parse(await readFile(marker, 'utf8')) as { method: string }).method, 'command');
+    assert.equal(existsSync(join(dir, '.restored.bosun-restore.journal')), false);
+  });
+
+  it('restores into an empty mount point, and refuses a non-empty target without running anything', async () => {
+    const mount = join(dir, 'mnt');
+    await mkdir(join(mount, 'lost+found'), { recursive: true });
+    await restoreWithCommand({ argv: ['sh', '-c', 'cp -a "$1"/. "$2"/', 'sh', source, '{target}'], peer: 'pg-a', peerAddress: '::1', target: mount, redactor: new Redactor() });
+    assert.deepEqual((await readdir(mount)).sort(), ['PG_VERSION', 'base', 'lost+found']);
+
+    const flag = join(dir, 'ran');
+    await assert.rejects(
+      restoreWithCommand({ argv: ['touch', flag], peer: 'pg-a', peerAddress: '::1', target: mount, redactor: new Redactor() }),
+      (e: unknown) => isPeerRestoreError(e) && e.stage === 'target' && !e.fallback && /not empty/.test(e.message),
+    );
+    assert.equal(existsSync(flag), false);
+  });
+});
