@@ -193,14 +193,73 @@ export const ObjectStorageRestore = z.strictObject({
   bandwidthLimitMiBps: z.number().positive().optional(),
 });
 
+/** "ed25519:<base64url>", a host's identity key as `bosun identity` prints it */
+export const Ed25519Key = z.string().regex(/^ed25519:[A-Za-z0-9_-]{43}$/, 'expected an Ed25519 host key as printed by `bosun identity` (ed25519:<43 base64url characters>)');
+
+/** the default port of an agent's snapshot server on the mesh */
+export const PEER_SNAPSHOT_PORT = 7433;
+
+const RESTORE_PLACEHOLDERS = new Set(['peer', 'peerAddress', 'target', 'node']);
+
+/** An argv whose "{name}" placeholders are all known ("{{" and "}}" are literal braces). */
+const CommandArgv = z
+  .array(z.string().min(1))
+  .min(1)
+  .superRefine((argv, ctx) => {
+    argv.forEach((arg, i) => {
+      for (const m of arg.matchAll(/\{\{|\}\}|\{([A-Za-z]*)\}|[{}]/g)) {
+        if (m[0] === '{{' || m[0] === '}}') continue;
+        if (m[1] === undefined || !RESTORE_PLACEHOLDERS.has(m[1])) ctx.addIssue({ code: 'custom', path: [i], message: `unknown placeholder ${m[0]}: expected {peer}, {peerAddress}, {target} or {node} ({{ and }} for literal braces)` });
+      }
+    });
+  });
+
 export const PeerRestore = z.strictObject({
   from: z.literal('peer'),
   peer: Identifier,
+  /**
+   * "snapshot": the peer's agent serves a consistent snapshot of its data
+   * volume in the backup format over TLS pinned to both host keys;
+   * "command": the service's own tool copies from the peer (e.g. pg_basebackup).
+   */
+  method: z.enum(['snapshot', 'command']).optional(),
+  /** the peer's Ed25519 host key: the only key its snapshot server may present, and the key its snapshot must be signed with */
+  peerKey: Ed25519Key.optional(),
+  /** the peer agent's snapshot server port on the mesh */
+  port: Port.optional(),
+  /** method "command": argv run on this host (no shell), with {peer}, {peerAddress}, {target} (the empty staging directory to fill) and {node} substituted */
+  command: z
+    .strictObject({
+      argv: CommandArgv,
+      timeoutSeconds: z.number().int().min(1).max(7 * 86400).optional(),
+    })
+    .optional(),
   /** when the peer cannot serve: fail, or restore from object storage instead */
   fallback: ObjectStorageRestore.omit({ from: true }).optional(),
 });
 
 export const RestoreSpec = z.discriminatedUnion('from', [ObjectStorageRestore, PeerRestore]);
+
+/**
+ * This node serves restores to its peers: a snapshot server on its mesh
+ * address, quiesce/release hooks around each snapshot (argv, run on the host),
+ * and the peers allowed to pull, by host key.
+ */
+export const PeerServeSpec = z.strictObject({
+  port: Port.optional(),
+  clients: z.array(z.strictObject({ node: Identifier, hostKey: Ed25519Key })).min(1),
+  hooks: z
+    .strictObject({
+      /** makes the data volume consistent until release, e.g. ["podman", "pause", "pg"] */
+      quiesce: z.array(z.string().min(1)).min(1).optional(),
+      /** undoes quiesce; always run, also when the snapshot failed */
+      release: z.array(z.string().min(1)).min(1).optional(),
+      timeoutSeconds: z.number().int().min(1).max(3600).optional(),
+    })
+    .optional(),
+  /** where snapshots are spooled while served (needs about their stored size free); outside the data volume */
+  spoolDir: AbsolutePath.optional(),
+});
 
 export const AuxiliaryAgent = z.strictObject({
   name: Identifier,
@@ -225,6 +284,8 @@ export const NodeSpec = z
     network: NetworkSpec.optional(),
     container: ContainerSpec.optional(),
     restore: RestoreSpec.optional(),
+    /** serve snapshots of the data volume to peers that restore from this node */
+    peerServe: PeerServeSpec.optional(),
     auxiliary: z.array(AuxiliaryAgent).default([]),
     health: HealthSpec.default({ intervalSeconds: 30 }),
   })
@@ -234,6 +295,12 @@ export const NodeSpec = z
     });
     if (s.restore && !s.disks) ctx.addIssue({ code: 'custom', path: ['restore'], message: 'restore needs a data volume: add "disks"' });
     if (s.restore?.from === 'peer' && s.restore.peer === s.node) ctx.addIssue({ code: 'custom', path: ['restore', 'peer'], message: 'a node cannot restore from itself' });
+    if (s.restore?.from === 'peer' && s.restore.method === 'command' && !s.restore.command) ctx.addIssue({ code: 'custom', path: ['restore', 'command'], message: 'required when method is "command"' });
+    if (s.restore?.from === 'peer' && s.restore.method !== 'command' && s.restore.command) ctx.addIssue({ code: 'custom', path: ['restore', 'method'], message: 'a restore command is only run with method "command"' });
+    if (s.peerServe && !s.disks) ctx.addIssue({ code: 'custom', path: ['peerServe'], message: 'serving snapshots needs a data volume: add "disks"' });
+    s.peerServe?.clients.forEach((c, i) => {
+      if (c.node === s.node) ctx.addIssue({ code: 'custom', path: ['peerServe', 'clients', i, 'node'], message: 'a node cannot serve restores to itself' });
+    });
     if (s.container?.dataMountPoint && !s.disks) ctx.addIssue({ code: 'custom', path: ['container', 'dataMountPoint'], message: 'needs a data volume: add "disks"' });
     const names = new Set<string>();
     s.auxiliary.forEach((a, i) => {
@@ -247,5 +314,7 @@ export type DisksSpec = z.infer<typeof DisksSpec>;
 export type IpsecSpec = z.infer<typeof IpsecSpec>;
 export type ContainerSpec = z.infer<typeof ContainerSpec>;
 export type RestoreSpec = z.infer<typeof RestoreSpec>;
+export type PeerRestoreSpec = z.infer<typeof PeerRestore>;
+export type PeerServeSpec = z.infer<typeof PeerServeSpec>;
 export type AuxiliaryAgent = z.infer<typeof AuxiliaryAgent>;
 export type PackagesSpec = z.infer<typeof PackagesSpec>;

@@ -11,6 +11,8 @@ import { after, before, describe, it } from 'node:test';
 import { Redactor } from '../../src/engine/redact.js';
 import { BosunError } from '../../src/errors.js';
 import { publicKeyString } from '../../src/identity/seal.js';
+import { parseNodeSpec } from '../../src/spec/index.js';
+import { examplesDir } from '../helpers.js';
 import { certificateKey, isPeerRestoreError, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
 
 describe('peer TLS credential from an Ed25519 host key', () => {
@@ -113,5 +115,46 @@ describe('restore with a service command', () => {
       (e: unknown) => isPeerRestoreError(e) && e.stage === 'target' && !e.fallback && /not empty/.test(e.message),
     );
     assert.equal(existsSync(flag), false);
+  });
+});
+
+describe('NodeSpec fields for restore from a peer', () => {
+  const key = 'ed25519:' + 'A'.repeat(43);
+  async function nodeB(): Promise<Record<string, unknown> & { restore: Record<string, unknown> }> {
+    return JSON.parse(await readFile(join(examplesDir, 'node-b.json'), 'utf8')) as Record<string, unknown> & { restore: Record<string, unknown> };
+  }
+  const problems = (r: ReturnType<typeof parseNodeSpec>): string[] => (r.ok ? [] : r.problems.map((p) => `${p.path}: ${p.message}`));
+
+  it('accepts a snapshot restore with a pinned peer key, a command restore, and a node serving restores', async () => {
+    const snap = await nodeB();
+    snap.restore = { ...snap.restore, method: 'snapshot', peerKey: key, port: 7433 };
+    assert.deepEqual(problems(parseNodeSpec(snap)), []);
+    const cmd = await nodeB();
+    cmd.restore = { ...cmd.restore, method: 'command', command: { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}', '--label={{bosun}}-{node}'], timeoutSeconds: 3600 } };
+    assert.deepEqual(problems(parseNodeSpec(cmd)), []);
+    const serve = await nodeB();
+    serve.peerServe = { clients: [{ node: 'node-c', hostKey: key }], hooks: { quiesce: ['podman', 'pause', 'pg'], release: ['podman', 'unpause', 'pg'] }, spoolDir: '/var/lib/bosun/peer-spool' };
+    assert.deepEqual(problems(parseNodeSpec(serve)), []);
+  });
+
+  it('refuses unknown placeholders, a command without method "command" and the reverse, bad keys, and serving to itself', async () => {
+    const typo = await nodeB();
+    typo.restore = { ...typo.restore, method: 'command', command: { argv: ['pg_basebackup', '-h', '{peerAdress}'] } };
+    assert.match(problems(parseNodeSpec(typo)).join('\n'), /restore\.command\.argv\[2\]: unknown placeholder \{peerAdress\}/);
+    const noCmd = await nodeB();
+    noCmd.restore = { ...noCmd.restore, method: 'command' };
+    assert.match(problems(parseNodeSpec(noCmd)).join('\n'), /restore\.command: required when method is "command"/);
+    const stray = await nodeB();
+    stray.restore = { ...stray.restore, command: { argv: ['true'] } };
+    assert.match(problems(parseNodeSpec(stray)).join('\n'), /restore\.method: a restore command is only run with method "command"/);
+    const badKey = await nodeB();
+    badKey.restore = { ...badKey.restore, peerKey: 'x25519:' + 'A'.repeat(43) };
+    assert.match(problems(parseNodeSpec(badKey)).join('\n'), /restore\.peerKey: expected an Ed25519 host key/);
+    const self = await nodeB();
+    self.peerServe = { clients: [{ node: self.node, hostKey: key }] };
+    assert.match(problems(parseNodeSpec(self)).join('\n'), /peerServe\.clients\[0\]\.node: a node cannot serve restores to itself/);
+    const extra = await nodeB();
+    extra.peerServe = { clients: [{ node: 'node-c', hostKey: key }], spool: '/x' };
+    assert.match(problems(parseNodeSpec(extra)).join('\n'), /peerServe.*spool/);
   });
 });
