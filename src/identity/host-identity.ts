@@ -20,7 +20,8 @@ export interface HostIdentity {
 }
 
 const SEAL_FILE = 'identity/x25519.pem';
-const SIGN_FILE = 'identity/ed25519.pem';
+/** the Ed25519 identity key under the state dir (also the host's TLS key for peer restores: src/backup/peer/cert.ts) */
+export const SIGN_FILE = 'identity/ed25519.pem';
 
 export async function loadOrCreateIdentity(stateDir: string): Promise<{ identity: HostIdentity; created: boolean }> {
   await ensureDir(stateDir, 0o700);

@@ -10,10 +10,11 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Redactor } from '../../src/engine/redact.js';
 import { BosunError } from '../../src/errors.js';
+import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { parseNodeSpec } from '../../src/spec/index.js';
 import { examplesDir } from '../helpers.js';
-import { certificateKey, isPeerRestoreError, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
+import { certificateKey, hostTlsCredential, isPeerRestoreError, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
 
 describe('peer TLS credential from an Ed25519 host key', () => {
   it('is a parseable, self-signed X.509 certificate carrying exactly the host key', () => {
@@ -34,6 +35,19 @@ describe('peer TLS credential from an Ed25519 host key', () => {
     assert.equal(cert.verify(other.publicKey), false);
     // The PEM of the private key round-trips to the same public key.
     assert.equal(publicKeyString('ed25519', createPublicKey(cred.key)), cred.publicKey);
+  });
+
+  it('is made from the host identity key in the state dir', async () => {
+    const state = await mkdtemp(join(tmpdir(), 'bosun-peer-id-'));
+    try {
+      await assert.rejects(hostTlsCredential(state), /no host identity key at .*identity\/ed25519\.pem/);
+      const { identity } = await loadOrCreateIdentity(state);
+      const cred = await hostTlsCredential(state, 'node-b');
+      assert.equal(cred.publicKey, identity.signingKey);
+      assert.equal(certificateKey(new X509Certificate(cred.cert)), identity.signingKey);
+    } finally {
+      await rm(state, { recursive: true, force: true });
+    }
   });
 
   it('refuses keys that are not Ed25519 private keys', () => {

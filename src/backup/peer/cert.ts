@@ -1,5 +1,8 @@
 import { X509Certificate, createHash, createPrivateKey, createPublicKey, sign, type KeyObject } from 'node:crypto';
+import { join } from 'node:path';
 import { BosunError } from '../../errors.js';
+import { readFileIfExists } from '../../host/files.js';
+import { SIGN_FILE } from '../../identity/host-identity.js';
 import { publicKeyString } from '../../identity/seal.js';
 
 /**
@@ -98,4 +101,24 @@ export function asCredential(identity: KeyObject | string | Buffer | TlsCredenti
   if (typeof identity === 'string' || Buffer.isBuffer(identity)) return tlsCredential(identity, commonName);
   if ('cert' in identity && typeof identity.cert === 'string') return identity;
   return tlsCredential(identity as KeyObject, commonName);
+}
+
+/**
+ * The TLS credential of this host, from the Ed25519 identity key in the
+ * agent's state dir (made by loadOrCreateIdentity). The key stays in memory;
+ * an error names the file, never its content.
+ */
+export async function hostTlsCredential(stateDir: string, commonName = 'bosun-host'): Promise<TlsCredential> {
+  const path = join(stateDir, SIGN_FILE);
+  const pemBytes = await readFileIfExists(path);
+  if (!pemBytes) throw new BosunError('E_IDENTITY', `no host identity key at ${path}: the agent makes it on its first run`, { path });
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(pemBytes);
+  } catch {
+    throw new BosunError('E_IDENTITY', `${path} is not a private key`, { path });
+  } finally {
+    pemBytes.fill(0);
+  }
+  return tlsCredential(key, commonName);
 }

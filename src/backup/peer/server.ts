@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
@@ -140,6 +140,10 @@ export class PeerServer {
     await mkdir(this.#o.spoolDir, { recursive: true, mode: 0o700 });
     for (const name of await readdir(this.#o.spoolDir)) {
       if (name.endsWith(PARTIAL)) await rm(join(this.#o.spoolDir, name), { recursive: true, force: true });
+    }
+    const [ds, ss] = await Promise.all([stat(this.#o.dataDir).catch(() => undefined), stat(this.#o.spoolDir)]);
+    if (ds && ds.dev === ss.dev) {
+      this.#o.logger?.warn({ dataDir: this.#o.dataDir, spoolDir: this.#o.spoolDir }, 'peer server: the spool is on the same filesystem as the data volume: it takes space from it, and a quiesce hook that freezes that filesystem (fsfreeze) would deadlock the snapshot');
     }
     const server = createServer(
       {
