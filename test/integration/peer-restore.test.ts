@@ -258,6 +258,10 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
       assert.equal(m.backupId, r.backupId);
       // The client released the snapshot: the spool is empty again.
       assert.deepEqual((await readdir(join(dir, 'spool-rt'))).filter((n) => !n.startsWith('.')), []);
+      // Pulled in parallel: several ranged GETs at once, over several TLS connections.
+      await s.kill();
+      const stats = JSON.parse(s.stderr().trim().split('\n').at(-1)!) as { connections: number; gets: number; maxConcurrentGets: number };
+      assert.ok(stats.maxConcurrentGets >= 2 && stats.connections >= 2, `server saw ${JSON.stringify(stats)}`);
     } finally {
       await s.kill();
     }

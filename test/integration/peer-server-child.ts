@@ -42,7 +42,7 @@ process.stdout.write(JSON.stringify({ port: addr.port, key: server.publicKey }) 
 const stop = (): void => {
   void server.stop().then(() => {
     const u = process.resourceUsage();
-    process.stderr.write(JSON.stringify({ maxRssBytes: u.maxRSS * 1024, cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6 }) + '\n');
+    process.stderr.write(JSON.stringify({ ...server.stats, maxRssBytes: u.maxRSS * 1024, cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6 }) + '\n');
     process.exit(0);
   });
 };

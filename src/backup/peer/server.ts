@@ -117,6 +117,9 @@ export class PeerServer {
   #chain: Promise<unknown> = Promise.resolve();
   /** snapshots with GETs in flight are never deleted under a client */
   readonly #serving = new Map<string, number>();
+  #gets = 0;
+  /** counters for tests and benchmarks: TLS connections accepted, object GETs, most GETs at once */
+  readonly stats = { connections: 0, gets: 0, maxConcurrentGets: 0 };
 
   constructor(o: PeerServerOptions) {
     const data = resolve(o.dataDir);
@@ -157,6 +160,7 @@ export class PeerServer {
       },
       (req, res) => void this.#handle(req, res),
     );
+    server.on('secureConnection', () => this.stats.connections++);
     server.on('tlsClientError', (e) => this.#o.logger?.debug({ err: e.message }, 'peer server: TLS handshake failed'));
     server.listen(this.#o.port, this.#o.host);
     await once(server, 'listening');
@@ -339,6 +343,8 @@ export class PeerServer {
       if (range.end < range.start) return reply(res, 400, { error: 'empty range' });
     }
     this.#serving.set(id, (this.#serving.get(id) ?? 0) + 1);
+    this.stats.gets++;
+    this.stats.maxConcurrentGets = Math.max(this.stats.maxConcurrentGets, ++this.#gets);
     try {
       let got;
       try {
@@ -363,6 +369,7 @@ export class PeerServer {
       }
       res.end();
     } finally {
+      this.#gets--;
       const n = (this.#serving.get(id) ?? 1) - 1;
       if (n <= 0) this.#serving.delete(id);
       else this.#serving.set(id, n);
