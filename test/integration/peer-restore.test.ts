@@ -241,12 +241,13 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
 
   it('round-trips a tree with every kind of file, hooks around the read, in parallel over TLS', async () => {
     await rm(hookLog, { force: true });
-    const s = await startServer({ dataDir: data, spoolDir: join(dir, 'spool-rt'), keyFile: server.keyFile, allowedClients: [client.edKey], hooks, chunkSize: CHUNK, packSize: 4 * MiB });
+    // Over IPv6 loopback, as on the mesh.
+    const s = await startServer({ host: '::1', dataDir: data, spoolDir: join(dir, 'spool-rt'), keyFile: server.keyFile, allowedClients: [client.edKey], hooks, chunkSize: CHUNK, packSize: 4 * MiB });
     try {
       assert.equal(s.key, server.edKey);
       const target = join(dir, 'rt');
       const marker = join(dir, 'rt.restored.json');
-      const r = await restoreFromPeer(options(s, target, { markerPath: marker, concurrency: 4 }));
+      const r = await restoreFromPeer(options(s, target, { markerPath: marker, concurrency: 4, peer: { host: '::1', port: s.port, key: server.edKey, name: 'node-a' } }));
       assert.equal(r.snapshotReused, false);
       assert.ok(r.bytes > 30 * MiB, `bytes ${r.bytes}`);
       assert.deepEqual(await hookRuns(), ['quiesce', 'release']);
