@@ -13,8 +13,9 @@ import { BosunError } from '../../src/errors.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { parseNodeSpec } from '../../src/spec/index.js';
+import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { examplesDir } from '../helpers.js';
-import { certificateKey, hostTlsCredential, isPeerRestoreError, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
+import { certificateKey, hostTlsCredential, isPeerRestoreError, peerRestorePlan, peerServerOptions, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
 
 describe('peer TLS credential from an Ed25519 host key', () => {
   it('is a parseable, self-signed X.509 certificate carrying exactly the host key', () => {
@@ -170,5 +171,49 @@ describe('NodeSpec fields for restore from a peer', () => {
     const extra = await nodeB();
     extra.peerServe = { clients: [{ node: 'node-c', hostKey: key }], spool: '/x' };
     assert.match(problems(parseNodeSpec(extra)).join('\n'), /peerServe.*spool/);
+  });
+});
+
+describe('peer restore plans from a NodeSpec', () => {
+  const key = 'ed25519:' + 'B'.repeat(43);
+  async function parsed(edit: (s: Record<string, any>) => void): Promise<NodeSpec> {
+    const raw = JSON.parse(await readFile(join(examplesDir, 'node-b.json'), 'utf8')) as Record<string, any>;
+    edit(raw);
+    const r = parseNodeSpec(raw);
+    assert.ok(r.ok, JSON.stringify(r.ok ? [] : r.problems));
+    return r.value;
+  }
+  let spec0: NodeSpec;
+  before(async () => {
+    spec0 = await parsed(() => undefined);
+  });
+
+  it('resolves the peer on the mesh, with its pinned key and port, or the command', async () => {
+    const snap = await parsed((s) => Object.assign(s.restore, { peerKey: key }));
+    assert.deepEqual(peerRestorePlan(snap), { method: 'snapshot', peer: { host: 'fd00:b05:0:1::a', port: 7433, key, name: 'node-a' } });
+    const cmd = await parsed((s) => Object.assign(s.restore, { method: 'command', command: { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'] } }));
+    assert.deepEqual(peerRestorePlan(cmd), { method: 'command', peer: 'node-a', peerAddress: 'fd00:b05:0:1::a', argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'] });
+  });
+
+  it('refuses a snapshot restore without a pinned key, and a peer that is not on the mesh', async () => {
+    assert.throws(() => peerRestorePlan(spec0), /restore\.peerKey: required/);
+    const offMesh = await parsed((s) => Object.assign(s.restore, { peer: 'node-z', peerKey: key }));
+    assert.throws(() => peerRestorePlan(offMesh), /node-z is not one of network\.ipsec\.peers/);
+  });
+
+  it('makes the server options: mesh address, data volume, allowed keys, hooks', async () => {
+    const serve = await parsed((s) => {
+      s.peerServe = { clients: [{ node: 'node-c', hostKey: key }], hooks: { quiesce: ['podman', 'pause', 'pg'], release: ['podman', 'unpause', 'pg'] } };
+    });
+    const cred = tlsCredential(generateKeyPairSync('ed25519').privateKey);
+    const o = peerServerOptions(serve, { stateDir: '/var/lib/bosun', credential: cred });
+    assert.ok(o);
+    assert.equal(o.host, 'fd00:b05:0:1::b');
+    assert.equal(o.port, 7433);
+    assert.equal(o.dataDir, serve.disks!.mount.path);
+    assert.equal(o.spoolDir, '/var/lib/bosun/peer-spool');
+    assert.deepEqual(o.allowedClients, [key]);
+    assert.deepEqual(o.hooks, { quiesce: ['podman', 'pause', 'pg'], release: ['podman', 'unpause', 'pg'] });
+    assert.equal(peerServerOptions(spec0, { stateDir: '/x', credential: cred }), undefined);
   });
 });

@@ -8,3 +8,4 @@ export { restoreWithCommand, substituteRestoreCommand, type CommandRestoreOption
 export { tlsCredential, hostTlsCredential, selfSignedCertificate, certificateKey, type TlsCredential } from './cert.js';
 export { PEER_SNAPSHOT_PORT } from '../../spec/node-spec.js';
 export { DirTransport } from './spool.js';
+export { peerRestorePlan, peerServerOptions, type PeerRestorePlan } from './from-spec.js';
