@@ -234,6 +234,8 @@ export interface PeerRestoreOptions {
   /** tell the peer to drop the snapshot from its spool once restored (default true) */
   releaseSnapshot?: boolean;
   signal?: AbortSignal;
+  /** any other option of the restore pipeline (e.g. markerExtra), passed through as is */
+  restoreOptions?: Omit<Partial<RestoreOptions>, 'transport' | 'client' | 'bucket' | 'prefix' | 'backupId' | 'target' | 'openDataKey' | 'verifyManifest'>;
 }
 
 export interface PeerRestoreResult extends RestoreResult {
@@ -310,6 +312,7 @@ export async function restoreFromPeer(o: PeerRestoreOptions): Promise<PeerRestor
     let result: RestoreResult;
     try {
       result = await restoreFromObjectStorage({
+        ...o.restoreOptions,
         transport,
         backupId: snap.backupId,
         target: o.target,
