@@ -19,7 +19,9 @@ import { createKafka, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
 import type { Sample } from './health/metrics.js';
 
-export const AGENT_VERSION = '0.1.0';
+import { AGENT_VERSION } from './version.js';
+
+export { AGENT_VERSION };
 
 export interface AgentOptions {
   settings: AgentSettings;
