@@ -24,11 +24,12 @@ export function phasesFor(spec: NodeSpec): StageId[] {
  * once instead of once per stage.
  */
 export class ObservationReuse {
-  #last: { observe: unknown; spec: NodeSpec; observed: unknown } | undefined;
+  #last: { phase: string; spec: NodeSpec; observed: unknown } | undefined;
 
-  get(observe: unknown, spec: NodeSpec): { observed: unknown } | undefined {
+  /** The kept observation of this phase (its stages share one observer) for this very spec, if any. */
+  get(phase: string, spec: NodeSpec): { observed: unknown } | undefined {
     const l = this.#last;
-    return l && l.observe === observe && l.spec === spec ? { observed: l.observed } : undefined;
+    return l && l.phase === phase && l.spec === spec ? { observed: l.observed } : undefined;
   }
 
   clear(): void {
@@ -36,8 +37,8 @@ export class ObservationReuse {
   }
 
   /** After planning: keep the observation for the next stage only if this one changes nothing. */
-  planned(observe: unknown, spec: NodeSpec, observed: unknown, steps: number): void {
-    this.#last = steps === 0 ? { observe, spec, observed } : undefined;
+  planned(phase: string, spec: NodeSpec, observed: unknown, steps: number): void {
+    this.#last = steps === 0 ? { phase, spec, observed } : undefined;
   }
 }
 
@@ -45,9 +46,9 @@ export class ObservationReuse {
 export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe, ctx: PlanContext, reuse?: ObservationReuse): Promise<Step[]> {
   const phase = PHASES.find((p) => p.stage === stage);
   if (!phase || phase.section(spec) === undefined) return [];
-  const observed = reuse?.get(phase.observe, spec)?.observed ?? (await phase.observe(spec, probe, ctx));
+  const observed = reuse?.get(phase.name, spec)?.observed ?? (await phase.observe(spec, probe, ctx));
   const steps = phase.plan(spec, observed, ctx);
-  reuse?.planned(phase.observe, spec, observed, steps.length);
+  reuse?.planned(phase.name, spec, observed, steps.length);
   return steps;
 }
 

@@ -48,7 +48,7 @@ describe('apply engine', () => {
     await withTempDir(async (dir) => {
       const events: string[] = [];
       const inner = fixedPlanner([sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]);
-      const planner = { phases: inner.phases, plan: (s: NodeSpec, p: Parameters<typeof inner.plan>[1]) => (events.push(`plan ${p}`), inner.plan(s, p)), changed: () => events.push('changed') };
+      const planner = { phases: (s: NodeSpec) => inner.phases(s), plan: (s: NodeSpec, p: Parameters<typeof inner.plan>[1]) => (events.push(`plan ${p}`), inner.plan(s, p)), changed: () => events.push('changed') };
       await applySpec(request(join(dir, 'state'), [], { planner }));
       // first pass plans everything (nothing runs), then each phase with steps is announced before it runs
       assert.deepEqual(events, ['plan packages', 'plan auxiliary', 'changed', 'plan auxiliary', 'changed']);
