@@ -9,6 +9,7 @@
 // Sizes: BENCH_RERUNS (5 in the VM), BENCH_REPLAYS (300 natively).
 //
 //   npx tsc -p tsconfig.json && node dist/test/bench/disks-rerun.bench.js
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { DISTROS } from '../../src/host/distro.js';
@@ -17,6 +18,8 @@ import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { planNode } from '../../src/phases/index.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { labRunDir, startLab, type Vm } from '../lab/driver.js';
+import { repoRoot } from '../helpers.js';
+import { join } from 'node:path';
 
 const RERUNS = Number(process.env.BENCH_RERUNS ?? 5);
 const REPLAYS = Number(process.env.BENCH_REPLAYS ?? 300);
@@ -100,6 +103,20 @@ try {
   const cpu = process.cpuUsage(cpu0);
   if (steps !== 0) throw new Error(`replayed plan of the built host has ${steps} steps, expected none`);
 
+  // Natively: what a whole `bosun plan` process costs in CPU (start-up, module loading, parse,
+  // plan) against bare `node -e 0`, alternated, from the kernel's accounting via GNU time.
+  const cpuOf = (argv: string[]) => {
+    const r = execFileSync('/usr/bin/time', ['-f', '%U %S', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] }).toString().trim().split('\n').pop()!;
+    const [u, sy] = r.split(' ').map(Number) as [number, number];
+    return (u + sy) * 1000;
+  };
+  const cliCpu: number[] = [];
+  const bareCpu: number[] = [];
+  for (let i = 0; i < 7; i++) {
+    cliCpu.push(cpuOf([process.execPath, join(repoRoot, 'dist/src/cli.js'), 'plan', '--blank', '--distro', 'fedora', join(repoRoot, 'examples/node-a.json')]));
+    bareCpu.push(cpuOf([process.execPath, '-e', '0']));
+  }
+
   const engine = reruns.map((o) => o.durationMs);
   const commandWall = reruns.map((o) => o.wallMs);
   out('');
@@ -108,6 +125,7 @@ try {
   out(`  re-run, nothing to do (TCG): engine median   ${median(engine)} ms; whole \`bosun apply\` command ${median(commandWall)} ms (node start-up alone ${median(nodeStart)} ms)`);
   out(`  re-run questions to the host:                ${recording.entries.length} (${runs.length} commands: ${[...new Set(runs.map((e) => (e.op === 'run' ? (e.args[0] as string[])[0] : 'systemctl')))].join(', ')}), tools' wall ${r1(toolMs)} ms (TCG)`);
   out(`  re-run, agent's own observe + plan, native:  median ${median(wall).toFixed(3)} ms wall, ${((cpu.user + cpu.system) / REPLAYS / 1000).toFixed(3)} ms CPU per re-run`);
+  out(`  whole \`bosun plan\` process, native CPU:    median ${median(cliCpu)} ms (bare \`node -e 0\`: ${median(bareCpu)} ms)`);
   out(`  ratio re-run engine / blank engine (TCG):    ${r1((median(engine) / first.durationMs) * 100)} %`);
   out(
     JSON.stringify({
@@ -122,6 +140,8 @@ try {
       rerunToolMs: r1(toolMs),
       nativeOwnMsMedian: median(wall),
       nativeOwnCpuMsPerRun: (cpu.user + cpu.system) / REPLAYS / 1000,
+      nativeCliProcessCpuMs: median(cliCpu),
+      nativeBareNodeCpuMs: median(bareCpu),
     }),
   );
 } finally {
