@@ -9,7 +9,7 @@ import type { Host } from './host/index.js';
 import type { HostProbe } from './host/probe.js';
 import type { HostIdentity } from './identity/host-identity.js';
 import type { Logger } from './log.js';
-import { changedStages, phasesFor, planPhase, type PlanContext } from './phases/index.js';
+import { ObservationReuse, changedStages, phasesFor, planPhase, type PlanContext } from './phases/index.js';
 import type { AgentSettings } from './spec/agent-settings.js';
 import type { NodeSpec } from './spec/node-spec.js';
 import { parseNodeSpec } from './spec/validate.js';
@@ -19,7 +19,9 @@ import { createKafka, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
 import type { Sample } from './health/metrics.js';
 
-export const AGENT_VERSION = '0.1.0';
+import { AGENT_VERSION } from './version.js';
+
+export { AGENT_VERSION };
 
 export interface AgentOptions {
   settings: AgentSettings;
@@ -218,7 +220,8 @@ export class Agent {
     if (!spec || this.#stopped) return;
     const previous = boot ? undefined : this.#lastGood;
     const stages = changedStages(spec, previous);
-    const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx) };
+    const reuse = new ObservationReuse();
+    const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx, reuse), changed: () => reuse.clear() };
     const log = this.#o.logger.child({ specVersion: spec.version });
     try {
       const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner });

@@ -1,20 +1,20 @@
 #!/usr/bin/env node
 import { readFile } from 'node:fs/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { Agent, AGENT_VERSION } from './agent.js';
 import { ed25519PrivateFromPem, signEnvelope } from './bus/envelope.js';
 import { applySpec } from './engine/apply.js';
 import { collectHealth } from './health/collect.js';
-import { scheduleHealth } from './health/schedule.js';
-import { serveMetrics } from './health/metrics.js';
 import { Journal } from './engine/journal.js';
 import { Redactor } from './engine/redact.js';
 import { planToJson, renderPlanText } from './engine/render.js';
 import { BosunError, ExitCode, describeError, isBosunError } from './errors.js';
 import { BlankProbe, DISTROS, Host, LiveProbe, detectDistro, isDistroId, type Distro } from './host/index.js';
+import { writeFileAtomic } from './host/files.js';
+import { RecordingProbe } from './host/probe-record.js';
 import { loadOrCreateIdentity, readIdentity } from './identity/host-identity.js';
 import { seal, x25519PublicFromString } from './identity/seal.js';
 import { createLogger } from './log.js';
+import { AGENT_VERSION } from './version.js';
 import { planNode } from './phases/index.js';
 import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
 import type { AgentSettings } from './spec/agent-settings.js';
@@ -87,22 +87,27 @@ const COMMANDS: Record<string, Command> = {
 
   plan: {
     summary: 'print the exact ordered steps applying a spec would take, without changing anything',
-    usage: 'bosun plan <spec> [--blank] [--distro fedora|debian] [--content] [--json]',
+    usage: 'bosun plan <spec> [--blank] [--distro fedora|debian] [--content] [--record-probe FILE] [--json]',
     help: [
       'Observes this host read-only (files, unit states) and prints every command with its argv and every',
       'file with its path and mode, in order, with why. Secrets print as <redacted:...>.',
       '  --blank    plan as for a blank host, without looking at this one',
       '  --distro   plan for this distribution instead of the one detected',
       '  --content  also print the content of every file written',
+      '  --record-probe FILE  also write every question asked of the host and its answer (mode 0600: it',
+      '             can hold file contents); the disks re-run benchmark replays it to time the agent alone',
     ].join('\n'),
-    options: { ...common, blank: { type: 'boolean' }, distro: { type: 'string' }, content: { type: 'boolean' } },
+    options: { ...common, blank: { type: 'boolean' }, distro: { type: 'string' }, content: { type: 'boolean' }, 'record-probe': { type: 'string' } },
     async run({ values, positionals, io }) {
       const file = single(positionals, 'plan needs exactly one spec file');
       const spec = await loadNodeSpec(file);
       const distro = await pickDistro(values.distro as string | undefined);
       const redactor = new Redactor();
-      const probe = values.blank ? new BlankProbe() : new LiveProbe(redactor);
+      const base = values.blank ? new BlankProbe() : new LiveProbe(redactor);
+      const recordTo = values['record-probe'] as string | undefined;
+      const probe = recordTo ? new RecordingProbe(base) : base;
       const steps = await planNode(spec, probe, { distro });
+      if (probe instanceof RecordingProbe) await writeFileAtomic(recordTo!, JSON.stringify(probe.recording()), { mode: 0o600 });
       const header = { node: spec.node, cluster: spec.cluster, version: spec.version, distro: distro.id, observed: values.blank ? ('blank' as const) : ('host' as const) };
       if (io.json) io.data(planToJson(header, steps));
       else io.out(renderPlanText(header, steps, values.content === true).trimEnd());
@@ -153,6 +158,9 @@ const COMMANDS: Record<string, Command> = {
     options: { ...common, ...stateOpts },
     async run({ values }) {
       const { settings, stateDir } = await resolveState(values, true);
+      // The daemon's modules (kafkajs, node-cron, the metrics server) load only here: every other
+      // command, `bosun apply` at boot included, starts without them (seconds on a slow host).
+      const [{ Agent }, { scheduleHealth }, { serveMetrics }] = await Promise.all([import('./agent.js'), import('./health/schedule.js'), import('./health/metrics.js')]);
       const redactor = new Redactor();
       const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
       const { identity, created } = await loadOrCreateIdentity(stateDir);

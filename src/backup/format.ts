@@ -362,7 +362,9 @@ export function parseManifest(bytes: Buffer): SealedManifest {
     header = ManifestHeader.parse(JSON.parse(bytes.subarray(12, pos).toString('utf8')));
   } catch (e) {
     if (e instanceof z.ZodError) {
-      const fmt = (e.issues.find((i) => i.path[0] === 'format') ? 'unknown format version' : e.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+      // The first three issues, as for the body: a header with every field wrong must not make a page-long message.
+      const more = e.issues.length > 3 ? `; and ${e.issues.length - 3} more` : '';
+      const fmt = e.issues.find((i) => i.path[0] === 'format') ? 'unknown format version' : e.issues.slice(0, 3).map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') + more;
       throw formatError(`header: ${fmt}`);
     }
     throw formatError('header is not JSON');

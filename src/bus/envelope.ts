@@ -69,7 +69,8 @@ export function verifyEnvelope(raw: Buffer | string | null, opts: { node: string
     return refuse({ reason: 'malformed', message: `not a ${ENVELOPE_FORMAT} envelope` });
   }
   const trusted = opts.trusted.find((k) => k.id === env.keyId);
-  if (!trusted) return refuse({ reason: 'unknown-key', message: `signed with key "${env.keyId.slice(0, 64)}", which this agent does not trust` });
+  // The id is unsigned input: quoted escaped (no raw quotes, newlines or terminal escapes in events and logs) and cut short.
+  if (!trusted) return refuse({ reason: 'unknown-key', message: `signed with key ${JSON.stringify(env.keyId.slice(0, 64))}, which this agent does not trust` });
   const payload = Buffer.from(env.payload, 'base64url');
   const signature = Buffer.from(env.signature, 'base64url');
   let good: boolean;

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import kafkajs, { type KafkaConfig, type SASLOptions, type logCreator } from 'kafkajs';
 import type { AgentSettings } from '../spec/agent-settings.js';
 import type { Logger } from '../log.js';
+import { fixKafkajsIdleSpin } from './kafkajs-idle.js';
 
 const { Kafka, logLevel } = kafkajs;
 export type Kafka = InstanceType<typeof Kafka>;
@@ -42,5 +43,6 @@ export async function createKafka(settings: AgentSettings, logger: Logger): Prom
     const password = (await readFile(k.sasl.passwordFile, 'utf8')).trim();
     config.sasl = { mechanism: k.sasl.mechanism, username: k.sasl.username, password } as SASLOptions;
   }
+  if (!fixKafkajsIdleSpin()) logger.warn('kafkajs request queue not as expected: its idle timer fix is not applied (an idle agent may use more CPU)');
   return new Kafka(config);
 }

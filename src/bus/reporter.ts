@@ -1,4 +1,4 @@
-import type { Producer } from 'kafkajs';
+import kafkajs, { type Producer } from 'kafkajs';
 import { canonicalJson } from '../engine/step.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
@@ -83,7 +83,7 @@ export class Reporter {
     if (this.#stopped) return;
     try {
       if (!this.#producer) {
-        const p = this.#o.kafka.producer({ allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
+        const p = this.#o.kafka.producer({ createPartitioner: kafkajs.Partitioners.DefaultPartitioner, allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
         await p.connect();
         this.#producer = p;
       }

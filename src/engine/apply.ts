@@ -4,7 +4,7 @@ import type { Host } from '../host/index.js';
 import type { HostProbe } from '../host/probe.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
-import { planPhase, phasesFor, type PlanContext } from '../phases/index.js';
+import { ObservationReuse, planPhase, phasesFor, type PlanContext } from '../phases/index.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
 import { acquireLock } from './lock.js';
@@ -29,6 +29,8 @@ export interface ApplyRequest {
 export interface Planner {
   phases(spec: NodeSpec): StageId[];
   plan(spec: NodeSpec, phase: StageId): Promise<Step[]>;
+  /** the host changed (steps ran): forget any observation kept for reuse */
+  changed?(): void;
 }
 
 export interface ApplyOutcome {
@@ -48,9 +50,11 @@ export function specDigest(spec: NodeSpec): string {
 }
 
 function phasePlanner(req: ApplyRequest): Planner {
+  const reuse = new ObservationReuse();
   return {
     phases: phasesFor,
-    plan: (spec, phase) => planPhase(spec, phase, req.probe, req.ctx),
+    plan: (spec, phase) => planPhase(spec, phase, req.probe, req.ctx, reuse),
+    changed: () => reuse.clear(),
   };
 }
 
@@ -134,6 +138,7 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     if (steps.some((s) => s.kind === 'pending')) throw new BosunError('E_NOT_IMPLEMENTED', `phase ${phase} is not implemented yet`);
     state.current = { phase, steps, planDigest: planDigest(steps), next: 0 };
     await journal.write(state);
+    if (steps.length > 0) planner.changed?.();
     await runPhase(req, journal, state, log);
     state.donePhases.push(phase);
     delete state.current;

@@ -16,17 +16,47 @@ export function phasesFor(spec: NodeSpec): StageId[] {
   return PHASES.filter((p) => p.section(spec) !== undefined).map((p) => p.stage);
 }
 
+/**
+ * Lets consecutive stages of one phase (disks: raid, luks, filesystem, mount)
+ * share an observation while nothing has changed the host in between: kept
+ * only while every stage planned from it had no steps. One per apply; on a
+ * host that is already built the disks phase then runs its inspection tools
+ * once instead of once per stage.
+ */
+export class ObservationReuse {
+  #last: { phase: string; spec: NodeSpec; observed: unknown } | undefined;
+
+  /** The kept observation of this phase (its stages share one observer) for this very spec, if any. */
+  get(phase: string, spec: NodeSpec): { observed: unknown } | undefined {
+    const l = this.#last;
+    return l && l.phase === phase && l.spec === spec ? { observed: l.observed } : undefined;
+  }
+
+  clear(): void {
+    this.#last = undefined;
+  }
+
+  /** After planning: keep the observation for the next stage only if this one changes nothing. */
+  planned(phase: string, spec: NodeSpec, observed: unknown, steps: number): void {
+    this.#last = steps === 0 ? { phase, spec, observed } : undefined;
+  }
+}
+
 /** Observe the host for one stage and plan it. */
-export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe, ctx: PlanContext): Promise<Step[]> {
+export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe, ctx: PlanContext, reuse?: ObservationReuse): Promise<Step[]> {
   const phase = PHASES.find((p) => p.stage === stage);
   if (!phase || phase.section(spec) === undefined) return [];
-  return phase.plan(spec, await phase.observe(spec, probe, ctx), ctx);
+  const observed = reuse?.get(phase.name, spec)?.observed ?? (await phase.observe(spec, probe, ctx));
+  const steps = phase.plan(spec, observed, ctx);
+  reuse?.planned(phase.name, spec, observed, steps.length);
+  return steps;
 }
 
 /** Observe and plan every phase, in order, as `bosun plan` shows it. */
 export async function planNode(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Step[]> {
   const steps: Step[] = [];
-  for (const name of phasesFor(spec)) steps.push(...(await planPhase(spec, name, probe, ctx)));
+  const reuse = new ObservationReuse();
+  for (const name of phasesFor(spec)) steps.push(...(await planPhase(spec, name, probe, ctx, reuse)));
   return steps;
 }
 

@@ -84,9 +84,51 @@ function dedupe(problems: Problem[]): Problem[] {
 
 export type ParseResult<T> = { ok: true; value: T } | { ok: false; problems: Problem[] };
 
+/**
+ * Paths of every own "__proto__" key in a parsed document. JSON.parse makes such
+ * a key an ordinary property, but copying it into a record (as zod does for
+ * `z.record` fields such as config file settings) sets the copy's prototype
+ * instead: the entry would vanish from the parsed spec without a word. So the
+ * name is refused outright, wherever it appears.
+ */
+function protoKeys(input: unknown): (string | number)[][] {
+  // Each visited value keeps a link to its parent, so a deeply nested document costs linear time and memory.
+  interface Node {
+    v: unknown;
+    key: string | number | undefined;
+    parent: Node | undefined;
+  }
+  const pathOf = (n: Node | undefined, last: string): (string | number)[] => {
+    const out: (string | number)[] = [last];
+    for (; n && n.key !== undefined; n = n.parent) out.push(n.key);
+    return out.reverse();
+  };
+  const found: (string | number)[][] = [];
+  const seen = new Set<object>();
+  const stack: Node[] = [{ v: input, key: undefined, parent: undefined }];
+  while (stack.length > 0) {
+    const node = stack.pop()!;
+    const v = node.v;
+    if (typeof v !== 'object' || v === null || seen.has(v)) continue;
+    seen.add(v);
+    if (Array.isArray(v)) {
+      v.forEach((item, i) => stack.push({ v: item, key: i, parent: node }));
+      continue;
+    }
+    for (const key of Object.keys(v)) {
+      if (key === '__proto__') found.push(pathOf(node, key));
+      else stack.push({ v: (v as Record<string, unknown>)[key], key, parent: node });
+    }
+  }
+  return found;
+}
+
 function parseWith<S extends z.ZodType>(schema: S, input: unknown): ParseResult<z.output<S>> {
+  const proto = protoKeys(input).map((p) => ({ path: formatPath(p), message: 'the field name "__proto__" is not allowed' }));
   const r = schema.safeParse(input);
-  return r.success ? { ok: true, value: r.data } : { ok: false, problems: toProblems(r.error) };
+  if (proto.length === 0) return r.success ? { ok: true, value: r.data } : { ok: false, problems: toProblems(r.error) };
+  const paths = new Set(proto.map((p) => p.path));
+  return { ok: false, problems: [...proto, ...(r.success ? [] : toProblems(r.error).filter((p) => !paths.has(p.path)))] };
 }
 
 export const parseNodeSpec = (input: unknown): ParseResult<NodeSpec> => parseWith(NodeSpec, input);

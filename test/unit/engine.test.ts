@@ -44,6 +44,17 @@ async function killApplyMidStep(state: string, dir: string): Promise<void> {
 }
 
 describe('apply engine', () => {
+  it('tells the planner the host changed before planning the phase after one that ran steps', async () => {
+    await withTempDir(async (dir) => {
+      const events: string[] = [];
+      const inner = fixedPlanner([sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]);
+      const planner = { phases: (s: NodeSpec) => inner.phases(s), plan: (s: NodeSpec, p: Parameters<typeof inner.plan>[1]) => (events.push(`plan ${p}`), inner.plan(s, p)), changed: () => events.push('changed') };
+      await applySpec(request(join(dir, 'state'), [], { planner }));
+      // first pass plans everything (nothing runs), then each phase with steps is announced before it runs
+      assert.deepEqual(events, ['plan packages', 'plan auxiliary', 'changed', 'plan auxiliary', 'changed']);
+    });
+  });
+
   it('runs steps in order, records the last good state and removes the journal', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');

@@ -6,7 +6,7 @@ import type { Step } from '../../src/engine/step.js';
 import { DISTROS } from '../../src/host/distro.js';
 import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
 import { auxiliaryPhase } from '../../src/phases/auxiliary.js';
-import { planNode } from '../../src/phases/index.js';
+import { ObservationReuse, planNode } from '../../src/phases/index.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { examplesDir, repoRoot, runCli } from '../helpers.js';
@@ -90,5 +90,23 @@ describe('auxiliary phase', () => {
       await planWith(probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' } }), (s) => (s.auxiliary[0]!.enabled = false)),
       ['systemctl disable --now telegraf.service'],
     );
+  });
+});
+
+describe('observation reuse between stages', () => {
+  it('hands an observation on only while the stages planned from it change nothing', async () => {
+    const spec = await loadExample('node-a');
+    const observe = 'disks';
+    const r = new ObservationReuse();
+    assert.equal(r.get(observe, spec), undefined);
+    r.planned(observe, spec, 'seen', 0);
+    assert.deepEqual(r.get(observe, spec), { observed: 'seen' });
+    assert.equal(r.get('network', spec), undefined, 'another phase observes for itself');
+    assert.equal(r.get(observe, await loadExample('node-a')), undefined, 'another spec observes afresh');
+    r.planned(observe, spec, 'seen', 2);
+    assert.equal(r.get(observe, spec), undefined, 'a stage with steps changes the host');
+    r.planned(observe, spec, 'seen', 0);
+    r.clear();
+    assert.equal(r.get(observe, spec), undefined);
   });
 });
