@@ -509,7 +509,7 @@ async function pickDistro(name: string | undefined): Promise<Distro> {
 
 /** agent.json (required for the daemon; used when present otherwise) and the state dir to use. */
 async function resolveState(values: Record<string, unknown>, settingsRequired: boolean): Promise<{ settings?: AgentSettings; stateDir: string }> {
-  const explicit = (values.settings as string | undefined) ?? process.env.BOSUN_SETTINGS;
+  const explicit = (values.settings as string | undefined) ?? (process.env.BOSUN_SETTINGS || undefined);
   const file = explicit ?? DEFAULT_SETTINGS;
   let settings: AgentSettings | undefined;
   try {

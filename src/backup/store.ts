@@ -26,8 +26,8 @@ export interface StoreOverrides {
 const CredentialsFile = z.strictObject({ accessKeyId: z.string().min(1), secretAccessKey: z.string().min(1) });
 
 export async function resolveStore(settings: ObjectStorageSettings | undefined, over: StoreOverrides, redactor: Redactor, env: NodeJS.ProcessEnv = process.env): Promise<S3ClientOptions> {
-  const endpoint = over.endpoint ?? settings?.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
-  const region = over.region ?? settings?.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1';
+  const endpoint = over.endpoint ?? settings?.endpoint ?? (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined);
+  const region = over.region ?? settings?.region ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1');
   let credentials = over.credentials;
   if (!credentials && settings?.credentialsFile) credentials = await readCredentialsFile(settings.credentialsFile);
   if (credentials) {

@@ -118,7 +118,7 @@ export function planRestore(spec: NodeSpec, o: RestoreObserved): Step[] {
       { target: o.target, entries: o.foreign.length },
     );
   }
-  const resume = o.journal ? `continue the interrupted restore of backup ${o.journal.backupId} (${o.journal.chunksDone} of ${o.journal.chunks} chunks written${o.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked) ` : '';
+  const resume = o.journal ? `continue the interrupted restore of backup ${o.journal.backupId} (${o.journal.chunksDone} of ${o.journal.chunks} chunks written${o.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked): ` : '';
   const step: RestoreStep = {
     kind: 'restore',
     phase: 'restore',
