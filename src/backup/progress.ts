@@ -123,7 +123,7 @@ export function renderProgressPlain(p: Progress): string {
  * last one. `clear()` blanks the bar before other text is written.
  */
 export class ProgressPrinter {
-  #last = 0;
+  #last = -Infinity;
   #shown = false;
 
   constructor(

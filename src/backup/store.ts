@@ -70,7 +70,7 @@ export function parseBackupKey(pem: Buffer, what: string): { privateKey: KeyObje
   } catch {
     throw new BosunError('E_SECRET', `${what} is not a PEM private key`);
   }
-  if (privateKey.asymmetricKeyType !== 'x25519') throw new BosunError('E_SECRET', `${what} is a ${privateKey.asymmetricKeyType ?? 'non-X25519'} key; a backup key is X25519 (bosun backup keygen)`);
+  if (privateKey.asymmetricKeyType !== 'x25519') throw new BosunError('E_SECRET', `${what} holds an ${privateKey.asymmetricKeyType ?? 'unknown'} key; a backup key is X25519 (bosun backup keygen)`);
   const publicKey = createPublicKey(privateKey);
   return { privateKey, publicKey, open: (sealed) => openSealed(privateKey, publicKey, sealed) };
 }

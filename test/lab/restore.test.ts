@@ -210,7 +210,7 @@ describe('restore phase in a VM', { timeout: 30 * 60_000 }, () => {
       const marker = JSON.parse(await sh(`cat ${DATA}/.bosun-restored.json`)) as Record<string, unknown>;
       assert.equal(marker.backupId, backup.backupId);
       assert.equal(marker.source, `s3://${services.s3.bucket}/${prefix}`);
-      assert.equal(await sh(`ls -a ${DATA} | grep -c bosun-restore || true`), '0', 'no staging directory or journal is left');
+      assert.equal(await sh(`ls -a ${DATA} | grep -cE '^[.]bosun-restore([.]journal)?$' || true`), '0', 'no staging directory or journal is left');
 
       // Secrets never reach the output or the state dir's world-readable files.
       const everything = `${first.stderr}\n${await sh('cat /var/lib/bosun/restore-progress.json; journalctl -b --no-pager | tail -n 2000')}`;
