@@ -199,6 +199,8 @@ describe('restore phase in a VM', { timeout: 30 * 60_000 }, () => {
       assert.equal(first.out.result, 'applied');
       figures.applyMs = first.ms;
       assert.match(first.stderr, /restore: manifest verified/);
+      // The restore's own time in the guest, from its log line (figures only).
+      figures.restoreSeconds = /"seconds":([\d.]+)[^\n]*"msg":"restore: complete"/.exec(first.stderr)?.[1] ?? null;
       assert.equal(await sh(`findmnt -n -o FSTYPE,SOURCE ${DATA}`), 'xfs    /dev/mapper/data');
       assert.match(await sh('cryptsetup status data'), /is active/);
 
