@@ -18,6 +18,7 @@ import { verifyEnvelope } from './bus/envelope.js';
 import { createKafka, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
 import type { Sample } from './health/metrics.js';
+import { readRestoreProgressSync } from './phases/restore/run.js';
 
 import { AGENT_VERSION } from './version.js';
 
@@ -224,7 +225,7 @@ export class Agent {
     const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx, reuse), changed: () => reuse.clear() };
     const log = this.#o.logger.child({ specVersion: spec.version });
     try {
-      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner });
+      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
       this.#lastGood = spec;
       this.#lastApply = { version: spec.version, result: out.result, at: new Date().toISOString() };
@@ -260,6 +261,7 @@ export class Agent {
       appliedVersion: this.#lastGood?.version ?? null,
       wantedVersion: this.#wanted?.version ?? null,
       lastApply: this.#lastApply ?? null,
+      restore: readRestoreProgressSync(this.#o.stateDir) ?? null,
       counters: this.counters,
       time: new Date().toISOString(),
       ...extra,

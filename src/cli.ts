@@ -1,5 +1,7 @@
 #!/usr/bin/env node
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ed25519PrivateFromPem, signEnvelope } from './bus/envelope.js';
 import { applySpec } from './engine/apply.js';
@@ -12,7 +14,10 @@ import { BlankProbe, DISTROS, Host, LiveProbe, detectDistro, isDistroId, type Di
 import { writeFileAtomic } from './host/files.js';
 import { RecordingProbe } from './host/probe-record.js';
 import { loadOrCreateIdentity, readIdentity } from './identity/host-identity.js';
-import { seal, x25519PublicFromString } from './identity/seal.js';
+import { publicKeyString, seal, x25519PublicFromString } from './identity/seal.js';
+import { ProgressPrinter, S3Transport, createBackup, createS3Client, formatBytes, restoreFromObjectStorage, trustSigners } from './backup/index.js';
+import { parseBackupKey, readPrivateFile, resolveStore } from './backup/store.js';
+import { readRestoreProgress } from './phases/restore/run.js';
 import { createLogger } from './log.js';
 import { AGENT_VERSION } from './version.js';
 import { planNode } from './phases/index.js';
@@ -144,6 +149,7 @@ const COMMANDS: Record<string, Command> = {
         ctx: { distro: await pickDistro(values.distro as string | undefined) },
         identity,
         logger,
+        ...(settings?.objectStorage ? { objectStorage: settings.objectStorage } : {}),
       });
       if (io.json) io.data({ ok: true, ...outcome });
       else io.out(`version ${outcome.specVersion}: ${outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at phase ${outcome.resumedAt})` : ''}`}`);
@@ -195,7 +201,7 @@ const COMMANDS: Record<string, Command> = {
     async run({ values, io }) {
       const { settings, stateDir } = await resolveState(values, false);
       const journal = new Journal(stateDir);
-      const [applied, inProgress, identity] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir)]);
+      const [applied, inProgress, identity, restore] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir), readRestoreProgress(stateDir)]);
       let health: Record<string, unknown> | null = null;
       if (values.health) {
         const lastGood = await readFile(journal.lastGoodSpecPath, 'utf8').catch(() => undefined);
@@ -220,6 +226,7 @@ const COMMANDS: Record<string, Command> = {
               updatedAt: inProgress.updatedAt,
             }
           : null,
+        restore: restore ?? null,
         ...(values.health ? { health } : {}),
       };
       if (io.json) io.data(status);
@@ -231,6 +238,9 @@ const COMMANDS: Record<string, Command> = {
         if (status.inProgress) {
           const p = status.inProgress;
           io.out(`in progress: version ${p.specVersion}${p.phase ? `, phase ${p.phase} step ${p.step} of ${p.steps}` : ''}${p.interrupted ? ' (interrupted)' : ''}${p.lastError ? `, failed: ${p.lastError.message}` : ''}`);
+        }
+        if (restore) {
+          io.out(`restore:     ${restore.state} ${restore.percent}% of ${formatBytes(restore.bytesTotal)} (${restore.source} backup ${restore.backupId ?? restore.backup} into ${restore.target})${restore.state === 'running' ? `, ${formatBytes(restore.rate)}/s, ETA ${restore.etaSeconds ?? '?'}s` : ''}${restore.error ? `: ${restore.error}` : ''}, at ${restore.updatedAt}`);
         }
         if (values.health) {
           const h = health as { ok?: boolean; problems?: string[] } | null;
@@ -291,6 +301,171 @@ const COMMANDS: Record<string, Command> = {
     },
   },
 
+  backup: {
+    summary: 'make an encrypted, verified backup of a directory in object storage, or a backup key pair',
+    usage: 'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup keygen --out FILE [--json]',
+    help: [
+      'create: walks <dir>, cuts files into 4 MiB chunks, compresses (zstd) and encrypts (AES-256-GCM) each, uploads packs, then the',
+      'manifest, then latest.json (format: src/backup/FORMAT.md). The data key is fresh per backup and sealed to the recipient key.',
+      '  --to KEY        the backup key pair\'s public half (x25519:…, as printed by keygen)',
+      '  --key-file PEM  or take the public half from the private key file',
+      '  --sign          sign the manifest with this host\'s identity (a restore can require it with --trust)',
+      '  --prefix P      the backup set inside the bucket (e.g. pg-main/)',
+      '  --host LABEL    a label for the creating host in the manifest (default: agent.json node, else hostname)',
+      'Store: --endpoint/--region, else agent.json objectStorage, else AWS_ENDPOINT_URL / AWS_REGION; credentials from',
+      'agent.json objectStorage.credentialsFile, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Credentials are never printed.',
+      'Progress goes to stderr: a bar on a terminal, else a plain line every 5 s.',
+      'keygen: writes a new X25519 backup key pair\'s private half to FILE (0600, refuses to overwrite) and prints its public half.',
+    ].join('\n'),
+    options: { ...common, ...stateOpts, bucket: { type: 'string' }, prefix: { type: 'string' }, to: { type: 'string' }, 'key-file': { type: 'string' }, sign: { type: 'boolean' }, endpoint: { type: 'string' }, region: { type: 'string' }, host: { type: 'string' }, out: { type: 'string' }, verbose: { type: 'boolean', short: 'v' } },
+    async run({ values, positionals, io }) {
+      const [sub, ...rest] = positionals;
+      if (sub === 'keygen') {
+        if (rest.length > 0) throw usage('backup keygen takes no positional arguments');
+        if (typeof values.out !== 'string') throw usage('backup keygen needs --out FILE for the private key');
+        const pair = generateKeyPairSync('x25519');
+        try {
+          await writeFileAtomic(values.out, pair.privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600, exclusive: true });
+        } catch (e) {
+          throw new BosunError('E_WRITE', `cannot write ${values.out}: ${(e as NodeJS.ErrnoException).code ?? describeError(e)} (keygen never overwrites a key)`);
+        }
+        const publicKey = publicKeyString('x25519', createPublicKey(pair.privateKey));
+        if (io.json) io.data({ publicKey, keyFile: values.out });
+        else io.out(publicKey);
+        return ExitCode.ok;
+      }
+      if (sub !== 'create') throw usage('backup needs a subcommand: create or keygen');
+      if (rest.length !== 1) throw usage('backup create needs exactly one directory');
+      const source = rest[0]!;
+      if (typeof values.bucket !== 'string') throw usage('backup create needs --bucket');
+      if ((values.to === undefined) === (values['key-file'] === undefined)) throw usage('backup create needs exactly one of --to x25519:KEY or --key-file PEM');
+      const recipient = typeof values.to === 'string' ? x25519PublicFromString(values.to) : parseBackupKey(await readPrivateFile(values['key-file'] as string, 'backup key file'), 'backup key file').publicKey;
+      const { settings, stateDir } = await resolveState(values, false);
+      const redactor = new Redactor();
+      const store = await resolveStore(settings?.objectStorage, storeFlags(values), redactor);
+      const progress = new ProgressPrinter(process.stderr);
+      const { logger } = createLogger({ redactor, target: 'stderr', level: values.verbose ? 'info' : 'warn' });
+      const signer = values.sign ? (await loadOrCreateIdentity(stateDir)).identity : undefined;
+      const client = createS3Client(store);
+      try {
+        const r = await createBackup({
+          source,
+          transport: new S3Transport({ client, bucket: values.bucket, prefix: (values.prefix as string | undefined) ?? '' }),
+          recipient,
+          ...(signer ? { signer } : {}),
+          host: (values.host as string | undefined) ?? settings?.node ?? hostname(),
+          logger,
+          onProgress: (p) => progress.update(p),
+        });
+        progress.clear();
+        if (io.json) io.data({ ok: true, ...r });
+        else io.out(`backup ${r.backupId}: ${r.stats.files} files, ${formatBytes(r.stats.bytes)} (${formatBytes(r.stats.storedBytes)} stored in ${r.stats.packs} packs) in ${r.seconds.toFixed(1)}s`);
+        return ExitCode.ok;
+      } finally {
+        progress.clear();
+        client.destroy();
+      }
+    },
+  },
+
+  restore: {
+    summary: 'restore a backup from object storage into a missing or empty directory: verified, resumable',
+    usage: 'bosun restore <target> --bucket B [--prefix P] [--backup ID|latest] (--key-file PEM | --identity) [--bandwidth-limit MiB/s] [--marker FILE] [--json]',
+    help: [
+      'Fetches with many ranged GETs in flight, decrypts, decompresses and checks every chunk\'s SHA-256 before writing it. Writes into a',
+      'staging directory (.<name>.bosun-restore beside a missing target, <target>/.bosun-restore in an empty one) and moves it into',
+      'place only when every byte verified. Killed, it continues where it stopped when run again with the same arguments.',
+      '  --key-file PEM         the backup key pair\'s private half (bosun backup keygen); must be 0600',
+      '  --identity             the backup is sealed to this host\'s own key (state dir identity)',
+      '  --backup ID            a backup id, or latest (default)',
+      '  --bandwidth-limit N    at most N MiB/s over all downloads',
+      '  --concurrency N        ranged GETs in flight (default 8)',
+      '  --verify               also read every restored file back and check its SHA-256',
+      '  --trust ed25519:KEY    only accept a manifest signed by this key (repeatable)',
+      '  --marker FILE          write a JSON completion record here once everything verified',
+      'Store and credentials as for bosun backup create. Progress: a bar on a terminal, else a plain line every 5 s, on stderr.',
+      'Exit codes: 0 restored, 1 failed (E_INTEGRITY: corrupt, missing or truncated data; E_TRANSPORT: the store kept failing;',
+      'E_SECRET: wrong key), 6 the target is not empty.',
+    ].join('\n'),
+    options: {
+      ...common,
+      ...stateOpts,
+      bucket: { type: 'string' },
+      prefix: { type: 'string' },
+      backup: { type: 'string' },
+      'key-file': { type: 'string' },
+      identity: { type: 'boolean' },
+      'bandwidth-limit': { type: 'string' },
+      concurrency: { type: 'string' },
+      verify: { type: 'boolean' },
+      trust: { type: 'string', multiple: true },
+      marker: { type: 'string' },
+      endpoint: { type: 'string' },
+      region: { type: 'string' },
+      verbose: { type: 'boolean', short: 'v' },
+    },
+    async run({ values, positionals, io }) {
+      const target = single(positionals, 'restore needs exactly one target directory');
+      if (typeof values.bucket !== 'string') throw usage('restore needs --bucket');
+      if ((values['key-file'] === undefined) === (values.identity === undefined)) throw usage('restore needs exactly one of --key-file PEM or --identity');
+      const limit = positiveNumber(values['bandwidth-limit'], '--bandwidth-limit');
+      const concurrency = positiveNumber(values.concurrency, '--concurrency');
+      if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency > 64)) throw usage('--concurrency is a whole number from 1 to 64');
+      const trust = (values.trust as unknown as string[] | undefined) ?? [];
+      for (const k of trust) if (!/^ed25519:[A-Za-z0-9_-]{43}$/.test(k)) throw usage(`--trust expects an Ed25519 key as printed by bosun identity (ed25519:…), not "${k}"`);
+      const { settings, stateDir } = await resolveState(values, false);
+      const redactor = new Redactor();
+      let openDataKey: (sealed: string) => Buffer;
+      if (typeof values['key-file'] === 'string') {
+        const key = parseBackupKey(await readPrivateFile(values['key-file'], 'backup key file'), 'backup key file');
+        openDataKey = (sealed) => key.open(sealed);
+      } else {
+        const id = await readIdentity(stateDir);
+        if (!id) throw new BosunError('E_IDENTITY', `no host identity in ${stateDir} to open the backup with`);
+        openDataKey = (sealed) => id.open(sealed);
+      }
+      const store = await resolveStore(settings?.objectStorage, storeFlags(values), redactor);
+      const progress = new ProgressPrinter(process.stderr);
+      const { logger } = createLogger({ redactor, target: 'stderr', level: values.verbose ? 'info' : 'warn' });
+      const client = createS3Client(store);
+      const abort = new AbortController();
+      const onSignal = (): void => abort.abort(new BosunError('E_EXEC', 'interrupted; run the same command again to continue'));
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      try {
+        const r = await restoreFromObjectStorage({
+          client,
+          bucket: values.bucket,
+          prefix: (values.prefix as string | undefined) ?? '',
+          backupId: (values.backup as string | undefined) ?? 'latest',
+          target,
+          openDataKey,
+          logger,
+          redactor,
+          onProgress: (p) => progress.update(p),
+          signal: abort.signal,
+          ...(trust.length > 0 ? { verifyManifest: trustSigners(trust) } : {}),
+          ...(limit !== undefined ? { bandwidthLimit: limit * 1024 * 1024 } : {}),
+          ...(concurrency !== undefined ? { concurrency } : {}),
+          ...(values.verify ? { verifyFiles: true } : {}),
+          ...(typeof values.marker === 'string' ? { markerPath: values.marker } : {}),
+        });
+        progress.clear();
+        if (io.json) io.data({ ok: true, ...r });
+        else io.out(`restored backup ${r.backupId} into ${r.target}: ${r.files} files, ${formatBytes(r.bytes)} in ${r.seconds.toFixed(1)}s (${formatBytes(r.bytes / Math.max(r.seconds, 1e-3))}/s)${r.resumedChunks > 0 ? `, continuing an interrupted restore (${r.resumedChunks} chunks were already in place)` : ''}`);
+        return ExitCode.ok;
+      } catch (e) {
+        progress.clear();
+        if (abort.signal.aborted && isBosunError(abort.signal.reason)) throw abort.signal.reason;
+        throw e;
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        client.destroy();
+      }
+    },
+  },
+
   seal: {
     summary: "seal a secret read from stdin to a host's public key",
     usage: 'printf %s "$SECRET" | bosun seal --to x25519:... [--json]',
@@ -317,6 +492,17 @@ function usage(message: string): BosunError {
   return new BosunError('E_USAGE', message);
 }
 
+function positiveNumber(v: unknown, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (typeof v !== 'string' || !Number.isFinite(n) || n <= 0) throw usage(`${flag} expects a positive number`);
+  return n;
+}
+
+function storeFlags(values: Record<string, unknown>): { endpoint?: string; region?: string } {
+  return { ...(typeof values.endpoint === 'string' ? { endpoint: values.endpoint } : {}), ...(typeof values.region === 'string' ? { region: values.region } : {}) };
+}
+
 function single(positionals: string[], message: string): string {
   if (positionals.length !== 1) throw usage(message);
   return positionals[0]!;
@@ -330,7 +516,7 @@ async function pickDistro(name: string | undefined): Promise<Distro> {
 
 /** agent.json (required for the daemon; used when present otherwise) and the state dir to use. */
 async function resolveState(values: Record<string, unknown>, settingsRequired: boolean): Promise<{ settings?: AgentSettings; stateDir: string }> {
-  const explicit = (values.settings as string | undefined) ?? process.env.BOSUN_SETTINGS;
+  const explicit = (values.settings as string | undefined) ?? (process.env.BOSUN_SETTINGS || undefined);
   const file = explicit ?? DEFAULT_SETTINGS;
   let settings: AgentSettings | undefined;
   try {

@@ -36,7 +36,11 @@ export type ErrorCode =
   | 'E_STALE_VERSION'
   | 'E_WRONG_NODE'
   | 'E_TIMEOUT'
-  | 'E_REFUSED';
+  | 'E_REFUSED'
+  /** backup data or a manifest does not match its checksums, or an object it needs is missing or truncated */
+  | 'E_INTEGRITY'
+  /** the object store (or peer) kept failing after every retry */
+  | 'E_TRANSPORT';
 
 const exitFor: Record<ErrorCode, ExitCode> = {
   E_USAGE: ExitCode.usage,
@@ -54,6 +58,8 @@ const exitFor: Record<ErrorCode, ExitCode> = {
   E_WRONG_NODE: ExitCode.invalid,
   E_TIMEOUT: ExitCode.failed,
   E_REFUSED: ExitCode.refused,
+  E_INTEGRITY: ExitCode.failed,
+  E_TRANSPORT: ExitCode.failed,
 };
 
 export class BosunError extends Error {

@@ -23,13 +23,12 @@ export type BackupFailure =
   /** the source tree could not be read */
   | 'source';
 
-// Until src/errors.ts grows codes of its own for these (E_INTEGRITY, E_TRANSPORT),
-// each failure maps to the nearest existing code; only this table changes then.
+// Each failure maps to a process-wide code (and so an exit code); `reason` keeps the detail.
 const codeFor: Record<BackupFailure, ErrorCode> = {
-  integrity: 'E_READ',
-  missing: 'E_READ',
-  truncated: 'E_READ',
-  transport: 'E_TIMEOUT',
+  integrity: 'E_INTEGRITY',
+  missing: 'E_INTEGRITY',
+  truncated: 'E_INTEGRITY',
+  transport: 'E_TRANSPORT',
   key: 'E_SECRET',
   format: 'E_READ',
   target: 'E_REFUSED',

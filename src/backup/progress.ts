@@ -109,3 +109,49 @@ export function renderProgressLine(p: Progress, width = 80): string {
   const filled = Math.round(pct * barWidth);
   return `${head}[${'#'.repeat(filled)}${'.'.repeat(barWidth - filled)}]${tail}`;
 }
+
+/** One line without the bar, for logs and pipes: "restore 42% 430 MiB / 1.0 GiB 312 MiB/s ETA 0:02". */
+export function renderProgressPlain(p: Progress): string {
+  const pct = p.bytesTotal > 0 ? Math.min(100, Math.floor((p.bytesDone / p.bytesTotal) * 100)) : p.phase === 'done' ? 100 : 0;
+  const eta = p.phase === 'done' ? `done in ${formatDuration(p.elapsedSeconds)}` : p.etaSeconds === undefined ? 'ETA --:--' : `ETA ${formatDuration(p.etaSeconds)}`;
+  return `${p.operation} ${pct}% ${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)} ${formatBytes(p.rate)}/s ${eta}`;
+}
+
+/**
+ * Shows progress on a stream: on a terminal a bar redrawn in place (at most 4
+ * times a second); elsewhere a plain line every `plainIntervalMs`, plus the
+ * last one. `clear()` blanks the bar before other text is written.
+ */
+export class ProgressPrinter {
+  #last = -Infinity;
+  #shown = false;
+
+  constructor(
+    readonly out: { write(s: string): unknown; isTTY?: boolean; columns?: number },
+    readonly plainIntervalMs = 5000,
+  ) {}
+
+  get tty(): boolean {
+    return this.out.isTTY === true;
+  }
+
+  update(p: Progress): void {
+    const now = performance.now();
+    const final = p.phase === 'done';
+    if (this.tty) {
+      if (!final && now - this.#last < 250) return;
+      this.#last = now;
+      this.out.write(`\r${renderProgressLine(p, Math.max(40, (this.out.columns ?? 80) - 1))}${final ? '\n' : ''}`);
+      this.#shown = !final;
+      return;
+    }
+    if (!final && now - this.#last < this.plainIntervalMs) return;
+    this.#last = now;
+    this.out.write(renderProgressPlain(p) + '\n');
+  }
+
+  clear(): void {
+    if (this.tty && this.#shown) this.out.write(`\r${' '.repeat(Math.max(40, (this.out.columns ?? 80) - 1))}\r`);
+    this.#shown = false;
+  }
+}

@@ -66,8 +66,16 @@ export type RestoreOptions = RestoreSource & {
   retry?: RetryPolicy;
   /** set owner and group from the backup (default: when running as root) */
   preserveOwner?: boolean;
-  /** write a JSON completion record here after the commit */
+  /** write a JSON completion record here after the commit (before the journal goes, so a crash between the two only repeats the commit) */
   markerPath?: string;
+  /** more fields for the completion record (e.g. where the backup came from) */
+  markerExtra?: Record<string, unknown>;
+  /**
+   * leave the target directory's own owner, mode and mtime as they are instead
+   * of taking the backup's (a data volume's mount point, whose owner and mode
+   * the spec sets); only matters when the target already exists
+   */
+  keepTargetMetadata?: boolean;
   /** chunk-sized buffers shared by all downloads (default: concurrency): the main bound on memory */
   slots?: number;
   /**
@@ -304,14 +312,15 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
     progress.phase = 'finishing';
     log?.debug({ layout: layout.mode }, 'restore: committing');
     await commitLayout(layout);
-    if (layout.mode === 'into') await applyRootMetadata(o, body, layout.target);
+    const rootMeta = layout.mode === 'into' && !o.keepTargetMetadata;
+    if (rootMeta) await applyRootMetadata(o, body, layout.target);
     if (o.markerPath) {
-      const marker = { backupId, manifestDigest: m.digest, target: o.target, bytes: bytesTotal, files: index.files.length, completedAt: new Date().toISOString() };
+      const marker = { ...o.markerExtra, backupId, manifestDigest: m.digest, target: o.target, bytes: bytesTotal, files: index.files.length, completedAt: new Date().toISOString() };
       await writeFileAtomic(o.markerPath, JSON.stringify(marker) + '\n', { mode: 0o644 });
     }
     await removeJournal(layout.journal);
     // Removing the journal from the target itself changed its mtime: set it once more.
-    if (layout.mode === 'into') await applyRootMetadata(o, body, layout.target);
+    if (rootMeta) await applyRootMetadata(o, body, layout.target);
   } catch (e) {
     abort.abort();
     throw e;

@@ -26,6 +26,8 @@ export interface S3ClientOptions {
  * every byte; sockets are kept alive for the many ranged GETs of a restore.
  */
 export function createS3Client(o: S3ClientOptions): S3Client {
+  // The SDK's multi-line notice about future Node versions would land in every CLI run and the journal; bosun pins its runtime itself.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const agentOptions = { keepAlive: true, maxSockets: o.maxSockets ?? 64 };
   const https = o.endpoint === undefined || o.endpoint.startsWith('https:');
   return new S3Client({

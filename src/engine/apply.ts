@@ -6,6 +6,8 @@ import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import { ObservationReuse, planPhase, phasesFor, type PlanContext } from '../phases/index.js';
 import type { NodeSpec } from '../spec/node-spec.js';
+import type { ObjectStorageSettings } from '../spec/agent-settings.js';
+import { runRestoreStep } from '../phases/restore/run.js';
 import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
 import { acquireLock } from './lock.js';
 import { OpenedSecret } from './redact.js';
@@ -23,6 +25,8 @@ export interface ApplyRequest {
   logger: Logger;
   /** plan phases with this instead of the phase modules (tests of the engine itself) */
   planner?: Planner;
+  /** agent.json's objectStorage: where a restore step finds the store and its credentials */
+  objectStorage?: ObjectStorageSettings;
 }
 
 /** Which phases a spec needs, in order, and the steps of one of them as the host is now. */
@@ -199,6 +203,16 @@ async function runStep(req: ApplyRequest, step: Step): Promise<void> {
       return;
     case 'pending':
       throw new BosunError('E_NOT_IMPLEMENTED', `phase ${step.phase} is not implemented yet (issue #${step.issue})`);
+    case 'restore':
+      await runRestoreStep(step, {
+        redactor: host.redactor,
+        logger: req.logger,
+        stateDir: req.stateDir,
+        root: host.root,
+        ...(req.identity ? { identity: req.identity } : {}),
+        ...(req.objectStorage ? { objectStorage: req.objectStorage } : {}),
+      });
+      return;
   }
 }
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { systemctlArgv } from '../host/systemd.js';
-import { isSecretRef, PHASE_ORDER, type Content, type Step } from './step.js';
+import { isSecretRef, PHASE_ORDER, type Content, type RestoreStep, type Step } from './step.js';
 
 /** Content as it may be shown: every secret replaced by a marker naming it. */
 export function showContent(content: Content): string {
@@ -42,7 +42,14 @@ export function describeStep(step: Step): string {
       return `wait   for ${step.path} (up to ${step.timeoutSeconds}s)`;
     case 'pending':
       return `todo   ${step.why}`;
+    case 'restore':
+      return `restore ${restoreSource(step)} into ${step.target}, then write ${step.marker}${step.bandwidthLimitMiBps ? `  at most ${step.bandwidthLimitMiBps} MiB/s` : ''}  (key <redacted:${step.backupKey?.label ?? 'host identity'}>${step.credentials ? `, credentials <redacted:${step.credentials.secretAccessKey.label}>` : ''})`;
   }
+}
+
+/** "backup latest of s3://bucket/prefix" */
+export function restoreSource(step: RestoreStep): string {
+  return `backup ${step.backup} of s3://${step.bucket}/${step.prefix}`;
 }
 
 function stdinNote(c: Content): string {
@@ -114,6 +121,18 @@ export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
           return { ...base, path: s.path, timeoutSeconds: s.timeoutSeconds };
         case 'pending':
           return { ...base, issue: s.issue };
+        case 'restore':
+          return {
+            ...base,
+            from: s.from,
+            source: `s3://${s.bucket}/${s.prefix}`,
+            backup: s.backup,
+            target: s.target,
+            marker: s.marker,
+            ...(s.bandwidthLimitMiBps ? { bandwidthLimitMiBps: s.bandwidthLimitMiBps } : {}),
+            backupKey: s.backupKey ? `<redacted:${s.backupKey.label}>` : 'host identity',
+            ...(s.credentials ? { credentials: `<redacted:${s.credentials.accessKeyId.label}>, <redacted:${s.credentials.secretAccessKey.label}>` } : {}),
+          };
       }
     }),
   };

@@ -13,7 +13,8 @@ import type { SealedSecret } from '../spec/common.js';
  */
 
 export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary';
-export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'container', 'restore', 'auxiliary'];
+/** restore comes before container: the service must find its data in place when it first starts */
+export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'restore', 'container', 'auxiliary'];
 
 /**
  * What the engine plans, runs and journals as one unit: a phase, or one stage
@@ -99,7 +100,32 @@ export interface PendingStep extends StepBase {
   issue: number;
 }
 
-export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | PendingStep;
+/**
+ * Restore a backup into a directory (the data volume), run in-process by
+ * src/phases/restore/run.ts: staged beside or inside the target, every chunk
+ * verified, resumable after a kill (its own journal in the target), and
+ * `marker` written only once every byte verified. Secrets are references, as
+ * everywhere. `from` says which restore function runs it; object storage is
+ * built, a peer source is added beside it.
+ */
+export interface RestoreStep extends StepBase {
+  kind: 'restore';
+  from: 'object-storage';
+  bucket: string;
+  prefix: string;
+  /** a backup id, or "latest" */
+  backup: string;
+  target: string;
+  /** the completion record; its presence for this source and backup is what makes the phase skip */
+  marker: string;
+  bandwidthLimitMiBps?: number;
+  /** absent: agent.json's objectStorage credentials, or the environment */
+  credentials?: { accessKeyId: SecretRef; secretAccessKey: SecretRef };
+  /** the backup key pair's private half (PKCS#8 PEM); absent: the backup is sealed to this host's own key */
+  backupKey?: SecretRef;
+}
+
+export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | PendingStep | RestoreStep;
 
 export function isSecretRef(v: unknown): v is SecretRef {
   return typeof v === 'object' && v !== null && 'secret' in v && 'label' in v;

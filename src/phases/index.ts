@@ -3,13 +3,14 @@ import type { HostProbe } from '../host/probe.js';
 import { canonicalJson, type StageId, type Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
-import { containerPhase, restorePhase } from './pending.js';
+import { containerPhase } from './pending.js';
+import { restorePhase } from './restore/index.js';
 import { networkPhase } from './network/index.js';
 import { diskStages } from './disks/index.js';
 import type { Phase, PlanContext } from './types.js';
 
 /** Boot order: each phase may rely on every phase before it. */
-export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, containerPhase, restorePhase, auxiliaryPhase] as Phase<unknown>[];
+export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, restorePhase, containerPhase, auxiliaryPhase] as Phase<unknown>[];
 
 /** The stages a spec asks for, in boot order. */
 export function phasesFor(spec: NodeSpec): StageId[] {

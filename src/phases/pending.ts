@@ -1,4 +1,3 @@
-import type { NodeSpec } from '../spec/node-spec.js';
 import { pendingPhase } from './types.js';
 
 /*
@@ -16,13 +15,4 @@ export const containerPhase = pendingPhase('container', 7, (s) => s.container, (
     ...(c.config ? [`render ${Object.keys(c.config.files).length} config file(s) for ${c.config.mountPoint} with overrides merged; a change triggers ${c.service.onConfigChange} of ${c.service.unit}`] : []),
     `enable and start machine ${c.name}; health: ${c.service.health ? c.service.health.join(' ') : `${c.service.unit} active`}`,
   ];
-});
-
-export const restorePhase = pendingPhase('restore', 8, (s) => s.restore, (spec: NodeSpec) => {
-  const r = spec.restore!;
-  const target = spec.disks?.mount.path ?? '(data volume)';
-  if (r.from === 'peer') {
-    return [`stream a consistent snapshot from peer ${r.peer} over the mesh into ${target}, verify every chunk${r.fallback ? `; fall back to s3://${r.fallback.bucket}/${r.fallback.prefix}` : ''}`, 'mark the data volume restored only after every byte verified'];
-  }
-  return [`restore backup ${r.backup} from s3://${r.bucket}/${r.prefix} into ${target}: parallel ranged GETs, decrypt, decompress, verify${r.bandwidthLimitMiBps ? `, at most ${r.bandwidthLimitMiBps} MiB/s` : ''}`, 'mark the data volume restored only after every byte verified'];
 });

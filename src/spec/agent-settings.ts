@@ -72,3 +72,4 @@ export const AgentSettings = z.strictObject({
 
 export type AgentSettings = z.infer<typeof AgentSettings>;
 export type TrustedKey = z.infer<typeof TrustedKey>;
+export type ObjectStorageSettings = z.infer<typeof ObjectStorageSettings>;

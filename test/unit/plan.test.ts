@@ -39,7 +39,7 @@ describe('plan of the example cluster', () => {
     const r = await runCli(['plan', join(examplesDir, 'node-a.json'), '--blank', '--distro', 'fedora', '--json']);
     assert.equal(r.code, 0, r.stderr);
     const plan = JSON.parse(r.stdout) as { steps: { n: number; phase: string; kind: string; argv?: string[]; mode?: string }[] };
-    assert.deepEqual([...new Set(plan.steps.map((s) => s.phase))], ['packages', 'disks', 'network', 'container', 'restore', 'auxiliary']);
+    assert.deepEqual([...new Set(plan.steps.map((s) => s.phase))], ['packages', 'disks', 'network', 'restore', 'container', 'auxiliary']);
     assert.deepEqual(plan.steps[0]!.argv, ['dnf', '-y', '--refresh', 'upgrade', 'postgresql-server', 'postgresql-contrib']);
     assert.equal(plan.steps.find((s) => s.kind === 'write')!.mode, '0644');
     assert.ok(!r.stdout.includes('bosun-sealed-v1.'), 'sealed values do not belong in a plan either');

@@ -1,0 +1,166 @@
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createS3Client, restoreFromObjectStorage, type RestoreResult } from '../../backup/index.js';
+import type { Progress } from '../../backup/progress.js';
+import { parseBackupKey, resolveStore } from '../../backup/store.js';
+import { BosunError, describeError } from '../../errors.js';
+import type { Redactor } from '../../engine/redact.js';
+import type { RestoreStep, SecretRef } from '../../engine/step.js';
+import { writeFileAtomic } from '../../host/files.js';
+import type { HostIdentity } from '../../identity/host-identity.js';
+import type { Logger } from '../../log.js';
+import type { ObjectStorageSettings } from '../../spec/agent-settings.js';
+import { MARKER_FORMAT } from './index.js';
+
+export interface RestoreRunContext {
+  identity?: HostIdentity;
+  redactor: Redactor;
+  logger: Logger;
+  objectStorage?: ObjectStorageSettings;
+  /** where restore-progress.json goes (bosun status and the agent's status read it) */
+  stateDir: string;
+  /** prefix of every path (Host.root: tests and image builds) */
+  root?: string;
+  signal?: AbortSignal;
+}
+
+export const PROGRESS_FILE = 'restore-progress.json';
+
+/** What `bosun status` and the agent's status report show of a restore: never a secret, only figures and names. */
+export interface RestoreProgressRecord {
+  state: 'running' | 'done' | 'failed';
+  source: string;
+  backup: string;
+  target: string;
+  phase?: Progress['phase'];
+  bytesDone: number;
+  bytesTotal: number;
+  percent: number;
+  /** bytes per second */
+  rate: number;
+  etaSeconds: number | null;
+  backupId?: string;
+  error?: string;
+  updatedAt: string;
+}
+
+/** The same, synchronously (the agent's status body is built synchronously; the file is a few hundred bytes). */
+export function readRestoreProgressSync(stateDir: string): RestoreProgressRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(join(stateDir, PROGRESS_FILE), 'utf8')) as RestoreProgressRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function readRestoreProgress(stateDir: string): Promise<RestoreProgressRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(join(stateDir, PROGRESS_FILE), 'utf8')) as RestoreProgressRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+function open(ctx: RestoreRunContext, r: SecretRef): Buffer {
+  if (!ctx.identity) throw new BosunError('E_SECRET', `${r.label} is sealed but this host has no identity to open it`);
+  let v: Buffer;
+  try {
+    v = ctx.identity.open(r.secret.sealed);
+  } catch (e) {
+    throw new BosunError('E_SECRET', `${r.label}: ${describeError(e)}`);
+  }
+  ctx.redactor.add(v);
+  return v;
+}
+
+/**
+ * Run a restore step: the entry point of the restore phase. It picks the
+ * restore function by the step's source (object storage here; a peer source
+ * sits beside it), reports progress to the state dir and the log, and leaves
+ * the marker only after the library verified every byte.
+ */
+export async function runRestoreStep(step: RestoreStep, ctx: RestoreRunContext): Promise<RestoreResult> {
+  switch (step.from) {
+    case 'object-storage':
+      return restoreStepFromObjectStorage(step, ctx);
+    default:
+      throw new BosunError('E_NOT_IMPLEMENTED', `restore from ${String((step as { from: unknown }).from)} is not implemented yet`);
+  }
+}
+
+async function restoreStepFromObjectStorage(step: RestoreStep, ctx: RestoreRunContext): Promise<RestoreResult> {
+  const root = ctx.root ?? '';
+  const source = `s3://${step.bucket}/${step.prefix}`;
+  const credentials = step.credentials ? { accessKeyId: open(ctx, step.credentials.accessKeyId).toString('utf8').trim(), secretAccessKey: open(ctx, step.credentials.secretAccessKey).toString('utf8').trim() } : undefined;
+  const store = await resolveStore(ctx.objectStorage, credentials ? { credentials } : {}, ctx.redactor);
+  let openDataKey: (sealed: string) => Buffer;
+  if (step.backupKey) {
+    const pem = open(ctx, step.backupKey);
+    const key = parseBackupKey(pem, step.backupKey.label);
+    pem.fill(0);
+    openDataKey = (sealed) => key.open(sealed);
+  } else {
+    const id = ctx.identity;
+    if (!id) throw new BosunError('E_SECRET', 'restore: no restore.backupKey in the spec and no host identity to open the backup with');
+    openDataKey = (sealed) => id.open(sealed);
+  }
+
+  const progressPath = join(ctx.stateDir, PROGRESS_FILE);
+  let last: Progress | undefined;
+  let lastWrite = 0;
+  let writing: Promise<void> = Promise.resolve();
+  const record = (state: RestoreProgressRecord['state'], extra: Partial<RestoreProgressRecord> = {}): RestoreProgressRecord => ({
+    state,
+    source,
+    backup: step.backup,
+    target: step.target,
+    ...(last ? { phase: last.phase } : {}),
+    bytesDone: last?.bytesDone ?? 0,
+    bytesTotal: last?.bytesTotal ?? 0,
+    percent: last && last.bytesTotal > 0 ? Math.floor((last.bytesDone / last.bytesTotal) * 1000) / 10 : 0,
+    rate: Math.round(last?.rate ?? 0),
+    etaSeconds: last?.etaSeconds === undefined ? null : Math.round(last.etaSeconds),
+    ...extra,
+    updatedAt: new Date().toISOString(),
+  });
+  const save = (r: RestoreProgressRecord): Promise<void> => {
+    writing = writing.then(() => writeFileAtomic(progressPath, JSON.stringify(r) + '\n', { mode: 0o644 })).catch(() => undefined);
+    return writing;
+  };
+  const onProgress = (p: Progress): void => {
+    last = p;
+    if (performance.now() - lastWrite < 2000 && p.phase !== 'done') return;
+    lastWrite = performance.now();
+    void save(record('running'));
+  };
+
+  const client = createS3Client(store);
+  const log = ctx.logger.child({ phase: 'restore', source });
+  await save(record('running'));
+  try {
+    const result = await restoreFromObjectStorage({
+      client,
+      bucket: step.bucket,
+      prefix: step.prefix,
+      backupId: step.backup,
+      target: root + step.target,
+      openDataKey,
+      logger: log,
+      redactor: ctx.redactor,
+      onProgress,
+      markerPath: root + step.marker,
+      markerExtra: { format: MARKER_FORMAT, source, requested: step.backup },
+      keepTargetMetadata: true,
+      ...(step.bandwidthLimitMiBps ? { bandwidthLimit: step.bandwidthLimitMiBps * 1024 * 1024 } : {}),
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
+    });
+    await save(record('done', { backupId: result.backupId, bytesDone: result.bytes, bytesTotal: result.bytes, percent: 100, etaSeconds: 0 }));
+    return result;
+  } catch (e) {
+    await save(record('failed', { error: ctx.redactor.redact(describeError(e)) }));
+    throw e;
+  } finally {
+    client.destroy();
+  }
+}

@@ -1,0 +1,152 @@
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { DoneSet } from '../../src/backup/journal.js';
+import { isBosunError } from '../../src/errors.js';
+import { planToJson, renderPlanText } from '../../src/engine/render.js';
+import type { Step } from '../../src/engine/step.js';
+import { DISTROS } from '../../src/host/distro.js';
+import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
+import { phasesFor } from '../../src/phases/index.js';
+import { MARKER_FORMAT, restorePhase } from '../../src/phases/restore/index.js';
+import type { NodeSpec } from '../../src/spec/node-spec.js';
+import { parseNodeSpec } from '../../src/spec/validate.js';
+import { examplesDir, repoRoot } from '../helpers.js';
+
+const goldenDir = join(repoRoot, 'test/unit/golden');
+const DATA = '/var/lib/bosun/data';
+const ctx = { distro: DISTROS.fedora };
+
+async function loadExample(node: string): Promise<NodeSpec> {
+  const r = parseNodeSpec(JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8')));
+  assert.ok(r.ok);
+  return r.value;
+}
+
+async function matchGolden(name: string, actual: string): Promise<void> {
+  const file = join(goldenDir, name);
+  if (process.env.UPDATE_GOLDEN === '1') await writeFile(file, actual);
+  assert.equal(actual, await readFile(file, 'utf8'), `${name} differs from the pinned plan; if the change is intended run with UPDATE_GOLDEN=1`);
+}
+
+/** The data volume as the phase sees it: files by path, directory listings derived from them. */
+class VolumeProbe implements HostProbe {
+  readonly blank = false;
+  readonly #blank = new BlankProbe();
+
+  constructor(readonly files: Record<string, string>) {}
+
+  readFile(path: string): Promise<Buffer | undefined> {
+    const v = this.files[path];
+    return Promise.resolve(v === undefined ? undefined : Buffer.from(v));
+  }
+
+  listDir(dir: string): Promise<string[]> {
+    const names = Object.keys(this.files)
+      .filter((p) => p.startsWith(`${dir}/`))
+      .map((p) => p.slice(dir.length + 1).split('/')[0]!);
+    return Promise.resolve([...new Set(names)].sort());
+  }
+
+  unitState = (): ReturnType<HostProbe['unitState']> => this.#blank.unitState();
+  run = (): ReturnType<HostProbe['run']> => this.#blank.run();
+  links = (): ReturnType<HostProbe['links']> => this.#blank.links();
+  stat = (): ReturnType<HostProbe['stat']> => this.#blank.stat();
+}
+
+const asProbe = (p: VolumeProbe): HostProbe => p;
+
+async function plan(spec: NodeSpec, probe: HostProbe): Promise<Step[]> {
+  return restorePhase.plan(spec, await restorePhase.observe(spec, probe, ctx), ctx);
+}
+
+function text(spec: NodeSpec, steps: Step[]): string {
+  return renderPlanText({ node: spec.node, cluster: spec.cluster, version: spec.version, distro: 'fedora', observed: 'host' }, steps);
+}
+
+const BACKUP = '20261122T063737Z-0a22cf7b';
+const marker = (over: Record<string, unknown> = {}): string =>
+  JSON.stringify({ format: MARKER_FORMAT, source: 's3://bosun-backups-eu1/pg-main/', requested: 'latest', backupId: BACKUP, manifestDigest: 'ab'.repeat(32), target: DATA, bytes: 1, files: 1, completedAt: '2026-11-22T06:40:00.000Z', ...over });
+
+function journal(done: number, of: number, state = 'fetching'): string {
+  const d = new DoneSet(of);
+  for (let i = 0; i < done; i++) d.add(i);
+  return JSON.stringify({ format: 'bosun-restore-journal-v1', backupId: BACKUP, manifestDigest: 'ab'.repeat(32), chunks: of, done: d.encode(), state, updatedAt: '2026-11-22T06:40:00.000Z' });
+}
+
+function refused(pattern: RegExp): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(isBosunError(e), String(e));
+    assert.equal(e.code, 'E_REFUSED');
+    assert.match(e.message, pattern);
+    assert.match(e.message, /nothing was changed/);
+    return true;
+  };
+}
+
+describe('restore phase planning', () => {
+  it('runs after disks and network and before the container', async () => {
+    const stages = phasesFor(await loadExample('node-a'));
+    assert.ok(stages.indexOf('restore') > stages.indexOf('network'));
+    assert.ok(stages.indexOf('restore') > stages.indexOf('disks/mount'));
+    assert.ok(stages.indexOf('restore') < stages.indexOf('container'));
+  });
+
+  it('blank data volume: one restore step, secrets only as references (golden)', async () => {
+    const spec = await loadExample('node-a');
+    const steps = await plan(spec, new BlankProbe());
+    assert.equal(steps.length, 1);
+    const s = steps[0]!;
+    assert.equal(s.kind, 'restore');
+    if (s.kind !== 'restore') return;
+    assert.equal(s.target, DATA);
+    assert.equal(s.marker, `${DATA}/.bosun-restored.json`);
+    assert.equal(s.backupKey?.label, 'restore.backupKey');
+    assert.equal(s.credentials?.secretAccessKey.label, 'restore.credentials.secretAccessKey');
+    const json = JSON.stringify(planToJson({ node: spec.node, cluster: spec.cluster, version: spec.version, distro: 'fedora', observed: 'host' }, steps));
+    assert.doesNotMatch(json, /bosun-sealed-v1/, 'no sealed value in the printed plan');
+    assert.match(json, /<redacted:restore.backupKey>/);
+    await matchGolden('restore-blank.txt', text(spec, steps));
+    // An empty fresh filesystem (lost+found only) is the same as blank.
+    assert.deepEqual(await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/lost+found/x`]: '' }))), steps);
+  });
+
+  it('already restored (marker for this source and backup): nothing to do', async () => {
+    const spec = await loadExample('node-a');
+    const probe = asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker(), [`${DATA}/base/1`]: 'data', [`${DATA}/PG_VERSION`]: '16' }));
+    assert.deepEqual(await plan(spec, probe), []);
+    // A spec naming that exact backup id is satisfied too.
+    const pinned = { ...spec, restore: { ...spec.restore!, backup: BACKUP } } as NodeSpec;
+    assert.deepEqual(await plan(pinned, probe), []);
+  });
+
+  it('half-restored (a journal and a staging dir): a step that continues it (golden)', async () => {
+    const spec = await loadExample('node-a');
+    const steps = await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restore.journal`]: journal(37, 120), [`${DATA}/.bosun-restore/base/1`]: 'partial' })));
+    assert.equal(steps.length, 1);
+    assert.equal(steps[0]!.kind, 'restore');
+    assert.match(steps[0]!.why, /continue the interrupted restore of backup 20261122T063737Z-0a22cf7b \(37 of 120 chunks written/);
+    await matchGolden('restore-half.txt', text(spec, steps));
+    // Killed during the commit, with part of the tree already moved up: still continued, not refused as foreign data.
+    const committing = await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restore.journal`]: journal(120, 120, 'committing'), [`${DATA}/base/1`]: 'moved', [`${DATA}/.bosun-restore/PG_VERSION`]: '16' })));
+    assert.match(committing[0]!.why, /120 of 120 chunks written, committing/);
+  });
+
+  it('refuses a volume restored from another backup or source, foreign data, and a marker it did not write', async () => {
+    const spec = await loadExample('node-a');
+    const pinned = { ...spec, restore: { ...spec.restore!, backup: '20250101T000000Z-00000000' } } as NodeSpec;
+    await assert.rejects(plan(pinned, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker() }))), refused(/already holds backup 20261122T063737Z-0a22cf7b of s3:\/\/bosun-backups-eu1\/pg-main\/.*asks for backup 20250101T000000Z-00000000/));
+    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker({ source: 's3://elsewhere/x/' }) }))), refused(/already holds backup .* of s3:\/\/elsewhere\/x\//));
+    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/PG_VERSION`]: '16', [`${DATA}/base/1`]: 'x' }))), refused(/holds data that no bosun restore wrote \(PG_VERSION, base\)/));
+    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: '{"hello":1}' }))), refused(/is not a restore marker bosun wrote/));
+  });
+
+  it('from a peer: a pending step, so apply refuses the phase until restoreFromPeer is wired in', async () => {
+    const spec = await loadExample('node-b');
+    const steps = await plan(spec, new BlankProbe());
+    assert.equal(steps.length, 1);
+    assert.equal(steps[0]!.kind, 'pending');
+    assert.match(steps[0]!.why, /from peer node-a/);
+  });
+});
