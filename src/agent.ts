@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from './host/files.js';
 import { applySpec, type Planner } from './engine/apply.js';
 import { Journal } from './engine/journal.js';
+import { canonicalJson } from './engine/step.js';
 import type { Redactor } from './engine/redact.js';
 import { describeError, isBosunError } from './errors.js';
 import type { Host } from './host/index.js';
@@ -74,6 +75,8 @@ export class Agent {
   /** partition:offset of messages already refused and reported, so re-reading after a restart does not report them again */
   readonly #refused = new Set<string>();
   #lastHealth: Record<string, unknown> | undefined;
+  /** the snapshot server for peers restoring from this node (spec.peerServe), and the settings it runs with */
+  #peerServer: { key: string; stop(): Promise<void> } | undefined;
   readonly counters = { received: 0, refused: 0, applied: 0, failed: 0, duplicates: 0, consumerRestarts: 0 };
 
   constructor(o: AgentOptions) {
@@ -228,6 +231,7 @@ export class Agent {
       const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
       this.#lastGood = spec;
+      await this.#syncPeerServer(spec);
       this.#lastApply = { version: spec.version, result: out.result, at: new Date().toISOString() };
       this.#retryDelay = this.#o.retrySeconds ?? 5;
       await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt });
@@ -296,6 +300,32 @@ export class Agent {
     ];
   }
 
+  /**
+   * Serve snapshots to the peers the spec names (spec.peerServe), on the mesh
+   * address; restart the server only when its settings changed; stop it when
+   * the spec no longer asks for it. A server that cannot start is reported and
+   * does not fail the apply: the host itself is as the spec says.
+   */
+  async #syncPeerServer(spec: NodeSpec): Promise<void> {
+    const key = spec.peerServe ? canonicalJson({ serve: spec.peerServe, address: spec.network?.ipsec?.address, data: spec.disks?.mount.path }) : '';
+    if ((this.#peerServer?.key ?? '') === key) return;
+    await this.#peerServer?.stop().catch(() => undefined);
+    this.#peerServer = undefined;
+    if (!key || this.#stopped) return;
+    try {
+      const { PeerServer, hostTlsCredential, peerServerOptions } = await import('./backup/peer/index.js');
+      const options = peerServerOptions(spec, { stateDir: this.#o.stateDir, credential: await hostTlsCredential(this.#o.stateDir, spec.node), logger: this.#o.logger, redactor: this.#o.redactor })!;
+      const server = new PeerServer(options);
+      const at = await server.start();
+      this.#peerServer = { key, stop: () => server.stop() };
+      this.#o.logger.info({ port: at.port }, `serving data volume snapshots to ${spec.peerServe!.clients.map((c) => c.node).join(', ')} on [${at.host}]:${at.port}`);
+    } catch (e) {
+      const message = this.#o.redactor.redact(describeError(e));
+      this.#o.logger.error(`cannot serve snapshots to peers: ${message}`);
+      await this.#reporter?.event({ kind: 'peer-serve-failed', version: spec.version, message });
+    }
+  }
+
   async stop(): Promise<void> {
     this.#stopped = true;
     if (this.#watchdog) clearInterval(this.#watchdog);
@@ -303,6 +333,7 @@ export class Agent {
     await this.#applying?.catch(() => undefined);
     while (this.#restarting) await new Promise((r) => setTimeout(r, 50));
     await this.#consumer?.stop().catch(() => undefined);
+    await this.#peerServer?.stop().catch(() => undefined);
     await this.#reporter?.stop();
   }
 }

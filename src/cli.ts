@@ -15,8 +15,6 @@ import { writeFileAtomic } from './host/files.js';
 import { RecordingProbe } from './host/probe-record.js';
 import { loadOrCreateIdentity, readIdentity } from './identity/host-identity.js';
 import { publicKeyString, seal, x25519PublicFromString } from './identity/seal.js';
-import { ProgressPrinter, S3Transport, createBackup, createS3Client, formatBytes, restoreFromObjectStorage, trustSigners } from './backup/index.js';
-import { parseBackupKey, readPrivateFile, resolveStore } from './backup/store.js';
 import { readRestoreProgress } from './phases/restore/run.js';
 import { createLogger } from './log.js';
 import { AGENT_VERSION } from './version.js';
@@ -202,6 +200,7 @@ const COMMANDS: Record<string, Command> = {
       const { settings, stateDir } = await resolveState(values, false);
       const journal = new Journal(stateDir);
       const [applied, inProgress, identity, restore] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir), readRestoreProgress(stateDir)]);
+      const { formatBytes } = await import('./backup/progress.js');
       let health: Record<string, unknown> | null = null;
       if (values.health) {
         const lastGood = await readFile(journal.lastGoodSpecPath, 'utf8').catch(() => undefined);
@@ -339,6 +338,9 @@ const COMMANDS: Record<string, Command> = {
       const source = rest[0]!;
       if (typeof values.bucket !== 'string') throw usage('backup create needs --bucket');
       if ((values.to === undefined) === (values['key-file'] === undefined)) throw usage('backup create needs exactly one of --to x25519:KEY or --key-file PEM');
+      // The backup library and the S3 client load only for the commands that use them.
+      const { ProgressPrinter, S3Transport, createBackup, createS3Client, formatBytes } = await import('./backup/index.js');
+      const { parseBackupKey, readPrivateFile, resolveStore } = await import('./backup/store.js');
       const recipient = typeof values.to === 'string' ? x25519PublicFromString(values.to) : parseBackupKey(await readPrivateFile(values['key-file'] as string, 'backup key file'), 'backup key file').publicKey;
       const { settings, stateDir } = await resolveState(values, false);
       const redactor = new Redactor();
@@ -407,6 +409,8 @@ const COMMANDS: Record<string, Command> = {
     async run({ values, positionals, io }) {
       const target = single(positionals, 'restore needs exactly one target directory');
       if (typeof values.bucket !== 'string') throw usage('restore needs --bucket');
+      const { ProgressPrinter, createS3Client, formatBytes, restoreFromObjectStorage, trustSigners } = await import('./backup/index.js');
+      const { parseBackupKey, readPrivateFile, resolveStore } = await import('./backup/store.js');
       if ((values['key-file'] === undefined) === (values.identity === undefined)) throw usage('restore needs exactly one of --key-file PEM or --identity');
       const limit = positiveNumber(values['bandwidth-limit'], '--bandwidth-limit');
       const concurrency = positiveNumber(values.concurrency, '--concurrency');

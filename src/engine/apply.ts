@@ -7,7 +7,6 @@ import type { Logger } from '../log.js';
 import { ObservationReuse, planPhase, phasesFor, type PlanContext } from '../phases/index.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { ObjectStorageSettings } from '../spec/agent-settings.js';
-import { runRestoreStep } from '../phases/restore/run.js';
 import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
 import { acquireLock } from './lock.js';
 import { OpenedSecret } from './redact.js';
@@ -203,7 +202,9 @@ async function runStep(req: ApplyRequest, step: Step): Promise<void> {
       return;
     case 'pending':
       throw new BosunError('E_NOT_IMPLEMENTED', `phase ${step.phase} is not implemented yet (issue #${step.issue})`);
-    case 'restore':
+    case 'restore': {
+      // The restore code (and the S3 client and peer TLS under it) loads only when a restore runs.
+      const { runRestoreStep } = await import('../phases/restore/run.js');
       await runRestoreStep(step, {
         redactor: host.redactor,
         logger: req.logger,
@@ -213,6 +214,7 @@ async function runStep(req: ApplyRequest, step: Step): Promise<void> {
         ...(req.objectStorage ? { objectStorage: req.objectStorage } : {}),
       });
       return;
+    }
   }
 }
 

@@ -43,12 +43,18 @@ export function describeStep(step: Step): string {
     case 'pending':
       return `todo   ${step.why}`;
     case 'restore':
+      if (step.from === 'peer') {
+        return `restore ${restoreSource(step)} into ${step.target}, then write ${step.marker}${step.bandwidthLimitMiBps ? `  at most ${step.bandwidthLimitMiBps} MiB/s` : ''}${step.fallback ? `; if the peer cannot serve: backup ${step.fallback.backup} of s3://${step.fallback.bucket}/${step.fallback.prefix}` : ''}`;
+      }
       return `restore ${restoreSource(step)} into ${step.target}, then write ${step.marker}${step.bandwidthLimitMiBps ? `  at most ${step.bandwidthLimitMiBps} MiB/s` : ''}  (key <redacted:${step.backupKey?.label ?? 'host identity'}>${step.credentials ? `, credentials <redacted:${step.credentials.secretAccessKey.label}>` : ''})`;
   }
 }
 
-/** "backup latest of s3://bucket/prefix" */
+/** "backup latest of s3://bucket/prefix", "a snapshot of peer node-a ([fd00::a]:7433)" */
 export function restoreSource(step: RestoreStep): string {
+  if (step.from === 'peer') {
+    return step.method === 'command' ? `peer ${step.peer} (${step.peerAddress}) with the command ${JSON.stringify(step.argv ?? [])}` : `a snapshot of peer ${step.peer} ([${step.peerAddress}]:${step.port})`;
+  }
   return `backup ${step.backup} of s3://${step.bucket}/${step.prefix}`;
 }
 
@@ -122,6 +128,20 @@ export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
         case 'pending':
           return { ...base, issue: s.issue };
         case 'restore':
+          if (s.from === 'peer') {
+            return {
+              ...base,
+              from: s.from,
+              method: s.method,
+              peer: s.peer,
+              peerAddress: s.peerAddress,
+              ...(s.port !== undefined ? { port: s.port } : {}),
+              ...(s.argv ? { argv: s.argv } : {}),
+              target: s.target,
+              marker: s.marker,
+              ...(s.fallback ? { fallback: `backup ${s.fallback.backup} of s3://${s.fallback.bucket}/${s.fallback.prefix}` } : {}),
+            };
+          }
           return {
             ...base,
             from: s.from,

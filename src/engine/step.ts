@@ -105,10 +105,11 @@ export interface PendingStep extends StepBase {
  * src/phases/restore/run.ts: staged beside or inside the target, every chunk
  * verified, resumable after a kill (its own journal in the target), and
  * `marker` written only once every byte verified. Secrets are references, as
- * everywhere. `from` says which restore function runs it; object storage is
- * built, a peer source is added beside it.
+ * everywhere. `from` says which restore function runs it.
  */
-export interface RestoreStep extends StepBase {
+export type RestoreStep = ObjectStorageRestoreStep | PeerRestoreStep;
+
+export interface ObjectStorageRestoreStep extends StepBase {
   kind: 'restore';
   from: 'object-storage';
   bucket: string;
@@ -123,6 +124,28 @@ export interface RestoreStep extends StepBase {
   credentials?: { accessKeyId: SecretRef; secretAccessKey: SecretRef };
   /** the backup key pair's private half (PKCS#8 PEM); absent: the backup is sealed to this host's own key */
   backupKey?: SecretRef;
+}
+
+/** Restore from a peer over the mesh: its agent's snapshot (TLS pinned to both host keys) or the service's own copy command. */
+export interface PeerRestoreStep extends StepBase {
+  kind: 'restore';
+  from: 'peer';
+  method: 'snapshot' | 'command';
+  peer: string;
+  /** the peer's mesh address */
+  peerAddress: string;
+  /** snapshot: the peer agent's snapshot port and the only host key it may present */
+  port?: number;
+  peerKey?: string;
+  /** command: argv with {peer}, {peerAddress}, {target}, {node} placeholders, and its time limit */
+  argv?: string[];
+  timeoutSeconds?: number;
+  node: string;
+  target: string;
+  marker: string;
+  bandwidthLimitMiBps?: number;
+  /** restored instead when the peer cannot serve (down, refusing, snapshot failed); absent: the phase fails */
+  fallback?: Omit<ObjectStorageRestoreStep, 'kind' | 'phase' | 'why' | 'target' | 'marker'>;
 }
 
 export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | PendingStep | RestoreStep;

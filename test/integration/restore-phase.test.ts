@@ -120,7 +120,7 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     const [again] = await planned(s);
     assert.match(again!.why, /continue the interrupted restore of backup .* \(\d+ of \d+ chunks written/);
     const result = await runRestoreStep(again!, base);
-    assert.ok(result.resumedChunks > 0, 'the second run continued');
+    assert.ok(result!.resumedChunks > 0, 'the second run continued');
     assert.deepEqual(await readFile(join(root, MOUNT, 'base/f3')), await readFile(join(work, 'src/base/f3')));
     assert.equal((await stat(join(root, MOUNT))).mode & 0o7777, 0o750, 'the mount point keeps its own mode');
     const marker = JSON.parse(await readFile(join(root, MOUNT, '.bosun-restored.json'), 'utf8')) as Record<string, unknown>;
@@ -137,5 +137,33 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     assert.ok(!all.includes(env.s3.secretAccessKey), 'the S3 secret reached a log line');
     assert.doesNotMatch(all, /PRIVATE KEY/);
     assert.match(all, /restore: complete/);
+  });
+
+  it('from a peer that cannot be reached: restores the object-storage fallback instead, and then plans nothing', async () => {
+    const fallbackRoot = join(work, 'root-fallback');
+    await mkdir(join(fallbackRoot, MOUNT), { recursive: true });
+    const os = spec().restore;
+    if (os?.from !== 'object-storage') return assert.fail();
+    const { from: _from, ...fallback } = os;
+    const peerKey = `ed25519:${generateKeyPairSync('ed25519').publicKey.export({ format: 'der', type: 'spki' }).subarray(12).toString('base64url')}`;
+    const r = parseNodeSpec({
+      ...JSON.parse(JSON.stringify(spec())),
+      network: { ipsec: { address: 'fd00:b05::1', auth: 'psk', peers: [{ node: 'phase-b', address: '::1', psk: sealed('k'.repeat(32)) }] } },
+      // port 9 on loopback: nothing listens, the connection is refused at once
+      restore: { from: 'peer', peer: 'phase-b', peerKey, port: 9, fallback },
+    });
+    assert.ok(r.ok, JSON.stringify(r));
+    const probe = new LiveProbe(new Redactor(), fallbackRoot);
+    const [step] = restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx) as RestoreStep[];
+    if (step?.from !== 'peer') return assert.fail('a peer restore step');
+    assert.equal(step.fallback?.bucket, env.s3.bucket);
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    await runRestoreStep(step, { identity, redactor: new Redactor(), logger, stateDir: join(work, 'state'), root: fallbackRoot, objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, forcePathStyle: true } });
+    const marker = JSON.parse(await readFile(join(fallbackRoot, MOUNT, '.bosun-restored.json'), 'utf8')) as Record<string, unknown>;
+    assert.equal(marker.source, `s3://${env.s3.bucket}/${prefix}`, 'restored from the fallback');
+    assert.deepEqual(await readFile(join(fallbackRoot, MOUNT, 'base/f1')), await readFile(join(work, 'src/base/f1')));
+    assert.match(lines.join(''), /peer phase-b cannot serve \(connect\); restoring backup latest/);
+    assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], 'the fallback\'s marker satisfies the peer spec');
   });
 });

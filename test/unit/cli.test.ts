@@ -58,7 +58,7 @@ describe('bosun CLI', () => {
       assert.match(refused.stderr, /disks: the match rule wants exactly 2 disks but 0 match; nothing was changed/);
 
       const spec = JSON.parse(await readFile(join(examplesDir, 'node-a.json'), 'utf8')) as Record<string, unknown>;
-      for (const k of ['disks', 'network', 'restore', 'packages', 'auxiliary']) delete spec[k];
+      for (const k of ['disks', 'network', 'restore', 'peerServe', 'packages', 'auxiliary']) delete spec[k];
       delete (spec.container as Record<string, unknown>).dataMountPoint;
       await writeFile(join(dir, 'container-only.json'), JSON.stringify(spec));
       const pending = await runCli(['apply', join(dir, 'container-only.json'), '--settings', join(dir, 'agent.json'), '--json']);

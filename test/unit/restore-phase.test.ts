@@ -99,7 +99,7 @@ describe('restore phase planning', () => {
     assert.equal(steps.length, 1);
     const s = steps[0]!;
     assert.equal(s.kind, 'restore');
-    if (s.kind !== 'restore') return;
+    if (s.kind !== 'restore' || s.from !== 'object-storage') return assert.fail('an object-storage restore step');
     assert.equal(s.target, DATA);
     assert.equal(s.marker, `${DATA}/.bosun-restored.json`);
     assert.equal(s.backupKey?.label, 'restore.backupKey');
@@ -142,11 +142,37 @@ describe('restore phase planning', () => {
     await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: '{"hello":1}' }))), refused(/is not a restore marker bosun wrote/));
   });
 
-  it('from a peer: a pending step, so apply refuses the phase until restoreFromPeer is wired in', async () => {
+  it('from a peer: a snapshot step pinned to the peer key, with the object-storage fallback; the peer command method', async () => {
     const spec = await loadExample('node-b');
     const steps = await plan(spec, new BlankProbe());
     assert.equal(steps.length, 1);
-    assert.equal(steps[0]!.kind, 'pending');
-    assert.match(steps[0]!.why, /from peer node-a/);
+    const s = steps[0]!;
+    if (s.kind !== 'restore' || s.from !== 'peer') return assert.fail('a peer restore step');
+    assert.equal(s.method, 'snapshot');
+    assert.equal(s.peerAddress, 'fd00:b05:0:1::a');
+    assert.equal(s.port, 7433);
+    assert.equal(s.peerKey, spec.restore?.from === 'peer' ? spec.restore.peerKey : undefined);
+    assert.equal(s.fallback?.bucket, 'bosun-backups-eu1');
+    assert.equal(s.fallback?.credentials?.secretAccessKey.label, 'restore.fallback.credentials.secretAccessKey');
+    assert.doesNotMatch(JSON.stringify(planToJson({ node: spec.node, cluster: spec.cluster, version: spec.version, distro: 'fedora', observed: 'host' }, steps)), /bosun-sealed-v1/);
+
+    const cmd = await loadExample('node-b');
+    if (cmd.restore?.from !== 'peer') return assert.fail();
+    cmd.restore.method = 'command';
+    cmd.restore.command = { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'] };
+    const [c] = await plan(cmd, new BlankProbe());
+    if (c?.kind !== 'restore' || c.from !== 'peer') return assert.fail('a peer restore step');
+    assert.deepEqual([c.method, c.argv], ['command', ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}']]);
+  });
+
+  it('from a peer: done once a marker from the peer or from its fallback is there; a snapshot without the peer key is a spec error', async () => {
+    const spec = await loadExample('node-b');
+    const peerMarker = marker({ source: 'peer://node-a', requested: 'snapshot' });
+    assert.deepEqual(await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: peerMarker, [`${DATA}/pgdata/PG_VERSION`]: '16' }))), []);
+    assert.deepEqual(await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker() }))), []);
+    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker({ source: 'peer://node-c' }) }))), refused(/already holds .* peer:\/\/node-c.* a copy from peer node-a/));
+    if (spec.restore?.from !== 'peer') return assert.fail();
+    delete spec.restore.peerKey;
+    await assert.rejects(plan(spec, new BlankProbe()), /restore.peerKey: required/);
   });
 });

@@ -53,6 +53,8 @@ export interface CommandRestoreOptions {
   node?: string;
   target: string;
   markerPath?: string;
+  /** more fields for the marker (the restore phase's format and source) */
+  markerExtra?: Record<string, unknown>;
   redactor: Redactor;
   logger?: Logger;
   timeoutSeconds?: number;
@@ -99,7 +101,7 @@ export async function restoreWithCommand(o: CommandRestoreOptions): Promise<Comm
   }
   await commitLayout(layout);
   if (o.markerPath) {
-    const marker = { method: 'command', peer: o.peer, target: o.target, completedAt: new Date().toISOString() };
+    const marker = { ...o.markerExtra, method: 'command', peer: o.peer, target: o.target, completedAt: new Date().toISOString() };
     await writeFileAtomic(o.markerPath, JSON.stringify(marker) + '\n', { mode: 0o644 });
   }
   await removeJournal(layout.journal).catch((e: unknown) => {

@@ -2,7 +2,8 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { JOURNAL_NAME, STAGING_NAME } from '../../backup/target.js';
 import { BosunError } from '../../errors.js';
-import type { RestoreStep, SecretRef, Step } from '../../engine/step.js';
+import type { ObjectStorageRestoreStep, PeerRestoreStep, RestoreStep, SecretRef, Step } from '../../engine/step.js';
+import { peerRestorePlan } from '../../backup/peer/from-spec.js';
 import type { HostProbe } from '../../host/probe.js';
 import type { NodeSpec, RestoreSpec } from '../../spec/node-spec.js';
 import type { Phase } from '../types.js';
@@ -85,30 +86,39 @@ function ref(secret: { sealed: string } | undefined, label: string): SecretRef |
   return secret ? { secret, label } : undefined;
 }
 
+type ObjectStorageSource = Omit<ObjectStorageRestoreStep, 'kind' | 'phase' | 'why' | 'target' | 'marker'>;
+
+/** The object-storage part of a restore step, from the spec's restore (or its peer fallback); secrets stay references. */
+function objectStorageSource(r: Omit<Extract<RestoreSpec, { from: 'object-storage' }>, 'from'>, label = 'restore'): ObjectStorageSource {
+  return {
+    from: 'object-storage',
+    bucket: r.bucket,
+    prefix: r.prefix,
+    backup: r.backup,
+    ...(r.bandwidthLimitMiBps ? { bandwidthLimitMiBps: r.bandwidthLimitMiBps } : {}),
+    ...(r.credentials ? { credentials: { accessKeyId: ref(r.credentials.accessKeyId, `${label}.credentials.accessKeyId`)!, secretAccessKey: ref(r.credentials.secretAccessKey, `${label}.credentials.secretAccessKey`)! } } : {}),
+    ...(r.backupKey ? { backupKey: ref(r.backupKey, `${label}.backupKey`)! } : {}),
+  };
+}
+
 export function planRestore(spec: NodeSpec, o: RestoreObserved): Step[] {
   const r = spec.restore!;
-  if (r.from === 'peer') {
-    // Restore from a peer is built beside this (src/backup/peer/, restoreFromPeer); until it is wired here, apply refuses the phase.
-    return [
-      {
-        kind: 'pending',
-        phase: 'restore',
-        issue: 8,
-        why: `stream a consistent snapshot from peer ${r.peer} over the mesh into ${o.target}, verify every chunk${r.fallback ? `; fall back to s3://${r.fallback.bucket}/${r.fallback.prefix}` : ''}; mark the data volume restored only after every byte verified (restoreFromPeer: not wired into the phase yet)`,
-      },
-    ];
-  }
-  const source = sourceOf(r);
+  // Sources whose completed restore satisfies the spec: the peer, or its object-storage fallback.
+  const fallback = r.from === 'peer' ? r.fallback : undefined;
+  const accepted = r.from === 'peer' ? [`peer://${r.peer}`, ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(r)];
+  const wantedBackup = r.from === 'peer' ? (fallback?.backup ?? 'latest') : r.backup;
+  const asked = r.from === 'peer' ? `a copy from peer ${r.peer}` : `backup ${r.backup} of ${sourceOf(r)}`;
   if (o.marker === 'unreadable') {
     throw new BosunError('E_REFUSED', `restore: ${join(o.target, MARKER_NAME)} is not a restore marker bosun wrote; refusing to restore over the data volume; nothing was changed`, { target: o.target });
   }
   if (o.marker) {
-    const same = o.marker.source === source && (r.backup === 'latest' || r.backup === o.marker.backupId);
+    const m = o.marker;
+    const same = accepted.includes(m.source) && (m.source.startsWith('peer://') || wantedBackup === 'latest' || wantedBackup === m.backupId);
     if (same) return [];
     throw new BosunError(
       'E_REFUSED',
-      `restore: the data volume ${o.target} already holds backup ${o.marker.backupId} of ${o.marker.source} (restored ${o.marker.completedAt}), but the spec asks for backup ${r.backup} of ${source}; bosun never restores over data (empty the volume to restore again); nothing was changed`,
-      { target: o.target, restored: o.marker.backupId, wanted: r.backup },
+      `restore: the data volume ${o.target} already holds backup ${m.backupId} of ${m.source} (restored ${m.completedAt}), but the spec asks for ${asked}; bosun never restores over data (empty the volume to restore again); nothing was changed`,
+      { target: o.target, restored: m.backupId, wanted: wantedBackup },
     );
   }
   if (o.foreign.length > 0 && !o.journal) {
@@ -118,20 +128,34 @@ export function planRestore(spec: NodeSpec, o: RestoreObserved): Step[] {
       { target: o.target, entries: o.foreign.length },
     );
   }
+  const marker = join(o.target, MARKER_NAME);
+  if (r.from === 'peer') {
+    const plan = peerRestorePlan(spec)!;
+    const resumeNote = o.journal ? `continue the interrupted restore (${o.journal.chunksDone} of ${o.journal.chunks} chunks written; the peer is asked for the same snapshot): ` : '';
+    const step: PeerRestoreStep = {
+      kind: 'restore',
+      phase: 'restore',
+      why: `${resumeNote || 'the data volume holds no restored data yet: '}${plan.method === 'command' ? `copy ${r.peer}'s data with the service's restore command` : `pull a consistent snapshot of ${r.peer}'s data volume over the mesh (TLS pinned to both host keys), verify every chunk`}, staged and moved into place only when complete${fallback ? `; if ${r.peer} cannot serve, restore backup ${fallback.backup} of s3://${fallback.bucket}/${fallback.prefix} instead` : ''}`,
+      from: 'peer',
+      method: plan.method,
+      peer: r.peer,
+      peerAddress: plan.method === 'command' ? plan.peerAddress : plan.peer.host,
+      ...(plan.method === 'snapshot' ? { port: plan.peer.port, peerKey: plan.peer.key } : { argv: plan.argv, ...(plan.timeoutSeconds !== undefined ? { timeoutSeconds: plan.timeoutSeconds } : {}) }),
+      node: spec.node,
+      target: o.target,
+      marker,
+      ...(fallback ? { fallback: objectStorageSource(fallback, 'restore.fallback') } : {}),
+    };
+    return [step];
+  }
   const resume = o.journal ? `continue the interrupted restore of backup ${o.journal.backupId} (${o.journal.chunksDone} of ${o.journal.chunks} chunks written${o.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked): ` : '';
   const step: RestoreStep = {
     kind: 'restore',
     phase: 'restore',
-    why: `${resume || 'the data volume holds no restored data yet: '}restore ${source} backup ${r.backup}: parallel ranged GETs, decrypt, decompress, verify every chunk, staged in ${join(o.target, STAGING_NAME)} and moved into place only after every byte verified`,
-    from: 'object-storage',
-    bucket: r.bucket,
-    prefix: r.prefix,
-    backup: r.backup,
+    why: `${resume || 'the data volume holds no restored data yet: '}restore ${sourceOf(r)} backup ${r.backup}: parallel ranged GETs, decrypt, decompress, verify every chunk, staged in ${join(o.target, STAGING_NAME)} and moved into place only after every byte verified`,
+    ...objectStorageSource(r),
     target: o.target,
-    marker: join(o.target, MARKER_NAME),
-    ...(r.bandwidthLimitMiBps ? { bandwidthLimitMiBps: r.bandwidthLimitMiBps } : {}),
-    ...(r.credentials ? { credentials: { accessKeyId: ref(r.credentials.accessKeyId, 'restore.credentials.accessKeyId')!, secretAccessKey: ref(r.credentials.secretAccessKey, 'restore.credentials.secretAccessKey')! } } : {}),
-    ...(r.backupKey ? { backupKey: ref(r.backupKey, 'restore.backupKey')! } : {}),
+    marker,
   };
   return [step];
 }

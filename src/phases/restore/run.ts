@@ -1,12 +1,11 @@
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createS3Client, restoreFromObjectStorage, type RestoreResult } from '../../backup/index.js';
+import type { RestoreResult } from '../../backup/index.js';
 import type { Progress } from '../../backup/progress.js';
-import { parseBackupKey, resolveStore } from '../../backup/store.js';
 import { BosunError, describeError } from '../../errors.js';
 import type { Redactor } from '../../engine/redact.js';
-import type { RestoreStep, SecretRef } from '../../engine/step.js';
+import type { ObjectStorageRestoreStep, PeerRestoreStep, RestoreStep, SecretRef } from '../../engine/step.js';
 import { writeFileAtomic } from '../../host/files.js';
 import type { HostIdentity } from '../../identity/host-identity.js';
 import type { Logger } from '../../log.js';
@@ -76,20 +75,63 @@ function open(ctx: RestoreRunContext, r: SecretRef): Buffer {
 
 /**
  * Run a restore step: the entry point of the restore phase. It picks the
- * restore function by the step's source (object storage here; a peer source
- * sits beside it), reports progress to the state dir and the log, and leaves
- * the marker only after the library verified every byte.
+ * restore function by the step's source, reports progress to the state dir
+ * and the log, and leaves the marker only after every byte was verified.
+ * The backup and peer libraries (and the S3 client) load only here, so no
+ * other command pays for them.
  */
-export async function runRestoreStep(step: RestoreStep, ctx: RestoreRunContext): Promise<RestoreResult> {
-  switch (step.from) {
-    case 'object-storage':
-      return restoreStepFromObjectStorage(step, ctx);
-    default:
-      throw new BosunError('E_NOT_IMPLEMENTED', `restore from ${String((step as { from: unknown }).from)} is not implemented yet`);
+export async function runRestoreStep(step: RestoreStep, ctx: RestoreRunContext): Promise<RestoreResult | undefined> {
+  if (step.from === 'object-storage') return restoreStepFromObjectStorage(step, ctx);
+  const { isPeerRestoreError } = await import('../../backup/peer/index.js');
+  try {
+    return await restoreStepFromPeer(step, ctx);
+  } catch (e) {
+    if (!(step.fallback && isPeerRestoreError(e) && e.fallback)) throw e;
+    ctx.logger.warn({ phase: 'restore', peer: step.peer, stage: e.stage, reason: ctx.redactor.redact(describeError(e)) }, `restore: peer ${step.peer} cannot serve (${e.stage}); restoring backup ${step.fallback.backup} of s3://${step.fallback.bucket}/${step.fallback.prefix} instead`);
+    return restoreStepFromObjectStorage({ kind: 'restore', phase: 'restore', why: step.why, ...step.fallback, target: step.target, marker: step.marker }, ctx);
   }
 }
 
-async function restoreStepFromObjectStorage(step: RestoreStep, ctx: RestoreRunContext): Promise<RestoreResult> {
+/** restore-progress.json for bosun status and the agent's status report: figures and names only. */
+function progressRecorder(ctx: RestoreRunContext, source: string, backup: string, target: string) {
+  const progressPath = join(ctx.stateDir, PROGRESS_FILE);
+  let last: Progress | undefined;
+  let lastWrite = 0;
+  let writing: Promise<void> = Promise.resolve();
+  const record = (state: RestoreProgressRecord['state'], extra: Partial<RestoreProgressRecord> = {}): RestoreProgressRecord => ({
+    state,
+    source,
+    backup,
+    target,
+    ...(last ? { phase: last.phase } : {}),
+    bytesDone: last?.bytesDone ?? 0,
+    bytesTotal: last?.bytesTotal ?? 0,
+    percent: last && last.bytesTotal > 0 ? Math.floor((last.bytesDone / last.bytesTotal) * 1000) / 10 : 0,
+    rate: Math.round(last?.rate ?? 0),
+    etaSeconds: last?.etaSeconds === undefined ? null : Math.round(last.etaSeconds),
+    ...extra,
+    updatedAt: new Date().toISOString(),
+  });
+  const save = (r: RestoreProgressRecord): Promise<void> => {
+    writing = writing.then(() => writeFileAtomic(progressPath, JSON.stringify(r) + '\n', { mode: 0o644 })).catch(() => undefined);
+    return writing;
+  };
+  return {
+    onProgress: (p: Progress): void => {
+      last = p;
+      if (performance.now() - lastWrite < 2000 && p.phase !== 'done') return;
+      lastWrite = performance.now();
+      void save(record('running'));
+    },
+    running: () => save(record('running')),
+    done: (backupId: string, bytes: number) => save(record('done', { backupId, bytesDone: bytes, bytesTotal: bytes, percent: 100, etaSeconds: 0 })),
+    failed: (e: unknown) => save(record('failed', { error: ctx.redactor.redact(describeError(e)) })),
+  };
+}
+
+async function restoreStepFromObjectStorage(step: ObjectStorageRestoreStep, ctx: RestoreRunContext): Promise<RestoreResult> {
+  const { createS3Client, restoreFromObjectStorage } = await import('../../backup/index.js');
+  const { parseBackupKey, resolveStore } = await import('../../backup/store.js');
   const root = ctx.root ?? '';
   const source = `s3://${step.bucket}/${step.prefix}`;
   const credentials = step.credentials ? { accessKeyId: open(ctx, step.credentials.accessKeyId).toString('utf8').trim(), secretAccessKey: open(ctx, step.credentials.secretAccessKey).toString('utf8').trim() } : undefined;
@@ -106,38 +148,10 @@ async function restoreStepFromObjectStorage(step: RestoreStep, ctx: RestoreRunCo
     openDataKey = (sealed) => id.open(sealed);
   }
 
-  const progressPath = join(ctx.stateDir, PROGRESS_FILE);
-  let last: Progress | undefined;
-  let lastWrite = 0;
-  let writing: Promise<void> = Promise.resolve();
-  const record = (state: RestoreProgressRecord['state'], extra: Partial<RestoreProgressRecord> = {}): RestoreProgressRecord => ({
-    state,
-    source,
-    backup: step.backup,
-    target: step.target,
-    ...(last ? { phase: last.phase } : {}),
-    bytesDone: last?.bytesDone ?? 0,
-    bytesTotal: last?.bytesTotal ?? 0,
-    percent: last && last.bytesTotal > 0 ? Math.floor((last.bytesDone / last.bytesTotal) * 1000) / 10 : 0,
-    rate: Math.round(last?.rate ?? 0),
-    etaSeconds: last?.etaSeconds === undefined ? null : Math.round(last.etaSeconds),
-    ...extra,
-    updatedAt: new Date().toISOString(),
-  });
-  const save = (r: RestoreProgressRecord): Promise<void> => {
-    writing = writing.then(() => writeFileAtomic(progressPath, JSON.stringify(r) + '\n', { mode: 0o644 })).catch(() => undefined);
-    return writing;
-  };
-  const onProgress = (p: Progress): void => {
-    last = p;
-    if (performance.now() - lastWrite < 2000 && p.phase !== 'done') return;
-    lastWrite = performance.now();
-    void save(record('running'));
-  };
-
+  const progress = progressRecorder(ctx, source, step.backup, step.target);
   const client = createS3Client(store);
   const log = ctx.logger.child({ phase: 'restore', source });
-  await save(record('running'));
+  await progress.running();
   try {
     const result = await restoreFromObjectStorage({
       client,
@@ -148,19 +162,74 @@ async function restoreStepFromObjectStorage(step: RestoreStep, ctx: RestoreRunCo
       openDataKey,
       logger: log,
       redactor: ctx.redactor,
-      onProgress,
+      onProgress: progress.onProgress,
       markerPath: root + step.marker,
       markerExtra: { format: MARKER_FORMAT, source, requested: step.backup },
       keepTargetMetadata: true,
       ...(step.bandwidthLimitMiBps ? { bandwidthLimit: step.bandwidthLimitMiBps * 1024 * 1024 } : {}),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
-    await save(record('done', { backupId: result.backupId, bytesDone: result.bytes, bytesTotal: result.bytes, percent: 100, etaSeconds: 0 }));
+    await progress.done(result.backupId, result.bytes);
     return result;
   } catch (e) {
-    await save(record('failed', { error: ctx.redactor.redact(describeError(e)) }));
+    await progress.failed(e);
     throw e;
   } finally {
     client.destroy();
   }
+}
+
+/** Restores from the peer; undefined for a command restore (the tool's own copy has no backup figures). */
+async function restoreStepFromPeer(step: PeerRestoreStep, ctx: RestoreRunContext): Promise<RestoreResult | undefined> {
+  const { hostTlsCredential, restoreFromPeer, restoreWithCommand } = await import('../../backup/peer/index.js');
+  const root = ctx.root ?? '';
+  const source = peerSource(step.peer);
+  const log = ctx.logger.child({ phase: 'restore', source });
+  const progress = progressRecorder(ctx, source, step.method, step.target);
+  await progress.running();
+  try {
+    if (step.method === 'command') {
+      const r = await restoreWithCommand({
+        argv: step.argv ?? [],
+        peer: step.peer,
+        peerAddress: step.peerAddress,
+        node: step.node,
+        target: root + step.target,
+        markerPath: root + step.marker,
+        markerExtra: { format: MARKER_FORMAT, source, requested: 'command', backupId: 'command', manifestDigest: 'none' },
+        redactor: ctx.redactor,
+        logger: log,
+        ...(step.timeoutSeconds !== undefined ? { timeoutSeconds: step.timeoutSeconds } : {}),
+      });
+      log.info({ seconds: r.seconds }, `restore: the restore command copied ${step.peer}'s data in ${r.seconds.toFixed(1)} s`);
+      await progress.done('command', 0);
+      return undefined;
+    }
+    const id = ctx.identity;
+    if (!id) throw new BosunError('E_SECRET', 'restore: restoring from a peer needs this host\'s identity (its keys authenticate it to the peer and open the snapshot)');
+    const result = await restoreFromPeer({
+      peer: { host: step.peerAddress, port: step.port!, key: step.peerKey!, name: step.peer },
+      identity: await hostTlsCredential(ctx.stateDir, step.node),
+      recipient: id.sealingKey,
+      openDataKey: (sealed) => id.open(sealed),
+      target: root + step.target,
+      markerPath: root + step.marker,
+      logger: log,
+      redactor: ctx.redactor,
+      onProgress: progress.onProgress,
+      ...(step.bandwidthLimitMiBps ? { bandwidthLimit: step.bandwidthLimitMiBps * 1024 * 1024 } : {}),
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
+      restoreOptions: { markerExtra: { format: MARKER_FORMAT, source, requested: 'snapshot' }, keepTargetMetadata: true },
+    });
+    await progress.done(result.backupId, result.bytes);
+    return result;
+  } catch (e) {
+    await progress.failed(e);
+    throw e;
+  }
+}
+
+/** The marker's source for a restore from a peer. */
+export function peerSource(peer: string): string {
+  return `peer://${peer}`;
 }
