@@ -232,6 +232,12 @@ async function writeAt(fh: FileHandle, buf: Buffer, pos: number, sparse: boolean
     if (isZero && runStart >= 0) await flush(off);
   }
   if (runStart >= 0) await flush(buf.length);
+  // The slice ended in skipped zero blocks: write its last byte (a zero) so the
+  // file reaches the slice's end. Otherwise, until a later slice is written (or
+  // for good, if this is the file's last stored slice), the file would be
+  // shorter than its content: a read-back check would hit end-of-file inside a
+  // written slice, and the restored file could end up too short.
+  else if (buf.length > 0) await fh.write(zero, 0, 1, pos + buf.length - 1);
 }
 
 function mtimeSeconds(ns: string): number {

@@ -176,3 +176,26 @@ describe('restore phase planning', () => {
     await assert.rejects(plan(spec, new BlankProbe()), /restore.peerKey: required/);
   });
 });
+
+describe('sparse slice writer', () => {
+  it('a slice that ends in zero blocks still reaches its end, and its zero blocks stay holes', async () => {
+    const { _forTests } = await import('../../src/backup/restore.js');
+    const { open, stat } = await import('node:fs/promises');
+    const { withTempDir } = await import('../helpers.js');
+    await withTempDir(async (dir) => {
+      const slice = Buffer.alloc(4 * 1024 * 1024);
+      slice.fill(7, 0, 100_000);
+      const fh = await open(join(dir, 'f'), 'w');
+      try {
+        await _forTests.writeAt(fh, slice, 8 * 1024 * 1024, true, Buffer.alloc(1 << 16));
+      } finally {
+        await fh.close();
+      }
+      const st = await stat(join(dir, 'f'));
+      assert.equal(st.size, 12 * 1024 * 1024, 'the file reaches the end of the slice');
+      assert.ok(st.blocks * 512 <= 256 * 1024, `${st.blocks * 512} bytes allocated: the zero blocks were written`);
+      const back = await readFile(join(dir, 'f'));
+      assert.ok(back.subarray(8 * 1024 * 1024).equals(slice));
+    });
+  });
+});
