@@ -162,7 +162,8 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
 
   before(async () => {
     rmSync(labRunDir(LAB), { recursive: true, force: true });
-    lab = await startLab({ name: LAB, nodes: [{ name: NODE, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], ipv6: 'fd00:b05:0:1::a/64' }], forwards: [] });
+    // Boots after a cut wait for pluto too (the mesh is enabled): allow twice the driver's default on a busy machine.
+    lab = await startLab({ name: LAB, nodes: [{ name: NODE, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], ipv6: 'fd00:b05:0:1::a/64' }], forwards: [], bootTimeoutMs: 600_000 });
     vm = lab.vm(NODE);
     [key, psk] = (await sealTo(vm, randomBytes(64).toString('base64'), randomBytes(32).toString('base64url'))) as [{ sealed: string }, { sealed: string }];
     const parsed = parseNodeSpec(specFor(key, psk));
