@@ -79,6 +79,7 @@ export function describeJournalPoint(j: JournalView | undefined): string {
   if (!j) return 'no journal (before the first write, or after completion)';
   const cur = j.current;
   if (!cur) return `between stages (done: ${j.donePhases.join(', ') || 'none'})`;
+  if (cur.inFlight === undefined && cur.next >= cur.steps.length) return `${cur.phase}: all ${cur.steps.length} steps done, stage not yet marked finished`;
   const step = cur.steps[cur.inFlight ?? cur.next];
   const what = !step ? 'end of stage' : step.argv ? step.argv.slice(0, 3).join(' ') : step.path ? `${step.kind} ${step.path}` : step.unit ? `${step.action ?? step.kind} ${step.unit}` : step.kind;
   return `${cur.phase} step ${(cur.inFlight ?? cur.next) + 1}/${cur.steps.length}${cur.inFlight !== undefined ? ' (running)' : ''}: ${what}`;
