@@ -34,8 +34,9 @@ function builtFor(spec: NodeSpec, version = '4.10'): Obs {
   return {
     ike: { running: true, version, loaded: conns, traffic: Object.fromEntries(conns.map((c) => [c, { inBytes: 10, outBytes: 20 }])) },
     files,
+    foreign: [],
     policy: renderPolicy(spec.network!.ipsec!.peers.map((p) => p.address)),
-    policyUnit: (networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false }, ctx).find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>).content as string,
+    policyUnit: (networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false }, ctx).find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>).content as string,
     policyLoaded: true,
     policyEnabled: true,
   };
@@ -65,6 +66,8 @@ conn bosun-node-b
 \tdpddelay=10
 \tdpdtimeout=60
 \tdpdaction=restart
+\tkeyingtries=%forever
+\tretransmit-timeout=60s
 \tauto=start
 `,
     );
@@ -72,11 +75,12 @@ conn bosun-node-b
     assert.doesNotMatch(libreswan.renderConn(toC!, '5.2'), /addrfamily/, 'libreswan 5 calls the family keywords obsolete');
     const [toA] = peerConns(await example('node-b'));
     assert.match(libreswan.renderConn(toA!, '4.10'), /^\tauto=add$/m, 'node-b only answers node-a');
+    assert.match(libreswan.renderConn(toA!, '4.10'), /^\tdpdaction=clear$/m, 'the responder never re-initiates');
   });
 
   it('keeps the PSK out of the plan: sealed reference, base64 in a 0600 file', async () => {
     const spec = await example('node-a');
-    const steps = networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false }, ctx);
+    const steps = networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false }, ctx);
     const sec = steps.find((s) => s.kind === 'write' && s.path === '/etc/ipsec.d/bosun-node-b.secrets');
     assert.ok(sec && sec.kind === 'write');
     assert.equal(sec.mode, 0o600);
@@ -86,7 +90,7 @@ conn bosun-node-b
   });
 
   it('a blank host: policy first, then files, then pluto', async () => {
-    const steps = networkPhase.plan(await example('node-a'), { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false }, ctx).map(show);
+    const steps = networkPhase.plan(await example('node-a'), { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false }, ctx).map(show);
     assert.deepEqual(steps, [
       'write /etc/systemd/system/bosun-ipsec-policy.service',
       'systemctl daemon-reload',
@@ -138,11 +142,28 @@ conn bosun-node-b
     ]);
   });
 
-  it('a rotated PSK: rewrite and reread, no tunnel is torn down', async () => {
+  it('a rotated PSK: rewrite and reread (the new key is accepted), then the initiator rekeys the IKE SA only; no tunnel is torn down', async () => {
     const before = await example('node-a');
     const c = await example('node-c');
     const spec = await example('node-a', (s) => (s.network.ipsec.peers[0].psk = c.network!.ipsec!.peers[0]!.psk));
-    assert.deepEqual(networkPhase.plan(spec, builtFor(before), ctx).map(show), ['write /etc/ipsec.d/bosun-node-b.secrets', 'ipsec auto --rereadsecrets']);
+    assert.deepEqual(networkPhase.plan(spec, builtFor(before), ctx).map(show), [
+      'write /etc/ipsec.d/bosun-node-b.secrets',
+      'ipsec auto --rereadsecrets',
+      'ipsec whack --asynchronous --rekey-ike --name bosun-node-b',
+    ]);
+    // node-b answers node-a: it only accepts the new key, node-a rekeys.
+    const b = await example('node-b');
+    const b2 = await example('node-b', (s) => (s.network.ipsec.peers[0].psk = c.network!.ipsec!.peers[0]!.psk));
+    assert.deepEqual(networkPhase.plan(b2, builtFor(b), ctx).map(show), ['write /etc/ipsec.d/bosun-node-a.secrets', 'ipsec auto --rereadsecrets']);
+  });
+
+  it('leaves files it did not write alone, even under a name like its own, and refuses to overwrite one', async () => {
+    const spec = await example('node-a');
+    const obs = builtFor(spec);
+    obs.foreign = ['bosun-legacy.conf'];
+    assert.deepEqual(networkPhase.plan(spec, obs, ctx), [], 'a foreign bosun-legacy.conf is not a peer that left');
+    obs.foreign = ['bosun-node-b.conf'];
+    assert.throws(() => networkPhase.plan(spec, obs, ctx), (e: Error & { code?: string }) => e.code === 'E_REFUSED' && /bosun-node-b\.conf exists and was not written by bosun/.test(e.message));
   });
 
   it('a changed peer address: replace that conn and bring it up again', async () => {

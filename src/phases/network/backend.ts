@@ -44,6 +44,12 @@ export interface IpsecBackend {
   up(name: string): string[];
   remove(name: string): string[];
   rereadSecrets(): string[];
+  /**
+   * Rekey the IKE SA of an established connection (new keys, fresh DH) without
+   * touching its child SAs: no packet is lost. Used after a credential change,
+   * once this side accepts the new credential.
+   */
+  rekey(name: string): string[];
   /** argv lists whose output `parseStatus` reads */
   statusCommands(): string[][];
   parseStatus(outputs: string[]): Pick<ObservedIke, 'loaded' | 'traffic'>;

@@ -1,9 +1,10 @@
 import type { Step } from '../../engine/step.js';
+import { BosunError } from '../../errors.js';
 import type { HostProbe } from '../../host/probe.js';
 import type { IpsecSpec, NodeSpec } from '../../spec/node-spec.js';
 import type { Phase } from '../types.js';
 import type { IpsecBackend, ObservedIke, PeerConn } from './backend.js';
-import { libreswan, readSealedMarker, sealedMarker } from './libreswan.js';
+import { OWNED_HEADER, libreswan, readSealedMarker, sealedMarker } from './libreswan.js';
 import { POLICY_FILE, POLICY_TABLE, POLICY_UNIT, POLICY_UNIT_FILE, renderPolicy, renderPolicyUnit } from './policy.js';
 
 /**
@@ -17,6 +18,8 @@ interface ObservedNetwork {
   ike: ObservedIke;
   /** bosun-owned files in the config dir, by name: a conn file's content, or a secrets file's sealed marker (never its key) */
   files: Record<string, string>;
+  /** files in the config dir with a name like ours that someone else wrote */
+  foreign: string[];
   policy?: string;
   policyUnit?: string;
   policyLoaded: boolean;
@@ -44,11 +47,18 @@ export function peerConns(spec: NodeSpec): PeerConn[] {
 
 async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwork> {
   const backend = backendFor(spec.network!.ipsec!) ?? libreswan;
-  if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, policyLoaded: false, policyEnabled: false };
+  if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false };
   const files: Record<string, string> = {};
+  const foreign: string[] = [];
   for (const name of await probe.listDir('/etc/ipsec.d')) {
     if (!backend.ownedConn(name)) continue;
     const text = (await probe.readFile(`/etc/ipsec.d/${name}`))?.toString('utf8') ?? '';
+    // A file is bosun's by its name and its first line: one that someone else wrote under a
+    // name like ours is left alone (and a conn of ours never overwrites it: see plan()).
+    if (!text.startsWith(OWNED_HEADER)) {
+      foreign.push(name);
+      continue;
+    }
     files[name] = name.endsWith('.secrets') ? (readSealedMarker(text) ?? '') : text;
   }
   const unit = await probe.unitState(backend.unit);
@@ -63,6 +73,7 @@ async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwor
   return {
     ike,
     files,
+    foreign,
     policy: (await probe.readFile(POLICY_FILE))?.toString('utf8'),
     policyUnit: (await probe.readFile(POLICY_UNIT_FILE))?.toString('utf8'),
     policyLoaded: (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0,
@@ -77,6 +88,12 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   if (s.auth === 'cert') return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
   const steps: Step[] = [];
   const conns = peerConns(spec);
+  for (const c of conns) {
+    for (const path of [backend.confPath(c), backend.secretsPath(c)]) {
+      const f = path.split('/').pop()!;
+      if (obs.foreign.includes(f)) throw new BosunError('E_REFUSED', `network: ${path} exists and was not written by bosun; leaving it untouched (move it away to let bosun manage the tunnel to ${c.peerNode}); nothing was changed`, { path });
+    }
+  }
 
   // 1. The drop policy first: from here on, peer traffic is protected or dropped.
   const policy = renderPolicy(conns.map((c) => c.peerAddress));
@@ -92,6 +109,7 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   // 2. Files for every peer; remember which conns changed.
   const changedConn = new Set<string>();
   let secretsChanged = false;
+  const rotated = new Set<string>();
   for (const c of conns) {
     const confName = backend.confPath(c).split('/').pop()!;
     const secName = backend.secretsPath(c).split('/').pop()!;
@@ -107,6 +125,7 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
     } else if (secrets.length > 0) {
       steps.push({ kind: 'write', phase: 'network', path: backend.secretsPath(c), mode: 0o600, content: secrets, why: `pre-shared key for ${c.peerNode}` });
       secretsChanged = true;
+      if (obs.files[secName] !== undefined) rotated.add(c.name);
     } else if (obs.files[secName] !== undefined) {
       steps.push({ kind: 'remove', phase: 'network', path: backend.secretsPath(c), why: `no pre-shared key for ${c.peerNode} any more` });
     }
@@ -133,6 +152,8 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
     else if (changedConn.has(c.name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.replace(c.name), why: `reload the changed conn to ${c.peerNode}` });
     const up = obs.ike.traffic[c.name] !== undefined && !changedConn.has(c.name);
     if (c.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(c.name), why: `this node initiates to ${c.peerNode} (the lower node id does)` });
+    else if (c.initiator && rotated.has(c.name))
+      steps.push({ kind: 'exec', phase: 'network', argv: backend.rekey(c.name), why: `new keys for the tunnel to ${c.peerNode} after the key change; its traffic keeps flowing on the current SA` });
   }
   return steps;
 }
@@ -145,10 +166,36 @@ export const networkPhase: Phase<ObservedNetwork> = {
   plan,
 };
 
-/** Per peer: is an SA up, and is it carrying traffic (for status reports). */
-export function ipsecHealth(spec: NodeSpec, ike: ObservedIke): { peer: string; up: boolean; inBytes: number; outBytes: number }[] {
+export interface PeerHealth {
+  peer: string;
+  address: string;
+  /** the conn is loaded in the daemon */
+  loaded: boolean;
+  /** an ESP SA is installed for this peer */
+  up: boolean;
+  inBytes: number;
+  outBytes: number;
+  /** this node brings the tunnel up (and the daemon retries it, backing off, while the peer is down) */
+  initiator: boolean;
+}
+
+/** Per peer: is the conn loaded, is an SA up, and is it carrying traffic (for status reports). */
+export function ipsecHealth(spec: NodeSpec, ike: ObservedIke): PeerHealth[] {
   return peerConns(spec).map((c) => {
     const t = ike.traffic[c.name];
-    return { peer: c.peerNode, up: t !== undefined, inBytes: t?.inBytes ?? 0, outBytes: t?.outBytes ?? 0 };
+    return { peer: c.peerNode, address: c.peerAddress, loaded: ike.loaded.includes(c.name), up: t !== undefined, inBytes: t?.inBytes ?? 0, outBytes: t?.outBytes ?? 0, initiator: c.initiator };
   });
+}
+
+/** The network phase's part of a health round: the daemon, the drop policy, and every peer's tunnel. */
+export async function networkHealth(spec: NodeSpec, probe: HostProbe): Promise<{ ike: { running: boolean; version?: string }; policyLoaded: boolean; peers: PeerHealth[]; problems: string[] }> {
+  const obs = await observe(spec, probe);
+  const peers = ipsecHealth(spec, obs.ike);
+  const problems: string[] = [];
+  if (!obs.ike.running) problems.push('network: the IKE daemon is not running; traffic to every peer is dropped until it is back');
+  if (!obs.policyLoaded) problems.push('network: the drop policy is not loaded; unprotected traffic between nodes is not blocked');
+  for (const p of peers) {
+    if (obs.ike.running && !p.up) problems.push(`network: no IPsec SA with ${p.peer} (${p.address})${p.initiator ? '; this node keeps retrying' : `; ${p.peer} initiates`}`);
+  }
+  return { ike: { running: obs.ike.running, ...(obs.ike.version ? { version: obs.ike.version } : {}) }, policyLoaded: obs.policyLoaded, peers, problems };
 }

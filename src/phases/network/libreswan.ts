@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto';
 import type { IpsecBackend } from './backend.js';
 
 const DIR = '/etc/ipsec.d';
+/** Every file bosun writes here starts with this. */
+export const OWNED_HEADER = '# Written by bosun (network phase)';
 
 /**
  * libreswan: one conn and one secrets file per peer under /etc/ipsec.d (both
@@ -23,7 +25,7 @@ export const libreswan: IpsecBackend = {
     // libreswan 5 derives the address family from the addresses and calls these keywords obsolete.
     const v4 = version === undefined || Number(version.split('.')[0]) < 5;
     return [
-      `# Written by bosun (network phase): IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
+      `${OWNED_HEADER}: IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
       `conn ${c.name}`,
       '\ttype=transport',
       '\tauthby=secret',
@@ -38,7 +40,12 @@ export const libreswan: IpsecBackend = {
       '\tsalifetime=1h',
       '\tdpddelay=10',
       '\tdpdtimeout=60',
-      '\tdpdaction=restart',
+      // The initiator restarts a tunnel whose peer stopped answering; the responder only
+      // clears it and waits, so the two never initiate at once.
+      `\tdpdaction=${c.initiator ? 'restart' : 'clear'}`,
+      // A peer that is down is retried for ever, pluto backing off up to the retransmit timeout each time.
+      '\tkeyingtries=%forever',
+      '\tretransmit-timeout=60s',
       // The initiator keeps the tunnel up; the responder only accepts it.
       `\tauto=${c.initiator ? 'start' : 'add'}`,
       '',
@@ -48,7 +55,7 @@ export const libreswan: IpsecBackend = {
   renderSecrets(c) {
     if (!c.psk) return [];
     // "0s" + base64 holds any bytes, so a PSK can never break out of its line.
-    return [`# Written by bosun (network phase). Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
+    return [`${OWNED_HEADER}. Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
   },
 
   add: (name) => ['ipsec', 'auto', '--add', name],
@@ -56,6 +63,10 @@ export const libreswan: IpsecBackend = {
   up: (name) => ['ipsec', 'auto', '--asynchronous', '--up', name],
   remove: (name) => ['ipsec', 'auto', '--delete', name],
   rereadSecrets: () => ['ipsec', 'auto', '--rereadsecrets'],
+  // A child SA rekey opens a window on the responder (it sends on the new SA before the
+  // initiator has installed it) in which a packet can be lost; an IKE SA rekey leaves the
+  // child SAs alone.
+  rekey: (name) => ['ipsec', 'whack', '--asynchronous', '--rekey-ike', '--name', name],
   statusCommands: () => [['ipsec', 'status'], ['ipsec', 'trafficstatus']],
 
   parseStatus([status = '', traffic = '']) {
