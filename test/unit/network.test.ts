@@ -67,7 +67,7 @@ conn bosun-node-b
 \tdpdtimeout=60
 \tdpdaction=restart
 \tkeyingtries=%forever
-\tretransmit-timeout=60s
+\tretransmit-timeout=30s
 \tauto=start
 `,
     );
