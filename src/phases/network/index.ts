@@ -5,6 +5,7 @@ import type { IpsecSpec, NodeSpec } from '../../spec/node-spec.js';
 import type { Phase } from '../types.js';
 import type { IpsecBackend, ObservedIke, PeerConn } from './backend.js';
 import { OWNED_HEADER, libreswan, readSealedMarker, sealedMarker } from './libreswan.js';
+import { strongswan } from './strongswan.js';
 import { POLICY_FILE, POLICY_TABLE, POLICY_UNIT, POLICY_UNIT_FILE, renderPolicy, renderPolicyUnit } from './policy.js';
 
 /**
@@ -24,12 +25,16 @@ interface ObservedNetwork {
   policyUnit?: string;
   policyLoaded: boolean;
   policyEnabled: boolean;
+  /** the backend's one-time set-up is done (or it needs none) */
+  prepared: boolean;
 }
 
-const BACKENDS: Record<string, IpsecBackend | undefined> = { libreswan };
+const BACKENDS: Record<string, IpsecBackend | undefined> = { libreswan, strongswan };
 
-function backendFor(s: IpsecSpec): IpsecBackend | undefined {
-  return BACKENDS[s.backend];
+function backendFor(s: IpsecSpec): IpsecBackend {
+  const b = BACKENDS[s.backend];
+  if (!b) throw new BosunError('E_INVALID_SPEC', `network: unknown IPsec backend ${s.backend}`);
+  return b;
 }
 
 export function peerConns(spec: NodeSpec): PeerConn[] {
@@ -46,20 +51,20 @@ export function peerConns(spec: NodeSpec): PeerConn[] {
 }
 
 async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwork> {
-  const backend = backendFor(spec.network!.ipsec!) ?? libreswan;
-  if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false };
+  const backend = backendFor(spec.network!.ipsec!);
+  if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: !backend.prepare };
   const files: Record<string, string> = {};
   const foreign: string[] = [];
-  for (const name of await probe.listDir('/etc/ipsec.d')) {
+  for (const name of await probe.listDir(backend.dir)) {
     if (!backend.ownedConn(name)) continue;
-    const text = (await probe.readFile(`/etc/ipsec.d/${name}`))?.toString('utf8') ?? '';
+    const text = (await probe.readFile(`${backend.dir}/${name}`))?.toString('utf8') ?? '';
     // A file is bosun's by its name and its first line: one that someone else wrote under a
     // name like ours is left alone (and a conn of ours never overwrites it: see plan()).
     if (!text.startsWith(OWNED_HEADER)) {
       foreign.push(name);
       continue;
     }
-    files[name] = name.endsWith('.secrets') ? (readSealedMarker(text) ?? '') : text;
+    files[name] = backend.isSecretsFile(name) ? (readSealedMarker(text) ?? '') : text;
   }
   const unit = await probe.unitState(backend.unit);
   const running = unit.active === 'active';
@@ -78,13 +83,13 @@ async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwor
     policyUnit: (await probe.readFile(POLICY_UNIT_FILE))?.toString('utf8'),
     policyLoaded: (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0,
     policyEnabled: policyUnit.enabled === 'enabled',
+    prepared: !backend.prepare || (await probe.listDir(backend.prepare.dir)).includes(backend.prepare.file),
   };
 }
 
 function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   const s = spec.network!.ipsec!;
   const backend = backendFor(s);
-  if (!backend) return [{ kind: 'pending', phase: 'network', issue: 6, why: `the ${s.backend} backend (swanctl) is not built yet; libreswan is` }];
   if (s.auth === 'cert') return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
   const steps: Step[] = [];
   const conns = peerConns(spec);
@@ -137,21 +142,30 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   const gone = [...new Set(owned)].filter((n) => !wanted.has(n)).sort();
   for (const name of gone) {
     if (obs.ike.loaded.includes(name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.remove(name), why: `${name.slice(6)} left the cluster` });
-    for (const f of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name)) steps.push({ kind: 'remove', phase: 'network', path: `/etc/ipsec.d/${f}`, why: `${name.slice(6)} left the cluster` });
+    for (const f of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name)) steps.push({ kind: 'remove', phase: 'network', path: `${backend.dir}/${f}`, why: `${name.slice(6)} left the cluster` });
   }
 
+
   // 4. The daemon: start it (it loads every conn file) or load only what changed.
+  if (!obs.prepared && backend.prepare) steps.push({ kind: 'exec', phase: 'network', argv: backend.prepare.argv, timeoutSeconds: 600, why: backend.prepare.why });
   if (!obs.ike.running) {
     steps.push({ kind: 'unit', phase: 'network', action: 'enable-now', unit: backend.unit, why: 'the IKE daemon loads every conn at start; initiators bring theirs up' });
     return steps;
   }
-  if (secretsChanged) steps.push({ kind: 'exec', phase: 'network', argv: backend.rereadSecrets(), why: 'pluto rereads the pre-shared keys; SAs already up stay up' });
+  if (secretsChanged) steps.push({ kind: 'exec', phase: 'network', argv: backend.rereadSecrets(), why: 'the daemon rereads the pre-shared keys; SAs already up stay up' });
+  // A backend that loads every conn with one command (swanctl) needs it once.
+  const load = (argv: string[], why: string): void => {
+    if (!steps.some((st) => st.kind === 'exec' && st.argv.join('\0') === argv.join('\0'))) steps.push({ kind: 'exec', phase: 'network', argv, why });
+  };
+  const unload = backend.afterRemove?.();
+  if (gone.length > 0 && unload) load(unload, `the daemon forgets the conn${gone.length === 1 ? '' : 's'} of ${gone.map((n) => n.slice(6)).join(', ')}`);
   for (const c of conns) {
     const loaded = obs.ike.loaded.includes(c.name);
-    if (!loaded) steps.push({ kind: 'exec', phase: 'network', argv: backend.add(c.name), why: `load the conn to ${c.peerNode}` });
-    else if (changedConn.has(c.name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.replace(c.name), why: `reload the changed conn to ${c.peerNode}` });
+    if (!loaded) load(backend.add(c.name), `load the conn to ${c.peerNode}`);
+    else if (changedConn.has(c.name)) load(backend.replace(c.name), `reload the changed conn to ${c.peerNode}`);
     const up = obs.ike.traffic[c.name] !== undefined && !changedConn.has(c.name);
-    if (c.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(c.name), why: `this node initiates to ${c.peerNode} (the lower node id does)` });
+    if (backend.loadStarts && (!loaded || changedConn.has(c.name))) continue;
+    if (c.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(c.name), ...(backend.upOkExitCodes ? { okExitCodes: backend.upOkExitCodes } : {}), why: `this node initiates to ${c.peerNode} (the lower node id does)` });
     else if (c.initiator && rotated.has(c.name))
       steps.push({ kind: 'exec', phase: 'network', argv: backend.rekey(c.name), why: `new keys for the tunnel to ${c.peerNode} after the key change; its traffic keeps flowing on the current SA` });
   }

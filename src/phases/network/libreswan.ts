@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { IpsecBackend } from './backend.js';
 
 const DIR = '/etc/ipsec.d';
+export const NSS_DIR = '/var/lib/ipsec/nss';
 /** Every file bosun writes here starts with this. */
 export const OWNED_HEADER = '# Written by bosun (network phase)';
 
@@ -14,12 +15,14 @@ export const OWNED_HEADER = '# Written by bosun (network phase)';
 export const libreswan: IpsecBackend = {
   id: 'libreswan',
   unit: 'ipsec.service',
+  dir: DIR,
   confPath: (c) => `${DIR}/${c.name}.conf`,
   secretsPath: (c) => `${DIR}/${c.name}.secrets`,
   ownedConn(fileName) {
     const m = /^(bosun-[a-z0-9-]+)\.(conf|secrets)$/.exec(fileName);
     return m?.[1];
   },
+  isSecretsFile: (fileName) => fileName.endsWith('.secrets'),
 
   renderConn(c, version) {
     // libreswan 5 derives the address family from the addresses and calls these keywords obsolete.
@@ -58,6 +61,7 @@ export const libreswan: IpsecBackend = {
     return [`${OWNED_HEADER}. Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
   },
 
+  prepare: { dir: NSS_DIR, file: 'cert9.db', argv: ['ipsec', 'initnss', '--nssdir', NSS_DIR], why: "create pluto's NSS database (keys and certificates) before pluto's first start" },
   add: (name) => ['ipsec', 'auto', '--add', name],
   replace: (name) => ['ipsec', 'auto', '--replace', name],
   up: (name) => ['ipsec', 'auto', '--asynchronous', '--up', name],
