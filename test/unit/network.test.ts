@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import { showContent } from '../../src/engine/render.js';
 import type { Step } from '../../src/engine/step.js';
 import { DISTROS } from '../../src/host/distro.js';
-import { networkPhase, peerConns, ipsecHealth } from '../../src/phases/network/index.js';
+import { networkPhase, peerConns, ipsecHealth, renderDaemonDropIn } from '../../src/phases/network/index.js';
 import { libreswan, sealedMarker } from '../../src/phases/network/libreswan.js';
 import { strongswan } from '../../src/phases/network/strongswan.js';
 import { renderPolicy } from '../../src/phases/network/policy.js';
@@ -38,6 +38,7 @@ function builtFor(spec: NodeSpec, version = '4.10'): Obs {
     foreign: [],
     policy: renderPolicy(spec.network!.ipsec!.peers.map((p) => p.address)),
     policyUnit: (networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx).find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>).content as string,
+    daemonDropIn: renderDaemonDropIn(),
     policyLoaded: true,
     policyEnabled: true,
     prepared: true,
@@ -95,6 +96,7 @@ conn bosun-node-b
     const steps = networkPhase.plan(await example('node-a'), { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx).map(show);
     assert.deepEqual(steps, [
       'write /etc/systemd/system/bosun-ipsec-policy.service',
+      'write /etc/systemd/system/ipsec.service.d/bosun.conf',
       'systemctl daemon-reload',
       'systemctl enable bosun-ipsec-policy.service',
       'write /etc/bosun/ipsec-policy.nft',
@@ -238,6 +240,7 @@ function swanBuilt(spec: NodeSpec): Obs {
     foreign: [],
     policy: renderPolicy(spec.network!.ipsec!.peers.map((p) => p.address)),
     policyUnit: (blank.find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>).content as string,
+    daemonDropIn: renderDaemonDropIn(),
     policyLoaded: true,
     policyEnabled: true,
     prepared: true,

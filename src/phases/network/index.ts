@@ -23,6 +23,8 @@ interface ObservedNetwork {
   foreign: string[];
   policy?: string;
   policyUnit?: string;
+  /** bosun's drop-in for the daemon's unit */
+  daemonDropIn?: string;
   policyLoaded: boolean;
   policyEnabled: boolean;
   /** the backend's one-time set-up is done (or it needs none) */
@@ -81,6 +83,7 @@ async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwor
     foreign,
     policy: (await probe.readFile(POLICY_FILE))?.toString('utf8'),
     policyUnit: (await probe.readFile(POLICY_UNIT_FILE))?.toString('utf8'),
+    daemonDropIn: (await probe.readFile(daemonDropInPath(backend)))?.toString('utf8'),
     policyLoaded: (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0,
     policyEnabled: policyUnit.enabled === 'enabled',
     prepared: !backend.prepare || (await probe.listDir(backend.prepare.dir)).includes(backend.prepare.file),
@@ -103,10 +106,10 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   // 1. The drop policy first: from here on, peer traffic is protected or dropped.
   const policy = renderPolicy(conns.map((c) => c.peerAddress));
   const policyUnit = renderPolicyUnit();
-  if (policyUnit !== obs.policyUnit) {
-    steps.push({ kind: 'write', phase: 'network', path: POLICY_UNIT_FILE, mode: 0o644, content: policyUnit, why: 'load the drop policy at every boot, before the network and pluto' });
-    steps.push({ kind: 'unit', phase: 'network', action: 'daemon-reload', why: 'systemd must read the policy unit' });
-  }
+  const dropIn = renderDaemonDropIn();
+  if (policyUnit !== obs.policyUnit) steps.push({ kind: 'write', phase: 'network', path: POLICY_UNIT_FILE, mode: 0o644, content: policyUnit, why: 'load the drop policy at every boot, before the network and the IKE daemon' });
+  if (dropIn !== obs.daemonDropIn) steps.push({ kind: 'write', phase: 'network', path: daemonDropInPath(backend), mode: 0o644, content: dropIn, why: `give ${backend.unit} time to start on a slow host` });
+  if (policyUnit !== obs.policyUnit || dropIn !== obs.daemonDropIn) steps.push({ kind: 'unit', phase: 'network', action: 'daemon-reload', why: 'systemd must read the units bosun wrote' });
   if (!obs.policyEnabled || policyUnit !== obs.policyUnit) steps.push({ kind: 'unit', phase: 'network', action: 'enable', unit: POLICY_UNIT, why: 'the drop policy must be in force from early boot' });
   if (policy !== obs.policy) steps.push({ kind: 'write', phase: 'network', path: POLICY_FILE, mode: 0o644, content: policy, why: `drop unprotected traffic to and from ${conns.length} peer${conns.length === 1 ? '' : 's'}` });
   if (policy !== obs.policy || !obs.policyLoaded) steps.push({ kind: 'exec', phase: 'network', argv: ['nft', '-f', POLICY_FILE], why: 'replace the drop policy in one transaction' });
@@ -170,6 +173,23 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
       steps.push({ kind: 'exec', phase: 'network', argv: backend.rekey(c.name), why: `new keys for the tunnel to ${c.peerNode} after the key change; its traffic keeps flowing on the current SA` });
   }
   return steps;
+}
+
+export function daemonDropInPath(backend: IpsecBackend): string {
+  return `/etc/systemd/system/${backend.unit}.d/bosun.conf`;
+}
+
+/**
+ * libreswan's unit loads the kernel's IPsec modules and checks its config
+ * before pluto starts; on a slow or busy host (seen: 70 s of CPU on an emulated
+ * one) that outlasts systemd's default 90 s and the start fails. The drop-in
+ * only lengthens that wait.
+ */
+export function renderDaemonDropIn(): string {
+  return `# Written by bosun (network phase).
+[Service]
+TimeoutStartSec=10min
+`;
 }
 
 export const networkPhase: Phase<ObservedNetwork> = {
