@@ -146,6 +146,22 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       lab = await startLab({ name: 'ipsec-mesh', nodes: NODES.map((name) => ({ name })), forwards: [], bootTimeoutMs: 600_000 });
       figures.labStartMs = Date.now() - t;
       figures.bootMs = Object.fromEntries(lab.vms.map((v) => [v.name, v.bootTimesMs]));
+      // Seen on a host loaded by other labs: udev announced eth1 after systemd's 90 s wait for it,
+      // so the lab's network unit failed and eth1 had no address. Bring it up again, loudly.
+      const renetted: string[] = [];
+      await Promise.all(
+        NODES.map(async (n) => {
+          const addressed = async (): Promise<boolean> => (await vm(n).exec(['ip', '-6', '-br', 'addr', 'show', 'dev', 'eth1'])).stdout.includes(`${addr(n)}/`);
+          if (await addressed()) return;
+          renetted.push(n);
+          await sh(n, 'systemctl restart bosun-lab-net.service', 300_000);
+          assert.ok(await addressed(), `${n}: eth1 has no ${addr(n)} even after restarting bosun-lab-net.service`);
+        }),
+      );
+      if (renetted.length > 0) {
+        figures.labNetRestarted = renetted;
+        process.stderr.write(`[lab] eth1 was not addressed at boot on ${renetted.join(', ')} (bosun-lab-net.service failed waiting for the device); restarted it\n`);
+      }
       lab.localHub!.onFrame((from, frame) => {
         // IPv6 with ICMPv6 right after the fixed header, type 128 (echo request) or 129 (echo reply)
         if (frame.length < 55 || frame.readUInt16BE(12) !== ETHERTYPE_IPV6 || frame[20] !== IPPROTO_ICMPV6) return;
