@@ -26,6 +26,7 @@ let lab: Lab | undefined;
 const sealingKey = new Map<Node, string>();
 const pairKey = new Map<string, string>();
 const version = new Map<Node, number>();
+const sealedFor = new Map<string, string>();
 /** ICMPv6 echo request/reply frames seen on the link, by sender (in the clear: ESP hides them). */
 const clearEcho = new Map<string, number>();
 let foreignBefore = '';
@@ -67,7 +68,10 @@ function specFor(n: Node, members: readonly Node[]): unknown {
     .filter((m) => m !== n)
     .map((m) => {
       if (!pairKey.has(pair(n, m))) rotate(n, m);
-      return { node: m, address: addr(m), psk: { sealed: seal(x25519PublicFromString(sealingKey.get(n)!), Buffer.from(pairKey.get(pair(n, m))!)) } };
+      // Sealing is randomised: seal a key once per host, so an unchanged key is an unchanged spec.
+      const k = `${n}|${pairKey.get(pair(n, m))!}`;
+      if (!sealedFor.has(k)) sealedFor.set(k, seal(x25519PublicFromString(sealingKey.get(n)!), Buffer.from(pairKey.get(pair(n, m))!)));
+      return { node: m, address: addr(m), psk: { sealed: sealedFor.get(k)! } };
     });
   return { apiVersion: 'bosun/v1', cluster: 'ipsec-lab', node: n, version: v, network: { ipsec: { address: addr(n), peers } } };
 }
