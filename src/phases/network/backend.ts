@@ -44,9 +44,9 @@ export interface IpsecBackend {
   renderConn(conn: PeerConn, daemonVersion?: string): string;
   renderSecrets(conn: PeerConn): (string | SecretRef)[];
   /**
-   * One-time set-up before the daemon's first start, done as its own step when
-   * `file` is missing from `dir` (libreswan: the NSS database, whose creation
-   * can outlast the unit's start timeout on a slow host).
+   * One-time set-up before the daemon's first start, done as its own visible
+   * step when `file` is missing from `dir` (libreswan: its NSS database, where
+   * keys and certificates live; the unit would make it too, out of sight).
    */
   readonly prepare?: { dir: string; file: string; argv: string[]; why: string };
   add(name: string): string[];
