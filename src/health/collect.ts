@@ -3,6 +3,7 @@ import type { NodeSpec } from '../spec/node-spec.js';
 import type { PlanContext } from '../phases/types.js';
 import { observeDisks } from '../phases/disks/observe.js';
 import { disksHealth, volumeUsage } from '../phases/disks/health.js';
+import { networkHealth } from '../phases/network/index.js';
 
 /** One health round: what each built phase can say about the host, read-only. */
 export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Record<string, unknown>> {
@@ -16,6 +17,15 @@ export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanC
       problems.push(...h.problems);
     } catch (e) {
       problems.push(`disks: cannot observe (${e instanceof Error ? e.message : String(e)})`);
+    }
+  }
+  if (spec.network?.ipsec) {
+    try {
+      const h = await networkHealth(spec, probe);
+      out.network = h;
+      problems.push(...h.problems);
+    } catch (e) {
+      problems.push(`network: cannot observe (${e instanceof Error ? e.message : String(e)})`);
     }
   }
   out.ok = problems.length === 0;

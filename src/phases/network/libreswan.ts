@@ -2,6 +2,9 @@ import { createHash } from 'node:crypto';
 import type { IpsecBackend } from './backend.js';
 
 const DIR = '/etc/ipsec.d';
+export const NSS_DIR = '/var/lib/ipsec/nss';
+/** Every file bosun writes here starts with this. */
+export const OWNED_HEADER = '# Written by bosun (network phase)';
 
 /**
  * libreswan: one conn and one secrets file per peer under /etc/ipsec.d (both
@@ -12,18 +15,20 @@ const DIR = '/etc/ipsec.d';
 export const libreswan: IpsecBackend = {
   id: 'libreswan',
   unit: 'ipsec.service',
+  dir: DIR,
   confPath: (c) => `${DIR}/${c.name}.conf`,
   secretsPath: (c) => `${DIR}/${c.name}.secrets`,
   ownedConn(fileName) {
     const m = /^(bosun-[a-z0-9-]+)\.(conf|secrets)$/.exec(fileName);
     return m?.[1];
   },
+  isSecretsFile: (fileName) => fileName.endsWith('.secrets'),
 
   renderConn(c, version) {
     // libreswan 5 derives the address family from the addresses and calls these keywords obsolete.
     const v4 = version === undefined || Number(version.split('.')[0]) < 5;
     return [
-      `# Written by bosun (network phase): IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
+      `${OWNED_HEADER}: IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
       `conn ${c.name}`,
       '\ttype=transport',
       '\tauthby=secret',
@@ -38,7 +43,12 @@ export const libreswan: IpsecBackend = {
       '\tsalifetime=1h',
       '\tdpddelay=10',
       '\tdpdtimeout=60',
-      '\tdpdaction=restart',
+      // The initiator restarts a tunnel whose peer stopped answering; the responder only
+      // clears it and waits, so the two never initiate at once.
+      `\tdpdaction=${c.initiator ? 'restart' : 'clear'}`,
+      // A peer that is down is retried for ever, pluto backing off (0.5 s doubling) within each 30 s attempt, so a peer that comes back is found within about half a minute.
+      '\tkeyingtries=%forever',
+      '\tretransmit-timeout=30s',
       // The initiator keeps the tunnel up; the responder only accepts it.
       `\tauto=${c.initiator ? 'start' : 'add'}`,
       '',
@@ -48,14 +58,19 @@ export const libreswan: IpsecBackend = {
   renderSecrets(c) {
     if (!c.psk) return [];
     // "0s" + base64 holds any bytes, so a PSK can never break out of its line.
-    return [`# Written by bosun (network phase). Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
+    return [`${OWNED_HEADER}. Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
   },
 
+  prepare: { dir: NSS_DIR, file: 'cert9.db', argv: ['ipsec', 'initnss', '--nssdir', NSS_DIR], why: "create pluto's NSS database (keys and certificates) before pluto's first start" },
   add: (name) => ['ipsec', 'auto', '--add', name],
   replace: (name) => ['ipsec', 'auto', '--replace', name],
   up: (name) => ['ipsec', 'auto', '--asynchronous', '--up', name],
   remove: (name) => ['ipsec', 'auto', '--delete', name],
   rereadSecrets: () => ['ipsec', 'auto', '--rereadsecrets'],
+  // A child SA rekey opens a window on the responder (it sends on the new SA before the
+  // initiator has installed it) in which a packet can be lost; an IKE SA rekey leaves the
+  // child SAs alone.
+  rekey: (name) => ['ipsec', 'whack', '--asynchronous', '--rekey-ike', '--name', name],
   statusCommands: () => [['ipsec', 'status'], ['ipsec', 'trafficstatus']],
 
   parseStatus([status = '', traffic = '']) {

@@ -2,7 +2,7 @@
  * Traffic between cluster nodes travels in IPsec or not at all. An nftables
  * table drops any packet to or from a peer address that is not protected by
  * an SA, except what IPsec itself needs (IKE, ESP, neighbour discovery). It is
- * loaded by its own unit early at boot, before the network and before pluto,
+ * loaded by its own unit early at boot, before the network and before the IKE daemon (pluto or charon),
  * and it does not depend on pluto, so a pluto restart or crash never lets
  * plaintext through: traffic waits for the tunnel instead.
  */
@@ -46,7 +46,7 @@ export function renderPolicyUnit(nftPath = '/usr/sbin/nft'): string {
 [Unit]
 Description=bosun: drop unprotected traffic between cluster nodes
 DefaultDependencies=no
-Before=network-pre.target ipsec.service
+Before=network-pre.target ipsec.service strongswan.service
 Wants=network-pre.target
 ConditionPathExists=${POLICY_FILE}
 

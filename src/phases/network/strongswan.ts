@@ -1,0 +1,111 @@
+import type { IpsecBackend } from './backend.js';
+import { OWNED_HEADER, sealedMarker } from './libreswan.js';
+
+const DIR = '/etc/swanctl/conf.d';
+
+/**
+ * strongSwan through swanctl (vici): one connection file and one secrets file
+ * per peer under /etc/swanctl/conf.d, which the stock swanctl.conf includes.
+ * `swanctl --load-conns` loads what is new or changed and unloads what is gone
+ * without touching the SAs of unchanged connections; `--load-creds` rereads
+ * the keys. Same choices as the libreswan backend: transport mode, IKEv2,
+ * AES-GCM, the lower node id initiates and retries for ever, the other side
+ * only answers.
+ */
+export const strongswan: IpsecBackend = {
+  id: 'strongswan',
+  unit: 'strongswan.service',
+  dir: DIR,
+  confPath: (c) => `${DIR}/${c.name}.conf`,
+  secretsPath: (c) => `${DIR}/${c.name}.secrets.conf`,
+  ownedConn(fileName) {
+    return /^(bosun-[a-z0-9-]+?)(\.secrets)?\.conf$/.exec(fileName)?.[1];
+  },
+  isSecretsFile: (fileName) => fileName.endsWith('.secrets.conf'),
+
+  renderConn(c) {
+    return [
+      `${OWNED_HEADER}: IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
+      'connections {',
+      `\t${c.name} {`,
+      '\t\tversion = 2',
+      `\t\tlocal_addrs = ${c.localAddress}`,
+      `\t\tremote_addrs = ${c.peerAddress}`,
+      '\t\tproposals = aes256gcm16-prfsha256-ecp256',
+      '\t\trekey_time = 8h',
+      '\t\tdpd_delay = 10s',
+      // 0: retry for ever; charon backs off between its retransmits.
+      '\t\tkeyingtries = 0',
+      '\t\tlocal {',
+      '\t\t\tauth = psk',
+      `\t\t\tid = @${c.localNode}`,
+      '\t\t}',
+      '\t\tremote {',
+      '\t\t\tauth = psk',
+      `\t\t\tid = @${c.peerNode}`,
+      '\t\t}',
+      '\t\tchildren {',
+      `\t\t\t${c.name} {`,
+      '\t\t\t\tmode = transport',
+      '\t\t\t\tesp_proposals = aes256gcm16-ecp256',
+      '\t\t\t\trekey_time = 1h',
+      // The initiator brings the tunnel up when the conn is loaded and again after a dead peer; the responder waits.
+      `\t\t\t\tstart_action = ${c.initiator ? 'start' : 'none'}`,
+      `\t\t\t\tdpd_action = ${c.initiator ? 'restart' : 'clear'}`,
+      `\t\t\t\tclose_action = ${c.initiator ? 'start' : 'none'}`,
+      '\t\t\t}',
+      '\t\t}',
+      '\t}',
+      '}',
+      '',
+    ].join('\n');
+  },
+
+  renderSecrets(c) {
+    if (!c.psk) return [];
+    return [
+      `${OWNED_HEADER}. Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\nsecrets {\n\tike-${c.name} {\n\t\tid-local = @${c.localNode}\n\t\tid-peer = @${c.peerNode}\n\t\tsecret = 0s`,
+      { ...c.psk, encoding: 'base64' },
+      '\n\t}\n}\n',
+    ];
+  },
+
+  // load-conns loads every file: new and changed conns, and unloads those whose file is gone.
+  add: () => ['swanctl', '--load-conns'],
+  replace: () => ['swanctl', '--load-conns'],
+  // Detach after a second: charon keeps trying (keyingtries = 0); exit 1 is that detach, not a failure.
+  up: (name) => ['swanctl', '--initiate', '--child', name, '--timeout', '1'],
+  upOkExitCodes: [1],
+  // start_action = start: charon initiates a conn as it loads it.
+  loadStarts: true,
+  remove: (name) => ['swanctl', '--terminate', '--ike', name, '--timeout', '10'],
+  afterRemove: () => ['swanctl', '--load-conns'],
+  rereadSecrets: () => ['swanctl', '--load-creds', '--noprompt'],
+  rekey: (name) => ['swanctl', '--rekey', '--ike', name],
+  statusCommands: () => [
+    ['swanctl', '--list-conns'],
+    ['swanctl', '--list-sas'],
+  ],
+
+  parseStatus([conns = '', sas = '']) {
+    const loaded = new Set<string>();
+    for (const m of conns.matchAll(/^(bosun-[a-z0-9-]+): IKEv/gm)) loaded.add(m[1]!);
+    const traffic: Record<string, { inBytes: number; outBytes: number }> = {};
+    let child: string | undefined;
+    for (const line of sas.split('\n')) {
+      const c = /^ {2}(bosun-[a-z0-9-]+): #\d+, reqid \d+, (\w+)/.exec(line);
+      if (c) {
+        child = c[2] === 'INSTALLED' ? c[1] : undefined;
+        if (child) traffic[child] ??= { inBytes: 0, outBytes: 0 };
+        continue;
+      }
+      if (/^\S/.test(line) || /^ {2}\S/.test(line)) child = undefined;
+      const b = child && /^\s+(in|out)\s+[0-9a-f]+(?:_i|_o)?(?: \([^)]*\))?,\s+(\d+) bytes/.exec(line);
+      if (b && child) traffic[child]![b[1] === 'in' ? 'inBytes' : 'outBytes'] += Number(b[2]);
+    }
+    return { loaded: [...loaded].sort(), traffic };
+  },
+
+  versionCommand: () => ['swanctl', '--version'],
+  parseVersion: (out) => /strongSwan swanctl (\d+\.\d+)/i.exec(out)?.[1],
+};
