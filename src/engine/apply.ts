@@ -23,6 +23,8 @@ export interface ApplyRequest {
   logger: Logger;
   /** plan phases with this instead of the phase modules (tests of the engine itself) */
   planner?: Planner;
+  /** told, in a line, which phase runs now (the daemon passes it to systemd as STATUS=) */
+  onProgress?: (text: string) => void;
 }
 
 /** Which phases a spec needs, in order, and the steps of one of them as the host is now. */
@@ -134,6 +136,7 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     if (steps.some((s) => s.kind === 'pending')) throw new BosunError('E_NOT_IMPLEMENTED', `phase ${phase} is not implemented yet`);
     state.current = { phase, steps, planDigest: planDigest(steps), next: 0 };
     await journal.write(state);
+    req.onProgress?.(`applying version ${spec.version}: ${phase} (${i + 1} of ${remaining.length}, ${steps.length} steps)`);
     await runPhase(req, journal, state, log);
     state.donePhases.push(phase);
     delete state.current;
