@@ -36,7 +36,8 @@ export type ErrorCode =
   | 'E_STALE_VERSION'
   | 'E_WRONG_NODE'
   | 'E_TIMEOUT'
-  | 'E_REFUSED';
+  | 'E_REFUSED'
+  | 'E_PACKAGES';
 
 const exitFor: Record<ErrorCode, ExitCode> = {
   E_USAGE: ExitCode.usage,
@@ -54,6 +55,7 @@ const exitFor: Record<ErrorCode, ExitCode> = {
   E_WRONG_NODE: ExitCode.invalid,
   E_TIMEOUT: ExitCode.failed,
   E_REFUSED: ExitCode.refused,
+  E_PACKAGES: ExitCode.failed,
 };
 
 export class BosunError extends Error {

@@ -195,6 +195,13 @@ async function runStep(req: ApplyRequest, step: Step): Promise<void> {
     case 'wait':
       await host.waitForPath(step.path, step.timeoutSeconds);
       return;
+    case 'refresh': {
+      const r = await host.refreshPackages(step.packages, step.deadlineSeconds, (a) => {
+        if (a.failure) req.logger.warn({ attempt: a.attempt, exitCode: a.exitCode ?? null, kind: a.failure.kind }, `dnf attempt ${a.attempt} failed: ${a.failure.reason}${a.retryInMs !== undefined ? `; retrying in ${Math.round(a.retryInMs / 1000)}s` : ''}`);
+      });
+      req.logger.info({ updated: r.updated, unchanged: r.unchanged, attempts: r.attempts }, r.updated.length === 0 ? `packages already the newest: ${r.unchanged.join(', ') || '(none installed)'}` : `updated ${r.updated.map((u) => `${u.name} ${u.from ?? '(new)'} -> ${u.to}`).join(', ')}`);
+      return;
+    }
     case 'pending':
       throw new BosunError('E_NOT_IMPLEMENTED', `phase ${step.phase} is not implemented yet (issue #${step.issue})`);
   }

@@ -93,13 +93,24 @@ export interface WaitStep extends StepBase {
   timeoutSeconds: number;
 }
 
+/**
+ * Bring packages to their newest version through dnf: transient failures
+ * (mirrors, metadata, the lock) are retried with backoff until the deadline,
+ * permanent ones (no such package, conflicts, disk full) fail at once.
+ */
+export interface RefreshStep extends StepBase {
+  kind: 'refresh';
+  packages: readonly string[];
+  deadlineSeconds: number;
+}
+
 /** Work a phase will do once it is built; shown by `plan`, refused by `apply`. */
 export interface PendingStep extends StepBase {
   kind: 'pending';
   issue: number;
 }
 
-export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | PendingStep;
+export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | RefreshStep | PendingStep;
 
 export function isSecretRef(v: unknown): v is SecretRef {
   return typeof v === 'object' && v !== null && 'secret' in v && 'label' in v;
