@@ -40,6 +40,8 @@ export interface AgentOptions {
   watchdogSeconds?: number;
   /** first retry delay after a failed apply; doubles up to five minutes */
   retrySeconds?: number;
+  /** a line on what an apply is doing now (systemd STATUS=) */
+  onProgress?: (text: string) => void;
 }
 
 interface LastApply {
@@ -70,6 +72,9 @@ export class Agent {
   #lastFetch = Date.now();
   #stopped = false;
   #restarting = false;
+  #restartingSince = 0;
+  #loopPeriodMs = 0;
+  #lastTick = 0;
   /** per partition, the newest offset of this node's messages examined, kept across restarts */
   #seen: Record<string, string> = {};
   /** partition:offset of messages already refused and reported, so re-reading after a restart does not report them again */
@@ -86,6 +91,14 @@ export class Agent {
 
   get lastGood(): NodeSpec | undefined {
     return this.#lastGood;
+  }
+
+  /** One line on where this host stands, for systemd's STATUS=. */
+  summary(): string {
+    const a = this.#lastApply;
+    if (a?.result === 'failed') return `version ${a.version} failed (${a.error?.code ?? 'error'}); keeping version ${this.#lastGood?.version ?? 'none'}; retrying`;
+    if (this.#lastGood) return `version ${this.#lastGood.version} applied; following desired state`;
+    return 'nothing applied yet; waiting for the first desired state';
   }
 
   get consumer(): DesiredConsumer | undefined {
@@ -109,12 +122,29 @@ export class Agent {
     }
     await this.#startConsumer();
     const limit = (this.#o.watchdogSeconds ?? 120) * 1000;
+    this.#loopPeriodMs = Math.min(limit, 10_000);
+    this.#lastTick = Date.now();
     this.#watchdog = setInterval(() => {
+      this.#lastTick = Date.now();
       if (Date.now() - this.#lastFetch > limit && !this.#restarting) {
         logger.warn({ silentSeconds: Math.round((Date.now() - this.#lastFetch) / 1000) }, 'the Kafka consumer has stopped fetching; rebuilding it');
         void this.#restartConsumer();
       }
-    }, Math.min(limit, 10_000));
+    }, this.#loopPeriodMs);
+  }
+
+  /**
+   * Is the main loop sound? It is not when its timer has stopped firing (the
+   * event loop is blocked) or a consumer rebuild has hung for five minutes
+   * (kafkajs can stop without an error). systemd's watchdog is fed only while
+   * this is true. A broker that is merely down is not a reason: restarting
+   * the agent would not bring it back.
+   */
+  healthy(now = Date.now()): boolean {
+    if (this.#stopped) return false;
+    if (this.#restarting && now - this.#restartingSince > 5 * 60_000) return false;
+    if (this.#loopPeriodMs > 0 && now - this.#lastTick > 3 * this.#loopPeriodMs) return false;
+    return true;
   }
 
   async #startConsumer(): Promise<void> {
@@ -143,6 +173,7 @@ export class Agent {
   async #restartConsumer(): Promise<void> {
     if (this.#stopped || this.#restarting) return;
     this.#restarting = true;
+    this.#restartingSince = Date.now();
     try {
       this.counters.consumerRestarts += 1;
       const old = this.#consumer;
@@ -228,7 +259,7 @@ export class Agent {
     const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx, reuse), changed: () => reuse.clear() };
     const log = this.#o.logger.child({ specVersion: spec.version });
     try {
-      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
+      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress: this.#o.onProgress, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
       this.#lastGood = spec;
       await this.#syncPeerServer(spec);
@@ -252,6 +283,7 @@ export class Agent {
         }, delay * 1000);
       }
     }
+    this.#o.onProgress?.(this.summary());
     await this.#reporter!.status(this.statusBody());
   }
 

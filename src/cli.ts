@@ -18,6 +18,7 @@ import { publicKeyString, seal, x25519PublicFromString } from './identity/seal.j
 import { readRestoreProgress } from './phases/restore/run.js';
 import { createLogger } from './log.js';
 import { AGENT_VERSION } from './version.js';
+import { createNotifier } from './host/notify.js';
 import { planNode } from './phases/index.js';
 import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
 import type { AgentSettings } from './spec/agent-settings.js';
@@ -169,10 +170,23 @@ const COMMANDS: Record<string, Command> = {
       const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
       const { identity, created } = await loadOrCreateIdentity(stateDir);
       logger.info({ node: settings!.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created }, `bosun ${AGENT_VERSION} starting on node ${settings!.node}`);
+      // systemd: STATUS= while the boot phases run, READY=1 when they are done, WATCHDOG=1 while the loop is sound.
+      const notify = createNotifier({ onError: (m) => logger.warn(m) });
+      const START_EXTEND_USEC = String(15 * 60 * 1_000_000);
       const probe = new LiveProbe(redactor);
       const ctx = { distro: await detectDistro() };
-      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor });
+      let ready = false;
+      const onProgress = (text: string) => void notify.send(ready ? { STATUS: text } : { STATUS: text, EXTEND_TIMEOUT_USEC: START_EXTEND_USEC });
+      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor, onProgress });
+      const stopWatchdog = notify.startWatchdog(
+        () => agent.healthy(),
+        () => logger.error('the main loop is not healthy; no longer feeding the systemd watchdog, which will restart bosun'),
+      );
+      await notify.status('starting: converging to the last good spec');
       await agent.start();
+      ready = true;
+      await notify.ready(agent.summary());
+      logger.info({ watchdogMs: notify.watchdogMs ?? null, systemd: notify.enabled }, `ready: ${agent.summary()}`);
       const m = settings!.metrics;
       const metrics = m ? await serveMetrics({ host: m.listen.slice(0, m.listen.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: Number(m.listen.slice(m.listen.lastIndexOf(':') + 1)) }, () => agent.metrics()) : undefined;
       const health = scheduleHealth(agent.lastGood?.health.intervalSeconds ?? 30, async () => {
@@ -184,6 +198,8 @@ const COMMANDS: Record<string, Command> = {
         process.once('SIGINT', resolve);
       });
       logger.info('stopping');
+      await notify.stopping('stopping');
+      stopWatchdog();
       await health.stop();
       metrics?.close();
       await agent.stop();

@@ -40,7 +40,8 @@ export type ErrorCode =
   /** backup data or a manifest does not match its checksums, or an object it needs is missing or truncated */
   | 'E_INTEGRITY'
   /** the object store (or peer) kept failing after every retry */
-  | 'E_TRANSPORT';
+  | 'E_TRANSPORT'
+  | 'E_PACKAGES';
 
 const exitFor: Record<ErrorCode, ExitCode> = {
   E_USAGE: ExitCode.usage,
@@ -60,6 +61,7 @@ const exitFor: Record<ErrorCode, ExitCode> = {
   E_REFUSED: ExitCode.refused,
   E_INTEGRITY: ExitCode.failed,
   E_TRANSPORT: ExitCode.failed,
+  E_PACKAGES: ExitCode.failed,
 };
 
 export class BosunError extends Error {

@@ -26,6 +26,8 @@ export interface ApplyRequest {
   planner?: Planner;
   /** agent.json's objectStorage: where a restore step finds the store and its credentials */
   objectStorage?: ObjectStorageSettings;
+  /** told, in a line, which phase runs now (the daemon passes it to systemd as STATUS=) */
+  onProgress?: (text: string) => void;
 }
 
 /** Which phases a spec needs, in order, and the steps of one of them as the host is now. */
@@ -142,6 +144,7 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     state.current = { phase, steps, planDigest: planDigest(steps), next: 0 };
     await journal.write(state);
     if (steps.length > 0) planner.changed?.();
+    req.onProgress?.(`applying version ${spec.version}: ${phase} (${i + 1} of ${remaining.length}, ${steps.length} steps)`);
     await runPhase(req, journal, state, log);
     state.donePhases.push(phase);
     delete state.current;
@@ -200,6 +203,13 @@ async function runStep(req: ApplyRequest, step: Step): Promise<void> {
     case 'wait':
       await host.waitForPath(step.path, step.timeoutSeconds);
       return;
+    case 'refresh': {
+      const r = await host.refreshPackages(step.packages, step.deadlineSeconds, (a) => {
+        if (a.failure) req.logger.warn({ attempt: a.attempt, exitCode: a.exitCode ?? null, kind: a.failure.kind }, `dnf attempt ${a.attempt} failed: ${a.failure.reason}${a.retryInMs !== undefined ? `; retrying in ${Math.round(a.retryInMs / 1000)}s` : ''}`);
+      });
+      req.logger.info({ updated: r.updated, unchanged: r.unchanged, attempts: r.attempts }, r.updated.length === 0 ? `packages already the newest: ${r.unchanged.join(', ') || '(none installed)'}` : `updated ${r.updated.map((u) => `${u.name} ${u.from ?? '(new)'} -> ${u.to}`).join(', ')}`);
+      return;
+    }
     case 'pending':
       throw new BosunError('E_NOT_IMPLEMENTED', `phase ${step.phase} is not implemented yet (issue #${step.issue})`);
     case 'restore': {

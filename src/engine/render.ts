@@ -40,6 +40,8 @@ export function describeStep(step: Step): string {
       return `remove ${step.path}`;
     case 'wait':
       return `wait   for ${step.path} (up to ${step.timeoutSeconds}s)`;
+    case 'refresh':
+      return `run    dnf -y --refresh upgrade ${step.packages.join(' ')}  (transient failures retried for up to ${step.deadlineSeconds}s)`;
     case 'pending':
       return `todo   ${step.why}`;
     case 'restore':
@@ -125,6 +127,8 @@ export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
           return { ...base, path: s.path };
         case 'wait':
           return { ...base, path: s.path, timeoutSeconds: s.timeoutSeconds };
+        case 'refresh':
+          return { ...base, argv: ['dnf', '-y', '--refresh', 'upgrade', ...s.packages], packages: s.packages, deadlineSeconds: s.deadlineSeconds };
         case 'pending':
           return { ...base, issue: s.issue };
         case 'restore':

@@ -94,6 +94,17 @@ export interface WaitStep extends StepBase {
   timeoutSeconds: number;
 }
 
+/**
+ * Bring packages to their newest version through dnf: transient failures
+ * (mirrors, metadata, the lock) are retried with backoff until the deadline,
+ * permanent ones (no such package, conflicts, disk full) fail at once.
+ */
+export interface RefreshStep extends StepBase {
+  kind: 'refresh';
+  packages: readonly string[];
+  deadlineSeconds: number;
+}
+
 /** Work a phase will do once it is built; shown by `plan`, refused by `apply`. */
 export interface PendingStep extends StepBase {
   kind: 'pending';
@@ -148,7 +159,7 @@ export interface PeerRestoreStep extends StepBase {
   fallback?: Omit<ObjectStorageRestoreStep, 'kind' | 'phase' | 'why' | 'target' | 'marker'>;
 }
 
-export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | PendingStep | RestoreStep;
+export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | RefreshStep | PendingStep | RestoreStep;
 
 export function isSecretRef(v: unknown): v is SecretRef {
   return typeof v === 'object' && v !== null && 'secret' in v && 'label' in v;

@@ -28,6 +28,17 @@ export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanC
       problems.push(`network: cannot observe (${e instanceof Error ? e.message : String(e)})`);
     }
   }
+  if (spec.auxiliary.length > 0) {
+    // Each auxiliary agent's unit as systemd sees it; an enabled one that is not running is a problem.
+    const agents: { name: string; unit: string; enabled: string; active: string }[] = [];
+    for (const a of spec.auxiliary) {
+      const state = await probe.unitState(a.unit).catch(() => ({ enabled: 'unknown', active: 'unknown' }));
+      agents.push({ name: a.name, unit: a.unit, enabled: state.enabled, active: state.active });
+      if (a.enabled && state.active !== 'active') problems.push(`auxiliary: ${a.name} (${a.unit}) is ${state.active}, expected active`);
+      if (!a.enabled && state.active === 'active') problems.push(`auxiliary: ${a.name} (${a.unit}) is running but disabled in the spec`);
+    }
+    out.auxiliary = agents;
+  }
   out.ok = problems.length === 0;
   out.problems = problems;
   return out;

@@ -5,6 +5,7 @@ import type { UnitAction } from '../engine/step.js';
 import { runCommand, type ExecOptions, type ExecResult } from './exec.js';
 import { ensureDir, removeFile, writeFileAtomic } from './files.js';
 import { systemctlArgv } from './systemd.js';
+import { refreshPackages, type AttemptReport, type RefreshResult } from './dnf.js';
 
 /**
  * The only object that changes the host. `root` prefixes every file path so
@@ -44,6 +45,17 @@ export class Host {
       if (Date.now() > deadline) throw new BosunError('E_TIMEOUT', `${path} did not appear within ${timeoutSeconds}s`, { path });
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  /**
+   * dnf upgrade with retries (host/dnf.ts). Under systemd, dnf runs in a
+   * transient unit of its own: bosun.service sees /usr read-only, and a
+   * package scriptlet that restarts bosun must not kill the transaction.
+   */
+  refreshPackages(packages: readonly string[], deadlineSeconds: number, onAttempt?: (a: AttemptReport) => void): Promise<RefreshResult> {
+    const underSystemd = process.env.INVOCATION_ID !== undefined;
+    const dnf = underSystemd ? ['systemd-run', '--quiet', '--wait', '--pipe', '--collect', '--service-type=exec', '-p', 'KillMode=mixed', '--', 'dnf'] : ['dnf'];
+    return refreshPackages({ packages, deadlineMs: deadlineSeconds * 1000, dnf, ...(onAttempt ? { onAttempt } : {}) });
   }
 
   systemctl(action: UnitAction, unit?: string): Promise<ExecResult> {

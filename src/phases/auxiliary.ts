@@ -1,6 +1,8 @@
 import type { AuxiliaryAgent } from '../spec/node-spec.js';
 import type { Step } from '../engine/step.js';
 import type { Phase } from './types.js';
+import { auxiliaryConfigContent } from './auxiliary-config.js';
+import type { NodeSpec } from '../spec/node-spec.js';
 
 interface ObservedAgent {
   config?: Buffer;
@@ -28,11 +30,11 @@ export const auxiliaryPhase: Phase<Map<string, ObservedAgent>> = {
   },
 
   plan(spec, observed) {
-    return spec.auxiliary.flatMap((a) => planAgent(a, observed.get(a.name) ?? { enabled: 'unknown', active: 'unknown' }));
+    return spec.auxiliary.flatMap((a) => planAgent(a, observed.get(a.name) ?? { enabled: 'unknown', active: 'unknown' }, spec));
   },
 };
 
-function planAgent(a: AuxiliaryAgent, seen: ObservedAgent): Step[] {
+function planAgent(a: AuxiliaryAgent, seen: ObservedAgent, spec: NodeSpec): Step[] {
   const steps: Step[] = [];
   const isEnabled = seen.enabled === 'enabled';
   const isActive = seen.active === 'active';
@@ -40,9 +42,10 @@ function planAgent(a: AuxiliaryAgent, seen: ObservedAgent): Step[] {
     if (isEnabled || isActive) steps.push({ kind: 'exec', phase: 'auxiliary', argv: ['systemctl', 'disable', '--now', a.unit], why: `${a.name} is disabled in the spec` });
     return steps;
   }
-  const configChanged = a.config !== undefined && (seen.config === undefined || !seen.config.equals(Buffer.from(a.config.content)));
-  if (a.config && configChanged) {
-    steps.push({ kind: 'write', phase: 'auxiliary', path: a.config.path, mode: parseInt(a.config.mode, 8), content: a.config.content, why: `${a.name} configuration ${seen.config === undefined ? 'is missing' : 'differs from the spec'}` });
+  const content = auxiliaryConfigContent(a, spec);
+  const configChanged = a.config !== undefined && content !== undefined && (seen.config === undefined || !seen.config.equals(Buffer.from(content)));
+  if (a.config && content !== undefined && configChanged) {
+    steps.push({ kind: 'write', phase: 'auxiliary', path: a.config.path, mode: parseInt(a.config.mode, 8), content, why: `${a.name} configuration ${seen.config === undefined ? 'is missing' : 'differs from the spec'}` });
   }
   if (!isEnabled || !isActive) {
     steps.push({ kind: 'unit', phase: 'auxiliary', action: 'enable-now', unit: a.unit, why: `${a.name} must be enabled and running` });

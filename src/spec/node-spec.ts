@@ -261,12 +261,45 @@ export const PeerServeSpec = z.strictObject({
   spoolDir: AbsolutePath.optional(),
 });
 
-export const AuxiliaryAgent = z.strictObject({
-  name: Identifier,
-  unit: z.string().regex(/^[A-Za-z0-9@._-]+\.service$/, 'expected a systemd service unit name'),
-  config: z.strictObject({ path: AbsolutePath, content: z.string(), mode: FileMode.default('0644') }).optional(),
-  enabled: z.boolean().default(true),
+const UnitName = z.string().regex(/^[A-Za-z0-9@._*-]+\.(service|scope|slice|mount|timer)$/, 'expected a systemd unit name');
+const HostPort = z.string().regex(/^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected host:port');
+
+/** telegraf: scrape bosun's metrics endpoint and the service's, and watch the units that matter. */
+export const TelegrafTemplate = z.strictObject({
+  kind: z.literal('telegraf'),
+  intervalSeconds: z.number().int().min(1).max(3600).default(30),
+  /** bosun's own Prometheus endpoint (agent.json metrics.listen) */
+  bosunMetrics: z.url({ protocol: /^https?$/ }).default('http://127.0.0.1:9559/metrics'),
+  /** the service's Prometheus endpoints */
+  serviceMetrics: z.array(z.url({ protocol: /^https?$/ })).default([]),
+  /** units whose state telegraf reports */
+  units: z.array(UnitName).default(['bosun.service', 'systemd-nspawn@*.service']),
 });
+
+/** journalpump: ship the journal to Kafka. */
+export const JournalpumpTemplate = z.strictObject({
+  kind: z.literal('journalpump'),
+  brokers: z.array(HostPort).min(1),
+  topic: z.string().regex(/^[A-Za-z0-9._-]{1,249}$/, 'expected a Kafka topic name'),
+  /** only these units' messages (empty: the whole journal) */
+  units: z.array(UnitName).default([]),
+  tls: z.strictObject({ ca: AbsolutePath, cert: AbsolutePath.optional(), key: AbsolutePath.optional() }).optional(),
+});
+
+export const AuxiliaryAgent = z
+  .strictObject({
+    name: Identifier,
+    unit: z.string().regex(/^[A-Za-z0-9@._-]+\.service$/, 'expected a systemd service unit name'),
+    /** the config file: its content given as is, or made by bosun from `template` */
+    config: z.strictObject({ path: AbsolutePath, content: z.string().optional(), mode: FileMode.default('0644') }).optional(),
+    template: z.discriminatedUnion('kind', [TelegrafTemplate, JournalpumpTemplate]).optional(),
+    enabled: z.boolean().default(true),
+  })
+  .superRefine((a, ctx) => {
+    if (a.template && !a.config) ctx.addIssue({ code: 'custom', path: ['config'], message: 'a template needs config.path: where to write what it makes' });
+    if (a.template && a.config?.content !== undefined) ctx.addIssue({ code: 'custom', path: ['config', 'content'], message: 'give either config.content or a template, not both' });
+    if (!a.template && a.config && a.config.content === undefined) ctx.addIssue({ code: 'custom', path: ['config', 'content'], message: 'expected the file content (or a template)' });
+  });
 
 export const HealthSpec = z.strictObject({
   intervalSeconds: z.number().int().min(5).max(3600).default(30),

@@ -73,7 +73,7 @@ describe('auxiliary phase', () => {
   it('does nothing when config and unit already match', async () => {
     const spec = await loadExample('node-a');
     const cfg = spec.auxiliary[0]!.config!;
-    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content }, { 'telegraf.service': { enabled: 'enabled', active: 'active' } })), []);
+    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content! }, { 'telegraf.service': { enabled: 'enabled', active: 'active' } })), []);
   });
 
   it('rewrites a changed config and restarts the running agent', async () => {
@@ -85,7 +85,7 @@ describe('auxiliary phase', () => {
   it('starts a stopped agent without a restart, and stops a disabled one', async () => {
     const spec = await loadExample('node-a');
     const cfg = spec.auxiliary[0]!.config!;
-    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), ['enable-now telegraf.service']);
+    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content! }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), ['enable-now telegraf.service']);
     assert.deepEqual(
       await planWith(probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' } }), (s) => (s.auxiliary[0]!.enabled = false)),
       ['systemctl disable --now telegraf.service'],

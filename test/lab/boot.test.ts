@@ -1,0 +1,151 @@
+// Boot through the package: the RPM built from this checkout (rpm/build) is
+// installed in a Debian guest with `rpm --nodeps`, its scriptlet enables
+// bosun.service, and a reboot has systemd start the agent from the unit: it
+// reaches READY, keeps the watchdog fed, is restarted by systemd after kill -9
+// and converges without redoing what is done. The auxiliary phase starts a
+// packaged daemon (prometheus-node-exporter, standing in for telegraf and
+// journalpump, which Debian does not ship) and restarts it only on a config change.
+// One VM.
+//
+//   npx tsc -p tsconfig.json && node --test dist/test/lab/boot.test.js
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import { relative } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { publicKeyString } from '../../src/identity/seal.js';
+import { GUEST_HOST_ADDRESS, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+
+const run = promisify(execFile);
+/** Shorter than the unit's 60 s so the test waits two full intervals in less than a minute. */
+const WATCHDOG_SEC = 20;
+let lab: Lab | undefined;
+let vm: Vm;
+const figures: Record<string, number | string> = {};
+
+async function sh(script: string, timeoutMs = 120_000): Promise<string> {
+  const r = await vm.exec(['bash', '-euo', 'pipefail', '-c', script], { timeoutMs });
+  assert.equal(r.exitCode, 0, `${script}\n${r.stdout}\n${r.stderr}`);
+  return r.stdout.trim();
+}
+
+async function unitProps(): Promise<Record<string, string>> {
+  const out = await sh('systemctl show bosun.service -p ActiveState -p SubState -p StatusText -p NRestarts -p MainPID -p WatchdogUSec -p Result -p ExecMainStartTimestampMonotonic');
+  return Object.fromEntries(out.split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+}
+
+async function waitFor(what: string, ok: (p: Record<string, string>) => boolean, timeoutMs = 600_000): Promise<Record<string, string>> {
+  const start = Date.now();
+  let p: Record<string, string> = {};
+  while (Date.now() - start < timeoutMs) {
+    p = await unitProps();
+    if (ok(p)) return p;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  const journal = await vm.exec(['journalctl', '-b', '-u', 'bosun', '--no-pager', '-n', '60']);
+  assert.fail(`${what}: not within ${timeoutMs / 1000} s; bosun.service: ${JSON.stringify(p)}\n${journal.stdout}`);
+}
+
+const exporterArgs = (collectors: string) => `# written by bosun\nARGS="--web.listen-address=127.0.0.1:9100 --collector.disable-defaults ${collectors}"\n`;
+
+function spec(version: number, collectors: string): Record<string, unknown> {
+  return {
+    apiVersion: 'bosun/v1',
+    cluster: 'lab',
+    node: 'a',
+    version,
+    auxiliary: [{ name: 'node-exporter', unit: 'prometheus-node-exporter.service', config: { path: '/etc/default/prometheus-node-exporter', content: exporterArgs(collectors), mode: '0644' } }],
+  };
+}
+
+describe('boot through the RPM and bosun.service', () => {
+  before(async () => {
+    const t0 = Date.now();
+    // The package, built into the repository (the guests see it at /opt/bosun) so no other helper's build is touched.
+    const top = `${repoRoot()}/dist/rpm-lab`;
+    const built = await run('bash', ['rpm/build'], { cwd: repoRoot(), env: { ...process.env, BOSUN_RPM_TOPDIR: top }, maxBuffer: 16 << 20 });
+    const rpmFile = built.stdout.trim().split('\n').pop()!;
+    figures.rpmBuildSeconds = Math.round((Date.now() - t0) / 1000);
+    const t1 = Date.now();
+    // Boots under TCG on a machine other labs share can take minutes; the driver's default 300 s is not enough then.
+    lab = await startLab({ name: 'rpm-boot', nodes: [{ name: 'a' }], bootTimeoutMs: 900_000 });
+    vm = lab.vm('a');
+    figures.firstBootSeconds = Math.round((Date.now() - t1) / 1000);
+    // The guest runs the host's node binary from /usr/local/bin; the package's /usr/bin/bosun runs /usr/bin/node, as on Fedora.
+    await sh(`ln -sf /usr/local/bin/node /usr/bin/node && rpm -i --nodeps --force-debian /opt/bosun/${relative(repoRoot(), rpmFile)}`, 300_000);
+    const { publicKey } = generateKeyPairSync('ed25519');
+    const settings = { node: 'a', stateDir: '/var/lib/bosun', kafka: { brokers: [`${GUEST_HOST_ADDRESS}:19094`] }, topics: { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' }, trustedKeys: [{ id: 'lab', publicKey: publicKeyString('ed25519', publicKey) }] };
+    await vm.exec(['sh', '-c', 'cat > /etc/bosun/agent.json'], { stdin: JSON.stringify(settings) });
+    await sh(`mkdir -p /etc/systemd/system/bosun.service.d && printf '[Service]\\nWatchdogSec=${WATCHDOG_SEC}s\\n' > /etc/systemd/system/bosun.service.d/lab.conf`);
+  });
+
+  after(async () => {
+    if (lab) {
+      await lab.collectJournals('rpm-boot').catch(() => undefined);
+      await lab.stop();
+    }
+    process.stdout.write(`# boot test figures: ${JSON.stringify(figures)}\n`);
+  });
+
+  it('the package installs the agent and its scriptlet enables bosun.service', async () => {
+    assert.equal(await sh('stat -c %a /var/lib/bosun /etc/bosun /etc/bosun/agent.json | paste -sd,'), '700,750,640');
+    assert.equal(await sh('systemctl is-enabled bosun.service'), 'enabled');
+    assert.match(await sh('bosun --help'), /usage: bosun <command>/);
+    // A first apply by hand: the node has a last good spec that the boot converges to.
+    await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec(1, '--collector.loadavg')) });
+    const r = await vm.exec(['bosun', 'apply', '/root/spec.json', '--json'], { timeoutMs: 180_000 });
+    assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+    assert.equal(await sh('systemctl is-active prometheus-node-exporter'), 'active');
+  });
+
+  it('after a reboot systemd starts bosun from the unit, it reaches READY and keeps the watchdog fed', async () => {
+    const t = Date.now();
+    await vm.reboot();
+    const p = await waitFor('bosun active (READY)', (q) => q.ActiveState === 'active' && q.SubState === 'running');
+    figures.bootToReadySeconds = Math.round((Date.now() - t) / 1000);
+    assert.match(p.StatusText!, /version 1 applied/);
+    assert.equal(p.WatchdogUSec, `${WATCHDOG_SEC}s`);
+    assert.equal(p.NRestarts, '0');
+    // STATUS= lines while starting, and READY only after the boot converge.
+    const journal = await sh('journalctl -b -u bosun --no-pager -o cat');
+    assert.match(journal, /version 1: the host already matches; nothing to do/);
+    // More than two watchdog intervals later: same process, no restart.
+    await new Promise((r) => setTimeout(r, (2 * WATCHDOG_SEC + 5) * 1000));
+    const later = await unitProps();
+    assert.deepEqual([later.ActiveState, later.NRestarts, later.MainPID, later.Result], ['active', '0', p.MainPID, 'success']);
+    assert.doesNotMatch(await sh('journalctl -b -u bosun --no-pager -o cat'), /[Ww]atchdog timeout/);
+  });
+
+  it('kill -9 of the agent: systemd restarts it and it converges without redoing finished work', async () => {
+    const before = await unitProps();
+    const t = Date.now();
+    await sh(`kill -9 ${before.MainPID}`);
+    const p = await waitFor('bosun restarted and READY', (q) => q.NRestarts === '1' && q.ActiveState === 'active' && q.SubState === 'running' && q.MainPID !== before.MainPID);
+    figures.restartToReadySeconds = Math.round((Date.now() - t) / 1000);
+    assert.match(p.StatusText!, /version 1 applied/);
+    const journal = await sh('journalctl -b -u bosun --no-pager -o cat');
+    assert.equal((journal.match(/version 1: the host already matches; nothing to do/g) ?? []).length, 2, journal);
+    assert.doesNotMatch(journal, /applying version 1/);
+    // the auxiliary daemon was not restarted by the agent's restart
+    assert.equal(await sh('systemctl show -p NRestarts --value prometheus-node-exporter'), '0');
+  });
+
+  it('the auxiliary daemon is restarted only when its configuration changes', async () => {
+    const pid1 = await sh('systemctl show -p MainPID --value prometheus-node-exporter');
+    await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec(2, '--collector.loadavg')) });
+    // the agent holds the apply lock only while applying; bosun apply waits for nothing else
+    const same = await vm.exec(['bosun', 'apply', '/root/spec.json', '--json'], { timeoutMs: 180_000 });
+    assert.equal(same.exitCode, 0, same.stdout + same.stderr);
+    assert.equal(await sh('systemctl show -p MainPID --value prometheus-node-exporter'), pid1, 'unchanged config: not restarted');
+    await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec(3, '--collector.loadavg --collector.meminfo')) });
+    const changed = await vm.exec(['bosun', 'apply', '/root/spec.json', '--json'], { timeoutMs: 180_000 });
+    assert.equal(changed.exitCode, 0, changed.stdout + changed.stderr);
+    assert.notEqual(await sh('systemctl show -p MainPID --value prometheus-node-exporter'), pid1, 'changed config: restarted');
+    // dnf runs outside bosun's sandbox the way Host.refreshPackages starts it: output and exit code come back.
+    const escaped = await vm.exec(['systemd-run', '--quiet', '--wait', '--pipe', '--collect', '--service-type=exec', '-p', 'KillMode=mixed', '--', 'sh', '-c', 'echo from-transient-unit; touch /usr/bosun-rw-check && rm /usr/bosun-rw-check; exit 3'], { timeoutMs: 120_000 });
+    assert.deepEqual([escaped.exitCode, escaped.stdout.trim()], [3, 'from-transient-unit'], escaped.stderr);
+    const metrics = await sh(`node -e "fetch('http://127.0.0.1:9100/metrics').then(r => r.text()).then(t => console.log(t.split('\\n').filter(l => /^node_(load1|memory_MemTotal_bytes) /.test(l)).join(' ')))"`);
+    assert.match(metrics, /node_load1 .*node_memory_MemTotal_bytes|node_memory_MemTotal_bytes .*node_load1/);
+  });
+});
