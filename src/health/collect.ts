@@ -3,6 +3,7 @@ import type { NodeSpec } from '../spec/node-spec.js';
 import type { PlanContext } from '../phases/types.js';
 import { observeDisks } from '../phases/disks/observe.js';
 import { disksHealth, volumeUsage } from '../phases/disks/health.js';
+import { containerHealth } from '../phases/container/health.js';
 
 /** One health round: what each built phase can say about the host, read-only. */
 export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Record<string, unknown>> {
@@ -16,6 +17,15 @@ export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanC
       problems.push(...h.problems);
     } catch (e) {
       problems.push(`disks: cannot observe (${e instanceof Error ? e.message : String(e)})`);
+    }
+  }
+  if (spec.container) {
+    try {
+      const h = await containerHealth(spec, probe);
+      out.container = h;
+      problems.push(...h.problems);
+    } catch (e) {
+      problems.push(`container: cannot observe (${e instanceof Error ? e.message : String(e)})`);
     }
   }
   out.ok = problems.length === 0;
