@@ -83,6 +83,10 @@ function change(before: NodeSpec, after: NodeSpec): { steps: Step[]; action: str
   return { ...r, shown: r.steps.map(show) };
 }
 
+/** How a command inside the machine shows (see machineArgv). */
+const IN = '/bin/sh -c leader=$(machinectl show --property=Leader --value "$1") && shift && exec nsenter --target "$leader" --all -- "$@" sh postgres';
+const HEALTH = `${IN} pg_isready -q -h /run/postgresql`;
+
 const show = (s: Step): string =>
   s.kind === 'exec' ? s.argv.join(' ') : s.kind === 'unit' ? `systemctl ${s.action} ${s.unit ?? ''}`.trim() : s.kind === 'write' || s.kind === 'remove' || s.kind === 'mkdir' ? `${s.kind} ${s.path}` : s.kind;
 
@@ -203,7 +207,7 @@ describe('container phase: what a change costs', () => {
       'systemctl enable machines.target',
       'systemctl enable systemd-nspawn@postgres.service',
       'systemctl start systemd-nspawn@postgres.service',
-      'systemd-run --machine=postgres --wait --pipe --quiet --collect -- pg_isready -q -h /run/postgresql',
+      HEALTH,
     ]);
     const last = steps.at(-1) as Extract<Step, { kind: 'exec' }>;
     assert.equal(last.retryForSeconds, 300);
@@ -219,10 +223,10 @@ describe('container phase: what a change costs', () => {
     const after = await example((s) => (s.container.config.overrides['postgresql.conf'].max_connections = 500));
     const r = change(before, after);
     assert.equal(r.action, 'reload');
-    assert.deepEqual(r.shown, ['write /etc/bosun/container/postgres/postgresql.conf', 'systemctl --machine=postgres reload postgresql.service', 'systemd-run --machine=postgres --wait --pipe --quiet --collect -- pg_isready -q -h /run/postgresql']);
+    assert.deepEqual(r.shown, ['write /etc/bosun/container/postgres/postgresql.conf', `${IN} systemctl reload postgresql.service`, HEALTH]);
     const restart = change(before, await example((s) => ((s.container.service.onConfigChange = 'restart'), (s.container.config.overrides['postgresql.conf'].max_connections = 500))));
     assert.equal(restart.action, 'restart-service');
-    assert.ok(restart.shown.includes('systemctl --machine=postgres restart postgresql.service'));
+    assert.ok(restart.shown.includes(`${IN} systemctl restart postgresql.service`));
     assert.ok(!restart.shown.some((s) => s.includes('systemd-nspawn@postgres.service') && s.startsWith('systemctl restart')), 'the machine keeps running');
   });
 
@@ -248,7 +252,7 @@ describe('container phase: what a change costs', () => {
     const before = await example();
     const ports = change(before, await example((s) => s.container.network.ports.push({ host: 9187, container: 9187 })));
     assert.equal(ports.action, 'restart');
-    assert.deepEqual(ports.shown, ['write /etc/systemd/nspawn/postgres.nspawn', 'systemctl restart systemd-nspawn@postgres.service', 'systemd-run --machine=postgres --wait --pipe --quiet --collect -- pg_isready -q -h /run/postgresql']);
+    assert.deepEqual(ports.shown, ['write /etc/systemd/nspawn/postgres.nspawn', 'systemctl restart systemd-nspawn@postgres.service', HEALTH]);
     const image = change(before, await example((s) => (s.container.image = '/var/lib/machines/postgresql-17')));
     assert.equal(image.action, 'restart');
     assert.deepEqual(image.shown.slice(0, 3), ['write /etc/systemd/system/systemd-nspawn@postgres.service.d/10-bosun-machine.conf', 'systemctl daemon-reload', 'systemctl restart systemd-nspawn@postgres.service']);
@@ -262,7 +266,7 @@ describe('container phase: what a change costs', () => {
     const obs = { ...builtFor(spec), unit: { enabled: 'enabled', active: 'failed' } };
     const r = planContainer(spec, obs, ctx);
     assert.equal(r.action, 'start');
-    assert.deepEqual(r.steps.map(show), ['systemctl start systemd-nspawn@postgres.service', 'systemd-run --machine=postgres --wait --pipe --quiet --collect -- pg_isready -q -h /run/postgresql']);
+    assert.deepEqual(r.steps.map(show), ['systemctl start systemd-nspawn@postgres.service', HEALTH]);
   });
 
   it('refuses, changing nothing, when the image is not on the host', async () => {

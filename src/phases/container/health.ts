@@ -1,7 +1,7 @@
 import type { HostProbe } from '../../host/probe.js';
 import type { NodeSpec } from '../../spec/node-spec.js';
 import { healthArgv } from './index.js';
-import { machineUnit } from './render.js';
+import { machineArgv, machineUnit } from './render.js';
 
 /** The service container's health, as status reports carry it. */
 export interface ContainerHealth {
@@ -28,7 +28,7 @@ export async function containerHealth(spec: NodeSpec, probe: HostProbe): Promise
   }
   const st = await probe.run(['machinectl', 'show', c.name, '--property=State', '--value']);
   const state = st.exitCode === 0 ? st.stdout.trim() : undefined;
-  const svc = await probe.run(['systemctl', `--machine=${c.name}`, 'is-active', c.service.unit]);
+  const svc = await probe.run(machineArgv(c, ['systemctl', 'is-active', c.service.unit]));
   const service = svc.stdout.trim().split('\n')[0] || 'unknown';
   if (service !== 'active') problems.push(`${c.service.unit} in machine ${c.name} is ${service}`);
   const healthy = (await probe.run(healthArgv(c))).exitCode === 0;

@@ -8,6 +8,7 @@ import {
   dropInDir,
   limitProperties,
   limitsDropIn,
+  machineArgv,
   machineUnit,
   MANIFEST,
   nspawnPath,
@@ -72,9 +73,7 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
 
 /** The command that says whether the service is healthy, run on the host. */
 export function healthArgv(c: ContainerSpec): string[] {
-  return c.service.health
-    ? ['systemd-run', `--machine=${c.name}`, '--wait', '--pipe', '--quiet', '--collect', '--', ...c.service.health]
-    : ['systemctl', `--machine=${c.name}`, 'is-active', '--quiet', c.service.unit];
+  return machineArgv(c, c.service.health ?? ['systemctl', 'is-active', '--quiet', c.service.unit]);
 }
 
 function plan(spec: NodeSpec, obs: ObservedContainer, ctx: PlanContext): Step[] {
@@ -159,7 +158,7 @@ export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanC
       action = c.service.onConfigChange === 'reload' ? 'reload' : 'restart-service';
       step({
         kind: 'exec',
-        argv: ['systemctl', `--machine=${c.name}`, c.service.onConfigChange === 'reload' ? 'reload' : 'restart', c.service.unit],
+        argv: machineArgv(c, ['systemctl', c.service.onConfigChange === 'reload' ? 'reload' : 'restart', c.service.unit]),
         why: `${c.service.unit} in ${c.name} must read its changed config (${c.service.onConfigChange}; the machine keeps running)`,
       });
     }

@@ -41,6 +41,18 @@ export const configDir = (c: ContainerSpec): string => `/etc/bosun/container/${c
 /** Which files in the config directory bosun wrote, so a file dropped from the spec is removed. */
 export const MANIFEST = '.bosun-files';
 
+/**
+ * Run a command inside the running machine, in all its namespaces, as its
+ * root. `systemd-run --machine=` and `systemctl --machine=` would be the
+ * natural spelling, but on systemd 252 (Debian bookworm) their bus connection
+ * into a machine with its own user namespace fails ("Failed to connect to
+ * bus: No such file or directory"); nsenter into machined's leader works on
+ * every version.
+ */
+export function machineArgv(c: ContainerSpec, argv: readonly string[]): string[] {
+  return ['/bin/sh', '-c', 'leader=$(machinectl show --property=Leader --value "$1") && shift && exec nsenter --target "$leader" --all -- "$@"', 'sh', c.name, ...argv];
+}
+
 export function keptCaps(c: ContainerSpec): string[] {
   return [...new Set([...INIT_CAPS, ...c.capabilities])].sort();
 }
