@@ -185,9 +185,23 @@ async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState
 async function runStep(req: ApplyRequest, step: Step): Promise<void> {
   const { host } = req;
   switch (step.kind) {
-    case 'exec':
-      await host.exec(step.argv, { input: step.stdin === undefined ? undefined : materialize(req, step.stdin), timeoutSeconds: step.timeoutSeconds, okExitCodes: step.okExitCodes });
-      return;
+    case 'exec': {
+      const run = () => host.exec(step.argv, { input: step.stdin === undefined ? undefined : materialize(req, step.stdin), timeoutSeconds: step.timeoutSeconds, okExitCodes: step.okExitCodes });
+      if (step.retryForSeconds === undefined) {
+        await run();
+        return;
+      }
+      const deadline = Date.now() + step.retryForSeconds * 1000;
+      for (;;) {
+        try {
+          await run();
+          return;
+        } catch (e) {
+          if (Date.now() + 2000 > deadline) throw new BosunError(isBosunError(e) ? e.code : 'E_EXEC', `still failing after ${step.retryForSeconds}s: ${describeError(e)}`, isBosunError(e) ? e.details : {}, { cause: e });
+          await new Promise((r) => setTimeout(r, 2000));
+        }
+      }
+    }
     case 'write':
       await host.write(step.path, materialize(req, step.content), step.mode, { uid: step.owner, gid: step.group });
       return;

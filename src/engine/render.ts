@@ -28,7 +28,7 @@ export function describeStep(step: Step): string {
   switch (step.kind) {
     case 'exec':
     case 'unit':
-      return `run    ${showArgv(stepArgv(step)!)}${step.kind === 'exec' && step.stdin !== undefined ? `  < ${stdinNote(step.stdin)}` : ''}${step.kind === 'exec' && step.destructive ? '  [DESTRUCTIVE: erases what is on the device]' : ''}`;
+      return `run    ${showArgv(stepArgv(step)!)}${step.kind === 'exec' && step.stdin !== undefined ? `  < ${stdinNote(step.stdin)}` : ''}${step.kind === 'exec' && step.destructive ? '  [DESTRUCTIVE: erases what is on the device]' : ''}${step.kind === 'exec' && step.retryForSeconds !== undefined ? `  (until it succeeds, up to ${step.retryForSeconds}s)` : ''}`;
     case 'write': {
       const shown = showContent(step.content);
       const lines = shown === '' ? 0 : shown.split('\n').length - (shown.endsWith('\n') ? 1 : 0);
@@ -116,7 +116,7 @@ export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
       const base = { n: i + 1, phase: s.phase, kind: s.kind, why: s.why };
       switch (s.kind) {
         case 'exec':
-          return { ...base, argv: s.argv, ...(s.stdin !== undefined ? { stdin: showContent(s.stdin) } : {}), ...(s.timeoutSeconds ? { timeoutSeconds: s.timeoutSeconds } : {}), ...(s.destructive ? { destructive: true } : {}) };
+          return { ...base, argv: s.argv, ...(s.stdin !== undefined ? { stdin: showContent(s.stdin) } : {}), ...(s.timeoutSeconds ? { timeoutSeconds: s.timeoutSeconds } : {}), ...(s.destructive ? { destructive: true } : {}), ...(s.retryForSeconds !== undefined ? { retryForSeconds: s.retryForSeconds } : {}) };
         case 'unit':
           return { ...base, argv: stepArgv(s) };
         case 'write':

@@ -50,6 +50,11 @@ export interface ExecStep extends StepBase {
   timeoutSeconds?: number;
   /** erases what is on a device (format, wipe): `bosun plan` marks it */
   destructive?: boolean;
+  /**
+   * A check that becomes true later (a service answering its health check):
+   * run again every 2 s until it succeeds, failing after this many seconds.
+   */
+  retryForSeconds?: number;
 }
 
 export interface WriteStep extends StepBase {

@@ -4,6 +4,7 @@ import type { PlanContext } from '../phases/types.js';
 import { observeDisks } from '../phases/disks/observe.js';
 import { disksHealth, volumeUsage } from '../phases/disks/health.js';
 import { networkHealth } from '../phases/network/index.js';
+import { containerHealth } from '../phases/container/health.js';
 
 /** One health round: what each built phase can say about the host, read-only. */
 export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Record<string, unknown>> {
@@ -38,6 +39,15 @@ export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanC
       if (!a.enabled && state.active === 'active') problems.push(`auxiliary: ${a.name} (${a.unit}) is running but disabled in the spec`);
     }
     out.auxiliary = agents;
+  }
+  if (spec.container) {
+    try {
+      const h = await containerHealth(spec, probe);
+      out.container = h;
+      problems.push(...h.problems);
+    } catch (e) {
+      problems.push(`container: cannot observe (${e instanceof Error ? e.message : String(e)})`);
+    }
   }
   out.ok = problems.length === 0;
   out.problems = problems;

@@ -21,14 +21,3 @@ export interface Phase<Observed = unknown> {
   observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Observed>;
   plan(spec: NodeSpec, observed: Observed, ctx: PlanContext): Step[];
 }
-
-/** A phase whose real work is still to be built: it observes nothing and plans one pending step per action it will take. */
-export function pendingPhase(name: PhaseName, issue: number, section: (spec: NodeSpec) => unknown, describe: (spec: NodeSpec, ctx: PlanContext) => string[]): Phase<undefined> {
-  return {
-    name,
-    stage: name,
-    section,
-    observe: () => Promise.resolve(undefined),
-    plan: (spec, _observed, ctx) => (section(spec) === undefined ? [] : describe(spec, ctx).map((why) => ({ kind: 'pending', phase: name, issue, why }))),
-  };
-}

@@ -136,50 +136,106 @@ export const ConfigFile = z.strictObject({
   /** how settings are written: `key = value` lines (PostgreSQL), `key=value` (Java properties) */
   format: z.enum(['conf', 'properties']),
   settings: z.record(z.string(), ConfigValue).default({}),
-  /** keys the platform needs; a user override may change their value only if allowed, never remove them */
+  /** keys the platform needs; a user override may neither remove them nor change their value */
   required: z.array(z.string()).default([]),
 });
 
-export const ContainerSpec = z.strictObject({
-  /** machine name: systemd-nspawn@<name>.service */
-  name: Identifier,
-  /** a directory tree pre-installed on the host image */
-  image: AbsolutePath,
-  /** the service inside the container, for reload and health */
-  service: z.strictObject({
-    unit: z.string().regex(/^[A-Za-z0-9@._-]+\.service$/, 'expected a systemd service unit name'),
-    /** how a config change reaches the running service */
-    onConfigChange: z.enum(['reload', 'restart']).default('restart'),
-    health: z.array(z.string()).min(1).optional(),
-  }),
-  limits: z
-    .strictObject({
-      memoryMax: z.string().regex(/^[0-9]+[KMGT]?$/, 'expected bytes with an optional K, M, G or T suffix').optional(),
-      cpuQuota: z.string().regex(/^[0-9]+%$/, 'expected a percentage such as "200%"').optional(),
-      ioWeight: z.number().int().min(1).max(10000).optional(),
-      tasksMax: z.number().int().min(1).optional(),
-    })
-    .default({}),
-  network: z
-    .strictObject({
-      mode: z.enum(['private', 'host']).default('private'),
-      ports: z.array(z.strictObject({ host: Port, container: Port, protocol: z.enum(['tcp', 'udp']).default('tcp') })).default([]),
-    })
-    .default({ mode: 'private', ports: [] }),
-  /** capabilities the service keeps; every other one is dropped */
-  capabilities: z.array(z.string().regex(/^CAP_[A-Z_]+$/, 'expected a capability name such as CAP_NET_BIND_SERVICE')).default([]),
-  config: z
-    .strictObject({
-      /** where inside the container the config directory appears (read-only) */
-      mountPoint: AbsolutePath,
-      files: z.record(RelativePath, ConfigFile).default({}),
-      /** user settings merged on top of `files`, per file; null removes a setting */
-      overrides: z.record(RelativePath, z.record(z.string(), z.union([ConfigValue, z.null()]))).default({}),
-    })
-    .optional(),
-  /** where the data volume appears inside the container (read-write) */
-  dataMountPoint: AbsolutePath.optional(),
-});
+// eslint-disable-next-line no-control-regex -- the point is to find control characters
+const hasControl = (v: string): boolean => /[\x00-\x1f\x7f]/.test(v);
+
+/** A config key as both formats can write it: no spaces, no "=", no comment characters. */
+const ConfigKey = /^[A-Za-z0-9_.-]+$/;
+
+export const ContainerSpec = z
+  .strictObject({
+    /** machine name: systemd-nspawn@<name>.service */
+    name: Identifier,
+    /** a directory tree pre-installed on the host image */
+    image: AbsolutePath,
+    /** the service inside the container, for reload and health */
+    service: z.strictObject({
+      unit: z.string().regex(/^[A-Za-z0-9@._-]+\.service$/, 'expected a systemd service unit name'),
+      /** how a config change reaches the running service: reload it (ExecReload) or restart it; never the whole machine */
+      onConfigChange: z.enum(['reload', 'restart']).default('restart'),
+      /** a command run inside the machine; exit 0 means healthy */
+      health: z.array(z.string()).min(1).optional(),
+      /** how long a start may take to become healthy */
+      startTimeoutSeconds: z.number().int().min(5).max(3600).default(300),
+    }),
+    limits: z
+      .strictObject({
+        memoryMax: z.string().regex(/^[0-9]+[KMGT]?$/, 'expected bytes with an optional K, M, G or T suffix').optional(),
+        cpuQuota: z.string().regex(/^[1-9][0-9]*%$/, 'expected a percentage such as "200%"').optional(),
+        ioWeight: z.number().int().min(1).max(10000).optional(),
+        tasksMax: z.number().int().min(1).optional(),
+      })
+      .default({}),
+    network: z
+      .strictObject({
+        /** private: own network namespace behind a veth, only `ports` published; host: the host's network */
+        mode: z.enum(['private', 'host']).default('private'),
+        ports: z.array(z.strictObject({ host: Port, container: Port, protocol: z.enum(['tcp', 'udp']).default('tcp') })).default([]),
+      })
+      .default({ mode: 'private', ports: [] }),
+    /** capabilities the service keeps besides what the machine's init needs; every other one is dropped */
+    capabilities: z.array(z.string().regex(/^CAP_[A-Z_]+$/, 'expected a capability name such as CAP_NET_BIND_SERVICE')).default([]),
+    config: z
+      .strictObject({
+        /** where inside the container the config directory appears (read-only) */
+        mountPoint: AbsolutePath,
+        files: z.record(RelativePath, ConfigFile).default({}),
+        /** user settings merged on top of `files`, per file; null removes a setting; a required setting cannot be changed or removed */
+        overrides: z.record(RelativePath, z.record(z.string(), z.union([ConfigValue, z.null()]))).default({}),
+      })
+      .optional(),
+    /** where the data volume appears inside the container (read-write) */
+    dataMountPoint: AbsolutePath.optional(),
+  })
+  .superRefine((c, ctx) => {
+    const net = c.network;
+    if (net.mode === 'host' && net.ports.length > 0) ctx.addIssue({ code: 'custom', path: ['network', 'ports'], message: 'ports are published only from a private network; with "host" the service is on the host\'s ports already' });
+    if (net.mode === 'private' && c.name.length > 12) ctx.addIssue({ code: 'custom', path: ['name'], message: 'at most 12 characters with a private network (the host side of its link is "ve-<name>", 15 characters at most)' });
+    const seen = new Set<string>();
+    net.ports.forEach((p, i) => {
+      const k = `${p.protocol}:${p.host}`;
+      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['network', 'ports', i, 'host'], message: `${p.protocol} port ${p.host} is published twice` });
+      seen.add(k);
+    });
+    const mounts: [string, string | undefined][] = [['dataMountPoint', c.dataMountPoint], ['config', c.config?.mountPoint]];
+    for (const [field, m] of mounts) {
+      if (m !== undefined && m.replace(/\/+$/, '') === '') ctx.addIssue({ code: 'custom', path: field === 'config' ? ['config', 'mountPoint'] : [field], message: 'cannot be the container\'s root' });
+    }
+    if (c.config && c.dataMountPoint) {
+      const a = c.config.mountPoint.replace(/\/+$/, '') + '/';
+      const b = c.dataMountPoint.replace(/\/+$/, '') + '/';
+      if (a.startsWith(b) || b.startsWith(a)) ctx.addIssue({ code: 'custom', path: ['config', 'mountPoint'], message: 'the config directory and the data volume cannot sit inside each other' });
+    }
+    if (!c.config) return;
+    for (const [file, f] of Object.entries(c.config.files)) {
+      for (const [key, v] of Object.entries(f.settings)) {
+        if (!ConfigKey.test(key)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'expected a key of letters, digits, "_", "." or "-"' });
+        if (typeof v === 'string' && hasControl(v)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'control characters (such as a newline) are not allowed in a value' });
+      }
+      f.required.forEach((key, i) => {
+        if (!(key in f.settings)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'required', i], message: 'marked required but this file has no such setting' });
+      });
+    }
+    for (const [file, o] of Object.entries(c.config.overrides)) {
+      const base = c.config.files[file];
+      if (!base) {
+        ctx.addIssue({ code: 'custom', path: ['config', 'overrides', file], message: 'overrides a file that is not in config.files' });
+        continue;
+      }
+      for (const [key, v] of Object.entries(o)) {
+        const path = ['config', 'overrides', file, key];
+        if (!ConfigKey.test(key)) ctx.addIssue({ code: 'custom', path, message: 'expected a key of letters, digits, "_", "." or "-"' });
+        if (typeof v === 'string' && hasControl(v)) ctx.addIssue({ code: 'custom', path, message: 'control characters (such as a newline) are not allowed in a value' });
+        if (!base.required.includes(key)) continue;
+        if (v === null) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot remove it' });
+        else if (v !== base.settings[key]) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot change it' });
+      }
+    }
+  });
 
 export const ObjectStorageRestore = z.strictObject({
   from: z.literal('object-storage'),

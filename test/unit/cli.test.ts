@@ -44,7 +44,7 @@ describe('bosun CLI', () => {
     });
   });
 
-  it('apply refuses a spec for another node, disks that are not there, and unbuilt phases, changing nothing', async () => {
+  it('apply refuses a spec for another node, disks that are not there, and a service image that is not there, changing nothing', async () => {
     await withTempDir(async (dir) => {
       const settings = JSON.parse(await readFile(join(examplesDir, 'agent.json'), 'utf8')) as Record<string, unknown>;
       await writeFile(join(dir, 'agent.json'), JSON.stringify({ ...settings, stateDir: join(dir, 'state') }));
@@ -61,11 +61,12 @@ describe('bosun CLI', () => {
       for (const k of ['disks', 'network', 'restore', 'peerServe', 'packages', 'auxiliary']) delete spec[k];
       delete (spec.container as Record<string, unknown>).dataMountPoint;
       await writeFile(join(dir, 'container-only.json'), JSON.stringify(spec));
-      const pending = await runCli(['apply', join(dir, 'container-only.json'), '--settings', join(dir, 'agent.json'), '--json']);
-      assert.equal(pending.code, 4);
-      const err = (JSON.parse(pending.stdout) as { error: { code: string; details: { phases: string[] } } }).error;
-      assert.equal(err.code, 'E_NOT_IMPLEMENTED');
-      assert.deepEqual(err.details.phases, ['container']);
+      // No service image on this machine: the container phase refuses before anything is written.
+      const noImage = await runCli(['apply', join(dir, 'container-only.json'), '--settings', join(dir, 'agent.json'), '--json']);
+      assert.equal(noImage.code, 6, noImage.stderr);
+      const err = (JSON.parse(noImage.stdout) as { error: { code: string; message: string } }).error;
+      assert.equal(err.code, 'E_REFUSED');
+      assert.match(err.message, /container: the image \/var\/lib\/machines\/postgresql-16 is not on this host/);
 
       const status = await runCli(['status', '--settings', join(dir, 'agent.json'), '--json']);
       const st = JSON.parse(status.stdout) as { applied: unknown; inProgress: unknown; node: string };
