@@ -9,126 +9,26 @@
 //   node --test --test-concurrency=1 dist/test/integration/peer-restore.test.js
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, link, lstat, lutimes, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { execa } from 'execa';
 import { isPeerRestoreError, restoreFromPeer, type PeerRestoreError, type PeerRestoreOptions, type SnapshotHooks } from '../../src/backup/peer/index.js';
 import { openSealed, publicKeyString } from '../../src/identity/seal.js';
 import { repoRoot } from '../helpers.js';
 import type { PeerServerChildConfig } from './peer-server-child.js';
+import { assertSameTree, describeTree, makeTree as makeBaseTree } from './tree.js';
 
 const MiB = 1024 * 1024;
 const CHUNK = MiB;
 const FAST_RETRY = { attempts: 3, baseDelayMs: 50, maxDelayMs: 300 };
-const T0 = 1_600_000_000.123456;
 
-function text(n: number, seed = 0): Buffer {
-  const words = ['select', 'from', 'where', 'insert', 'update', 'the', 'quick', 'brown', 'fox', 'jumps'];
-  const parts: string[] = [];
-  let len = 0;
-  for (let i = seed; len < n; i++) {
-    const w = `${words[(i * 7) % words.length]} ${(i * 31) % 1000}\n`;
-    parts.push(w);
-    len += w.length;
-  }
-  return Buffer.from(parts.join('').slice(0, n));
-}
-
-/** Every kind of entry a data directory holds; `state.txt` is what the test hooks write. */
+/** The shared tree of every file kind, plus `state.txt`, the file the test hooks rewrite. */
 async function makeTree(root: string): Promise<void> {
-  await mkdir(root, { recursive: true });
-  await mkdir(join(root, 'docs'));
-  await writeFile(join(root, 'docs/readme.txt'), text(300_000));
-  await writeFile(join(root, 'docs/empty'), '');
-  await mkdir(join(root, 'data'));
-  await writeFile(join(root, 'data/big.bin'), randomBytes(2 * MiB + 12345));
-  await writeFile(join(root, 'data/compressible.log'), text(3 * MiB, 5));
-  const dup = randomBytes(MiB + 999);
-  await writeFile(join(root, 'data/dup1'), dup);
-  await writeFile(join(root, 'data/dup2'), dup);
-  await writeFile(join(root, 'data/zeros.bin'), Buffer.alloc(2 * MiB));
-  const fh = await open(join(root, 'data/sparse.img'), 'w');
-  await fh.write(text(100_000), 0, 100_000, 0);
-  await fh.write(randomBytes(MiB), 0, MiB, 20 * MiB + 123);
-  await fh.close();
-  await writeFile(join(root, 'data/script.sh'), '#!/bin/sh\necho hi\n');
-  await mkdir(join(root, 'hl'));
-  await link(join(root, 'data/big.bin'), join(root, 'hl/second-name'));
-  await symlink('docs/readme.txt', join(root, 'link-rel'));
-  await symlink('/nonexistent/target', join(root, 'dangling'));
-  await mkdir(join(root, 'ro'));
-  await writeFile(join(root, 'ro/frozen'), 'frozen\n');
-  await execa('mkfifo', [join(root, 'pipe')]);
+  await makeBaseTree(root);
   await writeFile(join(root, 'state.txt'), 'initial');
-  await chown(join(root, 'docs/readme.txt'), 1001, 1002);
-  await chown(join(root, 'data'), 26, 26);
-  await chown(join(root, 'data/big.bin'), 26, 26);
-  await symlink('x', join(root, 'owned-link'));
-  await execa('chown', ['-h', '777:778', join(root, 'owned-link')]);
-  await chmod(join(root, 'docs/empty'), 0o600);
-  await chmod(join(root, 'data/script.sh'), 0o4755);
-  await chmod(join(root, 'ro/frozen'), 0o444);
-  await chmod(join(root, 'data'), 0o700);
-  await chmod(root, 0o750);
-  let i = 0;
-  for (const p of ['docs/readme.txt', 'docs/empty', 'data/big.bin', 'data/compressible.log', 'data/dup1', 'data/dup2', 'data/zeros.bin', 'data/sparse.img', 'data/script.sh', 'ro/frozen']) {
-    await utimes(join(root, p), T0 + i, T0 + 1000 + i++);
-  }
-  for (const p of ['link-rel', 'dangling', 'owned-link']) await lutimes(join(root, p), T0, T0 + 50 + i++);
-  await chmod(join(root, 'ro'), 0o555);
-  for (const p of ['docs', 'data', 'hl', 'ro', '.']) await utimes(join(root, p), T0, T0 + 5000 + i++);
-}
-
-interface Described {
-  type: string;
-  mode: number;
-  uid: number;
-  gid: number;
-  mtimeUs: bigint;
-  size?: number;
-  sha256?: string;
-  target?: string;
-  links?: string[];
-}
-
-/** what a restore promises to keep, per path; `skip` leaves paths out (the file the hooks rewrite) */
-async function describeTree(root: string, skip: readonly string[] = []): Promise<Map<string, Described>> {
-  const out = new Map<string, Described>();
-  const inodes = new Map<bigint, string[]>();
-  const walk = async (rel: string): Promise<void> => {
-    if (skip.includes(rel)) return;
-    const abs = rel === '.' ? root : join(root, rel);
-    const st = await lstat(abs, { bigint: true });
-    const base = { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), mtimeUs: st.mtimeNs / 1000n };
-    if (st.isDirectory()) {
-      out.set(rel, { type: 'dir', ...base });
-      for (const n of (await readdir(abs)).sort()) await walk(rel === '.' ? n : `${rel}/${n}`);
-    } else if (st.isFile()) {
-      const names = inodes.get(st.ino) ?? [];
-      names.push(rel);
-      inodes.set(st.ino, names);
-      out.set(rel, { type: 'file', ...base, size: Number(st.size), sha256: createHash('sha256').update(await readFile(abs)).digest('hex') });
-    } else if (st.isSymbolicLink()) {
-      out.set(rel, { type: 'symlink', ...base, mode: 0, target: await readlink(abs) });
-    }
-  };
-  await walk('.');
-  for (const names of inodes.values()) for (const n of names) out.get(n)!.links = names.filter((x) => x !== n);
-  return out;
-}
-
-function assertSameTree(actual: Map<string, Described>, expected: Map<string, Described>): void {
-  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
-  for (const [p, e] of expected) {
-    const a = actual.get(p)!;
-    const diff = a.mtimeUs - e.mtimeUs;
-    assert.ok(diff >= -1n && diff <= 1n, `${p}: mtime ${a.mtimeUs} µs, expected ${e.mtimeUs} µs`);
-    assert.deepEqual({ ...a, mtimeUs: 0n }, { ...e, mtimeUs: 0n }, p);
-  }
 }
 
 interface Host {

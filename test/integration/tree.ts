@@ -87,11 +87,12 @@ export interface Described {
   links?: string[];
 }
 
-/** Everything bosun promises to keep, per path (sockets and fifos are left out: backups do not carry them). */
-export async function describeTree(root: string): Promise<Map<string, Described>> {
+/** Everything bosun promises to keep, per path (sockets and fifos are left out: backups do not carry them); `skip` leaves more paths out. */
+export async function describeTree(root: string, skip: readonly string[] = []): Promise<Map<string, Described>> {
   const out = new Map<string, Described>();
   const inodes = new Map<bigint, string[]>();
   const walk = async (rel: string): Promise<void> => {
+    if (skip.includes(rel)) return;
     const abs = rel === '.' ? root : join(root, rel);
     const st = await lstat(abs, { bigint: true });
     const base = { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), mtimeUs: st.mtimeNs / 1000n };
