@@ -1,15 +1,33 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Planner } from '../src/engine/apply.js';
 import { PHASE_ORDER, type Step } from '../src/engine/step.js';
+import type { NodeSpec } from '../src/spec/node-spec.js';
+import { parseNodeSpec } from '../src/spec/validate.js';
 
 /** The repository root, from the compiled location dist/test/helpers.js. */
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 export const cliPath = join(repoRoot, 'dist/src/cli.js');
 export const examplesDir = join(repoRoot, 'examples');
+export const goldenDir = join(repoRoot, 'test/unit/golden');
+
+/** One of examples/<node>.json, parsed (it must be valid). */
+export async function loadExample(node: string): Promise<NodeSpec> {
+  const r = parseNodeSpec(JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8')));
+  assert.ok(r.ok);
+  return r.value;
+}
+
+/** Compare with a pinned file under test/unit/golden; UPDATE_GOLDEN=1 rewrites it (review the diff before committing). */
+export async function matchGolden(name: string, actual: string): Promise<void> {
+  const file = join(goldenDir, name);
+  if (process.env.UPDATE_GOLDEN === '1') await writeFile(file, actual);
+  assert.equal(actual, await readFile(file, 'utf8'), `${name} differs from the pinned file; if the change is intended run with UPDATE_GOLDEN=1`);
+}
 
 export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'bosun-test-'));

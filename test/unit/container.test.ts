@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isBosunError } from '../../src/errors.js';
@@ -9,10 +9,9 @@ import { containerPhase, planContainer, type ObservedContainer } from '../../src
 import { configDir, INIT_CAPS, keptCaps, limitsDropIn, MANIFEST, mergedSettings, NSPAWN_DEFAULT_CAPS, renderConfig, renderLimitsDropIn, renderManifest, renderNspawn, renderStartDropIn, startDropIn } from '../../src/phases/container/render.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
-import { examplesDir, repoRoot } from '../helpers.js';
+import { examplesDir, matchGolden } from '../helpers.js';
 
 const ctx = { distro: DISTROS.debian };
-const goldenDir = join(repoRoot, 'test/unit/golden');
 
 async function raw(node = 'node-a'): Promise<any> {
   return JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8'));
@@ -37,12 +36,6 @@ async function problems(mutate: (s: any) => void): Promise<string[]> {
   const p = parseNodeSpec(r);
   assert.equal(p.ok, false, 'the spec should be refused');
   return p.ok ? [] : p.problems.map((x) => `${x.path}: ${x.message}`);
-}
-
-async function matchGolden(name: string, actual: string): Promise<void> {
-  const file = join(goldenDir, name);
-  if (process.env.UPDATE_GOLDEN === '1') await writeFile(file, actual);
-  assert.equal(actual, await readFile(file, 'utf8'), `${name} differs from the pinned files; if the change is intended run with UPDATE_GOLDEN=1`);
 }
 
 /** Everything the phase writes for a spec, in one text to pin. */

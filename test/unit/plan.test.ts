@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { Step } from '../../src/engine/step.js';
@@ -7,24 +6,9 @@ import { DISTROS } from '../../src/host/distro.js';
 import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
 import { auxiliaryPhase } from '../../src/phases/auxiliary.js';
 import { ObservationReuse, planNode } from '../../src/phases/index.js';
-import { parseNodeSpec } from '../../src/spec/validate.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
-import { examplesDir, repoRoot, runCli } from '../helpers.js';
+import { examplesDir, loadExample, matchGolden, runCli } from '../helpers.js';
 
-const goldenDir = join(repoRoot, 'test/unit/golden');
-
-async function loadExample(node: string): Promise<NodeSpec> {
-  const r = parseNodeSpec(JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8')));
-  assert.ok(r.ok);
-  return r.value;
-}
-
-/** Compare with a pinned file; UPDATE_GOLDEN=1 rewrites it (review the diff before committing). */
-async function matchGolden(name: string, actual: string): Promise<void> {
-  const file = join(goldenDir, name);
-  if (process.env.UPDATE_GOLDEN === '1') await writeFile(file, actual);
-  assert.equal(actual, await readFile(file, 'utf8'), `${name} differs from the pinned plan; if the change is intended run with UPDATE_GOLDEN=1`);
-}
 
 describe('plan of the example cluster', () => {
   for (const node of ['node-a', 'node-b', 'node-c']) {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { DoneSet } from '../../src/backup/journal.js';
@@ -11,24 +11,10 @@ import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
 import { phasesFor } from '../../src/phases/index.js';
 import { MARKER_FORMAT, restorePhase } from '../../src/phases/restore/index.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
-import { parseNodeSpec } from '../../src/spec/validate.js';
-import { examplesDir, repoRoot } from '../helpers.js';
+import { loadExample, matchGolden } from '../helpers.js';
 
-const goldenDir = join(repoRoot, 'test/unit/golden');
 const DATA = '/var/lib/bosun/data';
 const ctx = { distro: DISTROS.fedora };
-
-async function loadExample(node: string): Promise<NodeSpec> {
-  const r = parseNodeSpec(JSON.parse(await readFile(join(examplesDir, `${node}.json`), 'utf8')));
-  assert.ok(r.ok);
-  return r.value;
-}
-
-async function matchGolden(name: string, actual: string): Promise<void> {
-  const file = join(goldenDir, name);
-  if (process.env.UPDATE_GOLDEN === '1') await writeFile(file, actual);
-  assert.equal(actual, await readFile(file, 'utf8'), `${name} differs from the pinned plan; if the change is intended run with UPDATE_GOLDEN=1`);
-}
 
 /** The data volume as the phase sees it: files by path, directory listings derived from them. */
 class VolumeProbe implements HostProbe {
