@@ -5,6 +5,7 @@ import type { HostProbe } from '../host/probe.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import { ObservationReuse, planPhase, phasesFor, type PlanContext } from '../phases/index.js';
+import { assertNotDecommissioned, markDecommissioning, recordDecommission, type DecommissionRecord } from '../phases/decommission.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { ObjectStorageSettings } from '../spec/agent-settings.js';
 import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
@@ -48,6 +49,8 @@ export interface ApplyOutcome {
   record: AppliedRecord;
   /** time inside the engine (observe, plan, run), without process start-up */
   durationMs: number;
+  /** a decommission spec: the verified result, as persisted in the state dir */
+  decommission?: DecommissionRecord;
 }
 
 export function specDigest(spec: NodeSpec): string {
@@ -86,6 +89,7 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   const digest = specDigest(spec);
   const log = logger.child({ specVersion: spec.version });
 
+  await assertNotDecommissioned(spec, req.stateDir);
   const applied = await journal.readApplied();
   if (applied && spec.version < applied.specVersion) {
     throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} is older than version ${applied.specVersion}, already applied; versions only grow`, { version: spec.version, applied: applied.specVersion });
@@ -130,10 +134,12 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     throw new BosunError('E_NOT_IMPLEMENTED', `the plan needs phases bosun cannot run yet: ${pending.join(', ')}; nothing was changed (see \`bosun plan\`)`, { phases: pending });
   }
   const total = [...firstPlans.values()].reduce((n, s) => n + s.length, 0);
+  if (spec.decommission) await markDecommissioning(spec, req.stateDir);
   if (total === 0 && state.stepsDone === 0) {
     const record = await journal.complete(state, spec);
+    const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
     log.info({ steps: 0 }, `version ${spec.version}: the host already matches; nothing to do`);
-    return { result: 'unchanged', specVersion: spec.version, steps: 0, record };
+    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, ...(decommission ? { decommission } : {}) };
   }
   log.info({ steps: total, phases: remaining }, `applying version ${spec.version}: about ${total} steps in ${remaining.length} phases`);
 
@@ -151,8 +157,9 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     await journal.write(state);
   }
   const record = await journal.complete(state, spec);
+  const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
   log.info({ steps: state.stepsDone }, `version ${spec.version} applied`);
-  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record };
+  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, ...(decommission ? { decommission } : {}) };
 }
 
 async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger): Promise<void> {
