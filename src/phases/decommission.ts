@@ -122,7 +122,7 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
       disks.mounted = (await probe.run(['findmnt', '--noheadings', '--mountpoint', d.mount.path])).exitCode === 0;
       disks.mountUnitFile = (await probe.stat(mountUnitPath(d.mount.path))) !== undefined;
       if (d.luks) {
-        const device = d.raid ? `/dev/md/${d.raid.name}` : luksDevice(spec, await observeDisks(spec, probe, ctx));
+        const device = await luksDevice(spec, probe, ctx);
         const dump = await probe.run(['cryptsetup', 'luksDump', device]);
         disks.luks = { device, name: d.luks.name, open: (await probe.stat(`/dev/mapper/${d.luks.name}`)) !== undefined, ...(dump.exitCode === 0 ? { keyslots: countKeyslots(dump.stdout) } : {}) };
       }
@@ -133,11 +133,20 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
   return obs;
 }
 
-/** Where the LUKS header is without RAID: the one selected disk, as the disks phase sees it. */
-function luksDevice(spec: NodeSpec, observed: Awaited<ReturnType<typeof observeDisks>>): string {
+/**
+ * Where the LUKS header is, as the disks phase sees it: the array as it is
+ * assembled now (/dev/md127 when the initramfs assembled it without its
+ * /dev/md/<name> link), or the one selected disk.
+ */
+async function luksDevice(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<string> {
   const d = spec.disks!;
-  if ('paths' in d.devices) return d.devices.paths[0]!;
-  return computeLayers(spec, observed).luks?.device ?? d.devices.match.kind;
+  const fallback = d.raid ? `/dev/md/${d.raid.name}` : 'paths' in d.devices ? d.devices.paths[0]! : undefined;
+  try {
+    return computeLayers(spec, await observeDisks(spec, probe, ctx)).luks?.device ?? fallback ?? '';
+  } catch (e) {
+    if (fallback) return fallback;
+    throw e;
+  }
 }
 
 export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Step[] {
