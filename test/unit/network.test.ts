@@ -67,7 +67,6 @@ conn bosun-node-b
 \tikelifetime=8h
 \tsalifetime=1h
 \tdpddelay=10
-\tdpdtimeout=60
 \tdpdaction=restart
 \tkeyingtries=%forever
 \tretransmit-timeout=30s

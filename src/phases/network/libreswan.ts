@@ -41,8 +41,9 @@ export const libreswan: IpsecBackend = {
       '\tesp=aes_gcm256',
       '\tikelifetime=8h',
       '\tsalifetime=1h',
+      // IKEv2 liveness: a probe after 10 s of silence; a peer that does not answer within
+      // retransmit-timeout (below) is dead. pluto ignores dpdtimeout= for IKEv2 (and warns).
       '\tdpddelay=10',
-      '\tdpdtimeout=60',
       // The initiator restarts a tunnel whose peer stopped answering; the responder only
       // clears it and waits, so the two never initiate at once.
       `\tdpdaction=${c.initiator ? 'restart' : 'clear'}`,
