@@ -4,6 +4,8 @@
 // crypto-erases the volume (luksErase: no keyslot left, the old key opens
 // nothing), and the status says decommissioned and safe to delete. A replay
 // is a no-op; a later normal spec is refused and the disks stay untouched.
+// The decommission is first cut by a power cut (SIGKILL to qemu) once its
+// first step (stopping the machine) is done, and finishes after power-on.
 // One VM for the whole file.
 //
 //   npx tsc -p tsconfig.json && node --test dist/test/lab/decommission.test.js
@@ -13,6 +15,7 @@ import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { applyThenCut, describeJournalPoint, writeSpec } from './guest-apply.js';
 
 const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 const LAB = 'decom-lab';
@@ -124,8 +127,22 @@ describe('decommission in a VM', { timeout: 30 * 60_000 }, () => {
       assert.match(typo.stderr, /decommission\.confirmNode/);
       assert.equal(await sh('systemctl is-active systemd-nspawn@demo.service'), 'active');
 
+      // Power cut in the middle of the decommission: after its first step, before it finished.
+      await writeSpec(vm, spec(2, key, { confirmNode: NODE }));
+      const cut = await applyThenCut(vm, (j) => j?.current?.phase === 'decommission' && j.current.next >= 1);
+      figures.powerCutAt = describeJournalPoint(cut.seen);
+      assert.ok(!cut.finishedFirst && cut.seen?.current?.phase === 'decommission', `the cut came too late or too early: ${JSON.stringify(cut.seen)}`);
+      await vm.start();
+      const mid = await status();
+      assert.equal(mid.lifecycle.state, 'decommissioning', 'after the cut the host knows it is being retired');
+      assert.equal(mid.lifecycle.safeToDelete, false);
+      const refusedMid = await apply(spec(3, key));
+      assert.notEqual(refusedMid.code, 0, 'a half-decommissioned host does not rebuild either');
+      assert.match(refusedMid.stderr, /being decommissioned/);
+
       const d = await apply(spec(2, key, { confirmNode: NODE }));
       assert.equal(d.code, 0, d.stderr);
+      assert.match(d.stderr, /resuming the unfinished apply of version 2/);
       figures.decommissionMs = d.ms;
       assert.match(d.stderr, /cryptsetup luksErase --batch-mode/);
       assert.doesNotMatch(d.stderr, /mkfs|luksFormat|systemctl start/);
@@ -153,7 +170,7 @@ describe('decommission in a VM', { timeout: 30 * 60_000 }, () => {
 
       // A newer normal spec: refused, disks untouched.
       const headerBefore = await sh(`cryptsetup luksDump ${MD} | sha256sum`);
-      const normal = await apply(spec(3, key));
+      const normal = await apply(spec(4, key));
       assert.notEqual(normal.code, 0);
       assert.match(normal.stderr, /E_DECOMMISSIONED|decommissioned/);
       assert.doesNotMatch(normal.stderr, /luksFormat|mkfs|cryptsetup open/);
