@@ -332,6 +332,9 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
     if (rootMeta) await applyRootMetadata(o, body, layout.target);
   } catch (e) {
     abort.abort();
+    if (errnoOf(e) === 'ENOSPC') {
+      throw new BackupError('target', `ENOSPC: no space left on the volume holding ${o.target} (the backup holds ${formatBytes(bytesTotal)}); nothing was marked restored, and a run with room continues from what is in place`, { target: o.target, errno: 'ENOSPC' }, { cause: e });
+    }
     throw e;
   } finally {
     m.chunkKey.fill(0);

@@ -3,7 +3,7 @@
 // that cuts connections, a killed restore that resumes, wrong keys and
 // untrusted signers. Run: npm run test:integration.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -415,6 +415,39 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     } finally {
       client.destroy();
       await proxy.close();
+    }
+  });
+
+  it('disk full on the target volume: ENOSPC naming the volume, no marker; with room the next run completes', async () => {
+    // A real ENOSPC from the kernel: a 6 MiB tmpfs (needs root, as the agent does) and a 12 MiB backup.
+    assert.equal(process.getuid?.(), 0, 'this test mounts a small tmpfs and must run as root');
+    const src = join(work, 'enospc-src');
+    await mkdir(src);
+    for (let i = 0; i < 4; i++) await writeFile(join(src, `f${i}`), randomBytes(3 * MiB));
+    await backup(src, 'enospc');
+    const vol = join(work, 'enospc-vol');
+    const marker = join(work, 'enospc-marker.json');
+    await mkdir(vol);
+    const mount = (size: string): void => void execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', vol]);
+    mount('6m');
+    try {
+      await assert.rejects(restore('enospc', vol, { markerPath: marker }), (e: unknown) => {
+        assert.ok(e instanceof BackupError && e.reason === 'target', String(e));
+        assert.match(e.message, /ENOSPC/);
+        assert.ok(e.message.includes(vol), `does not name the volume: ${e.message}`);
+        return true;
+      });
+      assert.equal(existsSync(marker), false, 'marked restored after ENOSPC');
+      // Nothing that looks like a complete tree: only the staging area and its journal.
+      assert.deepEqual((await readdir(vol)).filter((n) => !n.startsWith('.bosun-restore')), []);
+      // Room made (the volume grown), the next run completes and marks it.
+      execFileSync('mount', ['-o', 'remount,size=32m', vol]);
+      const r = await restore('enospc', vol, { markerPath: marker });
+      assert.equal(r.files, 4);
+      assertSameTree(await describeTree(vol), await describeTree(src));
+      assert.equal(existsSync(marker), true);
+    } finally {
+      execFileSync('umount', [vol]);
     }
   });
 
