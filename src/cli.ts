@@ -475,7 +475,7 @@ const COMMANDS: Record<string, Command> = {
         });
         progress.clear();
         if (io.json) io.data({ ok: true, ...r });
-        else io.out(`restored backup ${r.backupId} into ${r.target}: ${r.files} files, ${formatBytes(r.bytes)} in ${r.seconds.toFixed(1)}s (${formatBytes(r.bytes / Math.max(r.seconds, 1e-3))}/s)${r.resumedChunks > 0 ? `, continuing an interrupted restore (${r.resumedChunks} chunks were already in place)` : ''}`);
+        else io.out(`restored backup ${r.backupId} into ${r.target}: ${r.files} files, ${formatBytes(r.bytes)} in ${r.seconds.toFixed(1)}s (${formatBytes(r.bytes / Math.max(r.seconds, 1e-3))}/s)${r.resumedChunks > 0 ? `, continuing an interrupted restore (${r.resumedChunks} chunks were already in place)` : ''}${r.retries > 0 ? `; ${r.retries} failed requests to the store were retried` : ''}`);
         return ExitCode.ok;
       } catch (e) {
         progress.clear();

@@ -104,6 +104,8 @@ export interface RestoreResult {
   transferredBytes: number;
   /** chunks an interrupted earlier run had restored (and that read back intact) */
   resumedChunks: number;
+  /** failed requests to the store that were retried (connection resets, 5xx, throttling, cut streams) */
+  retries: number;
   seconds: number;
 }
 
@@ -257,7 +259,8 @@ function mtimeSeconds(ns: string): number {
 export async function restoreFromObjectStorage(o: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
   const t = transportOf(o);
-  const retry = o.retry ?? DEFAULT_RETRY;
+  const counter = { retries: 0 };
+  const retry: RetryPolicy = { ...(o.retry ?? DEFAULT_RETRY), counter };
   const abort = new AbortController();
   const onOuterAbort = (): void => abort.abort(o.signal?.reason);
   o.signal?.addEventListener('abort', onOuterAbort, { once: true });
@@ -306,7 +309,7 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
     if (!committing) {
       await ensureStaging(layout);
       await writeJ('fetching');
-      const fetched = await fetchAll(o, t, m, index, layout, done, progress, signal, abort, log);
+      const fetched = await fetchAll({ ...o, retry }, t, m, index, layout, done, progress, signal, abort, log);
       transferred = fetched.transferred;
       resumedChunks = fetched.resumedChunks;
       progress.phase = 'finishing';
@@ -329,6 +332,9 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
     if (rootMeta) await applyRootMetadata(o, body, layout.target);
   } catch (e) {
     abort.abort();
+    if (errnoOf(e) === 'ENOSPC') {
+      throw new BackupError('target', `ENOSPC: no space left on the volume holding ${o.target} (the backup holds ${formatBytes(bytesTotal)}); nothing was marked restored, and a run with room continues from what is in place`, { target: o.target, errno: 'ENOSPC' }, { cause: e });
+    }
     throw e;
   } finally {
     m.chunkKey.fill(0);
@@ -337,8 +343,8 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
   progress.phase = 'done';
   progress.maybeEmit(true);
   const seconds = (performance.now() - started) / 1000;
-  log?.info({ target: o.target, bytes: bytesTotal, transferred, seconds: Number(seconds.toFixed(3)), rate: `${formatBytes(bytesTotal / Math.max(seconds, 1e-3))}/s`, resumedChunks }, 'restore: complete');
-  return { backupId, manifestDigest: m.digest, target: o.target, bytes: bytesTotal, files: index.files.length, transferredBytes: transferred, resumedChunks, seconds };
+  log?.info({ target: o.target, bytes: bytesTotal, transferred, seconds: Number(seconds.toFixed(3)), rate: `${formatBytes(bytesTotal / Math.max(seconds, 1e-3))}/s`, resumedChunks, retries: counter.retries }, 'restore: complete');
+  return { backupId, manifestDigest: m.digest, target: o.target, bytes: bytesTotal, files: index.files.length, transferredBytes: transferred, resumedChunks, retries: counter.retries, seconds };
 }
 
 /** Every missing chunk fetched, verified and written; every file's digest checked on disk. Returns the bytes fetched. */
@@ -512,12 +518,9 @@ async function fetchAll(
       await withRetry(
         retry,
         async (_attempt, progressed) => {
-          let res;
-          try {
-            res = await t.get(pack.key, { start: pos, end: r.end }, signal);
-          } catch (e) {
-            throw storeError(t, pack.key, e);
-          }
+          // A failed request stays a TransportError here so that a 5xx or a
+          // refused connection is retried; the catch below names the object.
+          const res = await t.get(pack.key, { start: pos, end: r.end }, signal);
           if (res.objectSize !== undefined && res.objectSize !== pack.size) {
             throw new BackupError('truncated', `${t.describe(pack.key)} is ${res.objectSize} bytes but the manifest says ${pack.size}: truncated or replaced`, { object: t.describe(pack.key) });
           }

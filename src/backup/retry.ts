@@ -6,6 +6,8 @@ export interface RetryPolicy {
   attempts: number;
   baseDelayMs: number;
   maxDelayMs: number;
+  /** when set, every retry made under this policy is counted here (a restore reports the total) */
+  counter?: { retries: number };
 }
 
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 8, baseDelayMs: 200, maxDelayMs: 10_000 };
@@ -39,6 +41,7 @@ export async function withRetry<T>(
       failures = moved ? 1 : failures + 1;
       if (failures >= policy.attempts) throw e;
       const delay = backoffDelay(policy, failures);
+      if (policy.counter) policy.counter.retries++;
       opts.onRetry?.(e, failures, delay);
       await sleep(delay, undefined, opts.signal ? { signal: opts.signal } : {});
     }

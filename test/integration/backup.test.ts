@@ -3,10 +3,11 @@
 // that cuts connections, a killed restore that resumes, wrong keys and
 // untrusted signers. Run: npm run test:integration.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from 'node:http';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,6 +76,71 @@ class ResettingProxy {
 
   async close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+/**
+ * An HTTP proxy in front of MinIO that answers the first request for each
+ * object and byte range with an S3-style 500 or 503 (alternately, up to
+ * `maxErrors`), and holds back the response headers of every third forwarded
+ * request for `slowMs`. Requests are forwarded byte for byte (Host included),
+ * so the SigV4 signatures still verify.
+ */
+class ErroringProxy {
+  server: HttpServer;
+  errors500 = 0;
+  errors503 = 0;
+  slowed = 0;
+  forwarded = 0;
+  private readonly seen = new Set<string>();
+
+  constructor(
+    upstreamPort: number,
+    readonly maxErrors: number,
+    readonly slowMs: number,
+  ) {
+    this.server = createHttpServer((req, res) => {
+      const key = `${req.method} ${req.url} ${req.headers.range ?? ''}`;
+      if (req.method === 'GET' && !this.seen.has(key) && this.errors500 + this.errors503 < this.maxErrors) {
+        this.seen.add(key);
+        const five03 = (this.errors500 + this.errors503) % 2 === 1;
+        if (five03) this.errors503++;
+        else this.errors500++;
+        req.resume();
+        const code = five03 ? 'SlowDown' : 'InternalError';
+        res.writeHead(five03 ? 503 : 500, { 'content-type': 'application/xml' });
+        res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test</Message></Error>`);
+        return;
+      }
+      this.seen.add(key);
+      const n = ++this.forwarded;
+      const up = httpRequest({ host: '127.0.0.1', port: upstreamPort, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+        const send = (): void => {
+          res.writeHead(ur.statusCode ?? 502, ur.headers);
+          ur.pipe(res);
+        };
+        if (n % 3 === 0) {
+          this.slowed++;
+          setTimeout(send, this.slowMs);
+        } else send();
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+  }
+
+  get injected(): number {
+    return this.errors500 + this.errors503;
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));
   }
 }
@@ -301,6 +367,87 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       client.destroy();
       await proxy.close();
       await rm(target, { recursive: true, force: true });
+    }
+  });
+
+  it('completes through a store that answers 500 and 503 and is slow; the retries are reported', async () => {
+    const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 24, 700);
+    const port = await proxy.listen();
+    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const target = join(work, 'through-erroring-proxy');
+    try {
+      const r = await restoreFromObjectStorage({ transport: transport('tree', client), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY, concurrency: 4 });
+      // The pointer, the manifest and the packs each met an error first.
+      assert.ok(proxy.errors500 >= 2 && proxy.errors503 >= 2, `injected ${proxy.errors500} × 500, ${proxy.errors503} × 503`);
+      assert.ok(proxy.slowed >= 1, 'no response was slowed');
+      // Every injected error cost exactly one retry, and the result says so.
+      assert.equal(r.retries, proxy.injected);
+      assert.equal(r.resumedChunks, 0);
+      assertSameTree(await describeTree(target), expected);
+      process.stderr.write(`[it] store errors: ${proxy.errors500} × 500, ${proxy.errors503} × 503, ${proxy.slowed} responses held ${proxy.slowMs} ms; restore ${r.seconds.toFixed(1)} s, ${r.retries} retries\n`);
+    } finally {
+      client.destroy();
+      await proxy.close();
+      await rm(target, { recursive: true, force: true });
+    }
+  });
+
+  it('gives up on a store that keeps answering 503, naming the object; no target appears', async () => {
+    const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 0, 0);
+    // Every request fails: a store that is down for good.
+    proxy.server.removeAllListeners('request');
+    proxy.server.on('request', (req, res) => {
+      proxy.errors503++;
+      req.resume();
+      res.writeHead(503, { 'content-type': 'application/xml' });
+      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>');
+    });
+    const port = await proxy.listen();
+    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const target = join(work, 'store-down');
+    try {
+      await assert.rejects(
+        restoreFromObjectStorage({ transport: transport('tree', client), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY }),
+        (e: unknown) => e instanceof BackupError && e.reason === 'transport' && /gave up after retries/.test(e.message) && (e.message.includes('latest') || assert.fail(`does not name the object: ${e.message}`)),
+      );
+      assert.equal(proxy.errors503, FAST_RETRY.attempts, 'one request per attempt, then it gives up');
+      assert.equal(existsSync(target), false);
+    } finally {
+      client.destroy();
+      await proxy.close();
+    }
+  });
+
+  it('disk full on the target volume: ENOSPC naming the volume, no marker; with room the next run completes', async () => {
+    // A real ENOSPC from the kernel: a 6 MiB tmpfs (needs root, as the agent does) and a 12 MiB backup.
+    assert.equal(process.getuid?.(), 0, 'this test mounts a small tmpfs and must run as root');
+    const src = join(work, 'enospc-src');
+    await mkdir(src);
+    for (let i = 0; i < 4; i++) await writeFile(join(src, `f${i}`), randomBytes(3 * MiB));
+    await backup(src, 'enospc');
+    const vol = join(work, 'enospc-vol');
+    const marker = join(work, 'enospc-marker.json');
+    await mkdir(vol);
+    const mount = (size: string): void => void execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', vol]);
+    mount('6m');
+    try {
+      await assert.rejects(restore('enospc', vol, { markerPath: marker }), (e: unknown) => {
+        assert.ok(e instanceof BackupError && e.reason === 'target', String(e));
+        assert.match(e.message, /ENOSPC/);
+        assert.ok(e.message.includes(vol), `does not name the volume: ${e.message}`);
+        return true;
+      });
+      assert.equal(existsSync(marker), false, 'marked restored after ENOSPC');
+      // Nothing that looks like a complete tree: only the staging area and its journal.
+      assert.deepEqual((await readdir(vol)).filter((n) => !n.startsWith('.bosun-restore')), []);
+      // Room made (the volume grown), the next run completes and marks it.
+      execFileSync('mount', ['-o', 'remount,size=32m', vol]);
+      const r = await restore('enospc', vol, { markerPath: marker });
+      assert.equal(r.files, 4);
+      assertSameTree(await describeTree(vol), await describeTree(src));
+      assert.equal(existsSync(marker), true);
+    } finally {
+      execFileSync('umount', [vol]);
     }
   });
 
