@@ -265,7 +265,7 @@ export class Agent {
       await this.#syncPeerServer(spec);
       this.#lastApply = { version: spec.version, result: out.result, at: new Date().toISOString() };
       this.#retryDelay = this.#o.retrySeconds ?? 5;
-      await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt });
+      await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt, durationMs: out.durationMs, timings: out.timings });
     } catch (e) {
       this.counters.failed += 1;
       const code = isBosunError(e) ? e.code : 'E_EXEC';
