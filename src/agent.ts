@@ -20,6 +20,7 @@ import { createKafka, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
 import type { Sample } from './health/metrics.js';
 import { readRestoreProgressSync } from './phases/restore/run.js';
+import { lifecycleOf, readDecommissionRecord, type DecommissionRecord } from './phases/decommission.js';
 
 import { AGENT_VERSION } from './version.js';
 
@@ -82,6 +83,8 @@ export class Agent {
   #lastHealth: Record<string, unknown> | undefined;
   /** the snapshot server for peers restoring from this node (spec.peerServe), and the settings it runs with */
   #peerServer: { key: string; stop(): Promise<void> } | undefined;
+  /** the decommission record in the state dir, if this host is being or was decommissioned */
+  #decommission: DecommissionRecord | undefined;
   readonly counters = { received: 0, refused: 0, applied: 0, failed: 0, duplicates: 0, consumerRestarts: 0 };
 
   constructor(o: AgentOptions) {
@@ -108,6 +111,7 @@ export class Agent {
   async start(): Promise<void> {
     const { logger } = this.#o;
     this.#lastGood = await this.#readLastGood();
+    this.#decommission = await readDecommissionRecord(this.#o.stateDir).catch(() => undefined);
     const seen = await readFile(join(this.#o.stateDir, 'desired-seen.json'), 'utf8').catch(() => '{}');
     this.#seen = JSON.parse(seen) as Record<string, string>;
     this.#kafka = await createKafka(this.#o.settings, logger);
@@ -258,6 +262,7 @@ export class Agent {
     const reuse = new ObservationReuse();
     const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx, reuse), changed: () => reuse.clear() };
     const log = this.#o.logger.child({ specVersion: spec.version });
+    if (spec.decommission) await this.#syncPeerServer(spec);
     try {
       const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress: this.#o.onProgress, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
@@ -266,6 +271,12 @@ export class Agent {
       this.#lastApply = { version: spec.version, result: out.result, at: new Date().toISOString() };
       this.#retryDelay = this.#o.retrySeconds ?? 5;
       await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt, durationMs: out.durationMs, timings: out.timings });
+      if (out.decommission) {
+        const first = this.#decommission?.state !== 'decommissioned';
+        this.#decommission = out.decommission;
+        // A replay reports the same status, but the event announces the retirement once.
+        if (first) await this.#reporter!.event({ kind: 'decommissioned', version: spec.version, safeToDelete: out.decommission.safeToDelete, finishedAt: out.decommission.finishedAt, erase: out.decommission.erase, evidence: out.decommission.evidence });
+      }
     } catch (e) {
       this.counters.failed += 1;
       const code = isBosunError(e) ? e.code : 'E_EXEC';
@@ -273,8 +284,13 @@ export class Agent {
       const details = isBosunError(e) ? e.details : {};
       this.#lastApply = { version: spec.version, result: 'failed', at: new Date().toISOString(), error: { code, message, phase: details.phase, step: details.step } };
       log.error({ errorCode: code }, `applying version ${spec.version} failed: ${message}; the host keeps its last good state (version ${this.#lastGood?.version ?? 'none'}); retrying in ${this.#retryDelay}s`);
-      await this.#reporter!.event({ kind: 'apply-failed', version: spec.version, code, message, phase: details.phase, step: details.step, retryInSeconds: this.#retryDelay });
-      if (!this.#stopped && code !== 'E_INVALID_SPEC' && code !== 'E_STALE_VERSION') {
+      if (spec.decommission) this.#decommission = await readDecommissionRecord(this.#o.stateDir).catch(() => this.#decommission);
+      if (code === 'E_DECOMMISSIONED') {
+        // Like any refused desired state: reported once, never retried; the host stays as it is.
+        this.counters.refused += 1;
+        await this.#reporter!.event({ kind: 'refused', reason: 'decommissioned', message, version: spec.version });
+      } else await this.#reporter!.event({ kind: 'apply-failed', version: spec.version, code, message, phase: details.phase, step: details.step, retryInSeconds: this.#retryDelay });
+      if (!this.#stopped && code !== 'E_INVALID_SPEC' && code !== 'E_STALE_VERSION' && code !== 'E_DECOMMISSIONED') {
         const delay = this.#retryDelay;
         this.#retryDelay = Math.min(this.#retryDelay * 2, 300);
         this.#retryTimer = setTimeout(() => {
@@ -298,6 +314,7 @@ export class Agent {
       wantedVersion: this.#wanted?.version ?? null,
       lastApply: this.#lastApply ?? null,
       restore: readRestoreProgressSync(this.#o.stateDir) ?? null,
+      lifecycle: lifecycleOf(this.#decommission, this.#wanted),
       counters: this.counters,
       time: new Date().toISOString(),
       ...extra,
@@ -339,7 +356,8 @@ export class Agent {
    * does not fail the apply: the host itself is as the spec says.
    */
   async #syncPeerServer(spec: NodeSpec): Promise<void> {
-    const key = spec.peerServe ? canonicalJson({ serve: spec.peerServe, address: spec.network?.ipsec?.address, data: spec.disks?.mount.path }) : '';
+    // A node being retired serves no one: its data volume is going away.
+    const key = spec.peerServe && !spec.decommission ? canonicalJson({ serve: spec.peerServe, address: spec.network?.ipsec?.address, data: spec.disks?.mount.path }) : '';
     if ((this.#peerServer?.key ?? '') === key) return;
     await this.#peerServer?.stop().catch(() => undefined);
     this.#peerServer = undefined;

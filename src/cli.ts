@@ -20,6 +20,7 @@ import { createLogger } from './log.js';
 import { AGENT_VERSION } from './version.js';
 import { createNotifier } from './host/notify.js';
 import { planNode } from './phases/index.js';
+import { lifecycleOf, readDecommissionRecord } from './phases/decommission.js';
 import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
 import type { AgentSettings } from './spec/agent-settings.js';
 
@@ -151,7 +152,7 @@ const COMMANDS: Record<string, Command> = {
         ...(settings?.objectStorage ? { objectStorage: settings.objectStorage } : {}),
       });
       if (io.json) io.data({ ok: true, ...outcome });
-      else io.out(`version ${outcome.specVersion}: ${outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at phase ${outcome.resumedAt})` : ''}`}`);
+      else io.out(`version ${outcome.specVersion}: ${outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at phase ${outcome.resumedAt})` : ''}`}${outcome.decommission ? `; decommissioned, safe to delete: ${outcome.decommission.safeToDelete ? 'yes' : 'no'}` : ''}`);
       return ExitCode.ok;
     },
   },
@@ -215,7 +216,7 @@ const COMMANDS: Record<string, Command> = {
     async run({ values, io }) {
       const { settings, stateDir } = await resolveState(values, false);
       const journal = new Journal(stateDir);
-      const [applied, inProgress, identity, restore] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir), readRestoreProgress(stateDir)]);
+      const [applied, inProgress, identity, restore, decommission] = await Promise.all([journal.readApplied(), journal.read(), readIdentity(stateDir), readRestoreProgress(stateDir), readDecommissionRecord(stateDir)]);
       const { formatBytes } = await import('./backup/progress.js');
       let health: Record<string, unknown> | null = null;
       if (values.health) {
@@ -242,6 +243,7 @@ const COMMANDS: Record<string, Command> = {
             }
           : null,
         restore: restore ?? null,
+        lifecycle: lifecycleOf(decommission, undefined),
         ...(values.health ? { health } : {}),
       };
       if (io.json) io.data(status);
@@ -249,6 +251,7 @@ const COMMANDS: Record<string, Command> = {
         io.out(`node:        ${status.node ?? '(no agent.json)'}`);
         io.out(`state dir:   ${stateDir}`);
         io.out(`identity:    ${identity ? identity.sealingKey : 'none yet (made on first run)'}`);
+        if (decommission) io.out(`lifecycle:   ${status.lifecycle.state}${status.lifecycle.safeToDelete ? ', safe to delete' : ''}${decommission.finishedAt ? ` (finished ${decommission.finishedAt})` : ''}${decommission.problems.length > 0 ? `: ${decommission.problems.join('; ')}` : ''}`);
         io.out(`applied:     ${applied ? `version ${applied.specVersion} at ${applied.appliedAt} (${applied.steps} steps)` : 'nothing yet'}`);
         if (status.inProgress) {
           const p = status.inProgress;

@@ -41,7 +41,11 @@ export type ErrorCode =
   | 'E_INTEGRITY'
   /** the object store (or peer) kept failing after every retry */
   | 'E_TRANSPORT'
-  | 'E_PACKAGES';
+  | 'E_PACKAGES'
+  /** this host was decommissioned (or is being): it refuses every spec that would build it again */
+  | 'E_DECOMMISSIONED'
+  /** the decommission phase ran but its result did not verify (a keyslot left, a volume still open...) */
+  | 'E_DECOMMISSION_UNVERIFIED';
 
 const exitFor: Record<ErrorCode, ExitCode> = {
   E_USAGE: ExitCode.usage,
@@ -61,6 +65,8 @@ const exitFor: Record<ErrorCode, ExitCode> = {
   E_REFUSED: ExitCode.refused,
   E_INTEGRITY: ExitCode.failed,
   E_TRANSPORT: ExitCode.failed,
+  E_DECOMMISSIONED: ExitCode.refused,
+  E_DECOMMISSION_UNVERIFIED: ExitCode.failed,
   E_PACKAGES: ExitCode.failed,
 };
 

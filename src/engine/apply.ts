@@ -5,6 +5,7 @@ import type { HostProbe } from '../host/probe.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import { ObservationReuse, planPhase, phasesFor, type PlanContext } from '../phases/index.js';
+import { assertNotDecommissioned, markDecommissioning, recordDecommission, type DecommissionRecord } from '../phases/decommission.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { ObjectStorageSettings } from '../spec/agent-settings.js';
 import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
@@ -50,6 +51,8 @@ export interface ApplyOutcome {
   durationMs: number;
   /** where the time went: the first planning pass, then per phase that ran */
   timings?: ApplyTimings;
+  /** a decommission spec: the verified result, as persisted in the state dir */
+  decommission?: DecommissionRecord;
 }
 
 /** Per-phase durations of one apply run: what the agent spent observing and planning, and what its steps (the tools' real work) took. */
@@ -108,6 +111,7 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   const digest = specDigest(spec);
   const log = logger.child({ specVersion: spec.version });
 
+  await assertNotDecommissioned(spec, req.stateDir);
   const applied = await journal.readApplied();
   if (applied && spec.version < applied.specVersion) {
     throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} is older than version ${applied.specVersion}, already applied; versions only grow`, { version: spec.version, applied: applied.specVersion });
@@ -154,10 +158,12 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   }
   const timings: ApplyTimings = { planMs: Math.round(performance.now() - planStarted), phases: [] };
   const total = [...firstPlans.values()].reduce((n, s) => n + s.length, 0);
+  if (spec.decommission) await markDecommissioning(spec, req.stateDir);
   if (total === 0 && state.stepsDone === 0) {
     const record = await journal.complete(state, spec);
+    const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
     log.info({ steps: 0 }, `version ${spec.version}: the host already matches; nothing to do`);
-    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, timings };
+    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, timings, ...(decommission ? { decommission } : {}) };
   }
   log.info({ steps: total, phases: remaining }, `applying version ${spec.version}: about ${total} steps in ${remaining.length} phases`);
 
@@ -180,8 +186,9 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     log.info({ phase, ms: timing.ms, planMs: timing.planMs, stepMs: timing.stepMs, steps: timing.steps }, `${phase}: ${timing.steps} steps in ${timing.ms} ms (${timing.stepMs} ms in the steps)`);
   }
   const record = await journal.complete(state, spec);
+  const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
   log.info({ steps: state.stepsDone, timings }, `version ${spec.version} applied`);
-  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, timings };
+  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, timings, ...(decommission ? { decommission } : {}) };
 }
 
 async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger, timing: PhaseTiming): Promise<void> {

@@ -12,9 +12,9 @@ import type { SealedSecret } from '../spec/common.js';
  * root-only file.
  */
 
-export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary';
+export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary' | 'decommission';
 /** restore comes before container: the service must find its data in place when it first starts */
-export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'restore', 'container', 'auxiliary'];
+export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'restore', 'container', 'auxiliary', 'decommission'];
 
 /**
  * What the engine plans, runs and journals as one unit: a phase, or one stage

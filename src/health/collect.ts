@@ -10,6 +10,8 @@ import { containerHealth } from '../phases/container/health.js';
 export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {};
   const problems: string[] = [];
+  // A retired node has nothing to keep healthy: its lifecycle (in the status) says where it stands.
+  if (spec.decommission) return { decommission: true, ok: true, problems };
   if (spec.disks) {
     try {
       const obs = await observeDisks(spec, probe, ctx);

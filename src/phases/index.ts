@@ -7,13 +7,15 @@ import { restorePhase } from './restore/index.js';
 import { containerPhase } from './container/index.js';
 import { networkPhase } from './network/index.js';
 import { diskStages } from './disks/index.js';
+import { decommissionPhase } from './decommission.js';
 import type { Phase, PlanContext } from './types.js';
 
 /** Boot order: each phase may rely on every phase before it. */
-export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, restorePhase, containerPhase, auxiliaryPhase] as Phase<unknown>[];
+export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, restorePhase, containerPhase, auxiliaryPhase, decommissionPhase] as Phase<unknown>[];
 
-/** The stages a spec asks for, in boot order. */
+/** The stages a spec asks for, in boot order. A decommission spec asks only for the decommission: nothing is built. */
 export function phasesFor(spec: NodeSpec): StageId[] {
+  if (spec.decommission) return [decommissionPhase.stage];
   return PHASES.filter((p) => p.section(spec) !== undefined).map((p) => p.stage);
 }
 
@@ -47,6 +49,7 @@ export class ObservationReuse {
 export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe, ctx: PlanContext, reuse?: ObservationReuse): Promise<Step[]> {
   const phase = PHASES.find((p) => p.stage === stage);
   if (!phase || phase.section(spec) === undefined) return [];
+  if (spec.decommission && phase !== decommissionPhase) return [];
   const observed = reuse?.get(phase.name, spec)?.observed ?? (await phase.observe(spec, probe, ctx));
   const steps = phase.plan(spec, observed, ctx);
   reuse?.planned(phase.name, spec, observed, steps.length);
@@ -65,6 +68,6 @@ export type { Phase, PlanContext } from './types.js';
 
 /** Stages whose part of the spec differs between two specs: the only ones a change re-runs. */
 export function changedStages(next: NodeSpec, previous: NodeSpec | undefined): StageId[] {
-  if (!previous) return phasesFor(next);
+  if (!previous || next.decommission) return phasesFor(next);
   return PHASES.filter((p) => p.section(next) !== undefined && canonicalJson(p.section(next)) !== canonicalJson(p.section(previous))).map((p) => p.stage);
 }

@@ -361,6 +361,18 @@ export const HealthSpec = z.strictObject({
   intervalSeconds: z.number().int().min(5).max(3600).default(30),
 });
 
+/**
+ * Take this node out of service for good: stop the service, leave the mesh,
+ * destroy every LUKS keyslot (crypto-erase) and report that the host is safe
+ * to delete. The other sections stay: they name what there is to tear down.
+ */
+export const DecommissionSpec = z.strictObject({
+  /** must equal `node`: a control-plane typo must not erase the wrong host */
+  confirmNode: Identifier,
+  /** crypto: destroy the LUKS keyslots so the disks are unreadable; none: only stop and leave */
+  erase: z.enum(['crypto', 'none']).default('crypto'),
+});
+
 export const NodeSpec = z
   .strictObject({
     apiVersion: z.literal('bosun/v1'),
@@ -377,8 +389,16 @@ export const NodeSpec = z
     peerServe: PeerServeSpec.optional(),
     auxiliary: z.array(AuxiliaryAgent).default([]),
     health: HealthSpec.default({ intervalSeconds: 30 }),
+    /** present: this node is being retired; nothing is built, everything listed is torn down */
+    decommission: DecommissionSpec.optional(),
   })
   .superRefine((s, ctx) => {
+    if (s.decommission && s.decommission.confirmNode !== s.node) {
+      ctx.addIssue({ code: 'custom', path: ['decommission', 'confirmNode'], message: `must equal "node" (${s.node}) to decommission this host` });
+    }
+    if (s.decommission?.erase === 'crypto' && !s.disks?.luks) {
+      ctx.addIssue({ code: 'custom', path: ['decommission', 'erase'], message: 'cannot crypto-erase an unencrypted volume; use erase: none to decommission without erasing' });
+    }
     s.network?.ipsec?.peers.forEach((p, i) => {
       if (p.node === s.node) ctx.addIssue({ code: 'custom', path: ['network', 'ipsec', 'peers', i, 'node'], message: 'a node cannot be its own peer' });
     });
@@ -407,3 +427,4 @@ export type PeerRestoreSpec = z.infer<typeof PeerRestore>;
 export type PeerServeSpec = z.infer<typeof PeerServeSpec>;
 export type AuxiliaryAgent = z.infer<typeof AuxiliaryAgent>;
 export type PackagesSpec = z.infer<typeof PackagesSpec>;
+export type DecommissionSpec = z.infer<typeof DecommissionSpec>;

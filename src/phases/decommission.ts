@@ -1,0 +1,334 @@
+import { join } from 'node:path';
+import { BosunError } from '../errors.js';
+import type { Step } from '../engine/step.js';
+import { readFileIfExists, writeFileAtomic } from '../host/files.js';
+import type { HostProbe } from '../host/probe.js';
+import type { NodeSpec } from '../spec/node-spec.js';
+import { machineUnit } from './container/render.js';
+import { computeLayers } from './disks/layers.js';
+import { mountUnitName, mountUnitPath } from './disks/mount.js';
+import { observeDisks } from './disks/observe.js';
+import { libreswan, OWNED_HEADER } from './network/libreswan.js';
+import { strongswan } from './network/strongswan.js';
+import { POLICY_FILE, POLICY_TABLE, POLICY_UNIT, POLICY_UNIT_FILE } from './network/policy.js';
+import type { IpsecBackend } from './network/backend.js';
+import type { Phase, PlanContext } from './types.js';
+
+/**
+ * The decommission phase: retire this node for good. It tears down what the
+ * other sections of the spec name and builds nothing:
+ *
+ *   1. stop and disable the service's machine and the auxiliary agents;
+ *   2. leave the IPsec mesh: unload and delete bosun's conns (only files that
+ *      carry bosun's header), drop bosun's policy table and its unit;
+ *   3. unmount the data volume, close LUKS, destroy every keyslot
+ *      (`cryptsetup luksErase`): without a keyslot the volume key is gone and
+ *      the disks are unreadable, whatever copy of the passphrase survives;
+ *      remove key material bosun keeps on the host (a key file, the peer
+ *      snapshot spool).
+ *
+ * Every step is planned from an observation, so a re-run after a crash does
+ * only what is left. The md array is left assembled: it holds only ciphertext
+ * under a header with no keyslot, stopping it protects nothing, and keeping it
+ * lets anyone re-check the evidence (`cryptsetup luksDump /dev/md/<name>`).
+ *
+ * When the engine has run this phase, `recordDecommission` verifies the
+ * result and persists it in the state dir; from then on the host refuses any
+ * spec without `decommission` (`assertNotDecommissioned`).
+ */
+
+export const DECOMMISSION_FILE = 'decommissioned.json';
+
+export interface ObservedDecommission {
+  container?: { unit: string; enabled: string; active: string };
+  auxiliary: { unit: string; enabled: string; active: string }[];
+  ipsec?: {
+    backend: IpsecBackend;
+    running: boolean;
+    loaded: string[];
+    /** bosun's own files in the daemon's config dir */
+    files: string[];
+    policyLoaded: boolean;
+    policyFile: boolean;
+    policyUnitFile: boolean;
+    policyEnabled: boolean;
+  };
+  disks?: {
+    mountPath: string;
+    mounted: boolean;
+    mountUnitFile: boolean;
+    /** the LUKS layer: where its header is, its mapping, and the keyslots left (undefined: no LUKS header there) */
+    luks?: { device: string; name: string; open: boolean; keyslots?: number };
+    keyFile?: string;
+  };
+  peerSpool?: string;
+}
+
+const BACKENDS: Record<string, IpsecBackend> = { libreswan, strongswan };
+
+/** Keyslots in `cryptsetup luksDump` output (LUKS2: "Keyslots:" then "  0: luks2"; LUKS1: "Key Slot 0: ENABLED"). */
+export function countKeyslots(dump: string): number {
+  const luks1 = dump.match(/^Key Slot \d+: ENABLED/gm);
+  if (luks1) return luks1.length;
+  const lines = dump.split('\n');
+  const start = lines.findIndex((l) => /^Keyslots:/.test(l));
+  if (start < 0) return 0;
+  let n = 0;
+  for (const l of lines.slice(start + 1)) {
+    if (/^\S/.test(l)) break;
+    if (/^\s+\d+: /.test(l)) n += 1;
+  }
+  return n;
+}
+
+const active = (state: string): boolean => state === 'active' || state === 'activating' || state === 'reloading' || state === 'deactivating';
+
+async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<ObservedDecommission> {
+  const obs: ObservedDecommission = { auxiliary: [] };
+  const blankUnit = { enabled: 'not-found', active: 'inactive' };
+  if (spec.container) {
+    const unit = machineUnit(spec.container);
+    obs.container = { unit, ...(probe.blank ? blankUnit : await probe.unitState(unit)) };
+  }
+  for (const a of spec.auxiliary) obs.auxiliary.push({ unit: a.unit, ...(probe.blank ? blankUnit : await probe.unitState(a.unit)) });
+  const ipsec = spec.network?.ipsec;
+  if (ipsec) {
+    const backend = BACKENDS[ipsec.backend];
+    if (!backend) throw new BosunError('E_INVALID_SPEC', `decommission: unknown IPsec backend ${ipsec.backend}`);
+    const o: NonNullable<ObservedDecommission['ipsec']> = { backend, running: false, loaded: [], files: [], policyLoaded: false, policyFile: false, policyUnitFile: false, policyEnabled: false };
+    if (!probe.blank) {
+      for (const name of await probe.listDir(backend.dir)) {
+        if (!backend.ownedConn(name)) continue;
+        const text = (await probe.readFile(`${backend.dir}/${name}`))?.toString('utf8') ?? '';
+        if (text.startsWith(OWNED_HEADER)) o.files.push(name);
+      }
+      o.running = (await probe.unitState(backend.unit)).active === 'active';
+      if (o.running) {
+        const outs: string[] = [];
+        for (const argv of backend.statusCommands()) outs.push((await probe.run(argv)).stdout);
+        o.loaded = backend.parseStatus(outs).loaded.filter((n) => n.startsWith('bosun-'));
+      }
+      o.policyLoaded = (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0;
+      o.policyFile = (await probe.stat(POLICY_FILE)) !== undefined;
+      o.policyUnitFile = (await probe.stat(POLICY_UNIT_FILE)) !== undefined;
+      o.policyEnabled = (await probe.unitState(POLICY_UNIT)).enabled === 'enabled';
+    }
+    obs.ipsec = o;
+  }
+  const d = spec.disks;
+  if (d) {
+    const disks: NonNullable<ObservedDecommission['disks']> = { mountPath: d.mount.path, mounted: false, mountUnitFile: false };
+    if (!probe.blank) {
+      disks.mounted = (await probe.run(['findmnt', '--noheadings', '--mountpoint', d.mount.path])).exitCode === 0;
+      disks.mountUnitFile = (await probe.stat(mountUnitPath(d.mount.path))) !== undefined;
+      if (d.luks) {
+        const device = await luksDevice(spec, probe, ctx);
+        const dump = await probe.run(['cryptsetup', 'luksDump', device]);
+        disks.luks = { device, name: d.luks.name, open: (await probe.stat(`/dev/mapper/${d.luks.name}`)) !== undefined, ...(dump.exitCode === 0 ? { keyslots: countKeyslots(dump.stdout) } : {}) };
+      }
+      if (d.luks && 'keyFile' in d.luks.key && (await probe.stat(d.luks.key.keyFile)) !== undefined) disks.keyFile = d.luks.key.keyFile;
+    }
+    obs.disks = disks;
+  }
+  return obs;
+}
+
+/**
+ * Where the LUKS header is, as the disks phase sees it: the array as it is
+ * assembled now (/dev/md127 when the initramfs assembled it without its
+ * /dev/md/<name> link), or the one selected disk.
+ */
+async function luksDevice(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<string> {
+  const d = spec.disks!;
+  const fallback = d.raid ? `/dev/md/${d.raid.name}` : 'paths' in d.devices ? d.devices.paths[0]! : undefined;
+  try {
+    return computeLayers(spec, await observeDisks(spec, probe, ctx)).luks?.device ?? fallback ?? '';
+  } catch (e) {
+    if (fallback) return fallback;
+    throw e;
+  }
+}
+
+export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Step[] {
+  const steps: Step[] = [];
+  const erase = spec.decommission?.erase ?? 'crypto';
+  const add = (s: Omit<Extract<Step, { kind: 'exec' }>, 'phase' | 'kind'> & { kind?: undefined }): void => {
+    steps.push({ kind: 'exec', phase: 'decommission', ...s });
+  };
+  const unit = (action: 'stop' | 'disable' | 'daemon-reload', u: string | undefined, why: string): void => {
+    steps.push({ kind: 'unit', phase: 'decommission', action, ...(u ? { unit: u } : {}), why });
+  };
+
+  // 1. The service and the agents beside it.
+  const c = obs.container;
+  if (c && active(c.active)) unit('stop', c.unit, `stop machine ${spec.container!.name}: the node is being retired`);
+  if (c && (c.enabled === 'enabled' || c.enabled === 'enabled-runtime')) unit('disable', c.unit, `machine ${spec.container!.name} must not start again at boot`);
+  for (const a of obs.auxiliary) {
+    if (active(a.active)) unit('stop', a.unit, `stop the auxiliary agent ${a.unit}`);
+    if (a.enabled === 'enabled' || a.enabled === 'enabled-runtime') unit('disable', a.unit, `${a.unit} must not start again at boot`);
+  }
+
+  // 2. Leave the mesh: only what bosun made.
+  const n = obs.ipsec;
+  if (n) {
+    for (const name of n.loaded) add({ argv: n.backend.remove(name), why: `leave the mesh: unload the conn to ${name.slice(6)}` });
+    for (const f of n.files) steps.push({ kind: 'remove', phase: 'decommission', path: `${n.backend.dir}/${f}`, why: `leave the mesh: delete bosun's ${f}` });
+    const unload = n.backend.afterRemove?.();
+    if (unload && n.running && n.files.length > 0) add({ argv: unload, why: 'the IKE daemon forgets the deleted conns' });
+    if (n.policyEnabled) unit('disable', POLICY_UNIT, 'the drop policy for peers must not load at boot');
+    if (n.policyUnitFile) steps.push({ kind: 'remove', phase: 'decommission', path: POLICY_UNIT_FILE, why: "bosun's drop-policy unit" });
+    if (n.policyFile) steps.push({ kind: 'remove', phase: 'decommission', path: POLICY_FILE, why: "bosun's drop policy for peers" });
+    if (n.policyLoaded) add({ argv: ['nft', 'delete', 'table', 'inet', POLICY_TABLE], why: "drop bosun's peer policy table" });
+  }
+
+  // 3. The data volume: unmount, close, destroy the keyslots.
+  const d = obs.disks;
+  if (d) {
+    const mu = mountUnitName(d.mountPath);
+    if (d.mounted) unit('stop', mu, `unmount the data volume at ${d.mountPath}`);
+    if (d.mountUnitFile) {
+      steps.push({ kind: 'remove', phase: 'decommission', path: mountUnitPath(d.mountPath), why: 'the data volume must not be mounted again' });
+      unit('daemon-reload', undefined, 'systemd forgets the mount unit');
+    }
+    const l = d.luks;
+    if (l?.open) add({ argv: ['cryptsetup', 'close', l.name], why: `close the LUKS mapping /dev/mapper/${l.name}`, timeoutSeconds: 120 });
+    if (erase === 'crypto' && l && (l.keyslots ?? 0) > 0) {
+      add({ argv: ['cryptsetup', 'luksErase', '--batch-mode', l.device], why: `crypto-erase: destroy all ${l.keyslots} keyslot${l.keyslots === 1 ? '' : 's'} of ${l.device}; its data can never be read again`, destructive: true, timeoutSeconds: 120 });
+    }
+    if (erase === 'crypto' && d.keyFile) steps.push({ kind: 'remove', phase: 'decommission', path: d.keyFile, why: 'the LUKS key file is key material' });
+  }
+  return steps;
+}
+
+export const decommissionPhase: Phase<ObservedDecommission> = {
+  name: 'decommission',
+  stage: 'decommission',
+  section: (s) => s.decommission,
+  observe,
+  plan: planDecommission,
+};
+
+export interface DecommissionRecord {
+  format: 1;
+  /** decommissioning: written when the phase starts, so a host cut off half-way still refuses to rebuild */
+  state: 'decommissioning' | 'decommissioned';
+  node: string;
+  specVersion: number;
+  erase: 'crypto' | 'none';
+  safeToDelete: boolean;
+  finishedAt: string;
+  evidence: {
+    container: { unit: string; active: string; enabled: string } | null;
+    auxiliary: { unit: string; active: string; enabled: string }[];
+    /** bosun conns still loaded or on disk (0 = left the mesh) */
+    ipsecConnsLeft: number;
+    dataVolumeMounted: boolean;
+    luks: { device: string; open: boolean; keyslots: number | null }[];
+  };
+  /** what did not verify, in words; empty when safeToDelete */
+  problems: string[];
+}
+
+export interface Lifecycle {
+  state: 'serving' | 'decommissioning' | 'decommissioned';
+  safeToDelete: boolean;
+  specVersion?: number;
+  finishedAt?: string;
+  erase?: 'crypto' | 'none';
+  evidence?: DecommissionRecord['evidence'];
+  problems?: string[];
+}
+
+/** Observe the host after the phase ran: did every step take effect. */
+export async function verifyDecommission(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<DecommissionRecord> {
+  const obs = await observe(spec, probe, ctx);
+  const erase = spec.decommission?.erase ?? 'crypto';
+  const problems: string[] = [];
+  if (obs.container && active(obs.container.active)) problems.push(`${obs.container.unit} is still ${obs.container.active}`);
+  for (const a of obs.auxiliary) if (active(a.active)) problems.push(`${a.unit} is still ${a.active}`);
+  const connsLeft = obs.ipsec ? new Set([...obs.ipsec.loaded, ...obs.ipsec.files]).size : 0;
+  if (connsLeft > 0) problems.push(`${connsLeft} bosun IPsec conns or files are left`);
+  if (obs.disks?.mounted) problems.push(`the data volume is still mounted at ${obs.disks.mountPath}`);
+  const l = obs.disks?.luks;
+  if (l?.open) problems.push(`/dev/mapper/${l.name} is still open`);
+  if (erase === 'crypto' && l && l.keyslots !== undefined && l.keyslots > 0) problems.push(`${l.device} still has ${l.keyslots} keyslots`);
+  if (erase === 'crypto' && spec.disks?.luks && !l && !probe.blank) problems.push('the LUKS device could not be inspected');
+  return {
+    format: 1,
+    state: 'decommissioned',
+    node: spec.node,
+    specVersion: spec.version,
+    erase,
+    safeToDelete: problems.length === 0,
+    finishedAt: new Date().toISOString(),
+    evidence: {
+      container: obs.container ? { unit: obs.container.unit, active: obs.container.active, enabled: obs.container.enabled } : null,
+      auxiliary: obs.auxiliary,
+      ipsecConnsLeft: connsLeft,
+      dataVolumeMounted: obs.disks?.mounted ?? false,
+      luks: l ? [{ device: l.device, open: l.open, keyslots: l.keyslots ?? null }] : [],
+    },
+    problems,
+  };
+}
+
+export async function readDecommissionRecord(stateDir: string): Promise<DecommissionRecord | undefined> {
+  const buf = await readFileIfExists(join(stateDir, DECOMMISSION_FILE));
+  if (!buf) return undefined;
+  try {
+    const r = JSON.parse(buf.toString('utf8')) as DecommissionRecord;
+    return r.state === 'decommissioned' || r.state === 'decommissioning' ? r : undefined;
+  } catch {
+    throw new BosunError('E_JOURNAL', `${join(stateDir, DECOMMISSION_FILE)} is not valid JSON; this host may have been decommissioned: inspect it before anything else`);
+  }
+}
+
+/**
+ * After the phase: verify, and persist the result. A record that verified is
+ * kept as it is on a replay (same finish time, same evidence); one that did
+ * not is replaced by the new verification.
+ */
+export async function recordDecommission(spec: NodeSpec, stateDir: string, probe: HostProbe, ctx: PlanContext): Promise<DecommissionRecord> {
+  const previous = await readDecommissionRecord(stateDir);
+  if (previous?.state === 'decommissioned' && previous.safeToDelete) return previous;
+  const rec = await verifyDecommission(spec, probe, ctx);
+  await writeFileAtomic(join(stateDir, DECOMMISSION_FILE), JSON.stringify(rec, null, 2) + '\n', { mode: 0o600 });
+  if (!rec.safeToDelete) throw new BosunError('E_DECOMMISSION_UNVERIFIED', `decommission ran but did not verify: ${rec.problems.join('; ')}`, { problems: rec.problems });
+  return rec;
+}
+
+/** Before the phase runs: from here on the host refuses to build again, even if the phase is cut off half-way. */
+export async function markDecommissioning(spec: NodeSpec, stateDir: string): Promise<void> {
+  if (await readDecommissionRecord(stateDir)) return;
+  const rec: DecommissionRecord = {
+    format: 1,
+    state: 'decommissioning',
+    node: spec.node,
+    specVersion: spec.version,
+    erase: spec.decommission?.erase ?? 'crypto',
+    safeToDelete: false,
+    finishedAt: '',
+    evidence: { container: null, auxiliary: [], ipsecConnsLeft: -1, dataVolumeMounted: true, luks: [] },
+    problems: ['the decommission has not finished'],
+  };
+  await writeFileAtomic(join(stateDir, DECOMMISSION_FILE), JSON.stringify(rec, null, 2) + '\n', { mode: 0o600 });
+}
+
+/** A decommissioned host never builds again: refuse any spec that is not a decommission. */
+export async function assertNotDecommissioned(spec: NodeSpec, stateDir: string): Promise<void> {
+  if (spec.decommission) return;
+  const rec = await readDecommissionRecord(stateDir);
+  if (!rec) return;
+  throw new BosunError(
+    'E_DECOMMISSIONED',
+    `this host ${rec.state === 'decommissioned' ? `was decommissioned (version ${rec.specVersion}, ${rec.erase === 'crypto' ? 'its disks crypto-erased' : 'not erased'}, at ${rec.finishedAt})` : `is being decommissioned (version ${rec.specVersion})`}; it never builds again: refusing version ${spec.version}, nothing was changed. Boot a new host instead.`,
+    { decommissionedVersion: rec.specVersion, version: spec.version },
+  );
+}
+
+/** The lifecycle part of a status report. */
+export function lifecycleOf(record: DecommissionRecord | undefined, wanted: NodeSpec | undefined): Lifecycle {
+  if (record) return { state: record.state === 'decommissioned' && record.safeToDelete ? 'decommissioned' : 'decommissioning', safeToDelete: record.safeToDelete, specVersion: record.specVersion, finishedAt: record.finishedAt, erase: record.erase, evidence: record.evidence, problems: record.problems };
+  if (wanted?.decommission) return { state: 'decommissioning', safeToDelete: false, specVersion: wanted.version };
+  return { state: 'serving', safeToDelete: false };
+}
