@@ -12,6 +12,9 @@
 //      and node-c are not touched; disks and IPsec of node-b are not touched.
 //   3. node-d is added: it restores from peer node-a over the IPsec mesh while
 //      the others keep serving; its data equals node-a's.
+//   4. node-c, which node-d replaces, is decommissioned: its machine stops, it
+//      leaves every peer's mesh, its LUKS keyslots are erased, and it reports
+//      that it is safe to delete.
 //   Time to serve (power-on to first healthy status, per phase) for node-a
 //   (object storage) and node-d (peer) is printed as a diagnostic.
 //
@@ -407,5 +410,44 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       assert.match(await sh(d, 'journalctl -u bosun-lab-agent-run --no-pager | grep -c "snapshot of peer node-a" || true'), /^[1-9]/);
       assert.equal((await demo(d)).greeting, 'hello from node-d');
       printTimes(t, 'node-d (restore from peer node-a)', timeToServe('node-d', d, 1));
+    }));
+
+  it('4: node-c, replaced by node-d, is decommissioned: service stopped, out of every mesh, keyslots destroyed, safe to delete', () =>
+    guarded('decom', async () => {
+      const c = thecp();
+      const l = theLab();
+      const since = Date.now();
+      const mesh = ['node-a', 'node-b', 'node-d'];
+      await c.publish({ ...(await nodeSpec('node-c', [...NODES, 'node-d'])), decommission: { confirmNode: 'node-c', erase: 'crypto' } });
+      for (const n of mesh) {
+        await c.publish(
+          await nodeSpec(n, mesh, n === 'node-a' ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() } : n === 'node-b' ? { greeting: 'hi from node-b, version 2' } : n === 'node-d' ? { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } } : {}),
+        );
+      }
+      const ev = await c.waitFor('node-c decommissioned event', isEvent('node-c', 'decommissioned'), CONVERGE_MS, since);
+      assert.equal(ev.body.safeToDelete, true);
+      const st = await c.waitFor('node-c status: decommissioned', (r) => r.topic === 'status' && r.node === 'node-c' && r.body.lifecycle?.state === 'decommissioned', 300_000, since);
+      assert.equal(st.body.lifecycle.safeToDelete, true, JSON.stringify(st.body.lifecycle));
+      for (const n of mesh) {
+        const a = await c.waitFor(`${n} applied its mesh without node-c`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
+        assert.deepEqual(a.body.stages, ['network'], `${n}: only the network changed`);
+      }
+      const vc = l.vm('node-c');
+      assert.notEqual((await vc.exec(['machinectl', 'status', 'demo'])).exitCode, 0, "node-c's machine is gone");
+      assert.notEqual(await sh(vc, 'systemctl is-active systemd-nspawn@demo.service || true'), 'active', "node-c's service is stopped");
+      assert.equal(await sh(vc, "ip xfrm state | grep -c 'proto esp' || true"), '0', 'node-c has no SA left');
+      for (const n of mesh) {
+        assert.equal(await sh(l.vm(n), `ipsec status | grep -c '"bosun-node-c"' || true`), '0', `${n} has no conn for node-c`);
+        assert.equal(await sh(l.vm(n), `ip xfrm state | grep -c '${ADDR['node-c']}' || true`), '0', `${n} has no SA with node-c`);
+        assert.equal(await sh(l.vm(n), `ls /etc/ipsec.d/ | grep -c '^bosun-node-c' || true`), '0', `${n} keeps no conn file for node-c`);
+      }
+      const evidence = st.body.lifecycle.evidence as { luks?: { device: string; keyslots: number | null }[] } | undefined;
+      const dev = evidence?.luks?.[0]?.device ?? (await sh(vc, 'blkid -c /dev/null -t TYPE=crypto_LUKS -o device | head -n1'));
+      const dump = await sh(vc, `cryptsetup luksDump ${dev}`);
+      assert.match(dump, /^Keyslots:/m, `${dev} is still a LUKS2 header (erased, not wiped):\n${dump}`);
+      assert.doesNotMatch(dump.split(/^Tokens:/m)[0]!.split(/^Keyslots:/m)[1] ?? 'missing', /^\s+\d+: luks2/m, `no keyslot left on ${dev}:\n${dump}`);
+      // The mesh of the three left still carries traffic.
+      await sh(l.vm('node-d'), `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR['node-a']} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR['node-b']} >/dev/null`, 180_000);
+      figures.decommissionS = (ev.at - since) / 1000;
     }));
 });
