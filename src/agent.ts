@@ -270,7 +270,7 @@ export class Agent {
       await this.#syncPeerServer(spec);
       this.#lastApply = { version: spec.version, result: out.result, at: new Date().toISOString() };
       this.#retryDelay = this.#o.retrySeconds ?? 5;
-      await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt });
+      await this.#reporter!.event({ kind: 'applied', version: spec.version, result: out.result, steps: out.steps, stages, resumedAt: out.resumedAt, durationMs: out.durationMs, timings: out.timings });
       if (out.decommission) {
         const first = this.#decommission?.state !== 'decommissioned';
         this.#decommission = out.decommission;

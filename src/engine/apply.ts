@@ -49,8 +49,30 @@ export interface ApplyOutcome {
   record: AppliedRecord;
   /** time inside the engine (observe, plan, run), without process start-up */
   durationMs: number;
+  /** where the time went: the first planning pass, then per phase that ran */
+  timings?: ApplyTimings;
   /** a decommission spec: the verified result, as persisted in the state dir */
   decommission?: DecommissionRecord;
+}
+
+/** Per-phase durations of one apply run: what the agent spent observing and planning, and what its steps (the tools' real work) took. */
+export interface ApplyTimings {
+  /** the first pass: every remaining phase observed and planned before anything changes */
+  planMs: number;
+  phases: PhaseTiming[];
+}
+
+export interface PhaseTiming {
+  phase: StageId;
+  /** the whole phase: planning it again, its steps, journal writes */
+  ms: number;
+  /** observing and planning it (0 for the first phase, planned in the first pass) */
+  planMs: number;
+  /** inside its steps (commands, file writes, restores): the tools' real work */
+  stepMs: number;
+  steps: number;
+  /** its longest step, described as in the log */
+  slowest?: { step: string; ms: number };
 }
 
 export function specDigest(spec: NodeSpec): string {
@@ -126,6 +148,7 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   }
 
   const remaining = planner.phases(spec).filter((p) => !state.donePhases.includes(p));
+  const planStarted = performance.now();
   // Refuse before changing anything if any phase still to run cannot be run yet.
   const firstPlans = new Map<StageId, Step[]>();
   for (const phase of remaining) firstPlans.set(phase, await planner.plan(spec, phase));
@@ -133,36 +156,42 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   if (pending.length > 0) {
     throw new BosunError('E_NOT_IMPLEMENTED', `the plan needs phases bosun cannot run yet: ${pending.join(', ')}; nothing was changed (see \`bosun plan\`)`, { phases: pending });
   }
+  const timings: ApplyTimings = { planMs: Math.round(performance.now() - planStarted), phases: [] };
   const total = [...firstPlans.values()].reduce((n, s) => n + s.length, 0);
   if (spec.decommission) await markDecommissioning(spec, req.stateDir);
   if (total === 0 && state.stepsDone === 0) {
     const record = await journal.complete(state, spec);
     const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
     log.info({ steps: 0 }, `version ${spec.version}: the host already matches; nothing to do`);
-    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, ...(decommission ? { decommission } : {}) };
+    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, timings, ...(decommission ? { decommission } : {}) };
   }
   log.info({ steps: total, phases: remaining }, `applying version ${spec.version}: about ${total} steps in ${remaining.length} phases`);
 
   for (const [i, phase] of remaining.entries()) {
+    const phaseStarted = performance.now();
     // The first phase runs what was just planned; later ones look again, after the phases before them changed the host.
     const steps = i === 0 ? firstPlans.get(phase)! : await planner.plan(spec, phase);
+    const timing: PhaseTiming = { phase, ms: 0, planMs: Math.round(performance.now() - phaseStarted), stepMs: 0, steps: 0 };
     if (steps.some((s) => s.kind === 'pending')) throw new BosunError('E_NOT_IMPLEMENTED', `phase ${phase} is not implemented yet`);
     state.current = { phase, steps, planDigest: planDigest(steps), next: 0 };
     await journal.write(state);
     if (steps.length > 0) planner.changed?.();
     req.onProgress?.(`applying version ${spec.version}: ${phase} (${i + 1} of ${remaining.length}, ${steps.length} steps)`);
-    await runPhase(req, journal, state, log);
+    await runPhase(req, journal, state, log, timing);
     state.donePhases.push(phase);
     delete state.current;
     await journal.write(state);
+    timing.ms = Math.round(performance.now() - phaseStarted);
+    timings.phases.push(timing);
+    log.info({ phase, ms: timing.ms, planMs: timing.planMs, stepMs: timing.stepMs, steps: timing.steps }, `${phase}: ${timing.steps} steps in ${timing.ms} ms (${timing.stepMs} ms in the steps)`);
   }
   const record = await journal.complete(state, spec);
   const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
-  log.info({ steps: state.stepsDone }, `version ${spec.version} applied`);
-  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, ...(decommission ? { decommission } : {}) };
+  log.info({ steps: state.stepsDone, timings }, `version ${spec.version} applied`);
+  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, timings, ...(decommission ? { decommission } : {}) };
 }
 
-async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger): Promise<void> {
+async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger, timing: PhaseTiming): Promise<void> {
   const cur = state.current!;
   const total = cur.steps.length;
   for (let i = cur.next; i < total; i++) {
@@ -171,8 +200,13 @@ async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState
     cur.inFlight = i;
     await journal.write(state);
     slog.info(`${cur.phase} ${i + 1}/${total}: ${describeStep(step)}`);
+    const stepStarted = performance.now();
     try {
       await runStep(req, step);
+      const ms = performance.now() - stepStarted;
+      timing.stepMs += Math.round(ms);
+      timing.steps += 1;
+      if (!timing.slowest || ms > timing.slowest.ms) timing.slowest = { step: req.host.redactor.redact(describeStep(step)), ms: Math.round(ms) };
     } catch (e) {
       const err = isBosunError(e) ? e : new BosunError('E_EXEC', describeError(e), {}, { cause: e });
       const message = req.host.redactor.redact(err.message);

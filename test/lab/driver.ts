@@ -53,6 +53,8 @@ export interface NodeSpec {
   ipv6?: string;
   memoryMiB?: number;
   cpus?: number;
+  /** Not booted by startLab(): the test powers it on later with vm.start() (its disks and hub port are ready). */
+  deferStart?: boolean;
 }
 
 /** A host TCP service the guests reach at 10.0.2.100:guestPort. */
@@ -270,6 +272,8 @@ export class Vm {
   /** Address on the private link, without prefix. */
   readonly ipv6: string;
   readonly ipv6Prefix: number;
+  /** Left off by startAll() (NodeSpec.deferStart) until someone calls start(). */
+  readonly deferStart: boolean;
   /** Milliseconds from qemu start to "agent answers and systemd finished booting", one entry per boot. */
   readonly bootTimesMs: number[] = [];
   /** Units that had failed when the last boot finished (systemctl --failed), if the state was 'degraded'. */
@@ -287,6 +291,7 @@ export class Vm {
     const { spec, index, lab } = cfg;
     if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(spec.name)) throw new LabError(`lab: VM name '${spec.name}' must be a short hostname (a-z, 0-9, -)`);
     this.name = spec.name;
+    this.deferStart = spec.deferStart ?? false;
     this.dir = join(lab.dir, spec.name);
     this.serialLog = join(this.dir, 'serial.log');
     this.qemuLog = join(this.dir, 'qemu.log');
@@ -733,7 +738,7 @@ export class Lab {
 
   /** Boots every VM that is not running, in parallel. */
   async startAll(): Promise<void> {
-    const results = await Promise.allSettled(this.vms.filter((v) => !v.running).map((v) => v.start()));
+    const results = await Promise.allSettled(this.vms.filter((v) => !v.running && !v.deferStart).map((v) => v.start()));
     const failures = results.flatMap((r) => (r.status === 'rejected' ? [r.reason instanceof Error ? r.reason.message : String(r.reason)] : []));
     if (failures.length > 0) throw new LabError(`lab '${this.name}': ${failures.length} VM(s) did not boot:\n${failures.join('\n\n')}`);
   }

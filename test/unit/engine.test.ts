@@ -70,6 +70,23 @@ describe('apply engine', () => {
     });
   });
 
+  it('reports per-phase durations: planning, time inside the steps, and the slowest step', async () => {
+    await withTempDir(async (dir) => {
+      const out = await applySpec(request(join(dir, 'state'), [sh('sleep 0.3', 'slow'), sh('true', 'fast'), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]));
+      const t = out.timings;
+      assert.ok(t, 'timings are reported');
+      assert.deepEqual(t.phases.map((p) => [p.phase, p.steps]), [['packages', 2], ['auxiliary', 1]]);
+      const pk = t.phases[0]!;
+      assert.ok(pk.stepMs >= 280, `packages stepMs ${pk.stepMs}`);
+      assert.ok(pk.ms >= pk.stepMs + pk.planMs, 'the phase lasts at least its planning plus its steps');
+      assert.match(pk.slowest?.step ?? '', /sleep 0\.3/);
+      assert.ok(pk.slowest!.ms >= 280);
+      assert.ok(out.durationMs >= t.planMs + t.phases.reduce((n, p) => n + p.ms, 0) - 2);
+      const again = await applySpec(request(join(dir, 'state2'), []));
+      assert.deepEqual(again.timings?.phases, [], 'nothing ran: no phase timings');
+    });
+  });
+
   it('resumes after a SIGKILL mid-apply: finished phases are not run again, the interrupted one is planned afresh', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');

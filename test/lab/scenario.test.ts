@@ -1,0 +1,453 @@
+// The node lifecycle of a cluster, driven only by messages on Kafka as a
+// control plane would (issues #11, #9, #8). The guests run the real `bosun run`;
+// this file only publishes signed specs on bosun.desired and reads
+// bosun.status / bosun.events (test/lab/control-plane.ts), and looks inside
+// the VMs to check what the agents did.
+//
+//   1. node-a, node-b, node-c come up from the example specs (RAID1 + LUKS2 +
+//      xfs, IPsec PSK mesh, the demo service in a systemd-nspawn machine
+//      instead of PostgreSQL); node-a restores its data from a backup in MinIO
+//      on the host made with `bosun backup create`. All report healthy.
+//   2. A config change for node-b only: its service reloads in place; node-a
+//      and node-c are not touched; disks and IPsec of node-b are not touched.
+//   3. node-d is added: it restores from peer node-a over the IPsec mesh while
+//      the others keep serving; its data equals node-a's.
+//   4. node-c, which node-d replaces, is decommissioned: its machine stops, it
+//      leaves every peer's mesh, its LUKS keyslots are erased, and it reports
+//      that it is safe to delete.
+//   Time to serve (power-on to first healthy status, per phase) for node-a
+//   (object storage) and node-d (peer) is printed as a diagnostic.
+//
+//   npx tsc -p tsconfig.json && BOSUN_LAB_KEEP=30 node --test --test-concurrency=1 dist/test/lab/scenario.test.js
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { publicKeyString } from '../../src/identity/seal.js';
+import { ControlPlane, isEvent, isHealthy, readExample } from './control-plane.js';
+import { GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+
+const run = promisify(execFile);
+const LAB = 'scen-cluster';
+const NODES = ['node-a', 'node-b', 'node-c'] as const;
+const ADDR: Record<string, string> = { 'node-a': 'fd00:b05:0:1::a', 'node-b': 'fd00:b05:0:1::b', 'node-c': 'fd00:b05:0:1::c', 'node-d': 'fd00:b05:0:1::d' };
+const DATA = '/var/lib/bosun/data';
+const PORT = 18080;
+const MiB = 1024 * 1024;
+const DISK_STAGES = ['disks/raid', 'disks/luks', 'disks/filesystem', 'disks/mount'];
+const RUN = randomUUID().slice(0, 8);
+const PREFIX = `bosun-lab/scenario/${RUN}/`;
+/** Generous limits for a loaded 2-core machine running TCG guests; a hang still fails. */
+const CONVERGE_MS = 15 * 60_000;
+
+let lab: Lab | undefined;
+let cp: ControlPlane | undefined;
+let work: string;
+let sourceListing: string;
+const backupKey = generateKeyPairSync('x25519');
+const versions: Record<string, number> = {};
+/** node -> peers in its mesh; PSKs per pair */
+const psks = new Map<string, string>();
+const psk = (a: string, b: string) => {
+  const k = [a, b].sort().join('/');
+  if (!psks.has(k)) psks.set(k, randomBytes(32).toString('base64'));
+  return psks.get(k)!;
+};
+const luksKeys = new Map<string, string>();
+/** Each secret is sealed once per node: a new seal is a new ciphertext, which the agent (rightly) sees as a changed section. */
+const sealedOnce = new Map<string, { sealed: string }>();
+function sealOnce(node: string, label: string, secret: string | Buffer): { sealed: string } {
+  const k = `${node}|${label}`;
+  if (!sealedOnce.has(k)) sealedOnce.set(k, thecp().seal(node, secret));
+  return sealedOnce.get(k)!;
+}
+const figures: Record<string, unknown> = {};
+const powerOn: Record<string, number> = {};
+
+function theLab(): Lab {
+  assert.ok(lab, 'the lab did not start');
+  return lab;
+}
+function thecp(): ControlPlane {
+  assert.ok(cp, 'the control plane did not start');
+  return cp;
+}
+
+async function sh(vm: Vm, script: string, timeoutMs = 120_000): Promise<string> {
+  const r = await vm.exec(['bash', '-c', script], { timeoutMs });
+  assert.equal(r.exitCode, 0, `${vm.name}: ${script}\n${r.stderr}`);
+  return r.stdout.trim();
+}
+
+async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    const where = lab ? await lab.collectJournals(`scenario-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
+    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
+    throw err;
+  }
+}
+
+/** What the demo service answers on node's own published port. */
+async function demo(vm: Vm): Promise<{ pid: number; started: string; reloads: number; greeting: string; version: string }> {
+  const js = `fetch('http://10.0.2.15:${PORT}/', { signal: AbortSignal.timeout(30000) }).then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(8); })`;
+  const r = await vm.exec(['node', '-e', js], { timeoutMs: 90_000 });
+  assert.equal(r.exitCode, 0, `${vm.name}: the demo service does not answer: ${r.stderr}`);
+  return JSON.parse(r.stdout) as never;
+}
+
+const leader = (vm: Vm) => sh(vm, 'machinectl show demo --property=Leader --value');
+
+/** Every file of the data volume with its SHA-256, except what the running service writes itself. */
+const DATA_SUMS = `cd ${DATA} && find . -type f ! -path './lost+found/*' ! -name starts ! -name last-reload ! -name .bosun-restored.json -print0 | LC_ALL=C sort -z | xargs -0 sha256sum`;
+
+/** The host tree the backup is made of: a few MiB of mixed files, like a small database. */
+async function makeSource(src: string): Promise<void> {
+  await mkdir(join(src, 'base/16384'), { recursive: true });
+  await mkdir(join(src, 'pg_wal'));
+  await writeFile(join(src, 'base/16384/2619'), randomBytes(12 * MiB + 321));
+  await writeFile(join(src, 'base/16384/text'), Buffer.from('row,value\n'.repeat(300_000)));
+  await writeFile(join(src, 'pg_wal/000000010000000000000001'), Buffer.alloc(4 * MiB, 7));
+  for (let i = 0; i < 40; i++) await writeFile(join(src, `base/16384/small-${i}`), randomBytes(1000 + i * 97));
+  await writeFile(join(src, 'PG_VERSION'), '16\n');
+}
+
+async function hostSums(root: string): Promise<string> {
+  const files: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    for (const e of await readdir(join(root, rel), { withFileTypes: true })) {
+      const p = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await walk(p);
+      else if (e.isFile()) files.push(p);
+    }
+  };
+  await walk('');
+  files.sort((a, b) => (Buffer.from(`./${a}`) < Buffer.from(`./${b}`) ? -1 : 1));
+  const lines: string[] = [];
+  for (const f of files) lines.push(`${createHash('sha256').update(await readFile(join(root, f))).digest('hex')}  ./${f}`);
+  return lines.join('\n');
+}
+
+/** node's spec: the example's cluster, the lab's disks, the mesh with `mesh`, the demo service; restore and peerServe as given. */
+async function nodeSpec(node: string, mesh: string[], extra: { greeting?: string; restore?: Record<string, unknown>; peerServe?: Record<string, unknown> } = {}): Promise<Record<string, any>> {
+  const example = await readExample(node === 'node-d' ? 'node-c' : node);
+  versions[node] = (versions[node] ?? 0) + 1;
+  if (!luksKeys.has(node)) luksKeys.set(node, randomBytes(64).toString('base64'));
+  return {
+    apiVersion: 'bosun/v1',
+    cluster: example.cluster,
+    node,
+    version: versions[node],
+    disks: {
+      devices: { paths: ['/dev/disk/by-id/virtio-bosun-disk1', '/dev/disk/by-id/virtio-bosun-disk2'] },
+      raid: { level: 1, name: 'data' },
+      luks: { name: 'data', key: sealOnce(node, 'luks', luksKeys.get(node)!) },
+      filesystem: { type: 'xfs', label: 'pgdata', mountOptions: ['noatime'] },
+      mount: { path: DATA, mode: '0755' },
+      foreignSignatures: 'refuse',
+    },
+    network: {
+      ipsec: {
+        backend: 'libreswan',
+        address: ADDR[node],
+        auth: 'psk',
+        peers: mesh.filter((p) => p !== node).map((p) => ({ node: p, address: ADDR[p], psk: sealOnce(node, `psk-${p}`, psk(node, p)) })),
+      },
+    },
+    container: {
+      name: 'demo',
+      image: '/var/lib/machines/bosun-demo',
+      service: { unit: 'demo.service', onConfigChange: 'reload', health: ['/usr/local/bin/node', '/usr/local/lib/bosun-lab/demo/health.mjs'] },
+      limits: { memoryMax: '256M', cpuQuota: '100%', ioWeight: 200, tasksMax: 200 },
+      network: { mode: 'private', ports: [{ host: PORT, container: 8080 }] },
+      config: {
+        mountPoint: '/etc/demo',
+        files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting: extra.greeting ?? `hello from ${node}`, version: '1' }, required: ['port', 'admin_port'] } },
+      },
+      dataMountPoint: '/var/lib/demo',
+    },
+    ...(extra.restore ? { restore: extra.restore } : {}),
+    ...(extra.peerServe ? { peerServe: extra.peerServe } : {}),
+    health: { intervalSeconds: 10 },
+  };
+}
+
+/** The restore section of node-a: the backup in MinIO on the host, credentials and backup key sealed to node-a. */
+function objectStorageRestore(node: string): Record<string, unknown> {
+  const c = thecp();
+  return {
+    from: 'object-storage',
+    bucket: c.env.s3.bucket,
+    prefix: PREFIX,
+    backup: 'latest',
+    credentials: { accessKeyId: sealOnce(node, 's3-id', c.env.s3.accessKeyId), secretAccessKey: sealOnce(node, 's3-secret', c.env.s3.secretAccessKey) },
+    backupKey: sealOnce(node, 'backup-key', backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' })),
+  };
+}
+
+function nodeAPeerServe(): Record<string, unknown> {
+  return {
+    clients: [{ node: 'node-d', hostKey: thecp().identities.get('node-d')!.signingKey }],
+    hooks: { quiesce: ['systemctl', 'freeze', 'systemd-nspawn@demo.service'], release: ['systemctl', 'thaw', 'systemd-nspawn@demo.service'], timeoutSeconds: 120 },
+  };
+}
+
+/**
+ * Time to serve of node, from VM power-on to its first healthy status on
+ * Kafka, per part: the VM's boot, the lab's setup (settings, identity: a
+ * control plane's enrolment), the agent's start (node, Kafka, its spec), each
+ * phase (its steps: the tools' real work, and the rest: observe, plan,
+ * journal), the apply's own planning pass, and the wait for the first health
+ * round. All on the host clock (reports stamped on arrival).
+ */
+function timeToServe(node: string, vm: Vm, version: number): Record<string, number | string> {
+  const c = thecp();
+  const applied = c.find(isEvent(node, 'applied', version))[0];
+  const healthy = c.find(isHealthy(node, version))[0];
+  assert.ok(applied && healthy, `${node}: no applied event or healthy status`);
+  const t = applied.body.timings as { planMs: number; phases: { phase: string; ms: number; planMs: number; stepMs: number; steps: number; slowest?: { step: string; ms: number } }[] } | undefined;
+  assert.ok(t, `${node}: the applied event carries no timings`);
+  const on = powerOn[node]!;
+  const boot = vm.bootTimesMs[0]!;
+  const id = c.identities.get(node)!;
+  const applyStart = applied.at - (applied.body.durationMs as number);
+  const out: Record<string, number | string> = {
+    totalS: (healthy.at - on) / 1000,
+    vmBootS: boot / 1000,
+    labSetupS: (id.startedAt - on - boot) / 1000,
+    agentStartToApplyS: (applyStart - id.startedAt) / 1000,
+    applyPlanS: t.planMs / 1000,
+  };
+  let stepMs = 0;
+  let overheadMs = t.planMs;
+  for (const p of t.phases) {
+    out[`${p.phase}S`] = p.ms / 1000;
+    out[`${p.phase}StepsS`] = p.stepMs / 1000;
+    if (p.slowest) out[`${p.phase}Slowest`] = `${p.slowest.step.slice(0, 80)} ${(p.slowest.ms / 1000).toFixed(1)} s`;
+    stepMs += p.stepMs;
+    overheadMs += p.ms - p.stepMs;
+  }
+  out.applyS = (applied.body.durationMs as number) / 1000;
+  out.appliedToHealthyStatusS = (healthy.at - applied.at) / 1000;
+  out.toolsWorkS = stepMs / 1000;
+  out.agentOverheadInApplyS = (overheadMs + ((applied.body.durationMs as number) - t.planMs - t.phases.reduce((n, p) => n + p.ms, 0))) / 1000;
+  return out;
+}
+
+function printTimes(t: TestContext, node: string, times: Record<string, number | string>): void {
+  const line = Object.entries(times).map(([k, v]) => `${k}=${typeof v === 'number' ? v.toFixed(1) : v}`).join(' ');
+  t.diagnostic(`time to serve ${node}: ${line}`);
+  process.stderr.write(`[scenario] time to serve ${node}: ${line}\n`);
+}
+
+describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
+  before(
+    async () => {
+      work = await mkdtemp(join(tmpdir(), 'bosun-scenario-'));
+      const src = join(work, 'src');
+      await mkdir(src);
+      await makeSource(src);
+      sourceListing = await hostSums(src);
+      rmSync(labRunDir(LAB), { recursive: true, force: true });
+      cp = await ControlPlane.open(work, { out: process.stderr });
+      // The backup node-a restores from, made by the CLI on the host, sealed to a backup key.
+      const s3 = cp.env.s3;
+      const t = Date.now();
+      const r = await run(process.execPath, [join(repoRoot(), 'dist/src/cli.js'), 'backup', 'create', src, '--bucket', s3.bucket, '--prefix', PREFIX, '--to', publicKeyString('x25519', backupKey.publicKey), '--endpoint', s3.endpoint, '--region', s3.region, '--json'], {
+        env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
+      });
+      figures.backupCreate = { ms: Date.now() - t, ...(JSON.parse(r.stdout) as Record<string, unknown>) };
+      const s3Port = Number(new URL(s3.endpoint).port || 80);
+      const kafkaPort = Number(cp.env.kafkaLabListener?.split(':')[1] ?? 19094);
+      const on = Date.now();
+      lab = await startLab({
+        name: LAB,
+        nodes: [...NODES, 'node-d'].map((name) => ({ name, ipv6: `${ADDR[name]}/64`, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], deferStart: name === 'node-d' })),
+        forwards: [kafkaPort, { guestPort: s3Port, hostPort: s3Port }],
+        bootTimeoutMs: 600_000,
+        onProgress: (l) => process.stderr.write(`[lab] ${l}\n`),
+      });
+      for (const n of NODES) powerOn[n] = on;
+      figures.labStartMs = Date.now() - on;
+      // The lab's "power-on" includes the image check (cached: well under a second); vm.bootTimesMs is qemu start to booted.
+      const settings = { objectStorage: { endpoint: `http://${GUEST_HOST_ADDRESS}:${s3Port}`, region: s3.region } };
+      for (const n of NODES) await cp.startAgent(lab.vm(n), settings);
+    },
+    { timeout: 20 * 60_000 },
+  );
+
+  after(async () => {
+    process.stderr.write(`[scenario] figures: ${JSON.stringify(figures)}\n`);
+    await cp?.close();
+    await lab?.stop();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('1: node-a/b/c come up from their specs to healthy; node-a restores its data from object storage', (t) =>
+    guarded('up', async () => {
+      const c = thecp();
+      const since = Date.now();
+      for (const n of NODES) await c.publish(await nodeSpec(n, [...NODES], n === 'node-a' ? { restore: objectStorageRestore(n) } : {}));
+      await Promise.all(NODES.map((n) => c.waitFor(`${n} healthy at version 1`, isHealthy(n, 1), CONVERGE_MS, since)));
+      assert.deepEqual(c.find((r) => r.topic === 'events' && r.body.kind === 'apply-failed'), [], 'no apply failed on the way');
+      for (const n of NODES) {
+        const vm = theLab().vm(n);
+        const applied = c.find(isEvent(n, 'applied', 1))[0]!;
+        assert.deepEqual(applied.body.stages, [...DISK_STAGES, 'network', ...(n === 'node-a' ? ['restore'] : []), 'container']);
+        assert.equal(await sh(vm, `findmnt -n -o FSTYPE,SOURCE ${DATA}`), 'xfs    /dev/mapper/data');
+        assert.match(await sh(vm, 'cat /proc/mdstat'), /^md\d+ : active raid1 vd[bc]\[\d\] vd[bc]\[\d\]/m);
+        assert.equal((await demo(vm)).greeting, `hello from ${n}`);
+      }
+      // node-a holds the backup, byte for byte; the mesh carries ESP between every pair.
+      assert.equal(await sh(theLab().vm('node-a'), DATA_SUMS), sourceListing);
+      for (const [a, b] of [['node-a', 'node-b'], ['node-a', 'node-c'], ['node-b', 'node-c']] as const) {
+        await sh(theLab().vm(a), `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR[b]} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR[b]} >/dev/null`, 180_000);
+        assert.match(await sh(theLab().vm(a), `ip xfrm state | grep -c 'proto esp' || true`), /^[1-9]/, `${a} has ESP SAs`);
+      }
+      figures.up = { wallS: (Date.now() - since) / 1000 };
+      printTimes(t, 'node-a (restore from object storage)', timeToServe('node-a', theLab().vm('node-a'), 1));
+    }));
+
+  it('2: a config change for node-b only reloads its service; node-a and node-c, and node-b\'s disks and IPsec, are not touched', () =>
+    guarded('config', async () => {
+      const c = thecp();
+      const vms = Object.fromEntries(NODES.map((n) => [n, theLab().vm(n)])) as Record<string, Vm>;
+      const before: Record<string, { pid: number; started: string; reloads: number; leader: string }> = {};
+      for (const n of NODES) before[n] = { ...(await demo(vms[n]!)), leader: await leader(vms[n]!) };
+      const xfrmBefore = await sh(vms['node-b']!, "ip xfrm state | grep -E '^src|spi' | sort");
+      const since = Date.now();
+      await c.publish(await nodeSpec('node-b', [...NODES], { greeting: 'hi from node-b, version 2' }));
+      const applied = await c.waitFor('node-b applied version 2', isEvent('node-b', 'applied', 2), CONVERGE_MS, since);
+      assert.deepEqual(applied.body.stages, ['container'], 'only the container stage ran: disks and IPsec were not touched');
+      const status = await c.waitFor('node-b status with version 2', (r) => r.topic === 'status' && r.node === 'node-b' && r.body.appliedVersion === 2, 120_000, since);
+      assert.equal(status.body.appliedVersion, 2);
+      const now = await demo(vms['node-b']!);
+      assert.deepEqual([now.pid, now.started, now.reloads, now.greeting], [before['node-b']!.pid, before['node-b']!.started, before['node-b']!.reloads + 1, 'hi from node-b, version 2']);
+      assert.equal(await leader(vms['node-b']!), before['node-b']!.leader, 'node-b\'s machine was not restarted');
+      assert.equal(await sh(vms['node-b']!, "ip xfrm state | grep -E '^src|spi' | sort"), xfrmBefore, 'node-b\'s SAs are the same');
+      // Wait one more health round of the others, then: nothing applied there, same processes.
+      for (const n of ['node-a', 'node-c']) await c.waitFor(`${n} status after the change`, (r) => r.topic === 'status' && r.node === n, 60_000, Date.now());
+      assert.deepEqual(c.find((r) => r.at >= since && r.topic === 'events' && r.node !== 'node-b' && (r.body.kind === 'applied' || r.body.kind === 'apply-failed')), [], 'node-a and node-c applied nothing');
+      for (const n of ['node-a', 'node-c']) {
+        const d = await demo(vms[n]!);
+        assert.deepEqual([d.pid, d.started, d.reloads, await leader(vms[n]!)], [before[n]!.pid, before[n]!.started, before[n]!.reloads, before[n]!.leader], `${n}'s service untouched`);
+        const last = c.find((r) => r.topic === 'status' && r.node === n).at(-1)!;
+        assert.equal(last.body.appliedVersion, 1, `${n}'s applied version is unchanged`);
+      }
+    }));
+
+  it('3: node-d joins and restores from peer node-a over the mesh while the others keep serving; its data equals node-a\'s', (t) =>
+    guarded('peer', async () => {
+      const c = thecp();
+      const l = theLab();
+      // Continuous checks on the serving nodes: their own service every 0.5 s, and ping between node-b and node-c over the mesh.
+      const probe = `const end = Date.now() + 3600e3; let ok = 0, fail = 0, gap = 0, lastOk = Date.now();
+        const fs = await import('node:fs');
+        while (Date.now() < end) {
+          const t = Date.now();
+          try { const r = await fetch('http://10.0.2.15:${PORT}/', { signal: AbortSignal.timeout(10000) }); await r.text(); ok++; gap = Math.max(gap, Date.now() - lastOk); lastOk = Date.now(); } catch { fail++; }
+          fs.writeFileSync('/run/scen-probe.json.tmp', JSON.stringify({ ok, fail, maxGapMs: Math.max(gap, Date.now() - lastOk) })); fs.renameSync('/run/scen-probe.json.tmp', '/run/scen-probe.json');
+          await new Promise((r) => setTimeout(r, Math.max(0, 500 - (Date.now() - t))));
+        }`;
+      for (const n of NODES) {
+        const w = await l.vm(n).exec(['sh', '-c', 'cat > /root/probe.mjs'], { stdin: probe });
+        assert.equal(w.exitCode, 0);
+        await sh(l.vm(n), 'systemd-run --unit=scen-probe --collect node /root/probe.mjs');
+      }
+      await sh(l.vm('node-b'), `systemd-run --unit=scen-ping --collect sh -c 'exec ping -6 -i 0.5 ${ADDR['node-c']} > /run/scen-ping.txt'`);
+
+      powerOn['node-d'] = Date.now();
+      const d = l.vm('node-d');
+      await d.start();
+      await c.startAgent(d);
+      const since = Date.now();
+      const mesh = [...NODES, 'node-d'];
+      // The others first (node-d in their mesh, node-a serving snapshots to it), then node-d itself.
+      for (const n of NODES) await c.publish(await nodeSpec(n, mesh, n === 'node-a' ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() } : n === 'node-b' ? { greeting: 'hi from node-b, version 2' } : {}));
+      await c.publish(await nodeSpec('node-d', mesh, { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } }));
+      for (const n of NODES) {
+        const a = await c.waitFor(`${n} applied its mesh with node-d`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
+        assert.ok((a.body.stages as string[]).includes('network') && !(a.body.stages as string[]).some((st) => st.startsWith('disks')), `${n}: the new peer changes its network, not its disks (stages ${String(a.body.stages)})`);
+      }
+      await c.waitFor('node-d healthy', isHealthy('node-d', 1), CONVERGE_MS, since);
+      const failed = c.find((r) => r.at >= since && r.topic === 'events' && r.body.kind === 'apply-failed');
+      figures.peerApplyFailures = failed.map((r) => `${r.node}: ${String(r.body.message).slice(0, 200)}`);
+
+      // Stop the checks and read what they saw.
+      await sh(l.vm('node-b'), 'systemctl kill -s INT scen-ping.service; sleep 1; cat /run/scen-ping.txt | tail -n 3');
+      const ping = await sh(l.vm('node-b'), 'tail -n 3 /run/scen-ping.txt');
+      const loss = /(\d+) packets transmitted, (\d+) received/.exec(ping);
+      assert.ok(loss, ping);
+      const probes: Record<string, { ok: number; fail: number; maxGapMs: number }> = {};
+      for (const n of NODES) {
+        await sh(l.vm(n), 'systemctl stop scen-probe.service || true');
+        probes[n] = JSON.parse(await sh(l.vm(n), 'cat /run/scen-probe.json')) as never;
+      }
+      figures.whileNodeDJoined = { pingNodeBToNodeC: { sent: Number(loss[1]), received: Number(loss[2]) }, service: probes };
+      t.diagnostic(`while node-d joined: ping node-b -> node-c ${loss[2]}/${loss[1]}; service answers ${JSON.stringify(probes)}`);
+      // node-b and node-c keep serving throughout; node-a is frozen only while its snapshot is taken (quiesce hook).
+      for (const n of ['node-b', 'node-c']) {
+        assert.ok(probes[n]!.ok > 20, `${n}: the probe ran`);
+        assert.ok(probes[n]!.fail <= Math.ceil(probes[n]!.ok * 0.02), `${n}: the service missed ${probes[n]!.fail} of ${probes[n]!.ok + probes[n]!.fail} checks`);
+      }
+      assert.ok(probes['node-a']!.maxGapMs < 120_000, `node-a: the service did not answer for ${probes['node-a']!.maxGapMs} ms`);
+      assert.ok(Number(loss[2]) >= Number(loss[1]) * 0.97, `ping over the mesh lost ${Number(loss[1]) - Number(loss[2])} of ${loss[1]}`);
+
+      // node-d restored node-a's data: the same files, byte for byte, and the backup's files among them.
+      const applied = c.find(isEvent('node-d', 'applied', 1))[0]!;
+      assert.deepEqual(applied.body.stages, [...DISK_STAGES, 'network', 'restore', 'container']);
+      const sumsA = await sh(l.vm('node-a'), DATA_SUMS);
+      assert.equal(await sh(d, DATA_SUMS), sumsA);
+      assert.equal(sumsA, sourceListing);
+      const marker = JSON.parse(await sh(d, `cat ${DATA}/.bosun-restored.json`)) as Record<string, unknown>;
+      assert.match(JSON.stringify(marker), /node-a/, 'the marker names the peer');
+      assert.match(await sh(d, 'journalctl -u bosun-lab-agent-run --no-pager | grep -c "snapshot of peer node-a" || true'), /^[1-9]/);
+      assert.equal((await demo(d)).greeting, 'hello from node-d');
+      printTimes(t, 'node-d (restore from peer node-a)', timeToServe('node-d', d, 1));
+    }));
+
+  it('4: node-c, replaced by node-d, is decommissioned: service stopped, out of every mesh, keyslots destroyed, safe to delete', () =>
+    guarded('decom', async () => {
+      const c = thecp();
+      const l = theLab();
+      const since = Date.now();
+      const mesh = ['node-a', 'node-b', 'node-d'];
+      await c.publish({ ...(await nodeSpec('node-c', [...NODES, 'node-d'])), decommission: { confirmNode: 'node-c', erase: 'crypto' } });
+      for (const n of mesh) {
+        await c.publish(
+          await nodeSpec(n, mesh, n === 'node-a' ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() } : n === 'node-b' ? { greeting: 'hi from node-b, version 2' } : n === 'node-d' ? { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } } : {}),
+        );
+      }
+      const ev = await c.waitFor('node-c decommissioned event', isEvent('node-c', 'decommissioned'), CONVERGE_MS, since);
+      assert.equal(ev.body.safeToDelete, true);
+      const st = await c.waitFor('node-c status: decommissioned', (r) => r.topic === 'status' && r.node === 'node-c' && r.body.lifecycle?.state === 'decommissioned', 300_000, since);
+      assert.equal(st.body.lifecycle.safeToDelete, true, JSON.stringify(st.body.lifecycle));
+      for (const n of mesh) {
+        const a = await c.waitFor(`${n} applied its mesh without node-c`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
+        assert.deepEqual(a.body.stages, ['network'], `${n}: only the network changed`);
+      }
+      const vc = l.vm('node-c');
+      assert.notEqual((await vc.exec(['machinectl', 'status', 'demo'])).exitCode, 0, "node-c's machine is gone");
+      assert.notEqual(await sh(vc, 'systemctl is-active systemd-nspawn@demo.service || true'), 'active', "node-c's service is stopped");
+      assert.equal(await sh(vc, "ip xfrm state | grep -c 'proto esp' || true"), '0', 'node-c has no SA left');
+      for (const n of mesh) {
+        assert.equal(await sh(l.vm(n), `ipsec status | grep -c '"bosun-node-c"' || true`), '0', `${n} has no conn for node-c`);
+        assert.equal(await sh(l.vm(n), `ip xfrm state | grep -c '${ADDR['node-c']}' || true`), '0', `${n} has no SA with node-c`);
+        assert.equal(await sh(l.vm(n), `ls /etc/ipsec.d/ | grep -c '^bosun-node-c' || true`), '0', `${n} keeps no conn file for node-c`);
+      }
+      const evidence = st.body.lifecycle.evidence as { luks?: { device: string; keyslots: number | null }[] } | undefined;
+      const dev = evidence?.luks?.[0]?.device ?? (await sh(vc, 'blkid -c /dev/null -t TYPE=crypto_LUKS -o device | head -n1'));
+      const dump = await sh(vc, `cryptsetup luksDump ${dev}`);
+      assert.match(dump, /^Keyslots:/m, `${dev} is still a LUKS2 header (erased, not wiped):\n${dump}`);
+      assert.doesNotMatch(dump.split(/^Tokens:/m)[0]!.split(/^Keyslots:/m)[1] ?? 'missing', /^\s+\d+: luks2/m, `no keyslot left on ${dev}:\n${dump}`);
+      // The mesh of the three left still carries traffic.
+      await sh(l.vm('node-d'), `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR['node-a']} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR['node-b']} >/dev/null`, 180_000);
+      figures.decommissionS = (ev.at - since) / 1000;
+    }));
+});
