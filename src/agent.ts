@@ -43,6 +43,8 @@ export interface AgentOptions {
   retrySeconds?: number;
   /** a line on what an apply is doing now (systemd STATUS=) */
   onProgress?: (text: string) => void;
+  /** after every successful apply (the health schedule runs a round at once and follows the spec's interval) */
+  onApplied?: (spec: NodeSpec) => void;
 }
 
 interface LastApply {
@@ -277,6 +279,7 @@ export class Agent {
         // A replay reports the same status, but the event announces the retirement once.
         if (first) await this.#reporter!.event({ kind: 'decommissioned', version: spec.version, safeToDelete: out.decommission.safeToDelete, finishedAt: out.decommission.finishedAt, erase: out.decommission.erase, evidence: out.decommission.evidence });
       }
+      this.#o.onApplied?.(spec);
     } catch (e) {
       this.counters.failed += 1;
       const code = isBosunError(e) ? e.code : 'E_EXEC';

@@ -22,6 +22,7 @@ import { createNotifier } from './host/notify.js';
 import { planNode } from './phases/index.js';
 import { lifecycleOf, readDecommissionRecord } from './phases/decommission.js';
 import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
+import type { NodeSpec } from './spec/node-spec.js';
 import type { AgentSettings } from './spec/agent-settings.js';
 
 const DEFAULT_SETTINGS = '/etc/bosun/agent.json';
@@ -166,7 +167,7 @@ const COMMANDS: Record<string, Command> = {
       const { settings, stateDir } = await resolveState(values, true);
       // The daemon's modules (kafkajs, node-cron, the metrics server) load only here: every other
       // command, `bosun apply` at boot included, starts without them (seconds on a slow host).
-      const [{ Agent }, { scheduleHealth }, { serveMetrics }] = await Promise.all([import('./agent.js'), import('./health/schedule.js'), import('./health/metrics.js')]);
+      const [{ Agent }, { HealthSchedule }, { serveMetrics }] = await Promise.all([import('./agent.js'), import('./health/schedule.js'), import('./health/metrics.js')]);
       const redactor = new Redactor();
       const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
       const { identity, created } = await loadOrCreateIdentity(stateDir);
@@ -178,7 +179,16 @@ const COMMANDS: Record<string, Command> = {
       const ctx = { distro: await detectDistro() };
       let ready = false;
       const onProgress = (text: string) => void notify.send(ready ? { STATUS: text } : { STATUS: text, EXTEND_TIMEOUT_USEC: START_EXTEND_USEC });
-      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor, onProgress });
+      // Health rounds follow the applied spec's interval, and one runs right after every apply.
+      const health = new HealthSchedule(async () => {
+        const spec = agent.lastGood;
+        if (spec) await agent.report(await collectHealth(spec, probe, ctx));
+      }, (e) => logger.warn({ err: describeError(e) }, 'a health round failed'));
+      const onApplied = (spec: NodeSpec) => {
+        health.every(spec.health.intervalSeconds);
+        void health.runNow();
+      };
+      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor, onProgress, onApplied });
       const stopWatchdog = notify.startWatchdog(
         () => agent.healthy(),
         () => logger.error('the main loop is not healthy; no longer feeding the systemd watchdog, which will restart bosun'),
@@ -190,10 +200,7 @@ const COMMANDS: Record<string, Command> = {
       logger.info({ watchdogMs: notify.watchdogMs ?? null, systemd: notify.enabled }, `ready: ${agent.summary()}`);
       const m = settings!.metrics;
       const metrics = m ? await serveMetrics({ host: m.listen.slice(0, m.listen.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: Number(m.listen.slice(m.listen.lastIndexOf(':') + 1)) }, () => agent.metrics()) : undefined;
-      const health = scheduleHealth(agent.lastGood?.health.intervalSeconds ?? 30, async () => {
-        const spec = agent.lastGood;
-        if (spec) await agent.report(await collectHealth(spec, probe, ctx));
-      });
+      health.every(agent.lastGood?.health.intervalSeconds ?? 30);
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);

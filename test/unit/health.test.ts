@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { validate } from 'node-cron';
-import { cronFor } from '../../src/health/schedule.js';
+import { HealthSchedule, cronFor } from '../../src/health/schedule.js';
 
 describe('health schedule', () => {
   it('turns intervals into evenly spaced cron expressions', () => {
@@ -12,6 +12,48 @@ describe('health schedule', () => {
     assert.equal(cronFor(300), '0 */5 * * * *');
     assert.equal(cronFor(3600), '0 0 * * * *');
     for (const s of [5, 7, 30, 59, 60, 90, 300, 3600]) assert.ok(validate(cronFor(s)), cronFor(s));
+  });
+
+  it('runs a round at once on request, queues one more (not more) behind a running round, and survives a round that throws', async () => {
+    const errors: unknown[] = [];
+    let rounds = 0;
+    let release: () => void = () => {};
+    let fail = false;
+    const h = new HealthSchedule(async () => {
+      rounds += 1;
+      if (fail) throw new Error('probe failed');
+      await new Promise<void>((r) => (release = r));
+    }, (e) => errors.push(e));
+    try {
+      const first = h.runNow();
+      assert.equal(rounds, 1, 'the round starts at once, not at the next tick');
+      const second = h.runNow();
+      const third = h.runNow();
+      release();
+      await new Promise((r) => setImmediate(r));
+      assert.equal(rounds, 2, 'requests during a round add exactly one more round');
+      release();
+      await Promise.all([first, second, third]);
+      assert.equal(rounds, 2);
+      fail = true;
+      await h.runNow();
+      assert.equal(rounds, 3);
+      assert.match(String(errors[0]), /probe failed/);
+      fail = false;
+      const after = h.runNow();
+      release();
+      await after;
+      assert.equal(rounds, 4, 'a round that threw does not stop the next');
+      h.every(30);
+      h.every(30);
+      assert.equal(h.intervalSeconds, 30);
+      h.every(5);
+      assert.equal(h.intervalSeconds, 5);
+    } finally {
+      await h.stop();
+    }
+    await h.runNow();
+    assert.equal(rounds, 4, 'nothing runs after stop');
   });
 });
 
