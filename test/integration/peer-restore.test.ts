@@ -8,17 +8,16 @@
 // detected. Needs no shared service. Run:
 //   node --test --test-concurrency=1 dist/test/integration/peer-restore.test.js
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isPeerRestoreError, restoreFromPeer, type PeerRestoreError, type PeerRestoreOptions, type SnapshotHooks } from '../../src/backup/peer/index.js';
-import { openSealed, publicKeyString } from '../../src/identity/seal.js';
-import { repoRoot } from '../helpers.js';
+import { openSealed } from '../../src/identity/seal.js';
 import type { PeerServerChildConfig } from './peer-server-child.js';
+import { makeHost, startServer, stopAllServers, type Host, type ServerChild } from './peer-server.js';
 import { assertSameTree, describeTree, makeTree as makeBaseTree } from './tree.js';
 
 const MiB = 1024 * 1024;
@@ -29,61 +28,6 @@ const FAST_RETRY = { attempts: 3, baseDelayMs: 50, maxDelayMs: 300 };
 async function makeTree(root: string): Promise<void> {
   await makeBaseTree(root);
   await writeFile(join(root, 'state.txt'), 'initial');
-}
-
-interface Host {
-  ed: KeyObject;
-  edKey: string;
-  keyFile: string;
-  x: KeyObject;
-  xPub: string;
-}
-
-async function makeHost(dir: string, name: string): Promise<Host> {
-  const ed = generateKeyPairSync('ed25519').privateKey;
-  const x = generateKeyPairSync('x25519').privateKey;
-  const keyFile = join(dir, `${name}-ed25519.pem`);
-  await writeFile(keyFile, ed.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
-  return { ed, edKey: publicKeyString('ed25519', createPublicKey(ed)), keyFile, x, xPub: publicKeyString('x25519', createPublicKey(x)) };
-}
-
-interface ServerChild {
-  port: number;
-  key: string;
-  child: ChildProcess;
-  stderr: () => string;
-  kill(signal?: NodeJS.Signals): Promise<void>;
-}
-
-const children = new Set<ChildProcess>();
-
-async function startServer(cfg: PeerServerChildConfig): Promise<ServerChild> {
-  const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const first = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) resolve(buf.slice(0, nl));
-    });
-    child.once('exit', (code) => reject(new Error(`peer server child exited (${code}) before listening: ${stderr}`)));
-  });
-  const { port, key } = JSON.parse(first) as { port: number; key: string };
-  return {
-    port,
-    key,
-    child,
-    stderr: () => stderr,
-    async kill(signal: NodeJS.Signals = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      await exited;
-      children.delete(child);
-    },
-  };
 }
 
 describe('restore from a peer (two processes, TLS on loopback)', () => {
@@ -110,7 +54,7 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
   });
 
   after(async () => {
-    for (const c of children) c.kill('SIGKILL');
+    stopAllServers();
     await rm(dir, { recursive: true, force: true });
   });
 

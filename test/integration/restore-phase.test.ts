@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -24,6 +24,8 @@ import { readRestoreProgress, runRestoreStep } from '../../src/phases/restore/ru
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
+import { makeHost, startServer, stopAllServers } from './peer-server.js';
+import { assertSameTree, describeTree } from './tree.js';
 
 const MiB = 1024 * 1024;
 const RUN = `${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`;
@@ -84,6 +86,7 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
   });
 
   after(async () => {
+    stopAllServers();
     if (work) await rm(work, { recursive: true, force: true });
   });
 
@@ -166,4 +169,73 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     assert.match(lines.join(''), /peer phase-b cannot serve \(connect\); restoring backup latest/);
     assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], 'the fallback\'s marker satisfies the peer spec');
   });
+  it('the peer dies mid-transfer (SIGKILL): the phase falls back to object storage, and the volume ends up holding exactly the backup', async () => {
+    const killRoot = join(work, 'root-peer-killed');
+    const target = join(killRoot, MOUNT);
+    await mkdir(target, { recursive: true });
+    // The peer serves other data than the backup (96 MiB, incompressible), so a file of its left in the volume would show.
+    const peerData = join(work, 'peer-data');
+    await mkdir(join(peerData, 'base'), { recursive: true });
+    for (let i = 0; i < 12; i++) await writeFile(join(peerData, 'base', `p${i}`), randomBytes(8 * MiB));
+    const peerHost = await makeHost(work, 'peer');
+    const server = await startServer({ dataDir: peerData, spoolDir: join(work, 'peer-spool'), keyFile: peerHost.keyFile, allowedClients: [identity.signingKey], host: '::1', chunkSize: MiB, packSize: 2 * MiB });
+    const os = spec().restore;
+    if (os?.from !== 'object-storage') return assert.fail();
+    const { from: _from, ...fallback } = os;
+    const r = parseNodeSpec({
+      ...JSON.parse(JSON.stringify(spec())),
+      network: { ipsec: { address: 'fd00:b05::1', auth: 'psk', peers: [{ node: 'phase-b', address: '::1', psk: sealed('k'.repeat(32)) }] } },
+      restore: { from: 'peer', peer: 'phase-b', peerKey: server.key, port: server.port, fallback },
+    });
+    assert.ok(r.ok, JSON.stringify(r));
+    const probe = new LiveProbe(new Redactor(), killRoot);
+    const [step] = restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx) as RestoreStep[];
+    if (step?.from !== 'peer') return assert.fail('a peer restore step');
+
+    // Kill the peer as soon as its data starts landing in the volume.
+    let killedAtBytes = -1;
+    const watcher = (async () => {
+      while (killedAtBytes < 0 && server.child.exitCode === null) {
+        const bytes = await bytesUnder(target);
+        if (bytes > 0) {
+          killedAtBytes = bytes;
+          await server.kill('SIGKILL');
+          return;
+        }
+        await new Promise((res) => setTimeout(res, 5));
+      }
+    })();
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    await runRestoreStep(step, { identity, redactor: new Redactor(), logger, stateDir: join(work, 'state'), root: killRoot, objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, forcePathStyle: true } });
+    await watcher;
+    assert.ok(killedAtBytes > 0 && killedAtBytes < 96 * MiB, `the peer was killed part-way (${killedAtBytes} bytes had landed)`);
+    const log = lines.join('');
+    assert.match(log, /peer phase-b cannot serve \(transfer\); restoring backup latest/);
+    const marker = JSON.parse(await readFile(join(target, '.bosun-restored.json'), 'utf8')) as Record<string, unknown>;
+    assert.equal(marker.source, `s3://${env.s3.bucket}/${prefix}`, 'restored from the fallback');
+    // Every path as in the backup, and nothing else; the mount point itself keeps its own metadata (keepTargetMetadata).
+    const [got, want] = [await describeTree(target, ['.bosun-restored.json']), await describeTree(join(work, 'src'))];
+    got.delete('.');
+    want.delete('.');
+    assertSameTree(got, want);
+    assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], 'the fallback\'s marker satisfies the peer spec');
+  });
 });
+
+/** Bytes in regular files under dir (0 while it is empty or missing). */
+async function bytesUnder(dir: string): Promise<number> {
+  let total = 0;
+  let entries: import('node:fs').Dirent[];
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) total += await bytesUnder(p);
+    else if (e.isFile()) total += (await stat(p).catch(() => ({ size: 0 }))).size;
+  }
+  return total;
+}
