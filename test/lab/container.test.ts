@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { journalGuard } from './guard.js';
 
 const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 const LAB = 'container-lab';
@@ -66,15 +67,8 @@ async function demo(port: number): Promise<{ pid: number; started: string; reloa
   return JSON.parse(r.stdout) as never;
 }
 
-async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const where = lab ? await lab.collectJournals(`container-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
-    throw err;
-  }
-}
+/** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/container-<label>/ and names the directory in the error. */
+const guarded = journalGuard('container', () => lab);
 
 const spec = (version: number, change: { greeting?: string; memoryMax?: string; tasksMax?: number } = {}) => ({
   apiVersion: 'bosun/v1',

@@ -15,6 +15,7 @@ import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { journalGuard } from './guard.js';
 import { applyThenCut, describeJournalPoint, writeSpec } from './guest-apply.js';
 
 const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
@@ -48,15 +49,8 @@ async function apply(spec: unknown): Promise<Applied> {
   return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
 }
 
-async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const where = lab ? await lab.collectJournals(`decom-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
-    throw err;
-  }
-}
+/** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/decom-<label>/ and names the directory in the error. */
+const guarded = journalGuard('decom', () => lab);
 
 const spec = (version: number, key: { sealed: string }, decommission?: { confirmNode: string; erase?: 'crypto' | 'none' }) => ({
   apiVersion: 'bosun/v1',

@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { rmSync } from 'node:fs';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { journalGuard } from './guard.js';
 import { applyThenCut, describeJournalPoint, writeSpec } from './guest-apply.js';
 
 const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
@@ -57,15 +58,8 @@ async function freshHost(): Promise<void> {
   await vm.start();
 }
 
-async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const where = lab ? await lab.collectJournals(`disks-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
-    throw err;
-  }
-}
+/** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/disks-<label>/ and names the directory in the error. */
+const guarded = journalGuard('disks', () => lab);
 
 const raid1Spec = (key: { sealed: string }, version = 1) => ({
   apiVersion: 'bosun/v1',

@@ -12,6 +12,7 @@ import { rmSync } from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { journalGuard } from './guard.js';
 import { ETHERTYPE_IPV6, IPPROTO_ESP, IPPROTO_ICMPV6, diffCounters, ipv6Frames } from './hub.js';
 
 const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
@@ -40,15 +41,8 @@ const addr = (n: Node): string => vm(n).ipv6;
 const pair = (x: Node, y: Node): string => [x, y].sort().join('+');
 const pairs = (members: readonly Node[]): Array<[Node, Node]> => members.flatMap((x, i) => members.slice(i + 1).map((y): [Node, Node] => [x, y]));
 
-async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const where = lab ? await lab.collectJournals(`ipsec-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
-    throw err;
-  }
-}
+/** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/ipsec-<label>/ and names the directory in the error. */
+const guarded = journalGuard('ipsec', () => lab);
 
 async function sh(n: Node, script: string, timeoutMs = 120_000): Promise<string> {
   const r = await vm(n).exec(['sh', '-c', script], { timeoutMs });

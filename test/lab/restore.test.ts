@@ -17,6 +17,7 @@ import { createBackup, createS3Client, S3Transport, type BackupResult } from '..
 import { publicKeyString, seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { GUEST_HOST_ADDRESS, labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { journalGuard } from './guard.js';
 
 const LAB = 'restore-luks';
 const NODE = 'restore-a';
@@ -121,15 +122,8 @@ async function apply(spec: unknown): Promise<{ code: number; out: Record<string,
   return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
 }
 
-async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const where = lab ? await lab.collectJournals(`restore-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
-    throw err;
-  }
-}
+/** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/restore-<label>/ and names the directory in the error. */
+const guarded = journalGuard('restore', () => lab);
 
 describe('restore phase in a VM', { timeout: 30 * 60_000 }, () => {
   before(

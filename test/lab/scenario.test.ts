@@ -31,6 +31,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { ControlPlane, isEvent, isHealthy, readExample } from './control-plane.js';
 import { GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+import { journalGuard } from './guard.js';
 
 const run = promisify(execFile);
 const LAB = 'scen-cluster';
@@ -84,15 +85,8 @@ async function sh(vm: Vm, script: string, timeoutMs = 120_000): Promise<string> 
   return r.stdout.trim();
 }
 
-async function guarded(label: string, fn: () => Promise<void>): Promise<void> {
-  try {
-    await fn();
-  } catch (err) {
-    const where = lab ? await lab.collectJournals(`scenario-${label}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-    if (err instanceof Error) err.message += `\n[lab] journals and serial logs: ${where}`;
-    throw err;
-  }
-}
+/** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/scenario-<label>/ and names the directory in the error. */
+const guarded = journalGuard('scenario', () => lab);
 
 /** What the demo service answers on node's own published port. */
 async function demo(vm: Vm): Promise<{ pid: number; started: string; reloads: number; greeting: string; version: string }> {
