@@ -8,8 +8,7 @@ import { machineUnit } from './container/render.js';
 import { computeLayers } from './disks/layers.js';
 import { mountUnitName, mountUnitPath } from './disks/mount.js';
 import { observeDisks } from './disks/observe.js';
-import { libreswan, OWNED_HEADER } from './network/libreswan.js';
-import { strongswan } from './network/strongswan.js';
+import { backendFor, observeNetwork } from './network/index.js';
 import { POLICY_FILE, POLICY_TABLE, POLICY_UNIT, POLICY_UNIT_FILE } from './network/policy.js';
 import type { IpsecBackend } from './network/backend.js';
 import type { Phase, PlanContext } from './types.js';
@@ -64,7 +63,6 @@ export interface ObservedDecommission {
   peerSpool?: string;
 }
 
-const BACKENDS: Record<string, IpsecBackend> = { libreswan, strongswan };
 
 /** Keyslots in `cryptsetup luksDump` output (LUKS2: "Keyslots:" then "  0: luks2"; LUKS1: "Key Slot 0: ENABLED"). */
 export function countKeyslots(dump: string): number {
@@ -93,26 +91,18 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
   for (const a of spec.auxiliary) obs.auxiliary.push({ unit: a.unit, ...(probe.blank ? blankUnit : await probe.unitState(a.unit)) });
   const ipsec = spec.network?.ipsec;
   if (ipsec) {
-    const backend = BACKENDS[ipsec.backend];
-    if (!backend) throw new BosunError('E_INVALID_SPEC', `decommission: unknown IPsec backend ${ipsec.backend}`);
-    const o: NonNullable<ObservedDecommission['ipsec']> = { backend, running: false, loaded: [], files: [], policyLoaded: false, policyFile: false, policyUnitFile: false, policyEnabled: false };
-    if (!probe.blank) {
-      for (const name of await probe.listDir(backend.dir)) {
-        if (!backend.ownedConn(name)) continue;
-        const text = (await probe.readFile(`${backend.dir}/${name}`))?.toString('utf8') ?? '';
-        if (text.startsWith(OWNED_HEADER)) o.files.push(name);
-      }
-      o.running = (await probe.unitState(backend.unit)).active === 'active';
-      if (o.running) {
-        const outs: string[] = [];
-        for (const argv of backend.statusCommands()) outs.push((await probe.run(argv)).stdout);
-        o.loaded = backend.parseStatus(outs).loaded.filter((n) => n.startsWith('bosun-'));
-      }
-      o.policyLoaded = (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0;
-      o.policyFile = (await probe.stat(POLICY_FILE)) !== undefined;
-      o.policyUnitFile = (await probe.stat(POLICY_UNIT_FILE)) !== undefined;
-      o.policyEnabled = (await probe.unitState(POLICY_UNIT)).enabled === 'enabled';
-    }
+    // What the network phase sees; the decommission tears down only bosun's part of it.
+    const n = await observeNetwork(spec, probe);
+    const o: NonNullable<ObservedDecommission['ipsec']> = {
+      backend: backendFor(ipsec),
+      running: n.ike.running,
+      loaded: n.ike.loaded,
+      files: Object.keys(n.files),
+      policyLoaded: n.policyLoaded,
+      policyFile: n.policy !== undefined,
+      policyUnitFile: n.policyUnit !== undefined,
+      policyEnabled: n.policyEnabled,
+    };
     obs.ipsec = o;
   }
   const d = spec.disks;

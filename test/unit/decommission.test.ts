@@ -49,7 +49,8 @@ function builtHost(keyslots = 1): HostProbe & { ran: string[][] } {
   return {
     blank: false,
     ran,
-    readFile: (p) => Promise.resolve(files[p] === undefined ? undefined : Buffer.from(files[p])),
+    // The files that exist read as bosun wrote them (the network observation reads the policy and its unit).
+    readFile: (p) => Promise.resolve(files[p] !== undefined ? Buffer.from(files[p]) : exists.has(p) ? Buffer.from('# Written by bosun\n') : undefined),
     unitState: (u) => Promise.resolve(units[u] ?? { enabled: 'not-found', active: 'inactive' }),
     run: (argv) => {
       ran.push([...argv]);

@@ -15,7 +15,7 @@ import { POLICY_FILE, POLICY_TABLE, POLICY_UNIT, POLICY_UNIT_FILE, renderPolicy,
  * replaced; every other tunnel keeps carrying traffic.
  */
 
-interface ObservedNetwork {
+export interface ObservedNetwork {
   ike: ObservedIke;
   /** bosun-owned files in the config dir, by name: a conn file's content, or a secrets file's sealed marker (never its key) */
   files: Record<string, string>;
@@ -33,7 +33,7 @@ interface ObservedNetwork {
 
 const BACKENDS: Record<string, IpsecBackend | undefined> = { libreswan, strongswan };
 
-function backendFor(s: IpsecSpec): IpsecBackend {
+export function backendFor(s: IpsecSpec): IpsecBackend {
   const b = BACKENDS[s.backend];
   if (!b) throw new BosunError('E_INVALID_SPEC', `network: unknown IPsec backend ${s.backend}`);
   return b;
@@ -52,7 +52,8 @@ export function peerConns(spec: NodeSpec): PeerConn[] {
   }));
 }
 
-async function observe(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwork> {
+/** What the network phase looks at: bosun's files, the IKE daemon and its conns, the drop policy (also read by the decommission phase). */
+export async function observeNetwork(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwork> {
   const backend = backendFor(spec.network!.ipsec!);
   if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: !backend.prepare };
   const files: Record<string, string> = {};
@@ -196,7 +197,7 @@ export const networkPhase: Phase<ObservedNetwork> = {
   name: 'network',
   stage: 'network',
   section: (s) => s.network?.ipsec,
-  observe,
+  observe: observeNetwork,
   plan,
 };
 
@@ -223,7 +224,7 @@ export function ipsecHealth(spec: NodeSpec, ike: ObservedIke): PeerHealth[] {
 
 /** The network phase's part of a health round: the daemon, the drop policy, and every peer's tunnel. */
 export async function networkHealth(spec: NodeSpec, probe: HostProbe): Promise<{ ike: { running: boolean; version?: string }; policyLoaded: boolean; peers: PeerHealth[]; problems: string[] }> {
-  const obs = await observe(spec, probe);
+  const obs = await observeNetwork(spec, probe);
   const peers = ipsecHealth(spec, obs.ike);
   const problems: string[] = [];
   if (!obs.ike.running) problems.push('network: the IKE daemon is not running; traffic to every peer is dropped until it is back');
