@@ -11,8 +11,8 @@ import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { journalGuard } from './guard.js';
+import { BOSUN, guestSh } from './guest-apply.js';
 
-const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 const LAB = 'container-lab';
 const CG = '/sys/fs/cgroup/machine.slice/systemd-nspawn@demo.service';
 /** A command inside the running machine, as root of its user namespace. */
@@ -21,11 +21,7 @@ const figures: Record<string, unknown> = {};
 let lab: Lab | undefined;
 let vm: Vm;
 
-async function sh(script: string, timeoutMs = 120_000): Promise<string> {
-  const r = await vm.exec(['sh', '-c', script], { timeoutMs });
-  assert.equal(r.exitCode, 0, `${script}\n${r.stderr}`);
-  return r.stdout.trim();
-}
+const sh = (script: string, timeoutMs?: number): Promise<string> => guestSh(vm, script, timeoutMs);
 
 /** Exit code and stderr of a script that is expected to fail. */
 async function fails(script: string): Promise<string> {

@@ -13,12 +13,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { journalGuard } from './guard.js';
-import { applyThenCut, describeJournalPoint, writeSpec } from './guest-apply.js';
+import { BOSUN, applyIn, applyThenCut, describeJournalPoint, guestSh, sealTo, writeSpec } from './guest-apply.js';
 
-const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 const LAB = 'decom-lab';
 const NODE = 'decom-a';
 const DISK = (n: number) => `/dev/disk/by-id/virtio-bosun-disk${n}`;
@@ -28,26 +26,8 @@ const figures: Record<string, unknown> = {};
 let lab: Lab | undefined;
 let vm: Vm;
 
-async function sh(script: string, timeoutMs = 120_000): Promise<string> {
-  const r = await vm.exec(['sh', '-c', script], { timeoutMs });
-  assert.equal(r.exitCode, 0, `${script}\n${r.stderr}`);
-  return r.stdout.trim();
-}
-
-interface Applied {
-  code: number;
-  out: Record<string, unknown>;
-  stderr: string;
-  ms: number;
-}
-
-async function apply(spec: unknown): Promise<Applied> {
-  const w = await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec) });
-  assert.equal(w.exitCode, 0);
-  const t = Date.now();
-  const r = await vm.exec([...BOSUN, 'apply', '/root/spec.json', '--json'], { timeoutMs: 600_000 });
-  return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
-}
+const sh = (script: string, timeoutMs?: number): Promise<string> => guestSh(vm, script, timeoutMs);
+const apply = (spec: unknown) => applyIn(vm, spec);
 
 /** Runs a check; on failure saves the guests' journals under .cache/lab/artifacts/decom-<label>/ and names the directory in the error. */
 const guarded = journalGuard('decom', () => lab);
@@ -100,10 +80,8 @@ describe('decommission in a VM', { timeout: 30 * 60_000 }, () => {
   it('stops the service, crypto-erases the volume, reports safe to delete; a replay is a no-op; a later normal spec is refused', () =>
     guarded('decom', async () => {
       const t0 = Date.now();
-      const r0 = await vm.exec([...BOSUN, 'identity', '--json']);
-      assert.equal(r0.exitCode, 0, r0.stderr);
       const secret = randomBytes(64).toString('base64');
-      const key = { sealed: seal(x25519PublicFromString((JSON.parse(r0.stdout) as { sealingKey: string }).sealingKey), Buffer.from(secret)) };
+      const [key] = (await sealTo(vm, secret)) as [{ sealed: string }];
 
       const built = await apply(spec(1, key));
       assert.equal(built.code, 0, built.stderr);

@@ -7,50 +7,23 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { rmSync } from 'node:fs';
 import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { journalGuard } from './guard.js';
-import { applyThenCut, describeJournalPoint, writeSpec } from './guest-apply.js';
+import { BOSUN, applyIn, applyThenCut, describeJournalPoint, guestSh, sealTo, writeSpec, type ApplyResult } from './guest-apply.js';
 
-const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 const DISK = (n: number) => `/dev/disk/by-id/virtio-bosun-disk${n}`;
 const figures: Record<string, unknown> = {};
 let lab: Lab | undefined;
 let vm: Vm;
 
-interface ApplyResult {
-  code: number;
-  out: Record<string, unknown>;
-  stderr: string;
-  ms: number;
-}
-
 /** The running array's device: /dev/md/data, or /dev/md127 when the initramfs assembled it without the link. */
 const MD = "$(lsblk -lnpo NAME,TYPE | awk '$2 ~ /^raid/ {print $1; exit}')";
 
-async function sh(script: string, timeoutMs = 120_000): Promise<string> {
-  const r = await vm.exec(['sh', '-c', script], { timeoutMs });
-  assert.equal(r.exitCode, 0, `${script}\n${r.stderr}`);
-  return r.stdout.trim();
-}
-
-/** This boot's sealing key, for sealing the LUKS key to it (the overlay reset makes a new host). */
-async function sealTo(secret: string): Promise<{ sealed: string }> {
-  const r = await vm.exec([...BOSUN, 'identity', '--json']);
-  assert.equal(r.exitCode, 0, r.stderr);
-  const key = (JSON.parse(r.stdout) as { sealingKey: string }).sealingKey;
-  return { sealed: seal(x25519PublicFromString(key), Buffer.from(secret)) };
-}
-
-async function apply(spec: unknown, extra: string[] = []): Promise<ApplyResult> {
-  const w = await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec) });
-  assert.equal(w.exitCode, 0);
-  const t = Date.now();
-  const r = await vm.exec([...BOSUN, 'apply', '/root/spec.json', '--json', ...extra], { timeoutMs: 600_000 });
-  // With --json an error is on stdout; keep it with stderr so assertion messages show it.
-  return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
-}
+const sh = (script: string, timeoutMs?: number): Promise<string> => guestSh(vm, script, timeoutMs);
+const apply = (spec: unknown, extra: string[] = []): Promise<ApplyResult> => applyIn(vm, spec, extra);
+/** This boot's sealing key seals the LUKS key (the overlay reset makes a new host). */
+const sealKey = async (secret: string): Promise<{ sealed: string }> => (await sealTo(vm, secret))[0]!;
 
 async function freshHost(): Promise<void> {
   if (vm.running) await vm.kill();
@@ -90,7 +63,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
 
   it('builds RAID1 + LUKS2 + xfs from blank disks, does nothing on a re-run, and keeps everything across a reboot', () =>
     guarded('raid1', async () => {
-      const key = await sealTo(randomBytes(64).toString('base64'));
+      const key = await sealKey(randomBytes(64).toString('base64'));
       const first = await apply(raid1Spec(key));
       assert.equal(first.code, 0, first.stderr);
       assert.equal(first.out.result, 'applied');
@@ -143,7 +116,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
   it('a power cut in the middle of the phase: after power-on it completes without re-formatting what was made', () =>
     guarded('powercut', async () => {
       await freshHost();
-      const key = await sealTo(randomBytes(64).toString('base64'));
+      const key = await sealKey(randomBytes(64).toString('base64'));
       await writeSpec(vm, raid1Spec(key));
       // Cut once the filesystem stage has begun: the array and the LUKS volume exist by then.
       // test/lab/faults.test.ts cuts at points a seeded PRNG picks; this one is the fixed point of most interest.
