@@ -75,6 +75,8 @@ export class Agent {
   #lastFetch = Date.now();
   #stopped = false;
   #restarting = false;
+  /** the first consumer start, still connecting */
+  #consumerStarting: Promise<void> | undefined;
   #restartingSince = 0;
   #loopPeriodMs = 0;
   #lastTick = 0;
@@ -126,7 +128,11 @@ export class Agent {
       logger.info('no spec applied yet; waiting for the first desired state');
       await this.#reporter.status(this.statusBody());
     }
-    await this.#startConsumer();
+    // Not awaited: with the broker away, kafkajs takes a minute or more to give up connecting,
+    // and the host must not wait for it to count as started (READY=1 under systemd).
+    this.#consumerStarting = this.#startConsumer().finally(() => {
+      this.#consumerStarting = undefined;
+    });
     const limit = (this.#o.watchdogSeconds ?? 120) * 1000;
     this.#loopPeriodMs = Math.min(limit, 10_000);
     this.#lastTick = Date.now();
@@ -170,6 +176,11 @@ export class Agent {
           void this.#restartConsumer();
         },
       });
+      if (this.#stopped) {
+        // stop() did not wait for this connect: leave no consumer behind.
+        await this.#consumer.stop().catch(() => undefined);
+        this.#consumer = undefined;
+      }
     } catch (e) {
       // The broker may be down at boot: the host keeps running as it is; the watchdog tries again.
       this.#o.logger.warn(`cannot start reading desired state (${describeError(e)}); retrying`);
@@ -384,9 +395,23 @@ export class Agent {
     if (this.#watchdog) clearInterval(this.#watchdog);
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     await this.#applying?.catch(() => undefined);
-    while (this.#restarting) await new Promise((r) => setTimeout(r, 50));
+    // A consumer still connecting (the broker away) is not waited for long: it stops itself once connected.
+    const connecting = [this.#consumerStarting, this.#restarting ? waitUntil(() => !this.#restarting) : undefined].filter((p) => p !== undefined);
+    if (connecting.length > 0) await Promise.race([Promise.all(connecting), new Promise((r) => setTimeout(r, 5_000).unref())]);
     await this.#consumer?.stop().catch(() => undefined);
     await this.#peerServer?.stop().catch(() => undefined);
     await this.#reporter?.stop();
   }
+}
+
+function waitUntil(done: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setInterval(() => {
+      if (done()) {
+        clearInterval(t);
+        resolve();
+      }
+    }, 50);
+    t.unref();
+  });
 }

@@ -35,6 +35,8 @@ export interface ReporterOptions {
   topics: { status: string; events: string };
   logger: Logger;
   maxQueuedEvents?: number;
+  /** how long status() and event() wait for the broker before returning with the report still queued (default 5 s) */
+  waitMs?: number;
 }
 
 export class Reporter {
@@ -56,9 +58,15 @@ export class Reporter {
     return { status: this.#pendingStatus !== undefined, events: this.#events.length, dropped: this.#dropped };
   }
 
+  /**
+   * Queue the node's full status (newest wins) and send it. Resolves when it
+   * is sent, or after `waitMs` (ReporterOptions) if the broker is slow or away:
+   * the caller (an apply, a boot) never waits on Kafka for longer than that;
+   * the report stays queued and goes out when the broker is back.
+   */
   status(body: unknown): Promise<void> {
     this.#pendingStatus = body;
-    return this.flush();
+    return this.#bounded(this.flush());
   }
 
   event(body: Record<string, unknown>): Promise<void> {
@@ -68,7 +76,13 @@ export class Reporter {
       this.#events.shift();
       this.#dropped += 1;
     }
-    return this.flush();
+    return this.#bounded(this.flush());
+  }
+
+  #bounded(p: Promise<void>): Promise<void> {
+    const ms = this.#o.waitMs ?? 5_000;
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]).finally(() => clearTimeout(timer));
   }
 
   /** Send what is queued; on failure keep it and try again later. Never throws. */
@@ -85,6 +99,11 @@ export class Reporter {
       if (!this.#producer) {
         const p = this.#o.kafka.producer({ createPartitioner: kafkajs.Partitioners.DefaultPartitioner, allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
         await p.connect();
+        if (this.#stopped) {
+          // stop() gave up waiting for this connect: do not leave a producer behind.
+          await p.disconnect().catch(() => undefined);
+          return;
+        }
         this.#producer = p;
       }
       while (this.#events.length > 0) {
@@ -106,6 +125,7 @@ export class Reporter {
       const p = this.#producer;
       this.#producer = undefined;
       await p?.disconnect().catch(() => undefined);
+      if (this.#stopped) return;
       this.#timer ??= setTimeout(() => {
         this.#timer = undefined;
         void this.flush();
@@ -113,8 +133,9 @@ export class Reporter {
     }
   }
 
+  /** One last try to send what is queued (at most `waitMs`), then stop; what could not be sent is lost with the process. */
   async stop(): Promise<void> {
-    await this.flush();
+    await this.#bounded(this.flush());
     this.#stopped = true;
     if (this.#timer) clearTimeout(this.#timer);
     await this.#producer?.disconnect().catch(() => undefined);

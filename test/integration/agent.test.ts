@@ -192,27 +192,49 @@ describe('agent control loop (real Kafka)', () => {
     }
   });
 
-  it('survives a minute without the broker: keeps the host as it is, then catches up and flushes its reports', async () => {
+  it('survives a minute without the broker, and a restart (boot) in the middle of it: converges to its last good spec without the broker, then catches up and flushes its reports', async () => {
     const own = existsSync(join(dirname(stateFilePath()), 'run', 'kafka.pid'));
     assert.ok(own, 'this test stops and restarts the broker, so it needs the one test/services/up started (not an external KAFKA_BROKERS)');
-    const agent = await startAgent(15);
+    let agent = await startAgent(15);
     // Without KAFKA_BROKERS in its environment, so the harness manages its own broker rather than "using that Kafka".
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KAFKA_')));
     const sh = (cmd: string) => execFileSync('bash', [join(repoRoot, 'test/services', cmd), 'kafka'], { stdio: 'pipe', timeout: 120_000, env });
+    let brokerDown = false;
     try {
       await waitFor('the agent to be reading', () => (agent.consumer?.stats.ownMessages ?? 0) > 0, 30_000);
+      const lastGood = agent.lastGood!.version;
       const before = applies.length;
+      const appliedEvents = () => events.filter((e) => e.kind === 'applied' && e.version === lastGood).length;
+      const appliedEventsBefore = appliedEvents();
       sh('down');
+      brokerDown = true;
+      const outageStarted = Date.now();
       await agent.report({ ok: true, problems: [], marker: 'during-outage' });
-      await new Promise((r) => setTimeout(r, 60_000));
+      await new Promise((r) => setTimeout(r, 20_000));
       assert.equal(applies.length, before, 'nothing applied while the broker was away');
+
+      // The host reboots while the broker is still away: the agent starts without it.
+      await agent.stop();
+      const bootStarted = Date.now();
+      agent = await startAgent(15);
+      const bootSeconds = (Date.now() - bootStarted) / 1000;
+      assert.deepEqual(applies.slice(before), [lastGood], 'at boot, one converging apply of the last good spec, from the state dir');
+      assert.ok(agent.healthy(), 'the main loop counts as sound without a broker (restarting would not bring it back)');
+      assert.match(agent.summary(), new RegExp(`version ${lastGood} applied`));
+      await agent.report({ ok: true, problems: [], marker: 'after-boot-without-broker' });
+      await new Promise((r) => setTimeout(r, Math.max(0, 60_000 - (Date.now() - outageStarted))));
+      assert.equal(applies.length, before + 1, 'nothing else applied while the broker was away');
       sh('up');
+      brokerDown = false;
       const refusedBefore = agent.counters.refused;
-      await waitFor('the status reported during the outage to arrive', () => statuses.some((s) => (s.health as { marker?: string } | undefined)?.marker === 'during-outage'), 90_000);
+      await waitFor('the status reported after the broker-less boot to arrive', () => statuses.some((s) => (s.health as { marker?: string } | undefined)?.marker === 'after-boot-without-broker'), 90_000);
+      await waitFor('the event of the boot-time apply made without the broker', () => appliedEvents() > appliedEventsBefore, 30_000);
       await send(node, signEnvelope(spec(4), 'cp-1', cp.privateKey));
       await waitFor('the spec sent after the outage to be applied', () => statuses.some((s) => s.appliedVersion === 4), 120_000);
       assert.equal(agent.counters.refused, refusedBefore, 'refusals already reported are not reported again after the consumer is rebuilt');
+      process.stderr.write(`[agent.test] broker down 60 s; agent restarted 20 s into it, start() returned in ${bootSeconds.toFixed(1)} s without the broker\n`);
     } finally {
+      if (brokerDown) sh('up');
       await agent.stop();
     }
   });
