@@ -16,7 +16,7 @@ import type { NodeSpec } from './spec/node-spec.js';
 import { parseNodeSpec } from './spec/validate.js';
 import { startDesiredConsumer, type DesiredConsumer, type DesiredMessage } from './bus/desired.js';
 import { verifyEnvelope } from './bus/envelope.js';
-import { createKafka, type Kafka } from './bus/kafka.js';
+import { createKafka, SocketTracker, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
 import type { Sample } from './health/metrics.js';
 import { readRestoreProgressSync } from './phases/restore/run.js';
@@ -62,7 +62,9 @@ interface LastApply {
  */
 export class Agent {
   readonly #o: AgentOptions;
+  /** the client the reporter uses, and its sockets; each consumer gets a client of its own (#startConsumer) */
   #kafka: Kafka | undefined;
+  readonly #sockets = new SocketTracker();
   #consumer: DesiredConsumer | undefined;
   #reporter: Reporter | undefined;
   #lastGood: NodeSpec | undefined;
@@ -75,8 +77,9 @@ export class Agent {
   #lastFetch = Date.now();
   #stopped = false;
   #restarting = false;
-  /** the first consumer start, still connecting */
+  /** a consumer start still connecting (one at a time: two would both join the group and one would be orphaned) */
   #consumerStarting: Promise<void> | undefined;
+  #consumerStartingSince = 0;
   #restartingSince = 0;
   #loopPeriodMs = 0;
   #lastTick = 0;
@@ -118,7 +121,7 @@ export class Agent {
     this.#decommission = await readDecommissionRecord(this.#o.stateDir).catch(() => undefined);
     const seen = await readFile(join(this.#o.stateDir, 'desired-seen.json'), 'utf8').catch(() => '{}');
     this.#seen = JSON.parse(seen) as Record<string, string>;
-    this.#kafka = await createKafka(this.#o.settings, logger);
+    this.#kafka = await createKafka(this.#o.settings, logger, this.#sockets);
     this.#reporter = new Reporter({ kafka: this.#kafka, node: this.#o.settings.node, identity: this.#o.identity, topics: this.#o.settings.topics, logger });
     if (this.#lastGood) {
       // After a reboot the host may be behind its last good spec (arrays not assembled, volumes closed): converge every phase.
@@ -130,15 +133,13 @@ export class Agent {
     }
     // Not awaited: with the broker away, kafkajs takes a minute or more to give up connecting,
     // and the host must not wait for it to count as started (READY=1 under systemd).
-    this.#consumerStarting = this.#startConsumer().finally(() => {
-      this.#consumerStarting = undefined;
-    });
+    void this.#launchConsumer();
     const limit = (this.#o.watchdogSeconds ?? 120) * 1000;
     this.#loopPeriodMs = Math.min(limit, 10_000);
     this.#lastTick = Date.now();
     this.#watchdog = setInterval(() => {
       this.#lastTick = Date.now();
-      if (Date.now() - this.#lastFetch > limit && !this.#restarting) {
+      if (Date.now() - this.#lastFetch > limit && !this.#restarting && !this.#consumerStarting) {
         logger.warn({ silentSeconds: Math.round((Date.now() - this.#lastFetch) / 1000) }, 'the Kafka consumer has stopped fetching; rebuilding it');
         void this.#restartConsumer();
       }
@@ -155,15 +156,30 @@ export class Agent {
   healthy(now = Date.now()): boolean {
     if (this.#stopped) return false;
     if (this.#restarting && now - this.#restartingSince > 5 * 60_000) return false;
+    if (this.#consumerStarting && now - this.#consumerStartingSince > 5 * 60_000) return false;
     if (this.#loopPeriodMs > 0 && now - this.#lastTick > 3 * this.#loopPeriodMs) return false;
     return true;
+  }
+
+  /** Start a consumer unless one is already being started; resolves when that start has finished (or failed). */
+  #launchConsumer(): Promise<void> {
+    if (!this.#consumerStarting) {
+      this.#consumerStartingSince = Date.now();
+      this.#consumerStarting = this.#startConsumer().finally(() => {
+        this.#consumerStarting = undefined;
+      });
+    }
+    return this.#consumerStarting;
   }
 
   async #startConsumer(): Promise<void> {
     this.#lastFetch = Date.now();
     try {
-      this.#consumer = await startDesiredConsumer({
-        kafka: this.#kafka!,
+      // A client per consumer: stopping it closes its sockets even when kafkajs would leave some open.
+      const sockets = new SocketTracker();
+      const consumer = await startDesiredConsumer({
+        kafka: await createKafka(this.#o.settings, this.#o.logger, sockets),
+        sockets,
         topic: this.#o.settings.topics.desired,
         node: this.#o.settings.node,
         logger: this.#o.logger,
@@ -178,9 +194,12 @@ export class Agent {
       });
       if (this.#stopped) {
         // stop() did not wait for this connect: leave no consumer behind.
-        await this.#consumer.stop().catch(() => undefined);
-        this.#consumer = undefined;
+        await consumer.stop().catch(() => undefined);
+        return;
       }
+      const previous = this.#consumer;
+      this.#consumer = consumer;
+      if (previous) await previous.stop().catch(() => undefined);
     } catch (e) {
       // The broker may be down at boot: the host keeps running as it is; the watchdog tries again.
       this.#o.logger.warn(`cannot start reading desired state (${describeError(e)}); retrying`);
@@ -188,7 +207,7 @@ export class Agent {
   }
 
   async #restartConsumer(): Promise<void> {
-    if (this.#stopped || this.#restarting) return;
+    if (this.#stopped || this.#restarting || this.#consumerStarting) return;
     this.#restarting = true;
     this.#restartingSince = Date.now();
     try {
@@ -196,7 +215,7 @@ export class Agent {
       const old = this.#consumer;
       this.#consumer = undefined;
       await old?.stop().catch(() => undefined);
-      if (!this.#stopped) await this.#startConsumer();
+      if (!this.#stopped) await this.#launchConsumer();
     } finally {
       this.#restarting = false;
     }
@@ -401,6 +420,7 @@ export class Agent {
     await this.#consumer?.stop().catch(() => undefined);
     await this.#peerServer?.stop().catch(() => undefined);
     await this.#reporter?.stop();
+    this.#sockets.closeAll();
   }
 }
 

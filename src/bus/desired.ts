@@ -1,6 +1,6 @@
 import kafkajs, { type Consumer, type PartitionAssigner } from 'kafkajs';
 import type { Logger } from '../log.js';
-import type { Kafka } from './kafka.js';
+import type { Kafka, SocketTracker } from './kafka.js';
 import { partitionFor } from './murmur2.js';
 
 const { AssignerProtocol } = kafkajs;
@@ -33,6 +33,10 @@ export interface DesiredConsumerOptions {
   onFetch?: () => void;
   /** called when kafkajs gives up on the consumer; the owner rebuilds it */
   onCrash?: (error: Error) => void;
+  /** the sockets of `kafka` (a client of this consumer's own): closed when the consumer stops or fails to start */
+  sockets?: SocketTracker;
+  /** how long stop() waits for kafkajs's disconnect before closing the sockets (default 10 s) */
+  stopWaitMs?: number;
 }
 
 export interface DesiredConsumer {
@@ -61,18 +65,27 @@ function onePartitionAssigner(topic: string, partition: number): PartitionAssign
 }
 
 export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer> {
+  try {
+    return await startConsumer(o);
+  } catch (e) {
+    o.sockets?.closeAll();
+    throw e;
+  }
+}
+
+async function startConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer> {
   const admin = o.kafka.admin();
-  await admin.connect();
   let partitions: number;
   let highWatermark: bigint;
   try {
+    await admin.connect();
     const md = await admin.fetchTopicMetadata({ topics: [o.topic] });
     partitions = md.topics[0]!.partitions.length;
     const p0 = partitionFor(o.node, partitions);
     const offsets = await admin.fetchTopicOffsets(o.topic);
     highWatermark = BigInt(offsets.find((x) => x.partition === p0)?.high ?? '0');
   } finally {
-    await admin.disconnect();
+    await admin.disconnect().catch(() => undefined);
   }
   const partition = partitionFor(o.node, partitions);
   const stats = { messages: 0, bytes: 0, ownMessages: 0 };
@@ -100,7 +113,14 @@ export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<D
   let live = highWatermark === 0n;
   const log = o.logger.child({ component: 'desired', partition });
   log.info({ topic: o.topic, partitions, catchUpTo: highWatermark.toString() }, `reading partition ${partition} of ${o.topic} for node ${o.node}`);
-  await consumer.run({
+  const stop = async (): Promise<void> => {
+    // Bounded: during a broker outage kafkajs's disconnect waits for the broker to come back.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([consumer.disconnect().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, o.stopWaitMs ?? 10_000)))]).finally(() => clearTimeout(timer));
+    o.sockets?.closeAll();
+  };
+  try {
+    await consumer.run({
     autoCommit: false,
     eachBatchAutoResolve: true,
     eachBatch: async (payload) => {
@@ -129,11 +149,9 @@ export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<D
       await payload.heartbeat();
     },
   });
-  return {
-    partition,
-    stats,
-    stop: async () => {
-      await consumer.disconnect();
-    },
-  };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { partition, stats, stop };
 }

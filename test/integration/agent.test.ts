@@ -103,6 +103,10 @@ describe('agent control loop (real Kafka)', () => {
     await watcher?.disconnect();
     await producer?.disconnect();
     if (dir) await rm(dir, { recursive: true, force: true });
+    // Every agent was stopped: none may have left a Kafka client behind (it would keep this process alive for good).
+    const sockets = (): number => process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
+    for (let i = 0; i < 100 && sockets() > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(sockets(), 0, 'a stopped agent left Kafka connections open');
   });
 
   it('applies a signed spec, reports a signed status, and refuses everything else with a reason and no change', async () => {
