@@ -15,6 +15,11 @@
 //   4. node-c, which node-d replaces, is decommissioned: its machine stops, it
 //      leaves every peer's mesh, its LUKS keyslots are erased, and it reports
 //      that it is safe to delete.
+//   5. node-b loses power and boots while Kafka is unreachable from it (its
+//      packets to the broker dropped, as in a partition): the agent starts,
+//      rebuilds the host from its last good spec and serves without Kafka;
+//      once the broker is reachable it reports, and applies the spec the
+//      control plane published in the meantime.
 //   Time to serve (power-on to first healthy status, per phase) for node-a
 //   (object storage) and node-d (peer) is printed as a diagnostic.
 //
@@ -68,6 +73,8 @@ function sealOnce(node: string, label: string, secret: string | Buffer): { seale
   return sealedOnce.get(k)!;
 }
 const figures: Record<string, unknown> = {};
+/** agent.json settings beyond the control plane's (object storage on the host) */
+let agentSettings: Record<string, unknown> = {};
 const powerOn: Record<string, number> = {};
 
 function theLab(): Lab {
@@ -270,8 +277,8 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       for (const n of NODES) powerOn[n] = on;
       figures.labStartMs = Date.now() - on;
       // The lab's "power-on" includes the image check (cached: well under a second); vm.bootTimesMs is qemu start to booted.
-      const settings = { objectStorage: { endpoint: `http://${GUEST_HOST_ADDRESS}:${s3Port}`, region: s3.region } };
-      for (const n of NODES) await cp.startAgent(lab.vm(n), settings);
+      agentSettings = { objectStorage: { endpoint: `http://${GUEST_HOST_ADDRESS}:${s3Port}`, region: s3.region } };
+      for (const n of NODES) await cp.startAgent(lab.vm(n), agentSettings);
     },
     { timeout: 20 * 60_000 },
   );
@@ -443,5 +450,47 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       // The mesh of the three left still carries traffic.
       await sh(l.vm('node-d'), `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR['node-a']} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR['node-b']} >/dev/null`, 180_000);
       figures.decommissionS = (ev.at - since) / 1000;
+    }));
+
+  it('5: node-b loses power and boots while Kafka is unreachable: it serves from its last good spec, then reports and catches up when Kafka is back', () =>
+    guarded('broker', async () => {
+      const c = thecp();
+      const vb = theLab().vm('node-b');
+      const kafkaPort = c.guestKafka.split(':')[1]!;
+      const lastGood = versions['node-b']!;
+      const statusCmd = 'node /opt/bosun/dist/src/cli.js status --json';
+      type Local = { applied?: { specVersion?: number; appliedAt?: string } | null; inProgress?: unknown };
+      const beforeCut = JSON.parse(await sh(vb, statusCmd)) as Local;
+      await vb.powerCut();
+      await vb.start();
+      // Dropped, not refused: the agent's connects time out, as when the broker's network is gone.
+      const block = `nft add table inet labblock && nft add chain inet labblock out '{ type filter hook output priority 0; }' && nft add rule inet labblock out ip daddr ${GUEST_HOST_ADDRESS} tcp dport ${kafkaPort} drop`;
+      await sh(vb, block);
+      const since = Date.now();
+      await c.startAgent(vb, agentSettings);
+      // Without Kafka: the last good spec is applied again from the state dir (LUKS opened, mounted, mesh and machine up).
+      let local: Local = {};
+      for (let i = 0; i < 150; i++) {
+        local = JSON.parse(await sh(vb, statusCmd)) as Local;
+        if (local.applied?.appliedAt !== beforeCut.applied?.appliedAt && local.inProgress === null) break;
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+      assert.notEqual(local.applied?.appliedAt, beforeCut.applied?.appliedAt, `node-b applied again after the power cut: ${JSON.stringify(local)}`);
+      assert.equal(local.applied?.specVersion, lastGood, `node-b converged to its last good spec without Kafka: ${JSON.stringify(local)}`);
+      assert.equal((await demo(vb)).greeting, 'hi from node-b, version 2', 'node-b serves without Kafka');
+      await sh(vb, `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR['node-a']} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR['node-a']} >/dev/null`, 180_000);
+      assert.equal(await sh(vb, 'systemctl is-active bosun-lab-agent-run.service'), 'active', 'the agent keeps running without Kafka');
+      assert.equal(await sh(vb, 'systemctl show -p NRestarts --value bosun-lab-agent-run.service'), '0', 'and was not restarted');
+      assert.deepEqual(c.find((r) => r.node === 'node-b' && r.at >= since), [], 'nothing from node-b reached Kafka while it was blocked (the block works)');
+      // The control plane moves on meanwhile; then the broker becomes reachable.
+      await c.publish(await nodeSpec('node-b', ['node-a', 'node-b', 'node-d'], { greeting: 'hi from node-b, after the outage' }));
+      const unblocked = Date.now();
+      await sh(vb, 'nft delete table inet labblock');
+      const boot = await c.waitFor('the event of node-b\'s boot-time apply', isEvent('node-b', 'applied', lastGood), 300_000, since);
+      const applied = await c.waitFor('node-b applied the spec published during the outage', isEvent('node-b', 'applied', versions['node-b']), 300_000, since);
+      assert.deepEqual(applied.body.stages, ['container'], 'only the container stage ran for the config change');
+      await c.waitFor('node-b healthy at the new version', isHealthy('node-b', versions['node-b']), 300_000, unblocked);
+      assert.equal((await demo(vb)).greeting, 'hi from node-b, after the outage');
+      figures.brokerAtBoot = { bootApplyEventAfterUnblockS: (boot.at - unblocked) / 1000, newSpecAppliedAfterUnblockS: (applied.at - unblocked) / 1000 };
     }));
 });
