@@ -3,6 +3,10 @@
 //
 //   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs 3] [--workers N]
 //        [--concurrency N] [--slots N] [--verify-files] [--dir /tmp] [--keep]
+//        [--variant workers=2,slots=16 ...]
+//
+// Each --variant is another restore configuration run in the same rounds as
+// the default one (and s5cmd), for comparing settings on one machine state.
 //
 // Needs the test services (test/services/up; s5cmd comes with them). Each
 // restore and each s5cmd download runs in its own process, timed from spawn
@@ -32,8 +36,21 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-function args(): { size: number; runs: number; workers?: number; concurrency?: number; slots?: number; verifyFiles: boolean; dir: string; keep: boolean } {
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>>;
+
+function parseVariant(v: string): Variant {
+  const out: Record<string, number | boolean> = {};
+  for (const kv of v.split(',')) {
+    const [k, val] = kv.split('=') as [string, string | undefined];
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles)`);
+    out[k] = k === 'verifyFiles' ? val !== 'false' : Number(val);
+  }
+  return out;
+}
+
+function args(): { size: number; runs: number; workers?: number; concurrency?: number; slots?: number; verifyFiles: boolean; dir: string; keep: boolean; variants: Variant[] } {
   const a = process.argv.slice(2);
+  const variants = a.flatMap((x, i) => (x === '--variant' && a[i + 1] ? [parseVariant(a[i + 1]!)] : []));
   const get = (name: string): string | undefined => {
     const i = a.indexOf(`--${name}`);
     return i >= 0 ? a[i + 1] : undefined;
@@ -50,6 +67,7 @@ function args(): { size: number; runs: number; workers?: number; concurrency?: n
     ...(concurrency !== undefined ? { concurrency: Number(concurrency) } : {}),
     dir: get('dir') ?? tmpdir(),
     keep: a.includes('--keep'),
+    variants,
   };
 }
 
@@ -242,14 +260,18 @@ async function main(): Promise<void> {
     const s5runs: Measured[] = [];
     const bosunRuns: Measured[] = [];
     const s5synced: number[] = [];
+    const variantRuns: Measured[][] = o.variants.map(() => []);
+    const label = (v: Variant): string => Object.entries(v).map(([k, x]) => `${k}=${String(x)}`).join(',');
     for (let i = 0; i < o.runs; i++) {
-      const order = i % 2 === 0 ? ['s5cmd', 'bosun'] : ['bosun', 's5cmd'];
-      for (const who of order) {
-        const dst = join(work, `dst-${who}`);
+      const who: Array<'s5cmd' | 'bosun' | number> = ['s5cmd', 'bosun', ...o.variants.map((_, k) => k)];
+      // Rotate the order run by run so every one of them sees the same machine on average.
+      const order = who.map((_, k) => who[(k + i) % who.length]!);
+      for (const w of order) {
+        const dst = join(work, `dst-${String(w)}`);
         await rm(dst, { recursive: true, force: true });
         await measure(['sync']);
         const m0 = await minioCpu();
-        if (who === 's5cmd') {
+        if (w === 's5cmd') {
           const m = await measure(s5('cp', `s3://${env.s3.bucket}/${prefix}raw/*`, `${dst}/`), s5env);
           const m1 = await minioCpu();
           // bosun's restore ends with its data on disk (syncfs before the commit); s5cmd's does not: time that part too.
@@ -259,11 +281,12 @@ async function main(): Promise<void> {
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
-          const m = await measure([process.execPath, childJs, JSON.stringify({ ...base, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
+          const v = w === 'bosun' ? {} : o.variants[w]!;
+          const m = await measure([process.execPath, childJs, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
           const m1 = await minioCpu();
-          bosunRuns.push(m);
+          (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
-          out(`  bosun restore     #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`);
+          out(`  bosun restore${w === 'bosun' ? '' : ` [${label(v)}]`} #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`);
         }
         await rm(dst, { recursive: true, force: true });
       }
@@ -281,6 +304,10 @@ async function main(): Promise<void> {
     out(`  bosun restore   ${bosunMed.toFixed(2)} s  ${rate(ds.bytes, bosunMed)}  peak RSS ${formatBytes(Math.max(...bosunRuns.map((m) => m.maxRssBytes)))} (max)  CPU ${median(bosunRuns.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`);
     out(`  s5cmd cp + sync ${median(s5synced).toFixed(2)} s  ${rate(ds.bytes, median(s5synced))}  (data on disk, as bosun's restore leaves it)`);
     out(`  restore rate / s5cmd rate = ${ratio.toFixed(2)}; / (s5cmd + sync) rate = ${(median(s5synced) / bosunMed).toFixed(2)}  (target >= 0.90; peak RSS target < 300 MB)`);
+    for (const [k, v] of o.variants.entries()) {
+      const med = median(variantRuns[k]!.map((m) => m.seconds));
+      out(`  variant [${label(v)}]: ${med.toFixed(2)} s  ${rate(ds.bytes, med)}  / s5cmd rate = ${(s5Med / med).toFixed(2)}  peak RSS ${formatBytes(Math.max(...variantRuns[k]!.map((m) => m.maxRssBytes)))} (max)  CPU ${median(variantRuns[k]!.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`);
+    }
     out(
       JSON.stringify({
         bench: 'restore',
@@ -295,6 +322,7 @@ async function main(): Promise<void> {
         createMaxRssBytes: creates.map((c) => c.rss),
         storedBytes: stored,
         ratio,
+        variants: o.variants.map((v, k) => ({ ...v, restoreSeconds: variantRuns[k]!.map((m) => m.seconds), maxRssBytes: variantRuns[k]!.map((m) => m.maxRssBytes) })),
         verifyFiles: o.verifyFiles,
         loadavg: [l1, l5],
       }),
