@@ -1,7 +1,9 @@
 // Power cuts at random points while a node builds itself (issue 11). One VM,
-// two data disks; the spec asks for RAID1 + LUKS2 + xfs and an IPsec mesh with
-// one peer that does not exist (this node is the responder, so nothing waits
-// for it). Each round cuts the VM's power (SIGKILL to qemu) at a point a
+// two data disks; the spec asks for every boot phase: RAID1 + LUKS2 + xfs, an
+// IPsec mesh with one peer that does not exist (this node is the responder, so
+// nothing waits for it), a restore from a backup in MinIO on the host (made
+// with `bosun backup create`), and the demo service in a locked-down
+// systemd-nspawn machine on the data volume. Each round cuts the VM's power (SIGKILL to qemu) at a point a
 // seeded PRNG picks during `bosun apply`, powers it on, applies again, and
 // checks:
 //   - the re-apply completes (and says it resumed when a journal was left);
@@ -29,19 +31,29 @@
 // round's record (seed, cut point, outcome, times) goes to stderr and to
 // .cache/lab/artifacts/faults-powercut.json.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { publicKeyString } from '../../src/identity/seal.js';
 import { phasesFor } from '../../src/phases/index.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
-import { labCacheDir, labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { requireServices, type ServiceEnv } from '../services/env.js';
+import { dataSums, hostSums, makeSource } from './data-tree.js';
+import { GUEST_HOST_ADDRESS, labCacheDir, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
 import { applyIn, applyThenCut, describeJournalPoint, guestSh, plannedSteps, readGuestJournal, sealTo, writeSpec, type JournalView } from './guest-apply.js';
 
 const LAB = 'faults-power';
 const NODE = 'faults-a';
 const DISK = (n: number) => `/dev/disk/by-id/virtio-bosun-disk${n}`;
 const MOUNT = '/var/lib/bosun/data';
+const PORT = 18080;
+const PREFIX = `bosun-lab/faults/${randomUUID().slice(0, 8)}/`;
+const run = promisify(execFile);
 /** The running array's device: /dev/md/data, or /dev/md127 when the initramfs assembled it without the link. */
 const MD = "$(lsblk -lnpo NAME,TYPE | awk '$2 ~ /^raid/ {print $1; exit}')";
 
@@ -91,7 +103,17 @@ const records: RoundRecord[] = [];
 let lab: Lab | undefined;
 let vm: Vm;
 
-function specFor(key: { sealed: string }, psk: { sealed: string }) {
+type Sealed = { sealed: string };
+interface Secrets {
+  key: Sealed;
+  psk: Sealed;
+  s3Id: Sealed;
+  s3Secret: Sealed;
+  backupKey: Sealed;
+}
+let services: ServiceEnv;
+
+function specFor({ key, psk, s3Id, s3Secret, backupKey }: Secrets) {
   return {
     apiVersion: 'bosun/v1',
     cluster: 'lab',
@@ -102,7 +124,7 @@ function specFor(key: { sealed: string }, psk: { sealed: string }) {
       raid: { level: 1, name: 'data' },
       luks: { name: 'data', key },
       filesystem: { type: 'xfs' },
-      mount: { path: MOUNT, mode: '0750' },
+      mount: { path: MOUNT, mode: '0755' },
     },
     network: {
       ipsec: {
@@ -111,7 +133,28 @@ function specFor(key: { sealed: string }, psk: { sealed: string }) {
         peers: [{ node: 'faults-0', address: 'fd00:b05:0:1::99', psk }],
       },
     },
+    restore: { from: 'object-storage', bucket: services.s3.bucket, prefix: PREFIX, backup: 'latest', credentials: { accessKeyId: s3Id, secretAccessKey: s3Secret }, backupKey },
+    container: {
+      name: 'demo',
+      image: '/var/lib/machines/bosun-demo',
+      service: { unit: 'demo.service', onConfigChange: 'reload', health: ['/usr/local/bin/node', '/usr/local/lib/bosun-lab/demo/health.mjs'] },
+      limits: { memoryMax: '256M', cpuQuota: '100%', ioWeight: 200, tasksMax: 200 },
+      network: { mode: 'private', ports: [{ host: PORT, container: 8080 }] },
+      config: { mountPoint: '/etc/demo', files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting: 'hello from faults-a', version: '1' }, required: ['port', 'admin_port'] } } },
+      dataMountPoint: '/var/lib/demo',
+    },
   };
+}
+
+/** What the demo service answers on the node's published port. */
+async function demoGreeting(): Promise<string> {
+  const js = `fetch('http://10.0.2.15:${PORT}/', { signal: AbortSignal.timeout(30000) }).then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(8); })`;
+  for (let i = 0; ; i++) {
+    const r = await vm.exec(['node', '-e', js], { timeoutMs: 90_000 });
+    if (r.exitCode === 0) return (JSON.parse(r.stdout) as { greeting: string }).greeting;
+    if (i >= 20) assert.fail(`the demo service does not answer: ${r.stderr}`);
+    await new Promise((res) => setTimeout(res, 3000));
+  }
 }
 
 interface Ids {
@@ -153,8 +196,9 @@ function checkJournal(j: JournalView | undefined | { unreadable: string }, order
 }
 
 describe('power cuts at random points while a node builds itself', { timeout: 60 * 60_000 }, () => {
-  let key: { sealed: string };
-  let psk: { sealed: string };
+  let secrets: Secrets;
+  let sourceSums: string;
+  let work: string | undefined;
   let order: string[];
   /** UUIDs after the first complete apply; never to change again */
   let baseline: Required<Ids> | undefined;
@@ -162,14 +206,31 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
 
   before(async () => {
     rmSync(labRunDir(LAB), { recursive: true, force: true });
+    services = await requireServices();
+    // The backup the node restores, made by the CLI on the host and sealed to a backup key.
+    work = await mkdtemp(join(tmpdir(), 'bosun-faults-'));
+    const src = join(work, 'src');
+    await makeSource(src);
+    sourceSums = await hostSums(src);
+    const backupKey = generateKeyPairSync('x25519');
+    const s3 = services.s3;
+    await run(process.execPath, [join(repoRoot(), 'dist/src/cli.js'), 'backup', 'create', src, '--bucket', s3.bucket, '--prefix', PREFIX, '--to', publicKeyString('x25519', backupKey.publicKey), '--endpoint', s3.endpoint, '--region', s3.region, '--json'], {
+      env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
+    });
+    const s3Port = Number(new URL(s3.endpoint).port || 80);
     // Boots after a cut wait for pluto too (the mesh is enabled): allow twice the driver's default on a busy machine.
-    lab = await startLab({ name: LAB, nodes: [{ name: NODE, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], ipv6: 'fd00:b05:0:1::a/64' }], forwards: [], bootTimeoutMs: 600_000 });
+    lab = await startLab({ name: LAB, nodes: [{ name: NODE, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], ipv6: 'fd00:b05:0:1::a/64' }], forwards: [{ guestPort: s3Port, hostPort: s3Port }], bootTimeoutMs: 600_000 });
     vm = lab.vm(NODE);
-    [key, psk] = (await sealTo(vm, randomBytes(64).toString('base64'), randomBytes(32).toString('base64url'))) as [{ sealed: string }, { sealed: string }];
-    const parsed = parseNodeSpec(specFor(key, psk));
+    // The object store's address comes from agent.json, as on a real host; credentials and keys are sealed in the spec.
+    const settings = { node: NODE, stateDir: '/var/lib/bosun', objectStorage: { endpoint: `http://${GUEST_HOST_ADDRESS}:${s3Port}`, region: s3.region } };
+    await guestSh(vm, `mkdir -p /etc/bosun && echo '${JSON.stringify(settings)}' > /etc/bosun/agent.json`);
+    const sealed = await sealTo(vm, randomBytes(64).toString('base64'), randomBytes(32).toString('base64url'), s3.accessKeyId, s3.secretAccessKey, backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
+    secrets = { key: sealed[0]!, psk: sealed[1]!, s3Id: sealed[2]!, s3Secret: sealed[3]!, backupKey: sealed[4]! };
+    const parsed = parseNodeSpec(specFor(secrets));
     assert.ok(parsed.ok, JSON.stringify(parsed));
     order = phasesFor(parsed.value);
-    await writeSpec(vm, specFor(key, psk));
+    assert.deepEqual(order.slice(-2), ['restore', 'container'], `the cuts can land in every boot phase: ${order.join(', ')}`);
+    await writeSpec(vm, specFor(secrets));
   });
 
   after(async () => {
@@ -178,6 +239,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
     writeFileSync(join(dir, 'faults-powercut.json'), JSON.stringify({ seeds: SEEDS, rounds: records }, null, 1) + '\n');
     process.stderr.write(`[lab] faults power-cut rounds (seeds ${SEEDS.join(',')}):\n${records.map((r) => JSON.stringify(r)).join('\n')}\n`);
     await lab?.stop();
+    if (work) await rm(work, { recursive: true, force: true });
   });
 
   for (const [round, seed] of SEEDS.entries()) {
@@ -218,7 +280,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
         const before = await layerIds();
         if (baseline) assert.deepEqual(before, { md: baseline.md, luks: baseline.luks }, `seed ${seed}: array and LUKS header after the cut`);
 
-        const r = await applyIn(vm, specFor(key, psk));
+        const r = await applyIn(vm, specFor(secrets));
         assert.equal(r.code, 0, `seed ${seed}: the apply after the cut failed:\n${r.stderr}`);
         assert.equal(r.out.result, 'applied');
         const resumed = /resuming the unfinished apply of version 1/.test(r.stderr);
@@ -238,6 +300,12 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
         assert.equal((await readGuestJournal(vm)) ?? null, null, 'no journal is left after a complete apply');
         const applied = JSON.parse(await guestSh(vm, 'cat /var/lib/bosun/applied.json')) as { specVersion: number };
         assert.equal(applied.specVersion, 1);
+        // Restore and container: the volume holds exactly the backup (and the marker), restored once, and the service answers.
+        assert.equal(await guestSh(vm, dataSums(MOUNT, ['marker'])), sourceSums, `seed ${seed}: the data volume holds exactly the backup`);
+        assert.match(await guestSh(vm, `cat ${MOUNT}/.bosun-restored.json`), /bosun-restore-marker-v1/, `seed ${seed}: the restore's completion marker`);
+        assert.equal(await guestSh(vm, `ls -A ${MOUNT} | grep -cE '^\\.bosun-restore(\\.journal)?$' || true`), '0', `seed ${seed}: no restore staging or journal left`);
+        if (baseline) assert.doesNotMatch(r.stderr, /restore backup/, `seed ${seed}: a restored volume is not restored again`);
+        assert.equal(await demoGreeting(), 'hello from faults-a', `seed ${seed}: the service answers`);
 
         if (!baseline) {
           baseline = ids as Required<Ids>;
@@ -247,7 +315,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
           assert.equal(await guestSh(vm, `sha256sum ${MOUNT}/marker`), marker, `seed ${seed}: the marker written after the first complete apply survives`);
         }
         if (round === SEEDS.length - 1) {
-          const again = await applyIn(vm, specFor(key, psk));
+          const again = await applyIn(vm, specFor(secrets));
           assert.equal(again.code, 0, again.stderr);
           assert.equal(again.out.result, 'unchanged', 'converged: a further apply has nothing to do');
         }
