@@ -26,9 +26,9 @@
 //   npx tsc -p tsconfig.json && BOSUN_LAB_KEEP=30 node --test --test-concurrency=1 dist/test/lab/scenario.test.js
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createHash, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -36,6 +36,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { ControlPlane, isEvent, isHealthy, readExample } from './control-plane.js';
 import { GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+import { dataSums, hostSums, makeSource } from './data-tree.js';
 import { journalGuard } from './guard.js';
 
 const run = promisify(execFile);
@@ -44,7 +45,6 @@ const NODES = ['node-a', 'node-b', 'node-c'] as const;
 const ADDR: Record<string, string> = { 'node-a': 'fd00:b05:0:1::a', 'node-b': 'fd00:b05:0:1::b', 'node-c': 'fd00:b05:0:1::c', 'node-d': 'fd00:b05:0:1::d' };
 const DATA = '/var/lib/bosun/data';
 const PORT = 18080;
-const MiB = 1024 * 1024;
 const DISK_STAGES = ['disks/raid', 'disks/luks', 'disks/filesystem', 'disks/mount'];
 const RUN = randomUUID().slice(0, 8);
 const PREFIX = `bosun-lab/scenario/${RUN}/`;
@@ -106,34 +106,7 @@ async function demo(vm: Vm): Promise<{ pid: number; started: string; reloads: nu
 const leader = (vm: Vm) => sh(vm, 'machinectl show demo --property=Leader --value');
 
 /** Every file of the data volume with its SHA-256, except what the running service writes itself. */
-const DATA_SUMS = `cd ${DATA} && find . -type f ! -path './lost+found/*' ! -name starts ! -name last-reload ! -name .bosun-restored.json -print0 | LC_ALL=C sort -z | xargs -0 sha256sum`;
-
-/** The host tree the backup is made of: a few MiB of mixed files, like a small database. */
-async function makeSource(src: string): Promise<void> {
-  await mkdir(join(src, 'base/16384'), { recursive: true });
-  await mkdir(join(src, 'pg_wal'));
-  await writeFile(join(src, 'base/16384/2619'), randomBytes(12 * MiB + 321));
-  await writeFile(join(src, 'base/16384/text'), Buffer.from('row,value\n'.repeat(300_000)));
-  await writeFile(join(src, 'pg_wal/000000010000000000000001'), Buffer.alloc(4 * MiB, 7));
-  for (let i = 0; i < 40; i++) await writeFile(join(src, `base/16384/small-${i}`), randomBytes(1000 + i * 97));
-  await writeFile(join(src, 'PG_VERSION'), '16\n');
-}
-
-async function hostSums(root: string): Promise<string> {
-  const files: string[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    for (const e of await readdir(join(root, rel), { withFileTypes: true })) {
-      const p = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) files.push(p);
-    }
-  };
-  await walk('');
-  files.sort((a, b) => (Buffer.from(`./${a}`) < Buffer.from(`./${b}`) ? -1 : 1));
-  const lines: string[] = [];
-  for (const f of files) lines.push(`${createHash('sha256').update(await readFile(join(root, f))).digest('hex')}  ./${f}`);
-  return lines.join('\n');
-}
+const DATA_SUMS = dataSums(DATA);
 
 /** node's spec: the example's cluster, the lab's disks, the mesh with `mesh`, the demo service; restore and peerServe as given. */
 async function nodeSpec(node: string, mesh: string[], extra: { greeting?: string; restore?: Record<string, unknown>; peerServe?: Record<string, unknown> } = {}): Promise<Record<string, any>> {
