@@ -21,10 +21,12 @@ export function phasesFor(spec: NodeSpec): StageId[] {
 
 /**
  * Lets consecutive stages of one phase (disks: raid, luks, filesystem, mount)
- * share an observation while nothing has changed the host in between: kept
- * only while every stage planned from it had no steps. One per apply; on a
- * host that is already built the disks phase then runs its inspection tools
- * once instead of once per stage.
+ * share an observation while nothing has changed the host in between. One per
+ * apply (or `bosun plan`). Whoever runs steps must call `clear()` first: the
+ * apply engine does before every stage with steps. So the apply's first pass,
+ * which plans every stage before anything runs, observes the disks once instead
+ * of once per stage, and on a host that is already built the stages with
+ * nothing to do share one observation as well.
  */
 export class ObservationReuse {
   #last: { phase: string; spec: NodeSpec; observed: unknown } | undefined;
@@ -35,13 +37,14 @@ export class ObservationReuse {
     return l && l.phase === phase && l.spec === spec ? { observed: l.observed } : undefined;
   }
 
+  /** The host is about to change (steps run): nothing observed so far holds. */
   clear(): void {
     this.#last = undefined;
   }
 
-  /** After planning: keep the observation for the next stage only if this one changes nothing. */
-  planned(phase: string, spec: NodeSpec, observed: unknown, steps: number): void {
-    this.#last = steps === 0 ? { phase, spec, observed } : undefined;
+  /** After planning a stage: its observation serves the next stage of the same phase until `clear()`. */
+  planned(phase: string, spec: NodeSpec, observed: unknown): void {
+    this.#last = { phase, spec, observed };
   }
 }
 
@@ -52,7 +55,7 @@ export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe
   if (spec.decommission && phase !== decommissionPhase) return [];
   const observed = reuse?.get(phase.name, spec)?.observed ?? (await phase.observe(spec, probe, ctx));
   const steps = phase.plan(spec, observed, ctx);
-  reuse?.planned(phase.name, spec, observed, steps.length);
+  reuse?.planned(phase.name, spec, observed);
   return steps;
 }
 

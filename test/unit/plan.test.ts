@@ -5,7 +5,7 @@ import type { Step } from '../../src/engine/step.js';
 import { DISTROS } from '../../src/host/distro.js';
 import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
 import { auxiliaryPhase } from '../../src/phases/auxiliary.js';
-import { ObservationReuse, planNode } from '../../src/phases/index.js';
+import { ObservationReuse, PHASES, planNode } from '../../src/phases/index.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { examplesDir, loadExample, matchGolden, runCli } from '../helpers.js';
 
@@ -78,19 +78,38 @@ describe('auxiliary phase', () => {
 });
 
 describe('observation reuse between stages', () => {
-  it('hands an observation on only while the stages planned from it change nothing', async () => {
+  it('hands an observation on to the next stage of the same phase and spec until the host changes', async () => {
     const spec = await loadExample('node-a');
     const observe = 'disks';
     const r = new ObservationReuse();
     assert.equal(r.get(observe, spec), undefined);
-    r.planned(observe, spec, 'seen', 0);
+    r.planned(observe, spec, 'seen');
     assert.deepEqual(r.get(observe, spec), { observed: 'seen' });
     assert.equal(r.get('network', spec), undefined, 'another phase observes for itself');
     assert.equal(r.get(observe, await loadExample('node-a')), undefined, 'another spec observes afresh');
-    r.planned(observe, spec, 'seen', 2);
-    assert.equal(r.get(observe, spec), undefined, 'a stage with steps changes the host');
-    r.planned(observe, spec, 'seen', 0);
     r.clear();
-    assert.equal(r.get(observe, spec), undefined);
+    assert.equal(r.get(observe, spec), undefined, 'steps ran: observe again');
+  });
+
+  it('observes the disks once for all four disks stages when nothing runs in between (bosun plan, the apply\'s first pass)', async () => {
+    const spec = await loadExample('node-a');
+    const disks = PHASES.filter((p) => p.name === 'disks');
+    assert.equal(disks.length, 4);
+    const saved = disks.map((p) => p.observe.bind(p));
+    let observed = 0;
+    try {
+      for (const p of disks) {
+        const original = p.observe.bind(p);
+        (p as { observe: typeof p.observe }).observe = (...args) => {
+          observed++;
+          return original(...args);
+        };
+      }
+      const steps = await planNode(spec, new BlankProbe(), { distro: DISTROS.fedora });
+      assert.ok(steps.filter((s) => s.phase === 'disks').length >= 10, 'every disks stage planned its steps');
+      assert.equal(observed, 1);
+    } finally {
+      disks.forEach((p, i) => ((p as { observe: typeof p.observe }).observe = saved[i]!));
+    }
   });
 });
