@@ -210,6 +210,7 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     const toFailure = (failure.at - sent) / 1000;
     const f = failure.body;
     assert.equal(f.phase, 'restore', JSON.stringify(f));
+    assert.equal(f.step, 1);
     assert.equal(f.code, 'E_REFUSED', JSON.stringify(f)); // a BackupError of reason 'target'
     assert.match(String(f.message), /ENOSPC/);
     assert.ok(String(f.message).includes(vol), `the event does not name the volume: ${String(f.message)}`);
