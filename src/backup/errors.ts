@@ -20,6 +20,8 @@ export type BackupFailure =
   | 'format'
   /** the target is not empty, or not a directory */
   | 'target'
+  /** the target volume ran out of space (ENOSPC): a write failure, not a refusal; a run with room continues */
+  | 'space'
   /** the source tree could not be read */
   | 'source';
 
@@ -32,6 +34,7 @@ const codeFor: Record<BackupFailure, ErrorCode> = {
   key: 'E_SECRET',
   format: 'E_READ',
   target: 'E_REFUSED',
+  space: 'E_WRITE',
   source: 'E_READ',
 };
 

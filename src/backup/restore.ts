@@ -333,7 +333,7 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
   } catch (e) {
     abort.abort();
     if (errnoOf(e) === 'ENOSPC') {
-      throw new BackupError('target', `ENOSPC: no space left on the volume holding ${o.target} (the backup holds ${formatBytes(bytesTotal)}); nothing was marked restored, and a run with room continues from what is in place`, { target: o.target, errno: 'ENOSPC' }, { cause: e });
+      throw new BackupError('space', `ENOSPC: no space left on the volume holding ${o.target} (the backup holds ${formatBytes(bytesTotal)}); nothing was marked restored, and a run with room continues from what is in place`, { target: o.target, errno: 'ENOSPC' }, { cause: e });
     }
     throw e;
   } finally {

@@ -211,7 +211,7 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     const f = failure.body;
     assert.equal(f.phase, 'restore', JSON.stringify(f));
     assert.equal(f.step, 1);
-    assert.equal(f.code, 'E_REFUSED', JSON.stringify(f)); // a BackupError of reason 'target'
+    assert.equal(f.code, 'E_WRITE', JSON.stringify(f)); // a BackupError of reason 'space'
     assert.match(String(f.message), /ENOSPC/);
     assert.ok(String(f.message).includes(vol), `the event does not name the volume: ${String(f.message)}`);
     assert.equal(f.retryInSeconds, RETRY_SECONDS);

@@ -432,7 +432,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     mount('6m');
     try {
       await assert.rejects(restore('enospc', vol, { markerPath: marker }), (e: unknown) => {
-        assert.ok(e instanceof BackupError && e.reason === 'target', String(e));
+        assert.ok(e instanceof BackupError && e.reason === 'space' && e.code === 'E_WRITE', String(e));
         assert.match(e.message, /ENOSPC/);
         assert.ok(e.message.includes(vol), `does not name the volume: ${e.message}`);
         return true;
