@@ -129,11 +129,13 @@ export class Agent {
       await this.#runApply(true);
     } else {
       logger.info('no spec applied yet; waiting for the first desired state');
+      // A new node: look for its spec while its first status goes out, not after (time to serve).
+      void this.#launchConsumer();
       await this.#reporter.status(this.statusBody());
     }
     // Not awaited: with the broker away, kafkajs takes a minute or more to give up connecting,
     // and the host must not wait for it to count as started (READY=1 under systemd).
-    void this.#launchConsumer();
+    if (!this.#consumer) void this.#launchConsumer();
     const limit = (this.#o.watchdogSeconds ?? 120) * 1000;
     this.#loopPeriodMs = Math.min(limit, 10_000);
     this.#lastTick = Date.now();
