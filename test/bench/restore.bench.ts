@@ -203,7 +203,7 @@ const rate = (bytes: number, seconds: number): string => `${formatBytes(bytes / 
 async function main(): Promise<void> {
   const o = args();
   const env = await requireServices();
-  if (!env.s5cmd) throw new Error('s5cmd not found: run test/services/up (it installs s5cmd and records its path)');
+  if (!env.s5cmd) throw new Error('s5cmd not found: run BOSUN_SERVICES_S5CMD=1 bash test/services/up (it builds s5cmd and records its path)');
   const work = await mkdtemp(join(o.dir, 'bosun-bench-'));
   const prefix = `bosun-bench/${Date.now().toString(36)}/`;
   const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
