@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import kafkajs, { type Consumer, type Producer } from 'kafkajs';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent.js';
-import { createBackup, createS3Client, S3Transport, type BackupResult } from '../../src/backup/index.js';
+import type { BackupResult } from '../../src/backup/index.js';
 import { ed25519PublicFromString, signEnvelope } from '../../src/bus/envelope.js';
 import type { SignedReport } from '../../src/bus/reporter.js';
 import type { Planner } from '../../src/engine/apply.js';
@@ -29,12 +29,13 @@ import { ObservationReuse, planPhase } from '../../src/phases/index.js';
 import { parseAgentSettings } from '../../src/spec/validate.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { waitFor } from '../helpers.js';
+import { backupToMinio, createTopicsAndWatch, runTopics } from './harness.js';
 import { assertSameTree, describeTree } from './tree.js';
 
 const { Kafka, logLevel } = kafkajs;
 const MiB = 1024 * 1024;
 const run = randomBytes(4).toString('hex');
-const topics = { desired: `bosun.desired.${run}`, status: `bosun.status.${run}`, events: `bosun.events.${run}` };
+const topics = runTopics(run);
 const MOUNT = '/var/lib/bosun/data';
 const node = 'node-r';
 const RETRY_SECONDS = 2;
@@ -115,36 +116,12 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     await mkdir(src);
     for (let i = 0; i < 4; i++) await writeFile(join(src, `f${i}`), randomBytes(3 * MiB));
     await writeFile(join(src, 'PG_VERSION'), '16\n');
-    const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
-    try {
-      backup = await createBackup({ source: src, transport: new S3Transport({ client, bucket: env.s3.bucket, prefix }), recipient: backupKey.publicKey, chunkSize: MiB });
-    } finally {
-      client.destroy();
-    }
+    backup = await backupToMinio(env, src, prefix, backupKey.publicKey);
 
     kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
-    const admin = kafka.admin();
-    await admin.connect();
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [
-        { topic: topics.desired, numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-        { topic: topics.status, numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-        { topic: topics.events, numPartitions: 3 },
-      ],
-    });
-    await admin.disconnect();
     producer = kafka.producer();
     await producer.connect();
-    watcher = kafka.consumer({ groupId: `watch-${run}` });
-    await watcher.connect();
-    await watcher.subscribe({ topics: [topics.status, topics.events], fromBeginning: true });
-    await watcher.run({
-      eachMessage: async ({ topic, message }) => {
-        (topic === topics.status ? statuses : events).push(decode(message.value, identity.signingKey));
-        await Promise.resolve();
-      },
-    });
+    watcher = await createTopicsAndWatch(kafka, topics, { desiredPartitions: 3, groupId: `watch-${run}`, onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value, identity.signingKey)) });
   });
 
   after(async () => {

@@ -22,10 +22,11 @@ import { parseAgentSettings } from '../../src/spec/validate.js';
 import { ed25519PublicFromString } from '../../src/bus/envelope.js';
 import { requireServices, stateFilePath, type ServiceEnv } from '../services/env.js';
 import { repoRoot, waitFor } from '../helpers.js';
+import { createTopicsAndWatch, runTopics } from './harness.js';
 
 const { Kafka, logLevel } = kafkajs;
 const run = randomBytes(4).toString('hex');
-const topics = { desired: `bosun.desired.${run}`, status: `bosun.status.${run}`, events: `bosun.events.${run}` };
+const topics = runTopics(run);
 const PARTITIONS = 6;
 
 describe('agent control loop (real Kafka)', () => {
@@ -75,28 +76,9 @@ describe('agent control loop (real Kafka)', () => {
     env = await requireServices();
     dir = await mkdtemp(join(tmpdir(), 'bosun-agent-'));
     kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
-    const admin = kafka.admin();
-    await admin.connect();
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [
-        { topic: topics.desired, numPartitions: PARTITIONS, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-        { topic: topics.status, numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-        { topic: topics.events, numPartitions: 3 },
-      ],
-    });
-    await admin.disconnect();
     producer = kafka.producer();
     await producer.connect();
-    watcher = kafka.consumer({ groupId: `watch-${run}` });
-    await watcher.connect();
-    await watcher.subscribe({ topics: [topics.status, topics.events], fromBeginning: true });
-    await watcher.run({
-      eachMessage: async ({ topic, message }) => {
-        (topic === topics.status ? statuses : events).push(decode(message.value));
-        await Promise.resolve();
-      },
-    });
+    watcher = await createTopicsAndWatch(kafka, topics, { desiredPartitions: PARTITIONS, groupId: `watch-${run}`, onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value)) });
   });
 
   after(async () => {

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { createBackup, createS3Client, S3Transport, type BackupResult } from '../../src/backup/index.js';
+import type { BackupResult } from '../../src/backup/index.js';
 import { Redactor } from '../../src/engine/redact.js';
 import type { RestoreStep } from '../../src/engine/step.js';
 import { LiveProbe } from '../../src/host/probe.js';
@@ -25,6 +25,7 @@ import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { makeHost, startServer, stopAllServers } from './peer-server.js';
+import { backupToMinio } from './harness.js';
 import { assertSameTree, describeTree } from './tree.js';
 
 const MiB = 1024 * 1024;
@@ -77,12 +78,7 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     await mkdir(join(src, 'base'), { recursive: true });
     for (let i = 0; i < 5; i++) await writeFile(join(src, 'base', `f${i}`), randomBytes(4 * MiB));
     await writeFile(join(src, 'PG_VERSION'), '16\n');
-    const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
-    try {
-      backup = await createBackup({ source: src, transport: new S3Transport({ client, bucket: env.s3.bucket, prefix }), recipient: backupKey.publicKey, chunkSize: MiB });
-    } finally {
-      client.destroy();
-    }
+    backup = await backupToMinio(env, src, prefix, backupKey.publicKey);
   });
 
   after(async () => {

@@ -49,6 +49,7 @@ import { phasesFor } from '../../src/phases/index.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { guestListing, hostListing, makeEveryKind } from './data-tree.js';
+import { demoContainer } from './demo-spec.js';
 import { GUEST_HOST_ADDRESS, labCacheDir, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
 import { applyIn, applyThenCut, describeJournalPoint, guestSh, plannedSteps, readGuestJournal, sealTo, writeSpec, type JournalView } from './guest-apply.js';
 
@@ -142,15 +143,7 @@ function specFor({ key, psk, s3Id, s3Secret, backupKey }: Secrets) {
       },
     },
     restore: { from: 'object-storage', bucket: services.s3.bucket, prefix: PREFIX, backup: 'latest', credentials: { accessKeyId: s3Id, secretAccessKey: s3Secret }, backupKey },
-    container: {
-      name: 'demo',
-      image: '/var/lib/machines/bosun-demo',
-      service: { unit: 'demo.service', onConfigChange: 'reload', health: ['/usr/local/bin/node', '/usr/local/lib/bosun-lab/demo/health.mjs'] },
-      limits: { memoryMax: '256M', cpuQuota: '100%', ioWeight: 200, tasksMax: 200 },
-      network: { mode: 'private', ports: [{ host: PORT, container: 8080 }] },
-      config: { mountPoint: '/etc/demo', files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting: 'hello from faults-a', version: '1' }, required: ['port', 'admin_port'] } } },
-      dataMountPoint: '/var/lib/demo',
-    },
+    container: demoContainer(PORT, 'hello from faults-a'),
   };
 }
 

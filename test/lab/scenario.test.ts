@@ -37,6 +37,7 @@ import { publicKeyString } from '../../src/identity/seal.js';
 import { ControlPlane, isEvent, isHealthy, readExample } from './control-plane.js';
 import { GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
 import { dataSums, hostSums, makeSource } from './data-tree.js';
+import { demoContainer } from './demo-spec.js';
 import { journalGuard } from './guard.js';
 
 const run = promisify(execFile);
@@ -134,18 +135,7 @@ async function nodeSpec(node: string, mesh: string[], extra: { greeting?: string
         peers: mesh.filter((p) => p !== node).map((p) => ({ node: p, address: ADDR[p], psk: sealOnce(node, `psk-${p}`, psk(node, p)) })),
       },
     },
-    container: {
-      name: 'demo',
-      image: '/var/lib/machines/bosun-demo',
-      service: { unit: 'demo.service', onConfigChange: 'reload', health: ['/usr/local/bin/node', '/usr/local/lib/bosun-lab/demo/health.mjs'] },
-      limits: { memoryMax: '256M', cpuQuota: '100%', ioWeight: 200, tasksMax: 200 },
-      network: { mode: 'private', ports: [{ host: PORT, container: 8080 }] },
-      config: {
-        mountPoint: '/etc/demo',
-        files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting: extra.greeting ?? `hello from ${node}`, version: '1' }, required: ['port', 'admin_port'] } },
-      },
-      dataMountPoint: '/var/lib/demo',
-    },
+    container: demoContainer(PORT, extra.greeting ?? `hello from ${node}`),
     ...(extra.restore ? { restore: extra.restore } : {}),
     ...(extra.peerServe ? { peerServe: extra.peerServe } : {}),
     health: { intervalSeconds: 10 },
