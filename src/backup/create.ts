@@ -27,7 +27,7 @@ import {
 import { ProgressTracker, type Progress } from './progress.js';
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
 import { ChunkWorkers, SlotRing, defaultWorkerCount } from './workers/pool.js';
-import type { Transport } from './transport.js';
+import { storeError, type Transport } from './transport.js';
 
 export interface ManifestSigner {
   /** "ed25519:<base64url>", as HostIdentity.signingKey */
@@ -109,7 +109,7 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
 
   const progress = new ProgressTracker('backup', plannedBytes, stats.files, o.onProgress);
   progress.phase = 'transferring';
-  const packs = new PackWriter(o.transport, backupId, packSize, o.uploadConcurrency ?? 2, retry, log, o.signal);
+  const packs = new PackWriter(o.transport, backupId, packSize, o.uploadConcurrency ?? 2, retry, log, o.signal, chunkSize + RECORD_OVERHEAD + 64);
   const chunks: ChunkRef[] = [];
   const bySha = new Map<string, number>();
   // Hashing, compression and encryption run on worker threads; the main thread
@@ -123,30 +123,24 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
 
   /** Seal the plaintext in `slot` (releasing it) and place the record in a pack: the chunk's index, or -1 for zeros. */
   const sealOne = async (slot: number, plainLength: number): Promise<number> => {
-    let record: Buffer;
-    let codec: number;
-    let hash: string;
     try {
       const r = await workers.run({ op: 'seal', slot, length: plainLength, level });
       if (!r.ok || r.op !== 'seal') throw new Error('chunk worker failed to seal a chunk');
       if (r.zero) return -1;
-      codec = r.codec;
-      hash = r.sha256;
-      if (bySha.has(hash)) return bySha.get(hash)!;
-      record = Buffer.from(ring.view(slot, r.recordLength));
+      const known = bySha.get(r.sha256);
+      if (known !== undefined) return known;
+      const idx = chunks.length;
+      bySha.set(r.sha256, idx);
+      const ref: ChunkRef = [0, 0, r.recordLength, plainLength, r.codec === 1 ? 1 : 0, r.sha256];
+      chunks.push(ref);
+      // Copied from the slot straight into the pack's buffer: the slot is held until then.
+      const at = await packs.add(ring.view(slot, r.recordLength));
+      ref[0] = at.pack;
+      ref[1] = at.offset;
+      return idx;
     } finally {
       ring.release(slot);
     }
-    let idx = bySha.get(hash);
-    if (idx !== undefined) return idx;
-    idx = chunks.length;
-    bySha.set(hash, idx);
-    const ref: ChunkRef = [0, 0, record.length, plainLength, codec === 1 ? 1 : 0, hash];
-    chunks.push(ref);
-    const at = await packs.add([record], record.length);
-    ref[0] = at.pack;
-    ref[1] = at.offset;
-    return idx;
   };
 
   try {
@@ -203,10 +197,10 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
     };
     const signer = o.signer;
     const manifest = encodeManifest({ header, body: { entries, chunks, packs: packRefs } }, keys.manifest, signer ? (d) => signer.sign(d) : undefined);
-    await withRetry(retry, () => o.transport.put(manifestKey(backupId), manifest, o.signal), o.signal ? { signal: o.signal } : {});
+    await putRetrying(o.transport, manifestKey(backupId), manifest, retry, o.signal, log);
     if (o.updateLatest ?? true) {
       const pointer: LatestPointer = { format: FORMAT, backupId, createdAt: header.createdAt };
-      await withRetry(retry, () => o.transport.put(LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), o.signal), o.signal ? { signal: o.signal } : {});
+      await putRetrying(o.transport, LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), retry, o.signal, log);
     }
   } catch (e) {
     await Promise.allSettled(filesDone);
@@ -222,6 +216,18 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
   const seconds = (performance.now() - started) / 1000;
   log?.info({ ...stats, seconds: Number(seconds.toFixed(3)), manifest: o.transport.describe(manifestKey(backupId)) }, 'backup: complete');
   return { backupId, manifestKey: manifestKey(backupId), stats, seconds };
+}
+
+/** Upload one object, retrying transient failures; a failure for good is a BackupError naming the object. */
+async function putRetrying(t: Transport, key: string, body: Buffer, retry: RetryPolicy, signal: AbortSignal | undefined, log?: Logger): Promise<void> {
+  try {
+    await withRetry(retry, () => t.put(key, body, signal), {
+      ...(signal ? { signal } : {}),
+      onRetry: (e, n, ms) => log?.warn({ object: t.describe(key), failures: n, delayMs: ms, err: e instanceof Error ? e.message : String(e) }, 'backup: upload failed, retrying'),
+    });
+  } catch (e) {
+    throw storeError(t, key, e);
+  }
 }
 
 function sourceError(path: string, e: unknown): BackupError {
@@ -334,11 +340,21 @@ async function readChunks(path: string, chunkSize: number, ring: SlotRing, each:
   }
 }
 
-/** Appends records to the current pack and uploads each full pack, a few at a time. */
+/**
+ * Copies records into the current pack and uploads each full pack, a few at a
+ * time. The packs are a fixed set of buffers (one filling, `concurrency`
+ * uploading), reused once their upload is done: memory stays flat however
+ * large the backup, and no 32 MiB buffer is left for the GC per pack.
+ */
 class PackWriter {
-  #parts: Buffer[] = [];
+  readonly #free: Buffer[] = [];
+  readonly #waiting: Array<(b: Buffer | undefined) => void> = [];
+  #buffers = 0;
+  #current: Buffer | undefined;
   #size = 0;
   #index = 0;
+  /** add() calls run one after another: a pack's offsets are handed out in the order records land. */
+  #queue: Promise<unknown> = Promise.resolve();
   readonly #refs: PackRef[] = [];
   readonly #inflight = new Set<Promise<void>>();
   #failure: Error | undefined;
@@ -351,39 +367,73 @@ class PackWriter {
     readonly retry: RetryPolicy,
     readonly log: Logger | undefined,
     readonly signal: AbortSignal | undefined,
+    /** the largest record add() is given (a pack may pass packSize by less than one record) */
+    readonly maxRecord: number,
   ) {}
 
-  async add(record: Buffer[], length: number): Promise<{ pack: number; offset: number }> {
+  /** Copies `record` into the current pack; resolves with where it sits once it is there. */
+  add(record: Buffer): Promise<{ pack: number; offset: number }> {
+    const run = this.#queue.then(() => this.#add(record));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #add(record: Buffer): Promise<{ pack: number; offset: number }> {
     if (this.#failure !== undefined) throw this.#failure;
+    if (record.length > this.maxRecord) throw new Error(`a record of ${record.length} bytes is larger than a pack slot of ${this.maxRecord}`);
+    this.#current ??= await this.#buffer();
+    // A failed upload wakes the waiters with no buffer.
+    if (this.#failure !== undefined || this.#current === undefined) throw this.#failure ?? new Error('no pack buffer');
     const at = { pack: this.#index, offset: this.#size };
-    this.#parts.push(...record);
-    this.#size += length;
+    record.copy(this.#current, this.#size);
+    this.#size += record.length;
     if (this.#size >= this.packSize) await this.#flush();
     return at;
   }
 
+  /** A free pack buffer: a new one while fewer than concurrency + 1 exist, else the next one an upload gives back. */
+  #buffer(): Promise<Buffer | undefined> {
+    const b = this.#free.pop();
+    if (b) return Promise.resolve(b);
+    if (this.#buffers < this.concurrency + 1) {
+      this.#buffers++;
+      return Promise.resolve(Buffer.allocUnsafe(this.packSize + this.maxRecord));
+    }
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  #giveBack(b: Buffer): void {
+    const next = this.#waiting.shift();
+    if (next) next(b);
+    else this.#free.push(b);
+  }
+
   async #flush(): Promise<void> {
-    if (this.#size === 0) return;
-    const body = Buffer.concat(this.#parts, this.#size);
+    const buf = this.#current;
+    if (buf === undefined || this.#size === 0) return;
+    const body = buf.subarray(0, this.#size);
     const key = packKey(this.backupId, this.#index);
     this.#refs.push({ key, size: body.length });
-    this.#parts = [];
+    this.#current = undefined;
     this.#size = 0;
     this.#index++;
     while (this.#inflight.size >= this.concurrency) await Promise.race(this.#inflight);
     if (this.#failure !== undefined) throw this.#failure;
-    const p: Promise<void> = withRetry(this.retry, () => this.transport.put(key, body, this.signal), {
-      ...(this.signal ? { signal: this.signal } : {}),
-      onRetry: (e, n, ms) => this.log?.warn({ object: this.transport.describe(key), failures: n, delayMs: ms, err: e instanceof Error ? e.message : String(e) }, 'backup: upload failed, retrying'),
-    })
-      .catch((e: unknown) => {
-        this.#failure ??= e instanceof Error ? e : new Error(String(e));
-      })
+    const p: Promise<void> = putRetrying(this.transport, key, body, this.retry, this.signal, this.log)
+      .then(
+        // Only a finished upload gives its buffer back: a failed one may still be read by the transport.
+        () => this.#giveBack(buf),
+        (e: unknown) => {
+          this.#failure ??= e instanceof Error ? e : new Error(String(e));
+          for (const w of this.#waiting.splice(0)) w(undefined);
+        },
+      )
       .finally(() => this.#inflight.delete(p));
     this.#inflight.add(p);
   }
 
   async finish(): Promise<PackRef[]> {
+    await this.#queue;
     await this.#flush();
     await Promise.all(this.#inflight);
     if (this.#failure !== undefined) throw this.#failure;

@@ -33,7 +33,7 @@ import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
 import { S3Transport } from './s3-transport.js';
 import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from './target.js';
 import { Throttle } from './throttle.js';
-import { TransportError, type Transport } from './transport.js';
+import { TransportError, storeError, type Transport } from './transport.js';
 
 /** What a manifest policy sees before any data is fetched. */
 export interface ManifestInfo {
@@ -136,15 +136,6 @@ async function getWhole(t: Transport, key: string, limit: number, retry: RetryPo
     if (res.objectSize !== undefined && n !== res.objectSize) throw new TransportError('transient', `${t.describe(key)}: got ${n} of ${res.objectSize} bytes`);
     return Buffer.concat(parts, n);
   }, signal ? { signal } : {});
-}
-
-function storeError(t: Transport, key: string, e: unknown): unknown {
-  if (!(e instanceof TransportError)) return e;
-  const what = t.describe(key);
-  if (e.kind === 'not-found') return new BackupError('missing', `${what} is missing from the store`, { object: what }, { cause: e });
-  if (e.kind === 'range') return new BackupError('truncated', `${what} is shorter than the manifest says: truncated`, { object: what }, { cause: e });
-  if (e.kind === 'transient') return new BackupError('transport', `${e.message} (gave up after retries)`, { object: what }, { cause: e });
-  return new BackupError('transport', e.message, { object: what }, { cause: e });
 }
 
 export async function resolveBackupId(t: Transport, backupId: string, retry: RetryPolicy = DEFAULT_RETRY, signal?: AbortSignal): Promise<string> {

@@ -8,6 +8,8 @@
  * Keys are relative to the transport's root ("backups/<id>/manifest"); a
  * transport adds its own prefix.
  */
+import { BackupError } from './errors.js';
+
 export interface ByteRange {
   /** first byte, inclusive */
   start: number;
@@ -59,4 +61,18 @@ export class TransportError extends Error {
 export function classify(e: unknown): TransportFailure {
   if (e instanceof TransportError) return e.kind;
   return 'fatal';
+}
+
+/**
+ * What an operator is told when the store fails a request for `key` for good:
+ * a BackupError naming the object (missing, truncated, or the transport's
+ * reason and that retries were spent). Anything else passes through.
+ */
+export function storeError(t: Transport, key: string, e: unknown): unknown {
+  if (!(e instanceof TransportError)) return e;
+  const what = t.describe(key);
+  if (e.kind === 'not-found') return new BackupError('missing', `${what} is missing from the store`, { object: what }, { cause: e });
+  if (e.kind === 'range') return new BackupError('truncated', `${what} is shorter than the manifest says: truncated`, { object: what }, { cause: e });
+  if (e.kind === 'transient') return new BackupError('transport', `${e.message} (gave up after retries)`, { object: what }, { cause: e });
+  return new BackupError('transport', e.message, { object: what }, { cause: e });
 }

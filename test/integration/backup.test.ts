@@ -99,10 +99,12 @@ class ErroringProxy {
     upstreamPort: number,
     readonly maxErrors: number,
     readonly slowMs: number,
+    /** the requests that meet an error first: downloads (restore) or uploads (backup create) */
+    readonly method: 'GET' | 'PUT' = 'GET',
   ) {
     this.server = createHttpServer((req, res) => {
       const key = `${req.method} ${req.url} ${req.headers.range ?? ''}`;
-      if (req.method === 'GET' && !this.seen.has(key) && this.errors500 + this.errors503 < this.maxErrors) {
+      if (req.method === method && !this.seen.has(key) && this.errors500 + this.errors503 < this.maxErrors) {
         this.seen.add(key);
         const five03 = (this.errors500 + this.errors503) % 2 === 1;
         if (five03) this.errors503++;
@@ -389,6 +391,52 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       client.destroy();
       await proxy.close();
       await rm(target, { recursive: true, force: true });
+    }
+  });
+
+  it('backup create through a store that answers uploads with 500 and 503 and is slow: each upload retried, the backup restores whole', async () => {
+    const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 6, 300, 'PUT');
+    const port = await proxy.listen();
+    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const target = join(work, 'after-erroring-uploads');
+    try {
+      // 1 MiB packs: several packs, two uploads at a time, so retried uploads overlap with new ones.
+      const made = await backup(source, 'uploads-erroring', { transport: transport('uploads-erroring', client), packSize: MiB, uploadConcurrency: 2 });
+      assert.ok(made.stats.packs >= 4, `${made.stats.packs} packs`);
+      assert.equal(proxy.injected, 6, `injected ${proxy.errors500} × 500, ${proxy.errors503} × 503`);
+      assert.ok(proxy.slowed >= 1, 'no response was slowed');
+      const r = await restore('uploads-erroring', target);
+      assert.equal(r.backupId, made.backupId);
+      assertSameTree(await describeTree(target), expected);
+    } finally {
+      client.destroy();
+      await proxy.close();
+      await rm(target, { recursive: true, force: true });
+    }
+  });
+
+  it('backup create against a store that keeps answering 503: a transport error naming the object, and no latest.json', async () => {
+    const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 0, 0, 'PUT');
+    const port = await proxy.listen();
+    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    // A store that is down for good: every request answered 503.
+    proxy.server.removeAllListeners('request');
+    proxy.server.on('request', (req, res) => {
+      proxy.errors503++;
+      req.resume();
+      res.writeHead(503, { 'content-type': 'application/xml' });
+      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>');
+    });
+    try {
+      await assert.rejects(
+        backup(source, 'uploads-down', { transport: transport('uploads-down', client), packSize: MiB, uploadConcurrency: 2 }),
+        (e: unknown) => e instanceof BackupError && e.reason === 'transport' && /gave up after retries/.test(e.message) && (/pack/.test(e.message) || assert.fail(`does not name the pack: ${e.message}`)),
+      );
+      const listed = await s3.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: objectKey('uploads-down', '') }));
+      assert.deepEqual(listed.Contents ?? [], [], 'nothing reached the store, least of all latest.json');
+    } finally {
+      client.destroy();
+      await proxy.close();
     }
   });
 
