@@ -725,7 +725,7 @@ async function fetchExact(t: Transport, key: string, offset: number, packSize: n
  * Size (which also makes trailing holes), zeros where a non-sparse file had
  * them, owner, mode, mtime. Safe to repeat. The metadata calls are synchronous
  * on the descriptor: each is one short system call, cheaper than a promise and
- * a trip through the libuv thread pool (3 of them per file).
+ * a trip through the libuv thread pool (two to four per file).
  */
 async function finishFile(o: RestoreOptions, f: FileEntry, fh: FileHandle, chunkSize: number): Promise<void> {
   // The last write already gave the file its size, unless the file ends in a hole.
