@@ -3,10 +3,12 @@
 //
 //   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs 3] [--workers N]
 //        [--concurrency N] [--slots N] [--verify-files] [--dir /tmp] [--keep]
-//        [--variant workers=2,slots=16 ...]
+//        [--variant workers=2,slots=16 ...] [--variant code=/tmp/old-dist ...]
 //
 // Each --variant is another restore configuration run in the same rounds as
 // the default one (and s5cmd), for comparing settings on one machine state.
+// code=DIR runs the restore of another build (DIR is its dist directory, e.g.
+// a copy of dist/ made before a change), to compare code on one machine state.
 //
 // Needs the test services (test/services/up; s5cmd comes with them). Each
 // restore and each s5cmd download runs in its own process, timed from spawn
@@ -36,14 +38,14 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>>;
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>> & { code?: string };
 
 function parseVariant(v: string): Variant {
-  const out: Record<string, number | boolean> = {};
+  const out: Record<string, number | boolean | string> = {};
   for (const kv of v.split(',')) {
     const [k, val] = kv.split('=') as [string, string | undefined];
-    if (!['workers', 'concurrency', 'slots', 'verifyFiles'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles)`);
-    out[k] = k === 'verifyFiles' ? val !== 'false' : Number(val);
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'code'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, code)`);
+    out[k] = k === 'code' ? (val ?? '') : k === 'verifyFiles' ? val !== 'false' : Number(val);
   }
   return out;
 }
@@ -281,12 +283,13 @@ async function main(): Promise<void> {
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
-          const v = w === 'bosun' ? {} : o.variants[w]!;
-          const m = await measure([process.execPath, childJs, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
+          const { code, ...v } = w === 'bosun' ? {} : o.variants[w]!;
+          const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
+          const m = await measure([process.execPath, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
           const m1 = await minioCpu();
           (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
-          out(`  bosun restore${w === 'bosun' ? '' : ` [${label(v)}]`} #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`);
+          out(`  bosun restore${w === 'bosun' ? '' : ` [${label(o.variants[w]!)}]`} #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`);
         }
         await rm(dst, { recursive: true, force: true });
       }
