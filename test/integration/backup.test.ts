@@ -136,6 +136,17 @@ class ErroringProxy {
     return this.errors500 + this.errors503;
   }
 
+  /** From now on every request is answered 503: a store that is down for good. */
+  downForGood(): void {
+    this.server.removeAllListeners('request');
+    this.server.on('request', (req, res) => {
+      this.errors503++;
+      req.resume();
+      res.writeHead(503, { 'content-type': 'application/xml' });
+      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>');
+    });
+  }
+
   async listen(): Promise<number> {
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
     return (this.server.address() as AddressInfo).port;
@@ -186,6 +197,8 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     restoreFromObjectStorage({ transport: transport(name), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY, ...extra });
 
   const objectKey = (name: string, key: string): string => `bosun-it/${RUN}/${name}/${key}`;
+  /** An S3 client for the test MinIO, through a proxy on `port`. */
+  const clientVia = (port: number): S3Client => createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
   const getObject = async (key: string): Promise<Buffer> => {
     const r = await s3.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
     return Buffer.from(await r.Body!.transformToByteArray());
@@ -358,7 +371,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   it('completes through a proxy that resets connections mid-transfer', async () => {
     const proxy = new ResettingProxy(Number(new URL(env.s3.endpoint).port), 300_000, 12);
     const port = await proxy.listen();
-    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const client = clientVia(port);
     const target = join(work, 'through-proxy');
     try {
       const r = await restoreFromObjectStorage({ transport: transport('tree', client), backupId: first.backupId, target, openDataKey: openKey(recipient), retry: FAST_RETRY, concurrency: 4 });
@@ -375,7 +388,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   it('completes through a store that answers 500 and 503 and is slow; the retries are reported', async () => {
     const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 24, 700);
     const port = await proxy.listen();
-    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const client = clientVia(port);
     const target = join(work, 'through-erroring-proxy');
     try {
       const r = await restoreFromObjectStorage({ transport: transport('tree', client), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY, concurrency: 4 });
@@ -397,7 +410,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   it('backup create through a store that answers uploads with 500 and 503 and is slow: each upload retried, the backup restores whole', async () => {
     const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 6, 300, 'PUT');
     const port = await proxy.listen();
-    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const client = clientVia(port);
     const target = join(work, 'after-erroring-uploads');
     try {
       // 1 MiB packs: several packs, two uploads at a time, so retried uploads overlap with new ones.
@@ -418,15 +431,8 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   it('backup create against a store that keeps answering 503: a transport error naming the object, and no latest.json', async () => {
     const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 0, 0, 'PUT');
     const port = await proxy.listen();
-    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
-    // A store that is down for good: every request answered 503.
-    proxy.server.removeAllListeners('request');
-    proxy.server.on('request', (req, res) => {
-      proxy.errors503++;
-      req.resume();
-      res.writeHead(503, { 'content-type': 'application/xml' });
-      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>');
-    });
+    const client = clientVia(port);
+    proxy.downForGood();
     try {
       await assert.rejects(
         backup(source, 'uploads-down', { transport: transport('uploads-down', client), packSize: MiB, uploadConcurrency: 2 }),
@@ -442,16 +448,9 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
 
   it('gives up on a store that keeps answering 503, naming the object; no target appears', async () => {
     const proxy = new ErroringProxy(Number(new URL(env.s3.endpoint).port), 0, 0);
-    // Every request fails: a store that is down for good.
-    proxy.server.removeAllListeners('request');
-    proxy.server.on('request', (req, res) => {
-      proxy.errors503++;
-      req.resume();
-      res.writeHead(503, { 'content-type': 'application/xml' });
-      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>');
-    });
+    proxy.downForGood();
     const port = await proxy.listen();
-    const client = createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const client = clientVia(port);
     const target = join(work, 'store-down');
     try {
       await assert.rejects(
