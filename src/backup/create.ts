@@ -109,7 +109,6 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
 
   const progress = new ProgressTracker('backup', plannedBytes, stats.files, o.onProgress);
   progress.phase = 'transferring';
-  const packs = new PackWriter(o.transport, backupId, packSize, o.uploadConcurrency ?? 2, retry, log, o.signal, chunkSize + RECORD_OVERHEAD + 64);
   const chunks: ChunkRef[] = [];
   const bySha = new Map<string, number>();
   // Hashing, compression and encryption run on worker threads; the main thread
@@ -118,6 +117,8 @@ export async function createBackup(o: CreateBackupOptions): Promise<BackupResult
   const maxInflight = 4 * workerCount;
   const ring = new SlotRing(maxInflight + 1, chunkSize + RECORD_OVERHEAD + 64);
   const workers = new ChunkWorkers(workerCount, { key: keys.chunk, backupId, slots: ring.sab, slotSize: ring.slotSize });
+  // A record is at most a slot: that bounds how far a pack can pass packSize.
+  const packs = new PackWriter(o.transport, backupId, packSize, o.uploadConcurrency ?? 2, retry, log, o.signal, ring.slotSize);
   const inflight = new Set<Promise<void>>();
   const filesDone: Array<Promise<void>> = [];
 
