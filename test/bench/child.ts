@@ -72,11 +72,11 @@ try {
     clearInterval(sampler);
     const peak = samples.reduce((a, b) => (b.rss > a.rss ? b : a), samples[0] ?? { t: 0, ...process.memoryUsage() });
     const mib = (n: number): number => Math.round(n / 1048576);
-    const at = (f: number): number => mib(samples[Math.min(samples.length - 1, Math.floor(samples.length * f))]?.rss ?? 0);
+    const at = (f: number): number => mib(samples[Math.floor((samples.length - 1) * f)]?.rss ?? 0);
     const line = {
       mode: cfg.mode,
       peakMiB: { t: peak.t, rss: mib(peak.rss), heapTotal: mib(peak.heapTotal), heapUsed: mib(peak.heapUsed), external: mib(peak.external), arrayBuffers: mib(peak.arrayBuffers), native: mib(peak.rss - peak.heapTotal - peak.external) },
-      rssMiBAt: { '10%': at(0.1), '25%': at(0.25), '50%': at(0.5), '75%': at(0.75), '100%': at(0.999) },
+      rssMiBAt: { '10%': at(0.1), '25%': at(0.25), '50%': at(0.5), '75%': at(0.75), '100%': at(1) },
       maxMiB: { heapTotal: mib(Math.max(...samples.map((x) => x.heapTotal))), external: mib(Math.max(...samples.map((x) => x.external))), arrayBuffers: mib(Math.max(...samples.map((x) => x.arrayBuffers))) },
     };
     appendFileSync(memtrace, JSON.stringify(line) + '\n');

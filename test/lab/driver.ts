@@ -362,7 +362,7 @@ export class Vm {
       '-machine', 'q35,accel=tcg',
       // qemu64, not max: TCG emulates the AVX/AVX2 paths that glibc, the kernel and V8
       // pick on `max` more slowly than the SSE2 ones; on qemu64 a guest boots ~20 %
-      // faster and node runs ~15 % faster (docs/reliability.md, "Lab CPU model").
+      // faster and node runs ~15 % faster (docs/reliability.md, "Lab CPU model and CI time").
       // The price: no AES-NI in the guest (dm-crypt, ESP and OpenSSL use generic
       // AES, ~1/3 the rate); the lab moves little data through them. BOSUN_LAB_CPU overrides.
       '-cpu', process.env.BOSUN_LAB_CPU ?? 'qemu64',
