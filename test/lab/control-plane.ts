@@ -67,7 +67,15 @@ export function describeReport(r: Report): string {
     return `${b.kind}: ${b.reason ?? ''} ${b.message ?? ''}`;
   }
   const h = b.health as { ok?: boolean; problems?: string[] } | undefined;
-  return `status: applied ${b.appliedVersion ?? 'none'}, wanted ${b.wantedVersion ?? 'none'}${h ? `, health ${h.ok ? 'ok' : (h.problems ?? []).join('; ')}` : ''}${b.lifecycle ? `, lifecycle ${b.lifecycle.state}` : ''}`;
+  const a = b.applying as { version: number; step: string } | null | undefined;
+  const rs = b.restore as { state: string; phase?: string; percent: number } | null | undefined;
+  const failed = (b.lastApply as { result?: string; version?: number; error?: { message?: string } } | null | undefined)?.result === 'failed' ? (b.lastApply as { version: number; error?: { message?: string } }) : undefined;
+  return (
+    `status: applied ${b.appliedVersion ?? 'none'}, wanted ${b.wantedVersion ?? 'none'}${h ? `, health ${h.ok ? 'ok' : (h.problems ?? []).join('; ')}` : ''}${b.lifecycle ? `, lifecycle ${b.lifecycle.state}` : ''}` +
+    (a ? `, now ${a.step}` : '') +
+    (a && rs?.state === 'running' ? ` (restore ${rs.phase ?? ''} ${rs.percent} %)` : '') +
+    (failed && !a ? `, last apply (version ${failed.version}) failed: ${failed.error?.message ?? ''}` : '')
+  );
 }
 
 export class ControlPlane {
@@ -173,6 +181,27 @@ export class ControlPlane {
     return this.reports.filter(pred);
   }
 
+  /**
+   * What a timeout shows: the last reports of each node named in what was
+   * awaited (a node that went quiet would otherwise be hidden behind the
+   * others' health rounds: "no report since ..." says so), then the last few
+   * of all.
+   */
+  #lastReports(what: string, since: number): string {
+    const line = (r: Report) => `  ${new Date(r.at).toISOString().slice(11, 19)} [${r.node}] ${describeReport(r).slice(0, 400)}`;
+    const named = [...new Set(what.match(/\bnode-[a-z0-9-]+/g) ?? [])];
+    const parts = named.map((n) => {
+      const all = this.reports.filter((r) => r.node === n);
+      const recent = all.filter((r) => r.at >= since);
+      const head = `${n}: ${recent.length} reports since the wait began (${all.length} in all)${all.length > 0 ? `, last at ${new Date(all.at(-1)!.at).toISOString().slice(11, 19)}` : ''}`;
+      // Its events first (failures carry their message), then its newest statuses.
+      const events = all.filter((r) => r.topic === 'events').slice(-6);
+      const statuses = all.filter((r) => r.topic !== 'events').slice(-3);
+      return [head, ...[...events, ...statuses].sort((a, b) => a.at - b.at).map(line)].join('\n');
+    });
+    return [...parts, `last reports of all nodes:`, ...this.reports.slice(-6).map(line)].join('\n');
+  }
+
   /** The first report (already received or still to come) that matches, or an error naming what was awaited and the node's last reports. */
   async waitFor(what: string, pred: (r: Report) => boolean, timeoutMs: number, since = 0): Promise<Report> {
     const deadline = Date.now() + timeoutMs;
@@ -181,8 +210,7 @@ export class ControlPlane {
       if (hit) return hit;
       const left = deadline - Date.now();
       if (left <= 0) {
-        const last = this.reports.slice(-8).map((r) => `  [${r.node}] ${describeReport(r)}`).join('\n');
-        throw new Error(`control plane: timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}; last reports:\n${last}`);
+        throw new Error(`control plane: timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}\n${this.#lastReports(what, since)}`);
       }
       await new Promise<void>((resolve) => {
         const done = () => {
