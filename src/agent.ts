@@ -71,6 +71,8 @@ export class Agent {
   #wanted: NodeSpec | undefined;
   #lastApply: LastApply | undefined;
   #applying: Promise<void> | undefined;
+  /** the apply running now: its version, when it began, and the step it is on (the text given to onProgress) */
+  #inProgress: { version: number; since: string; step: string } | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryDelay: number;
   #watchdog: NodeJS.Timeout | undefined;
@@ -297,8 +299,14 @@ export class Agent {
     const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx, reuse), changed: () => reuse.clear() };
     const log = this.#o.logger.child({ specVersion: spec.version });
     if (spec.decommission) await this.#syncPeerServer(spec);
+    const inProgress = { version: spec.version, since: new Date().toISOString(), step: 'planning' };
+    this.#inProgress = inProgress;
+    const onProgress = (text: string) => {
+      inProgress.step = text;
+      this.#o.onProgress?.(text);
+    };
     try {
-      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress: this.#o.onProgress, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
+      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
       this.#lastGood = spec;
       await this.#syncPeerServer(spec);
@@ -334,6 +342,7 @@ export class Agent {
         }, delay * 1000);
       }
     }
+    if (this.#inProgress === inProgress) this.#inProgress = undefined;
     this.#o.onProgress?.(this.summary());
     await this.#reporter!.status(this.statusBody());
   }
@@ -348,12 +357,23 @@ export class Agent {
       appliedVersion: this.#lastGood?.version ?? null,
       wantedVersion: this.#wanted?.version ?? null,
       lastApply: this.#lastApply ?? null,
+      applying: this.#inProgress ? { ...this.#inProgress } : null,
       restore: readRestoreProgressSync(this.#o.stateDir) ?? null,
       lifecycle: lifecycleOf(this.#decommission, this.#wanted),
       counters: this.counters,
       time: new Date().toISOString(),
       ...extra,
     };
+  }
+
+  /**
+   * Publish a status without health figures: what a host with nothing applied
+   * yet sends each round (called by the health schedule), so that a first
+   * apply of many minutes (disks, a restore) shows its step and restore
+   * progress instead of silence.
+   */
+  reportProgress(): Promise<void> {
+    return this.#reporter!.status(this.statusBody());
   }
 
   /** Publish a status with health figures (called by the health schedule). */

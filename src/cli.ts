@@ -183,6 +183,7 @@ const COMMANDS: Record<string, Command> = {
       const health = new HealthSchedule(async () => {
         const spec = agent.lastGood;
         if (spec) await agent.report(await collectHealth(spec, probe, ctx));
+        else await agent.reportProgress();
       }, (e) => logger.warn({ err: describeError(e) }, 'a health round failed'));
       const onApplied = (spec: NodeSpec) => {
         health.every(spec.health.intervalSeconds);

@@ -178,6 +178,41 @@ describe('agent control loop (real Kafka)', () => {
     }
   });
 
+  it('while an apply runs, its status says which version and step, and the last good version stays the applied one', async () => {
+    const agent = await startAgent();
+    const orig = planner.plan.bind(planner);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let planning = false;
+    planner.plan = async (s, stage) => {
+      planning = true;
+      await held;
+      return orig(s, stage);
+    };
+    try {
+      await send(node, signEnvelope(spec(4), 'cp-1', cp.privateKey));
+      await waitFor('the apply of version 4 to begin', () => planning, 30_000);
+      const since = statuses.length;
+      await agent.reportProgress();
+      await waitFor('a status sent while version 4 applies', () => statuses.length > since && statuses.slice(since).some((s) => s.applying !== null && s.applying !== undefined), 30_000);
+      const during = statuses.slice(since).find((s) => s.applying)!;
+      const a = during.applying as { version: number; since: string; step: string };
+      assert.equal(a.version, 4);
+      assert.equal(a.step, 'planning');
+      assert.ok(Date.now() - Date.parse(a.since) < 60_000, a.since);
+      assert.equal(during.appliedVersion, 3, 'the applied version is the last good one until the apply is done');
+      assert.equal(during.wantedVersion, 4);
+      assert.equal(during.health, undefined, 'a progress status carries no health round');
+      release();
+      await waitFor('status with version 4', () => statuses.some((s) => s.appliedVersion === 4), 30_000);
+      assert.equal(statuses.filter((s) => s.appliedVersion === 4).at(-1)!.applying, null, 'nothing in progress once applied');
+    } finally {
+      release();
+      planner.plan = orig;
+      await agent.stop();
+    }
+  });
+
   it('survives a minute without the broker, and a restart (boot) in the middle of it: converges to its last good spec without the broker, then catches up and flushes its reports', async () => {
     const own = existsSync(join(dirname(stateFilePath()), 'run', 'kafka.pid'));
     assert.ok(own, 'this test stops and restarts the broker, so it needs the one test/services/up started (not an external KAFKA_BROKERS)');
@@ -215,8 +250,8 @@ describe('agent control loop (real Kafka)', () => {
       const refusedBefore = agent.counters.refused;
       await waitFor('the status reported after the broker-less boot to arrive', () => statuses.some((s) => (s.health as { marker?: string } | undefined)?.marker === 'after-boot-without-broker'), 90_000);
       await waitFor('the event of the boot-time apply made without the broker', () => appliedEvents() > appliedEventsBefore, 30_000);
-      await send(node, signEnvelope(spec(4), 'cp-1', cp.privateKey));
-      await waitFor('the spec sent after the outage to be applied', () => statuses.some((s) => s.appliedVersion === 4), 120_000);
+      await send(node, signEnvelope(spec(5), 'cp-1', cp.privateKey));
+      await waitFor('the spec sent after the outage to be applied', () => statuses.some((s) => s.appliedVersion === 5), 120_000);
       assert.equal(agent.counters.refused, refusedBefore, 'refusals already reported are not reported again after the consumer is rebuilt');
       process.stderr.write(`[agent.test] broker down 60 s; agent restarted 20 s into it, start() returned in ${bootSeconds.toFixed(1)} s without the broker\n`);
     } finally {
