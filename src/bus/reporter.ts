@@ -37,7 +37,17 @@ export interface ReporterOptions {
   maxQueuedEvents?: number;
   /** how long status() and event() wait for the broker before returning with the report still queued (default 5 s) */
   waitMs?: number;
+  /**
+   * How long one connect or send may take before the producer is given up and
+   * a new one made (default 120 s). kafkajs can leave a send pending for good;
+   * without this every later report would queue behind it and the node would
+   * go silent while it otherwise runs normally.
+   */
+  stallMs?: number;
 }
+
+/** A kafkajs call that did not settle in time. */
+class StalledError extends Error {}
 
 export class Reporter {
   readonly #o: ReporterOptions;
@@ -49,6 +59,8 @@ export class Reporter {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly sent = { status: 0, events: 0 };
+  /** producers connected, and connects or sends given up as stalled (see ReporterOptions.stallMs) */
+  readonly producers = { connected: 0, stalled: 0 };
 
   constructor(o: ReporterOptions) {
     this.#o = o;
@@ -98,39 +110,54 @@ export class Reporter {
     try {
       if (!this.#producer) {
         const p = this.#o.kafka.producer({ createPartitioner: kafkajs.Partitioners.DefaultPartitioner, allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
-        await p.connect();
+        // Kept before connecting, so a connect that stalls is disconnected like any other failed producer.
+        this.#producer = p;
+        await this.#deadline(p.connect(), 'connecting');
         if (this.#stopped) {
           // stop() gave up waiting for this connect: do not leave a producer behind.
+          this.#producer = undefined;
           await p.disconnect().catch(() => undefined);
           return;
         }
-        this.#producer = p;
+        this.producers.connected += 1;
       }
       while (this.#events.length > 0) {
         const batch = this.#events.slice(0, 100);
         if (this.#dropped > 0) batch.unshift({ node: this.#o.node, kind: 'events-dropped', count: this.#dropped, at: new Date().toISOString() });
-        await this.#producer.send({ topic: this.#o.topics.events, messages: batch.map((e) => ({ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, e)) })) });
+        await this.#deadline(this.#producer.send({ topic: this.#o.topics.events, messages: batch.map((e) => ({ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, e)) })) }), 'sending events');
         this.#events.splice(0, Math.min(100, this.#events.length));
         this.sent.events += batch.length;
         this.#dropped = 0;
       }
       if (this.#pendingStatus !== undefined) {
         const body = this.#pendingStatus;
-        await this.#producer.send({ topic: this.#o.topics.status, messages: [{ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, body)) }] });
+        await this.#deadline(this.#producer.send({ topic: this.#o.topics.status, messages: [{ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, body)) }] }), 'sending the status');
         if (this.#pendingStatus === body) this.#pendingStatus = undefined;
         this.sent.status += 1;
       }
     } catch (e) {
       this.#o.logger.warn({ component: 'reporter', queued: this.queued }, `cannot reach Kafka to report (${e instanceof Error ? e.message : String(e)}); keeping reports and retrying`);
+      if (e instanceof StalledError) this.producers.stalled += 1;
       const p = this.#producer;
       this.#producer = undefined;
-      await p?.disconnect().catch(() => undefined);
+      // A stalled producer may not disconnect either: do not wait on it for long.
+      await this.#deadline(p?.disconnect() ?? Promise.resolve(), 'disconnecting', 10_000).catch(() => undefined);
       if (this.#stopped) return;
       this.#timer ??= setTimeout(() => {
         this.#timer = undefined;
         void this.flush();
       }, 5_000);
     }
+  }
+
+  /** Resolves or rejects as p does, or rejects with a StalledError once `stallMs` have passed. */
+  #deadline<T>(p: Promise<T>, what: string, ms = this.#o.stallMs ?? 120_000): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new StalledError(`${what} took over ${Math.round(ms / 1000)} s; giving up this producer`)), ms);
+    });
+    p.catch(() => undefined);
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
   }
 
   /** One last try to send what is queued (at most `waitMs`), then stop; what could not be sent is lost with the process. */

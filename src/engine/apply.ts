@@ -223,11 +223,18 @@ async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState
   }
 }
 
+/**
+ * How long a command step may run when its phase set no limit: a tool that
+ * hangs (a start job that never finishes, a device that stops answering) must
+ * fail the apply with a report and a retry, not wedge the agent silently.
+ */
+export const EXEC_STEP_TIMEOUT_SECONDS = 30 * 60;
+
 async function runStep(req: ApplyRequest, step: Step): Promise<void> {
   const { host } = req;
   switch (step.kind) {
     case 'exec': {
-      const run = () => host.exec(step.argv, { input: step.stdin === undefined ? undefined : materialize(req, step.stdin), timeoutSeconds: step.timeoutSeconds, okExitCodes: step.okExitCodes });
+      const run = () => host.exec(step.argv, { input: step.stdin === undefined ? undefined : materialize(req, step.stdin), timeoutSeconds: step.timeoutSeconds ?? EXEC_STEP_TIMEOUT_SECONDS, okExitCodes: step.okExitCodes });
       if (step.retryForSeconds === undefined) {
         await run();
         return;

@@ -47,7 +47,7 @@ export async function runCommand(argv: readonly string[], redactor: Redactor, op
   else if (r.signal) why = `killed by ${r.signal}`;
   else why = `exited with ${r.exitCode}`;
   const tail = lastLines(result.stderr || result.stdout, 5);
-  throw new BosunError('E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
+  throw new BosunError(r.timedOut ? 'E_TIMEOUT' : 'E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
 }
 
 /** The lines of a tool's complaint worth quoting: the first ones (the reason, before any usage text) and the last ones. */

@@ -3,12 +3,13 @@ import { spawn } from 'node:child_process';
 import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { applySpec, type ApplyRequest } from '../../src/engine/apply.js';
+import { applySpec, EXEC_STEP_TIMEOUT_SECONDS, type ApplyRequest } from '../../src/engine/apply.js';
 import { Journal } from '../../src/engine/journal.js';
 import { Redactor } from '../../src/engine/redact.js';
 import type { Step } from '../../src/engine/step.js';
 import { isBosunError } from '../../src/errors.js';
 import { BlankProbe, DISTROS, Host } from '../../src/host/index.js';
+import type { ExecOptions, ExecResult } from '../../src/host/exec.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { createLogger } from '../../src/log.js';
@@ -157,6 +158,33 @@ describe('apply engine', () => {
       const out = await applySpec(request(state, steps));
       assert.equal(out.resumedAt, 'disks');
       assert.deepEqual([await lines(`${dir}/s1`), await lines(`${dir}/s2`), await lines(`${dir}/s3`)], [1, 2, 1]);
+    });
+  });
+
+  it('a command step that hangs fails with E_TIMEOUT after its limit (30 min when the phase set none); the last good state stays', async () => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const seen: (number | undefined)[] = [];
+      class RecordingHost extends Host {
+        override exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+          seen.push(opts.timeoutSeconds);
+          return super.exec(argv, opts);
+        }
+      }
+      const host = new RecordingHost({ redactor: new Redactor() });
+      await applySpec(request(state, [sh('true')], { host }));
+      assert.deepEqual(seen, [EXEC_STEP_TIMEOUT_SECONDS], 'a step without its own limit gets the default');
+      assert.equal(EXEC_STEP_TIMEOUT_SECONDS, 1800);
+      const started = Date.now();
+      await assert.rejects(applySpec({ ...request(state, [{ kind: 'exec', phase: 'packages', argv: ['sh', '-c', `echo started > ${dir}/hang; exec sleep 60`], why: 'a tool that hangs', timeoutSeconds: 1 }], { host }), spec: spec(2) }), (e) => {
+        assert.ok(isBosunError(e));
+        assert.equal(e.code, 'E_TIMEOUT');
+        assert.match(e.message, /packages step 1\/1 \(a tool that hangs\) failed: sh -c .*: timed out after 1s/);
+        return true;
+      });
+      assert.ok(Date.now() - started < 20_000, 'the hung command was killed, not waited for');
+      assert.equal(await readFile(`${dir}/hang`, 'utf8'), 'started\n');
+      assert.equal((await new Journal(state).readApplied())?.specVersion, 1, 'version 1 stays the last good state');
     });
   });
 
