@@ -4,11 +4,13 @@
 //   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs 3] [--workers N]
 //        [--concurrency N] [--slots N] [--verify-files] [--dir /tmp] [--keep]
 //        [--variant workers=2,slots=16 ...] [--variant code=/tmp/old-dist ...]
+//        [--variant arenas=2 ...]
 //
 // Each --variant is another restore configuration run in the same rounds as
 // the default one (and s5cmd), for comparing settings on one machine state.
 // code=DIR runs the restore of another build (DIR is its dist directory, e.g.
 // a copy of dist/ made before a change), to compare code on one machine state.
+// arenas=N runs it with MALLOC_ARENA_MAX=N in its environment (glibc malloc arenas).
 //
 // Needs the test services (test/services/up; s5cmd comes with them). Each
 // restore and each s5cmd download runs in its own process, timed from spawn
@@ -38,13 +40,13 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>> & { code?: string };
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>> & { code?: string; arenas?: number };
 
 function parseVariant(v: string): Variant {
   const out: Record<string, number | boolean | string> = {};
   for (const kv of v.split(',')) {
     const [k, val] = kv.split('=') as [string, string | undefined];
-    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'code'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, code)`);
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'code', 'arenas'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, code, arenas)`);
     out[k] = k === 'code' ? (val ?? '') : k === 'verifyFiles' ? val !== 'false' : Number(val);
   }
   return out;
@@ -283,9 +285,11 @@ async function main(): Promise<void> {
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
-          const { code, ...v } = w === 'bosun' ? {} : o.variants[w]!;
+          const { code, arenas, ...v } = w === 'bosun' ? {} : o.variants[w]!;
           const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
-          const m = await measure([process.execPath, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
+          // arenas=N: the restore runs with glibc's MALLOC_ARENA_MAX=N (fewer malloc arenas for its threads).
+          const env = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
+          const m = await measure([process.execPath, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], env);
           const m1 = await minioCpu();
           (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
