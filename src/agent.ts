@@ -124,7 +124,7 @@ export class Agent {
     const seen = await readFile(join(this.#o.stateDir, 'desired-seen.json'), 'utf8').catch(() => '{}');
     this.#seen = JSON.parse(seen) as Record<string, string>;
     this.#kafka = await createKafka(this.#o.settings, logger, this.#sockets);
-    this.#reporter = new Reporter({ kafka: this.#kafka, node: this.#o.settings.node, identity: this.#o.identity, topics: this.#o.settings.topics, logger });
+    this.#reporter = new Reporter({ kafka: this.#kafka, sockets: this.#sockets, node: this.#o.settings.node, identity: this.#o.identity, topics: this.#o.settings.topics, logger });
     if (this.#lastGood) {
       // After a reboot the host may be behind its last good spec (arrays not assembled, volumes closed): converge every phase.
       this.#wanted = this.#lastGood;

@@ -52,6 +52,12 @@ export class SocketTracker {
     return this.#open.size;
   }
 
+  /** Destroys the sockets open now; new ones may still be opened (a stalled producer given up, a new one made). */
+  destroyOpen(): void {
+    for (const s of this.#open) s.destroy();
+    this.#open.clear();
+  }
+
   closeAll(): void {
     this.#closed = true;
     for (const s of this.#open) s.destroy();

@@ -2,7 +2,7 @@ import kafkajs, { type Producer } from 'kafkajs';
 import { canonicalJson } from '../engine/step.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
-import type { Kafka } from './kafka.js';
+import type { Kafka, SocketTracker } from './kafka.js';
 
 /**
  * Status and events to Kafka, signed by the host. While the broker is away
@@ -44,6 +44,8 @@ export interface ReporterOptions {
    * go silent while it otherwise runs normally.
    */
   stallMs?: number;
+  /** the sockets of `kafka` (created with this tracker), destroyed when a stalled producer is given up: its disconnect may never finish */
+  sockets?: SocketTracker;
 }
 
 /** A kafkajs call that did not settle in time. */
@@ -140,7 +142,8 @@ export class Reporter {
       if (e instanceof StalledError) this.producers.stalled += 1;
       const p = this.#producer;
       this.#producer = undefined;
-      // A stalled producer may not disconnect either: do not wait on it for long.
+      // A stalled producer may not disconnect either: drop its connections, and do not wait on it for long.
+      if (e instanceof StalledError) this.#o.sockets?.destroyOpen();
       await this.#deadline(p?.disconnect() ?? Promise.resolve(), 'disconnecting', 10_000).catch(() => undefined);
       if (this.#stopped) return;
       this.#timer ??= setTimeout(() => {

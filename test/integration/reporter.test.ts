@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import kafkajs, { type Consumer } from 'kafkajs';
+import { SocketTracker } from '../../src/bus/kafka.js';
 import { Reporter, type SignedReport } from '../../src/bus/reporter.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { createLogger } from '../../src/log.js';
@@ -51,8 +52,9 @@ describe('reporter (real Kafka)', () => {
     const lines: string[] = [];
     const { logger } = createLogger({ redactor: new Redactor(), target: 'journald', loadJournald: () => new Proxy({}, { get: () => (msg: string) => lines.push(msg) }) as never });
     // The client's own timeouts are longer than stallMs, so it is the reporter's limit that ends the wait.
-    const kafka = new Kafka({ clientId: 'bosun-reporter-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING, requestTimeout: 120_000, connectionTimeout: 30_000, retry: { retries: 0 } });
-    const reporter = new Reporter({ kafka, node: 'node-r', identity, topics, logger, waitMs: 1_000, stallMs: 3_000 });
+    const sockets = new SocketTracker();
+    const kafka = new Kafka({ clientId: 'bosun-reporter-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING, requestTimeout: 20_000, connectionTimeout: 20_000, retry: { retries: 0 }, socketFactory: sockets.factory });
+    const reporter = new Reporter({ kafka, sockets, node: 'node-r', identity, topics, logger, waitMs: 1_000, stallMs: 3_000 });
     let paused = false;
     try {
       await reporter.status({ marker: 'before' });
@@ -75,9 +77,14 @@ describe('reporter (real Kafka)', () => {
       assert.ok(reporter.producers.connected >= 2, 'a new producer was made after the stall');
       assert.deepEqual(reporter.queued, { status: false, events: 0, dropped: 0 });
       assert.equal(events.filter((e) => e.kind === 'during-pause').length >= 1, true);
+      await reporter.stop();
+      // The stalled producer's connections were destroyed when it was given up (its disconnect would
+      // wait on them); the new producer's closed with stop(). Nothing is left to keep a process alive.
+      await waitFor('every socket of the client to be closed', () => sockets.open === 0, 15_000);
     } finally {
       if (paused) process.kill(pid, 'SIGCONT');
       await reporter.stop();
+      sockets.closeAll();
     }
   });
 });
