@@ -60,8 +60,7 @@ export class SocketTracker {
 
   closeAll(): void {
     this.#closed = true;
-    for (const s of this.#open) s.destroy();
-    this.#open.clear();
+    this.destroyOpen();
   }
 }
 

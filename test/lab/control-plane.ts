@@ -69,7 +69,8 @@ export function describeReport(r: Report): string {
   const h = b.health as { ok?: boolean; problems?: string[] } | undefined;
   const a = b.applying as { version: number; step: string } | null | undefined;
   const rs = b.restore as { state: string; phase?: string; percent: number } | null | undefined;
-  const failed = (b.lastApply as { result?: string; version?: number; error?: { message?: string } } | null | undefined)?.result === 'failed' ? (b.lastApply as { version: number; error?: { message?: string } }) : undefined;
+  const last = b.lastApply as { result?: string; version?: number; error?: { message?: string } } | null | undefined;
+  const failed = last?.result === 'failed' ? last : undefined;
   return (
     `status: applied ${b.appliedVersion ?? 'none'}, wanted ${b.wantedVersion ?? 'none'}${h ? `, health ${h.ok ? 'ok' : (h.problems ?? []).join('; ')}` : ''}${b.lifecycle ? `, lifecycle ${b.lifecycle.state}` : ''}` +
     (a ? `, now ${a.step}` : '') +
@@ -184,8 +185,8 @@ export class ControlPlane {
   /**
    * What a timeout shows: the last reports of each node named in what was
    * awaited (a node that went quiet would otherwise be hidden behind the
-   * others' health rounds: "no report since ..." says so), then the last few
-   * of all.
+   * others' health rounds: "0 reports since the wait began" says so), then
+   * the last few of all.
    */
   #lastReports(what: string, since: number): string {
     const line = (r: Report) => `  ${new Date(r.at).toISOString().slice(11, 19)} [${r.node}] ${describeReport(r).slice(0, 400)}`;

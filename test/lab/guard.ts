@@ -27,7 +27,7 @@ const NOISE = /kafka: Response |kafka: Request /;
 /** Kernel and systemd lines that explain a dead or stuck guest. */
 const TROUBLE = /Out of memory|oom-kill|Killed process|BUG:|Call Trace|segfault|I\/O error|hung_task|blocked for more than|Main process exited|Failed with result|code=(exited|killed|dumped)/;
 
-/** Keeps the first line of a long one and cuts it: a digest is for reading in a CI log. */
+/** Cuts a long line: a digest is for reading in a CI log. */
 const cut = (line: string, n = 300) => (line.length > n ? `${line.slice(0, n)} …` : line);
 
 /** Writes <dir>/digest.txt: the failure's message (its first lines), then per guest its last agent lines and any kernel/unit trouble. */
