@@ -27,10 +27,13 @@ const NOISE = /kafka: Response |kafka: Request /;
 /** Kernel and systemd lines that explain a dead or stuck guest. */
 const TROUBLE = /Out of memory|oom-kill|Killed process|BUG:|Call Trace|segfault|I\/O error|hung_task|blocked for more than|Main process exited|Failed with result|code=(exited|killed|dumped)/;
 
+/** IKE daemon lines that explain a missing SA: a peer found dead, an SA deleted or (re)established. */
+const IKE = / (pluto|charon|charon-systemd)\[\d+\]: .*(DPD|liveness|dead|delet|establish|retransmit|timeout|restart|initiat)/i;
+
 /** Cuts a long line: a digest is for reading in a CI log. */
 const cut = (line: string, n = 300) => (line.length > n ? `${line.slice(0, n)} …` : line);
 
-/** Writes <dir>/digest.txt: the failure's message (its first lines), then per guest its last agent lines and any kernel/unit trouble. */
+/** Writes <dir>/digest.txt: the failure's message (its first lines), then per guest its last agent lines, its last IKE events and any kernel/unit trouble. */
 export async function writeDigest(dir: string, label: string, err: unknown): Promise<void> {
   const message = (err instanceof Error ? err.message : String(err)).split('\n').slice(0, 24).map((l) => cut(l));
   const out = [`== lab failure digest: ${label} (${new Date().toISOString()})`, ...message.map((l) => `  ${l}`)];
@@ -40,12 +43,14 @@ export async function writeDigest(dir: string, label: string, err: unknown): Pro
     const lines = journal.split('\n');
     const agent = lines.filter((l) => / bosun\[\d+\]: /.test(l) && !NOISE.test(l)).slice(-8);
     const trouble = lines.filter((l) => TROUBLE.test(l)).slice(-5);
+    const ike = lines.filter((l) => IKE.test(l)).slice(-6);
     const failedUnits = (await readFile(join(dir, vm, 'boots.txt'), 'utf8').catch(() => ''))
       .split('\n')
       .filter((l) => /\bfailed\b/.test(l) && /\.(service|mount|scope)\b/.test(l))
       .slice(0, 4);
     const note = journal.startsWith('could not run') ? `  (no journal: ${cut(journal.split('\n')[0] ?? '', 200)})` : undefined;
     out.push(`-- ${vm}: last agent lines${agent.length === 0 ? ': none' : ''}`, ...(note ? [note] : []), ...agent.map((l) => `  ${cut(l)}`));
+    if (ike.length > 0) out.push(`-- ${vm}: last IKE lines`, ...ike.map((l) => `  ${cut(l, 200)}`));
     if (trouble.length > 0) out.push(`-- ${vm}: kernel/unit trouble`, ...trouble.map((l) => `  ${cut(l)}`));
     if (failedUnits.length > 0) out.push(`-- ${vm}: failed units`, ...failedUnits.map((l) => `  ${cut(l.trim())}`));
   }
