@@ -24,6 +24,7 @@
 //   (object storage) and node-d (peer) is printed as a diagnostic.
 //
 //   npx tsc -p tsconfig.json && BOSUN_LAB_KEEP=30 node --test --test-concurrency=1 dist/test/lab/scenario.test.js
+//   (BOSUN_LAB_COLLECT=1 keeps the guests' journals of a green run as well)
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
@@ -248,6 +249,8 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
 
   after(async () => {
     process.stderr.write(`[scenario] figures: ${JSON.stringify(figures)}\n`);
+    // BOSUN_LAB_COLLECT=1: keep every guest's journal of a green run too (to read where the time went).
+    if (lab && process.env.BOSUN_LAB_COLLECT === '1') process.stderr.write(`[scenario] journals: ${await lab.collectJournals('scenario-final').catch((e: unknown) => String(e))}\n`);
     await cp?.close();
     await lab?.stop();
     if (work) await rm(work, { recursive: true, force: true });
