@@ -220,7 +220,8 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       await makeSource(src);
       sourceListing = await hostSums(src);
       rmSync(labRunDir(LAB), { recursive: true, force: true });
-      cp = await ControlPlane.open(work, { out: process.stderr });
+      // Its own topics: other lab files run beside this one on the same broker (test/run-lanes).
+      cp = await ControlPlane.open(work, { out: process.stderr, topics: { desired: 'scenario.desired', status: 'scenario.status', events: 'scenario.events' } });
       // The backup node-a restores from, made by the CLI on the host, sealed to a backup key.
       const s3 = cp.env.s3;
       const t = Date.now();
