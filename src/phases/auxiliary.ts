@@ -30,7 +30,12 @@ export const auxiliaryPhase: Phase<Map<string, ObservedAgent>> = {
   },
 
   plan(spec, observed) {
-    return spec.auxiliary.flatMap((a) => planAgent(a, observed.get(a.name) ?? { enabled: 'unknown', active: 'unknown' }, spec));
+    const steps = spec.auxiliary.flatMap((a) => planAgent(a, observed.get(a.name) ?? { enabled: 'unknown', active: 'unknown' }, spec));
+    // The agents' units come from packages: one reload before the first enable makes sure systemd has read them
+    // (bosun's enable does not reload; see systemctlArgv).
+    const first = steps.findIndex((s) => s.kind === 'unit' && s.action === 'enable-now');
+    if (first >= 0) steps.splice(first, 0, { kind: 'unit', phase: 'auxiliary', action: 'daemon-reload', why: "systemd must have read the agents' units before they are enabled" });
+    return steps;
   },
 };
 

@@ -171,14 +171,18 @@ export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Ste
     if (n.policyLoaded) add({ argv: ['nft', 'delete', 'table', 'inet', POLICY_TABLE], why: "drop bosun's peer policy table" });
   }
 
+  // disable does not reload systemd (systemctlArgv): one daemon-reload after the last unit change does it for all.
+  const unitsChanged = steps.some((s) => s.kind === 'unit' && s.action === 'disable') || n?.policyUnitFile === true;
+
   // 3. The data volume: unmount, close, destroy the keyslots.
   const d = obs.disks;
+  if (!d?.mountUnitFile && unitsChanged) unit('daemon-reload', undefined, 'systemd forgets the units bosun disabled or removed');
   if (d) {
     const mu = mountUnitName(d.mountPath);
     if (d.mounted) unit('stop', mu, `unmount the data volume at ${d.mountPath}`);
     if (d.mountUnitFile) {
       steps.push({ kind: 'remove', phase: 'decommission', path: mountUnitPath(d.mountPath), why: 'the data volume must not be mounted again' });
-      unit('daemon-reload', undefined, 'systemd forgets the mount unit');
+      unit('daemon-reload', undefined, unitsChanged ? 'systemd forgets the mount unit and the units bosun disabled or removed' : 'systemd forgets the mount unit');
     }
     const l = d.luks;
     if (l?.open) add({ argv: ['cryptsetup', 'close', l.name], why: `close the LUKS mapping /dev/mapper/${l.name}`, timeoutSeconds: 120 });

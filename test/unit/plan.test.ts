@@ -29,6 +29,28 @@ describe('plan of the example cluster', () => {
     assert.ok(!r.stdout.includes('bosun-sealed-v1.'), 'sealed values do not belong in a plan either');
   });
 
+  it('reloads systemd once per phase that writes units, before its enables, and no enable or disable reloads again', async () => {
+    for (const node of ['node-a', 'node-b', 'node-c']) {
+      const r = await runCli(['plan', join(examplesDir, `${node}.json`), '--blank', '--distro', 'fedora', '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const steps = (JSON.parse(r.stdout) as { steps: { phase: string; kind: string; path?: string; argv?: string[] }[] }).steps;
+      const unitChanges = steps.filter((s) => s.argv?.[0] === 'systemctl' && (s.argv[1] === 'enable' || s.argv[1] === 'disable'));
+      assert.ok(unitChanges.length >= 3, `${node}: the boot plan enables units`);
+      for (const s of unitChanges) assert.ok(s.argv!.includes('--no-reload'), `${node}: ${s.argv!.join(' ')} would reload systemd itself`);
+      for (const phase of new Set(steps.map((s) => s.phase))) {
+        const own = steps.filter((s) => s.phase === phase);
+        const reloads = own.flatMap((s, i) => (s.argv?.join(' ') === 'systemctl daemon-reload' ? [i] : []));
+        assert.ok(reloads.length <= 1, `${node}/${phase}: ${reloads.length} reloads`);
+        const lastUnitWrite = own.findLastIndex((s) => s.kind === 'write' && /^\/etc\/systemd\/system\//.test(s.path ?? ''));
+        const firstStart = own.findIndex((s) => s.argv?.[0] === 'systemctl' && (s.argv[1] === 'start' || s.argv.includes('--now') || s.argv[1] === 'enable'));
+        if (lastUnitWrite >= 0) {
+          assert.equal(reloads.length, 1, `${node}/${phase} writes units but does not reload systemd`);
+          assert.ok(reloads[0]! > lastUnitWrite && (firstStart < 0 || reloads[0]! < firstStart), `${node}/${phase}: the reload must come after the unit files and before their enable/start`);
+        }
+      }
+    }
+  });
+
   it('uses the distro module for package commands', async () => {
     const steps = await planNode(await loadExample('node-a'), new BlankProbe(), { distro: DISTROS.debian });
     const exec = steps.filter((s): s is Extract<Step, { kind: 'exec' }> => s.kind === 'exec' && s.phase === 'packages');
@@ -69,7 +91,7 @@ describe('auxiliary phase', () => {
   it('starts a stopped agent without a restart, and stops a disabled one', async () => {
     const spec = await loadExample('node-a');
     const cfg = spec.auxiliary[0]!.config!;
-    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content! }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), ['enable-now telegraf.service']);
+    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content! }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), ['daemon-reload undefined', 'enable-now telegraf.service']);
     assert.deepEqual(
       await planWith(probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' } }), (s) => (s.auxiliary[0]!.enabled = false)),
       ['systemctl disable --now telegraf.service'],
