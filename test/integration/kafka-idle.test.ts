@@ -30,6 +30,14 @@ describe('kafkajs idle timers', { timeout: 90_000 }, () => {
     const parsed = parseAgentSettings({ node: 'idle', stateDir: '/nonexistent', kafka: { brokers: env.kafkaBrokers }, topics: { desired: topic, status: `${topic}.s`, events: `${topic}.e` }, trustedKeys: [{ id: 'cp', publicKey: publicKeyString('ed25519', cp.publicKey) }] });
     assert.ok(parsed.ok);
     const { logger } = createLogger({ redactor: new Redactor(), target: 'stderr', level: 'error' });
+    // Every interval kafkajs arms from here on, with its period (its per-connection request-timeout check was 100 ms).
+    const intervals: number[] = [];
+    const realSetInterval = globalThis.setInterval;
+    globalThis.setInterval = ((fn: () => void, ms?: number) => {
+      intervals.push(ms ?? 0);
+      return realSetInterval(fn, ms);
+    });
+    t.after(() => void (globalThis.setInterval = realSetInterval));
     const kafka = await createKafka(parsed.value, logger);
     assert.equal(fixKafkajsIdleSpin(), true, "kafkajs's request queue has the method the fix replaces");
     const admin = kafka.admin();
@@ -53,5 +61,10 @@ describe('kafkajs idle timers', { timeout: 90_000 }, () => {
     // Unfixed kafkajs 2.2.4 creates about a thousand a second here; a consumer waiting on
     // 5 s long polls and 3 s heartbeats needs a few (request timeouts, heartbeats).
     assert.ok(timers < 40 * seconds, `${timers} timers in ${seconds} s of idling`);
+    // One request-timeout check per connection (admin, consumer, coordinator): each at 1 s, not 100 ms,
+    // which woke an idle agent ~30 times a second (25-31 % of a lab guest's vCPU).
+    t.diagnostic(`intervals armed: ${intervals.join(', ')} ms`);
+    assert.ok(intervals.length >= 2, `kafkajs armed its request-timeout checks (${intervals.length})`);
+    assert.ok(Math.min(...intervals) >= 1000, `an interval of ${Math.min(...intervals)} ms`);
   });
 });
