@@ -18,7 +18,7 @@ import { createRequire } from 'node:module';
  * Second, the same queue checks its in-flight requests for a timeout with a
  * setInterval of min(requestTimeout, 100 ms), one per connection, for as long
  * as the connection lives: an idle agent (a consumer, its coordinator, the
- * reporter's producer) woke ~30 times a second for it. Measured natively on
+ * reporter's producer) woke ~23 times a second for it. Measured natively on
  * an agent with nothing to do: 0.47 % of a core over 90 s; in a lab guest
  * under TCG the idle agent used 25-31 % of its vCPU (top over 20 s in the
  * scenario). The check now runs once a second: request timeouts here are

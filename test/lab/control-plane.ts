@@ -24,7 +24,6 @@ import { GUEST_HOST_ADDRESS, repoRoot, type Lab, type Vm } from './driver.js';
 
 const { Kafka, logLevel } = kafkajs;
 export const LAB_TOPICS = { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' };
-export type LabTopics = typeof LAB_TOPICS;
 export const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
 export const CONTROL_PLANE_KEY_ID = 'lab-control-plane';
 
@@ -92,15 +91,10 @@ export class ControlPlane {
     readonly consumer: kafkajs.Consumer,
     readonly key: KeyObject,
     readonly out: Writable | undefined,
-    readonly topics: LabTopics,
   ) {}
 
-  /**
-   * Creates the topics if missing, loads or makes the control-plane key in runDir, and starts watching status and events (from now on).
-   * `topics`: a lab file that runs beside others on the same broker uses its own, so no other file's nodes show up in its reports.
-   */
-  static async open(runDir: string, opts: { out?: Writable; topics?: LabTopics } = {}): Promise<ControlPlane> {
-    const topics = opts.topics ?? LAB_TOPICS;
+  /** Creates the topics if missing, loads or makes the control-plane key in runDir, and starts watching status and events (from now on). */
+  static async open(runDir: string, opts: { out?: Writable } = {}): Promise<ControlPlane> {
     const env = await requireServices();
     const kafka = new Kafka({ clientId: 'bosun-lab-control-plane', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
     const admin = kafka.admin();
@@ -110,9 +104,9 @@ export class ControlPlane {
       await admin.createTopics({
         waitForLeaders: true,
         topics: [
-          { topic: topics.desired, numPartitions: 12, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-          { topic: topics.status, numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-          { topic: topics.events, numPartitions: 3 },
+          { topic: LAB_TOPICS.desired, numPartitions: 12, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
+          { topic: LAB_TOPICS.status, numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
+          { topic: LAB_TOPICS.events, numPartitions: 3 },
         ].filter((t) => !existing.includes(t.topic)),
       });
     } finally {
@@ -121,15 +115,15 @@ export class ControlPlane {
     const producer = kafka.producer();
     await producer.connect();
     const consumer = kafka.consumer({ groupId: `bosun-lab-watch-${randomBytes(4).toString('hex')}` });
-    const cp = new ControlPlane(env, kafka, producer, consumer, await controlPlaneKey(runDir), opts.out, topics);
+    const cp = new ControlPlane(env, kafka, producer, consumer, await controlPlaneKey(runDir), opts.out);
     await consumer.connect();
-    await consumer.subscribe({ topics: [topics.status, topics.events], fromBeginning: false });
+    await consumer.subscribe({ topics: [LAB_TOPICS.status, LAB_TOPICS.events], fromBeginning: false });
     await consumer.run({
       eachMessage: async ({ topic, message }) => {
         if (!message.value) return;
         const r = JSON.parse(message.value.toString()) as SignedReport;
         const body = JSON.parse(Buffer.from(r.payload, 'base64url').toString()) as Record<string, any>;
-        const report: Report = { topic: topic === topics.events ? 'events' : 'status', node: String(body.node), at: Date.now(), body };
+        const report: Report = { topic: topic === LAB_TOPICS.events ? 'events' : 'status', node: String(body.node), at: Date.now(), body };
         cp.reports.push(report);
         cp.out?.write(`[${report.node}] ${describeReport(report)}\n`);
         for (const w of cp.#waiters) w();
@@ -158,7 +152,7 @@ export class ControlPlane {
 
   /** Writes /etc/bosun/agent.json (plus extra settings), reads the VM's identity, starts `bosun run` as a transient unit. */
   async startAgent(vm: Vm, extra: Record<string, unknown> = {}): Promise<AgentIdentity> {
-    const settings = { node: vm.name, stateDir: '/var/lib/bosun', kafka: { brokers: [this.guestKafka] }, topics: this.topics, trustedKeys: [{ id: CONTROL_PLANE_KEY_ID, publicKey: this.publicKey }], ...extra };
+    const settings = { node: vm.name, stateDir: '/var/lib/bosun', kafka: { brokers: [this.guestKafka] }, topics: LAB_TOPICS, trustedKeys: [{ id: CONTROL_PLANE_KEY_ID, publicKey: this.publicKey }], ...extra };
     await guestOk(vm, ['sh', '-c', 'mkdir -p /etc/bosun && cat > /etc/bosun/agent.json'], JSON.stringify(settings, null, 2));
     const ids = JSON.parse(await guestOk(vm, [...BOSUN, 'identity', '--json'])) as { sealingKey: string; signingKey: string };
     await vm.exec(['systemctl', 'stop', 'bosun-lab-agent-run.service'], { timeoutMs: 60_000 });
@@ -179,7 +173,7 @@ export class ControlPlane {
 
   /** Signs spec and publishes it on bosun.desired under its node id. */
   async publish(spec: Record<string, any>): Promise<void> {
-    await this.producer.send({ topic: this.topics.desired, messages: [{ key: String(spec.node), value: JSON.stringify(signEnvelope(spec as never, CONTROL_PLANE_KEY_ID, this.key)) }] });
+    await this.producer.send({ topic: LAB_TOPICS.desired, messages: [{ key: String(spec.node), value: JSON.stringify(signEnvelope(spec as never, CONTROL_PLANE_KEY_ID, this.key)) }] });
     this.out?.write(`[lab] published version ${spec.version} for ${spec.node}\n`);
   }
 
