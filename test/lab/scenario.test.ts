@@ -99,10 +99,18 @@ const guarded = journalGuard('scenario', () => lab);
 
 /** What the demo service answers on node's own published port. */
 async function demo(vm: Vm): Promise<{ pid: number; started: string; reloads: number; greeting: string; version: string }> {
+  // One request from inside the guest, up to three tries of 30 s: under TCG with four guests on two cores a
+  // request that the service answers in milliseconds on its own can miss 30 s (stop 20: node-d, just restored).
+  // Every miss is kept in figures.demoMisses, so a service that is slow, not just a starved guest, shows.
   const js = `fetch('http://10.0.2.15:${PORT}/', { signal: AbortSignal.timeout(30000) }).then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(8); })`;
-  const r = await vm.exec(['node', '-e', js], { timeoutMs: 90_000 });
-  assert.equal(r.exitCode, 0, `${vm.name}: the demo service does not answer: ${r.stderr}`);
-  return JSON.parse(r.stdout) as never;
+  let last = '';
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    const r = await vm.exec(['node', '-e', js], { timeoutMs: 90_000 });
+    if (r.exitCode === 0) return JSON.parse(r.stdout) as never;
+    last = `exit ${r.exitCode}: ${r.stderr.trim()}`;
+    ((figures.demoMisses ??= []) as string[]).push(`${vm.name} try ${attempt}: ${last.slice(0, 160)}`);
+  }
+  assert.fail(`${vm.name}: the demo service does not answer (3 tries of 30 s): ${last}`);
 }
 
 const leader = (vm: Vm) => sh(vm, 'machinectl show demo --property=Leader --value');
@@ -139,7 +147,9 @@ async function nodeSpec(node: string, mesh: string[], extra: { greeting?: string
     container: demoContainer(PORT, extra.greeting ?? `hello from ${node}`),
     ...(extra.restore ? { restore: extra.restore } : {}),
     ...(extra.peerServe ? { peerServe: extra.peerServe } : {}),
-    health: { intervalSeconds: 10 },
+    // The default interval: at 10 s the rounds (~25 commands, and the demo's own check in node) kept an idle
+    // guest 78-84 % busy under TCG (top in step 2), starving the guest that had work.
+    health: { intervalSeconds: 30 },
   };
 }
 
@@ -299,7 +309,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       assert.equal(await leader(vms['node-b']!), before['node-b']!.leader, 'node-b\'s machine was not restarted');
       assert.equal(await sh(vms['node-b']!, "ip xfrm state | grep -E '^src|spi' | sort"), xfrmBefore, 'node-b\'s SAs are the same');
       // Wait one more health round of the others, then: nothing applied there, same processes.
-      for (const n of ['node-a', 'node-c']) await c.waitFor(`${n} status after the change`, (r) => r.topic === 'status' && r.node === n, 60_000, Date.now());
+      for (const n of ['node-a', 'node-c']) await c.waitFor(`${n} status after the change`, (r) => r.topic === 'status' && r.node === n, 120_000, Date.now());
       assert.deepEqual(c.find((r) => r.at >= since && r.topic === 'events' && r.node !== 'node-b' && (r.body.kind === 'applied' || r.body.kind === 'apply-failed')), [], 'node-a and node-c applied nothing');
       for (const n of ['node-a', 'node-c']) {
         const d = await demo(vms[n]!);
