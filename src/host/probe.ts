@@ -14,7 +14,7 @@ export interface HostProbe {
   readonly blank: boolean;
   /** a file's content, or undefined if it does not exist */
   readFile(path: string): Promise<Buffer | undefined>;
-  /** systemctl is-enabled / is-active, as words ("enabled", "active", "not-found", ...) */
+  /** the unit's state as systemctl is-enabled / is-active word it ("enabled", "active", "not-found", ...) */
   unitState(unit: string): Promise<{ enabled: string; active: string }>;
   /** run an inspection command; never throws for a non-zero exit */
   run(argv: readonly string[]): Promise<ExecResult>;
@@ -24,6 +24,22 @@ export interface HostProbe {
   listDir(dir: string): Promise<string[]>;
   /** owner and permission bits of a path, or undefined if it does not exist */
   stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined>;
+}
+
+/**
+ * `systemctl show --property=LoadState,ActiveState,UnitFileState` of one unit as the words
+ * `is-enabled` and `is-active` print: a unit systemd cannot find is "not-found" (and inactive),
+ * one without a unit file state (a device, a scope) "unknown".
+ */
+export function parseUnitShow(text: string): { enabled: string; active: string } {
+  const props = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) props.set(line.slice(0, i), line.slice(i + 1).trim());
+  }
+  const load = props.get('LoadState') ?? '';
+  const enabled = props.get('UnitFileState') || (load === 'not-found' ? 'not-found' : 'unknown');
+  return { enabled, active: props.get('ActiveState') || 'unknown' };
 }
 
 export class LiveProbe implements HostProbe {
@@ -39,11 +55,10 @@ export class LiveProbe implements HostProbe {
   }
 
   async unitState(unit: string): Promise<{ enabled: string; active: string }> {
-    const word = async (verb: string): Promise<string> => {
-      const r = await this.run(['systemctl', verb, unit]);
-      return r.stdout.trim().split('\n')[0] || 'unknown';
-    };
-    return { enabled: await word('is-enabled'), active: await word('is-active') };
+    // One `systemctl show` instead of is-enabled + is-active: half the processes per unit, which a health
+    // round asks about several times (each systemctl costs ~0.3 s of a small guest's CPU).
+    const r = await this.run(['systemctl', 'show', '--property=LoadState,ActiveState,UnitFileState', '--', unit]);
+    return r.exitCode === 0 ? parseUnitShow(r.stdout) : { enabled: 'unknown', active: 'unknown' };
   }
 
   async run(argv: readonly string[]): Promise<ExecResult> {

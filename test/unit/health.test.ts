@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { validate } from 'node-cron';
 import { HealthSchedule, cronFor } from '../../src/health/schedule.js';
+import { parseUnitShow } from '../../src/host/probe.js';
 
 describe('health schedule', () => {
   it('turns intervals into evenly spaced cron expressions', () => {
@@ -78,5 +79,19 @@ describe('metrics endpoint', () => {
     } finally {
       server.close();
     }
+  });
+});
+
+describe('unit state from systemctl show', () => {
+  it('words it as is-enabled and is-active do', () => {
+    assert.deepEqual(parseUnitShow('LoadState=loaded\nActiveState=active\nUnitFileState=enabled\n'), { enabled: 'enabled', active: 'active' });
+    // systemd prints the properties in its own order, not the order asked for
+    assert.deepEqual(parseUnitShow('ActiveState=failed\nUnitFileState=disabled\nLoadState=loaded'), { enabled: 'disabled', active: 'failed' });
+    assert.deepEqual(parseUnitShow('LoadState=loaded\nActiveState=activating\nUnitFileState=enabled-runtime\n'), { enabled: 'enabled-runtime', active: 'activating' });
+  });
+  it('says not-found for a unit systemd does not know, unknown where there is no unit file state', () => {
+    assert.deepEqual(parseUnitShow('LoadState=not-found\nActiveState=inactive\nUnitFileState=\n'), { enabled: 'not-found', active: 'inactive' });
+    assert.deepEqual(parseUnitShow('LoadState=loaded\nActiveState=active\nUnitFileState=\n'), { enabled: 'unknown', active: 'active' });
+    assert.deepEqual(parseUnitShow(''), { enabled: 'unknown', active: 'unknown' });
   });
 });
