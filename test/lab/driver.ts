@@ -353,6 +353,7 @@ export class Vm {
       `systemd.machine_id=${machineId}`,
       `bosun.lan6=${this.ipv6}/${this.ipv6Prefix}`,
       'panic=5',
+      ...(process.env.BOSUN_LAB_APPEND ?? '').split(' ').filter((w) => w !== ''),
     ].join(' ');
     const fwd = lab.forwards
       .map((f) => `,guestfwd=tcp:${GUEST_HOST_ADDRESS}:${f.guestPort}-cmd:socat STDIO TCP:${f.hostAddress ?? '127.0.0.1'}:${f.hostPort}`)
@@ -511,6 +512,13 @@ export class Vm {
       this.failedUnits = [];
     } else {
       throw this.#bootFailure(`boot did not finish: systemctl is-system-running says '${state}' ${r.stderr.trim()}`);
+    }
+    // The lab's own network unit: without it the guest has no way to the host's services or its peers, and a
+    // test would only fail much later on a timeout.
+    const net = await this.#channel.exec({ argv: ['systemctl', 'is-active', 'bosun-lab-net.service'], timeoutMs: 30_000 });
+    if (net.stdout.trim() !== 'active') {
+      const why = await this.#channel.exec({ argv: ['sh', '-c', 'systemctl status --no-pager -n 20 bosun-lab-net.service 2>&1 | tail -n 25'], timeoutMs: 30_000 });
+      throw this.#bootFailure(`the guest network (bosun-lab-net.service) is '${net.stdout.trim()}' after boot:\n${why.stdout.trim()}`);
     }
     this.bootTimesMs.push(Date.now() - started);
     this.#cfg.lab.progress(`${this.name}: booted in ${((Date.now() - started) / 1000).toFixed(1)} s${state === 'degraded' ? ` (degraded: ${this.failedUnits.join(' ')})` : ''}`);
