@@ -14,7 +14,7 @@ export interface HostProbe {
   readonly blank: boolean;
   /** a file's content, or undefined if it does not exist */
   readFile(path: string): Promise<Buffer | undefined>;
-  /** the unit's state as systemctl is-enabled / is-active word it ("enabled", "active", "not-found", ...) */
+  /** the unit's state in the words of systemctl is-enabled / is-active ("enabled", "active", "not-found", ...) */
   unitState(unit: string): Promise<{ enabled: string; active: string }>;
   /** run an inspection command; never throws for a non-zero exit */
   run(argv: readonly string[]): Promise<ExecResult>;
@@ -26,17 +26,23 @@ export interface HostProbe {
   stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined>;
 }
 
+/** KEY=VALUE lines (systemctl show, mdadm --export, ...) into a map; key and value trimmed, other lines skipped. */
+export function keyValueLines(text: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) m.set(line.slice(0, i).trim(), line.slice(i + 1).trim());
+  }
+  return m;
+}
+
 /**
  * `systemctl show --property=LoadState,ActiveState,UnitFileState` of one unit as the words
  * `is-enabled` and `is-active` print: a unit systemd cannot find is "not-found" (and inactive),
  * one without a unit file state (a device, a scope) "unknown".
  */
 export function parseUnitShow(text: string): { enabled: string; active: string } {
-  const props = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const i = line.indexOf('=');
-    if (i > 0) props.set(line.slice(0, i), line.slice(i + 1).trim());
-  }
+  const props = keyValueLines(text);
   const load = props.get('LoadState') ?? '';
   const enabled = props.get('UnitFileState') || (load === 'not-found' ? 'not-found' : 'unknown');
   return { enabled, active: props.get('ActiveState') || 'unknown' };

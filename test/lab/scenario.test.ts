@@ -100,7 +100,7 @@ const guarded = journalGuard('scenario', () => lab);
 /** What the demo service answers on node's own published port. */
 async function demo(vm: Vm): Promise<{ pid: number; started: string; reloads: number; greeting: string; version: string }> {
   // One request from inside the guest, up to three tries of 30 s: under TCG with four guests on two cores a
-  // request that the service answers in milliseconds on its own can miss 30 s (stop 20: node-d, just restored).
+  // request that the service answers in milliseconds on its own can miss 30 s (7d7db22's CI: node-d, just restored).
   // Every miss is kept in figures.demoMisses, so a service that is slow, not just a starved guest, shows.
   const js = `fetch('http://10.0.2.15:${PORT}/', { signal: AbortSignal.timeout(30000) }).then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(8); })`;
   let last = '';

@@ -1,4 +1,4 @@
-import type { HostProbe } from '../../host/probe.js';
+import { keyValueLines, type HostProbe } from '../../host/probe.js';
 import type { NodeSpec } from '../../spec/node-spec.js';
 import type { PlanContext } from '../types.js';
 import { mountUnitPath } from './mount.js';
@@ -121,11 +121,8 @@ export function parseWipefs(json: string): Signature[] {
 
 /** `mdadm --detail --export` lines into a map. */
 export function parseExport(text: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const i = line.indexOf('=');
-    if (i > 0) m.set(line.slice(0, i).trim(), line.slice(i + 1).trim().replace(/^'(.*)'$/, '$1'));
-  }
+  const m = keyValueLines(text);
+  for (const [k, v] of m) m.set(k, v.replace(/^'(.*)'$/, '$1'));
   return m;
 }
 
