@@ -24,6 +24,13 @@
 // power-on. Where a round cuts: the seed picks a stage of the boot order
 // (uniformly: restore is one long step, the disks many short ones) and a step
 // in it, plus up to 2 s; or (odds 0.15) a time in the first 8 s (start-up).
+// Last, the converged node is decommissioned, and that too is cut by a power
+// cut (after its first step): after power-on the host says it is being
+// retired and refuses a normal spec; the replayed decommission resumes and
+// stops the machine, leaves the mesh, unmounts, closes and crypto-erases the
+// volume (no keyslot left, the old key opens nothing); status says
+// decommissioned and safe to delete; a replay is a no-op; a later normal spec
+// is refused with the disks untouched.
 //
 //   npx tsc -p tsconfig.json && node --test dist/test/lab/faults.test.js
 //   BOSUN_FAULT_SEEDS=13,7,4 node --test dist/test/lab/faults.test.js       # other / more seeds
@@ -109,6 +116,7 @@ interface RoundRecord {
 }
 
 const records: RoundRecord[] = [];
+const decommissionFigures: Record<string, unknown> = {};
 let lab: Lab | undefined;
 let vm: Vm;
 
@@ -121,13 +129,16 @@ interface Secrets {
   backupKey: Sealed;
 }
 let services: ServiceEnv;
+/** The LUKS key in the clear, to show it opens the volume before the crypto-erase and nothing after. */
+let luksKey: string;
 
-function specFor({ key, psk, s3Id, s3Secret, backupKey }: Secrets) {
+function specFor({ key, psk, s3Id, s3Secret, backupKey }: Secrets, version = 1, decommission?: { confirmNode: string }) {
   return {
     apiVersion: 'bosun/v1',
     cluster: 'lab',
     node: NODE,
-    version: 1,
+    version,
+    ...(decommission ? { decommission } : {}),
     disks: {
       devices: { paths: [DISK(1), DISK(2)] },
       raid: { level: 1, name: 'data' },
@@ -205,6 +216,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
   /** UUIDs after the first complete apply; never to change again */
   let baseline: Required<Ids> | undefined;
   let marker: string | undefined;
+  let roundFailed = false;
 
   before(async () => {
     rmSync(labRunDir(LAB), { recursive: true, force: true });
@@ -236,7 +248,8 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
     };
     const w = await vm.exec(['sh', '-c', 'mkdir -p /etc/bosun && cat > /etc/bosun/agent.json'], { stdin: JSON.stringify(settings) });
     assert.equal(w.exitCode, 0, w.stderr);
-    const sealed = await sealTo(vm, randomBytes(64).toString('base64'), randomBytes(32).toString('base64url'), s3.accessKeyId, s3.secretAccessKey, backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
+    luksKey = randomBytes(64).toString('base64');
+    const sealed = await sealTo(vm, luksKey, randomBytes(32).toString('base64url'), s3.accessKeyId, s3.secretAccessKey, backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
     secrets = { key: sealed[0]!, psk: sealed[1]!, s3Id: sealed[2]!, s3Secret: sealed[3]!, backupKey: sealed[4]! };
     const parsed = parseNodeSpec(specFor(secrets));
     assert.ok(parsed.ok, JSON.stringify(parsed));
@@ -250,6 +263,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'faults-powercut.json'), JSON.stringify({ seeds: SEEDS, rounds: records }, null, 1) + '\n');
     process.stderr.write(`[lab] faults power-cut rounds (seeds ${SEEDS.join(',')}):\n${records.map((r) => JSON.stringify(r)).join('\n')}\n`);
+    process.stderr.write(`[lab] decommission figures: ${JSON.stringify(decommissionFigures)}\n`);
     await lab?.stop();
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -368,10 +382,81 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
           outcome: 'completed; no re-format; UUIDs and marker unchanged',
         });
       } catch (err) {
+        roundFailed = true;
         const where = lab ? await lab.collectJournals(`faults-seed-${seed}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
         if (err instanceof Error) err.message = `[seed ${seed}, round ${round + 1}; rerun with BOSUN_FAULT_SEEDS=${SEEDS.slice(0, round + 1).join(',')}] ${err.message}\n[lab] journals and serial logs: ${where}`;
         throw err;
       }
     });
   }
+  // The node the rounds built (every phase, converged) is then retired: the decommission is cut by a power
+  // cut once its first step is done, and finishes after power-on. It runs here rather than on a VM of its
+  // own: a built node is what a decommission needs, and building one is most of a lab file's time.
+  it('decommission, cut by a power cut: stops the service, leaves the mesh, crypto-erases the volume, reports safe to delete; a replay is a no-op; a later normal spec is refused', async () => {
+    assert.ok(!roundFailed && baseline, 'not run: a power-cut round before it failed, so there is no converged node to retire');
+    const t0 = Date.now();
+    const status = async () => JSON.parse(await guestSh(vm, 'node /opt/bosun/dist/src/cli.js status --json')) as {
+      lifecycle: { state: string; safeToDelete: boolean; finishedAt?: string; evidence?: { luks: { keyslots: number | null }[]; dataVolumeMounted: boolean } };
+    };
+    const opens = async () => (await vm.exec(['sh', '-c', `cryptsetup open --test-passphrase --key-file=- ${MD}`], { stdin: luksKey })).exitCode;
+    await guestSh(vm, `nsenter --target "$(machinectl show demo --property=Leader --value)" --all -- sh -c 'echo precious > /var/lib/demo/precious'`);
+    assert.equal(await guestSh(vm, `cat ${MOUNT}/precious`), 'precious');
+    assert.equal((await status()).lifecycle.state, 'serving');
+    assert.equal(await opens(), 0, 'the key opens the volume before (so the check after can fail)');
+
+    // A decommission for another node is refused whole; nothing stops.
+    const typo = await applyIn(vm, specFor(secrets, 2, { confirmNode: 'faults-b' }));
+    assert.notEqual(typo.code, 0);
+    assert.match(typo.stderr, /decommission\.confirmNode/);
+    assert.equal(await guestSh(vm, 'systemctl is-active systemd-nspawn@demo.service'), 'active');
+
+    await writeSpec(vm, specFor(secrets, 2, { confirmNode: NODE }));
+    const cut = await applyThenCut(vm, (j) => j?.current?.phase === 'decommission' && j.current.next >= 1);
+    decommissionFigures.powerCutAt = describeJournalPoint(cut.seen);
+    assert.ok(!cut.finishedFirst && cut.seen?.current?.phase === 'decommission', `the cut came too late or too early: ${JSON.stringify(cut.seen)}`);
+    await vm.start();
+    const mid = await status();
+    assert.equal(mid.lifecycle.state, 'decommissioning', 'after the cut the host knows it is being retired');
+    assert.equal(mid.lifecycle.safeToDelete, false);
+    const refusedMid = await applyIn(vm, specFor(secrets, 3));
+    assert.notEqual(refusedMid.code, 0, 'a half-decommissioned host does not rebuild either');
+    assert.match(refusedMid.stderr, /being decommissioned/);
+
+    const d = await applyIn(vm, specFor(secrets, 2, { confirmNode: NODE }));
+    assert.equal(d.code, 0, d.stderr);
+    assert.match(d.stderr, /resuming the unfinished apply of version 2/);
+    decommissionFigures.resumedDecommissionMs = d.ms;
+    assert.match(d.stderr, /cryptsetup luksErase --batch-mode/);
+    assert.doesNotMatch(d.stderr, /mkfs|luksFormat|systemctl start/);
+    assert.ok(!d.stderr.includes(luksKey) && !d.stderr.includes(luksKey.slice(0, 16)), 'the key is never logged');
+    // The machine is gone, the node out of the mesh, the volume unmounted and closed, no keyslot left.
+    assert.notEqual((await vm.exec(['machinectl', 'status', 'demo'])).exitCode, 0, 'machine demo is gone');
+    assert.match(await guestSh(vm, 'systemctl is-enabled systemd-nspawn@demo.service || true'), /disabled|not-found/);
+    assert.doesNotMatch(await guestSh(vm, 'ipsec status 2>&1 || true'), /"bosun-faults-0"/, 'the conn to the peer is gone');
+    assert.equal((await vm.exec(['findmnt', MOUNT])).exitCode, 1);
+    assert.equal((await vm.exec(['test', '-e', '/dev/mapper/data'])).exitCode, 1);
+    const dump = await guestSh(vm, `cryptsetup luksDump ${MD}`);
+    assert.doesNotMatch(dump.split(/^Tokens:/m)[0]!.split(/^Keyslots:/m)[1] ?? 'missing', /^\s+\d+: luks2/m, `no keyslot left:\n${dump}`);
+    assert.notEqual(await opens(), 0, 'the old key opens nothing');
+    const st = await status();
+    assert.equal(st.lifecycle.state, 'decommissioned');
+    assert.equal(st.lifecycle.safeToDelete, true);
+    assert.equal(st.lifecycle.evidence?.luks[0]?.keyslots, 0);
+    assert.equal(st.lifecycle.evidence?.dataVolumeMounted, false);
+
+    // Replay: nothing to do, same status.
+    const again = await applyIn(vm, specFor(secrets, 2, { confirmNode: NODE }));
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.out.result, 'unchanged');
+    assert.equal((await status()).lifecycle.finishedAt, st.lifecycle.finishedAt);
+
+    // A newer normal spec: refused, disks untouched.
+    const headerBefore = await guestSh(vm, `cryptsetup luksDump ${MD} | sha256sum`);
+    const normal = await applyIn(vm, specFor(secrets, 4));
+    assert.notEqual(normal.code, 0);
+    assert.match(normal.stderr, /E_DECOMMISSIONED|decommissioned/);
+    assert.doesNotMatch(normal.stderr, /luksFormat|mkfs|cryptsetup open/);
+    assert.equal(await guestSh(vm, `cryptsetup luksDump ${MD} | sha256sum`), headerBefore);
+    decommissionFigures.totalMs = Date.now() - t0;
+  });
 });

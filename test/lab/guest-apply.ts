@@ -65,7 +65,8 @@ export async function applyIn(vm: Vm, spec: unknown, extra: string[] = []): Prom
 
 /** The guest's apply journal: undefined when there is none; `{ unreadable }` when it is not JSON. */
 export async function readGuestJournal(vm: Vm, stateDir = '/var/lib/bosun'): Promise<JournalView | undefined | { unreadable: string }> {
-  const r = await vm.exec(['sh', '-c', `cat ${stateDir}/journal.json 2>/dev/null || true`], { timeoutMs: 30_000 });
+  // cat alone, no shell: applyThenCut polls this while the apply it watches runs on the same vCPU.
+  const r = await vm.exec(['cat', `${stateDir}/journal.json`], { timeoutMs: 30_000 });
   if (r.stdout.trim() === '') return undefined;
   try {
     return JSON.parse(r.stdout) as JournalView;
@@ -122,7 +123,8 @@ export async function applyThenCut(
     const j = await readGuestJournal(vm);
     if (j && !('unreadable' in j)) seen = j;
     if (finished || when(seen, Date.now() - t0, log) || Date.now() > deadline) break;
-    await new Promise((r) => setTimeout(r, opts.pollMs ?? 250));
+    // Every poll is a process in the guest, on the vCPU the apply needs: 2 a second, not 4.
+    await new Promise((r) => setTimeout(r, opts.pollMs ?? 500));
   }
   const jitter = typeof opts.jitterMs === 'function' ? opts.jitterMs(log) : (opts.jitterMs ?? 0);
   if (jitter > 0) await new Promise((r) => setTimeout(r, jitter));
