@@ -319,7 +319,8 @@ const COMMANDS: Record<string, Command> = {
     help: 'up: starts Kafka and MinIO (test/services), boots node-a/b/c under qemu, runs bosun in each and shows what they report.\ndown: stops the VMs and the services up started. Needs the source tree (test/lab), not an installed bosun.',
     options: { ...common },
     async run({ positionals }) {
-      // Resolved at run time: the lab is test code and is not part of an installed bosun.
+      // Resolved at run time: the lab is test code and is not part of an installed bosun. From dist/src/cli.js
+      // and from the bundle's dist/bundle/cli.js alike this is dist/test/lab.
       const where = new URL('../test/lab/bosun-lab.js', import.meta.url).href;
       const mod = (await import(where).catch(() => undefined)) as { labCommand(args: string[], out: NodeJS.WritableStream): Promise<number> } | undefined;
       if (!mod) throw usage('bosun lab needs the source tree (dist/test/lab); it is not part of an installed bosun');

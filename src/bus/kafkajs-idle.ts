@@ -1,4 +1,5 @@
-import { createRequire } from 'node:module';
+// kafkajs's own queue class, imported (not required) so that a bundler keeps one instance of it: the one kafkajs uses.
+import RequestQueueModule from 'kafkajs/src/network/requestQueue/index.js';
 
 /*
  * kafkajs 2.2.4 spins while idle: after every request its per-connection
@@ -48,13 +49,7 @@ let patched = false;
 /** Installs the fix; true when kafkajs's queue has the method it replaces (false means this kafkajs differs: nothing changed). */
 export function fixKafkajsIdleSpin(): boolean {
   if (patched) return true;
-  const require = createRequire(import.meta.url);
-  let RequestQueue: { prototype: QueueInternals } | undefined;
-  try {
-    RequestQueue = require('kafkajs/src/network/requestQueue/index.js') as { prototype: QueueInternals };
-  } catch {
-    return false;
-  }
+  const RequestQueue = RequestQueueModule as { prototype: QueueInternals } | undefined;
   if (typeof RequestQueue?.prototype?.scheduleCheckPendingRequests !== 'function' || typeof RequestQueue.prototype.scheduleRequestTimeoutCheck !== 'function') return false;
   // kafkajs's own check, at a coarser interval (see above).
   RequestQueue.prototype.scheduleRequestTimeoutCheck = function (this: QueueInternals): void {

@@ -17,13 +17,13 @@ import { ReplayProbe, type ProbeRecording } from '../../src/host/probe-record.js
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { planNode } from '../../src/phases/index.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
-import { labRunDir, startLab, type Vm } from '../lab/driver.js';
+import { GUEST_BOSUN, labRunDir, startLab, type Vm } from '../lab/driver.js';
 import { repoRoot } from '../helpers.js';
 import { join } from 'node:path';
 
 const RERUNS = Number(process.env.BENCH_RERUNS ?? 5);
 const REPLAYS = Number(process.env.BENCH_REPLAYS ?? 300);
-const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
+const BOSUN = GUEST_BOSUN;
 const NAME = 'bench-disks';
 const out = (s: string) => process.stdout.write(`${s}\n`);
 const median = (xs: number[]) => {

@@ -32,7 +32,9 @@ describe('the RPM', () => {
       for (const f of [
         '/usr/bin/bosun',
         '/usr/lib/bosun/package.json',
-        '/usr/lib/bosun/dist/src/cli.js',
+        '/usr/lib/bosun/dist/bundle/cli.js',
+        '/usr/lib/bosun/dist/bundle/chunk-worker.js',
+        '/usr/lib/bosun/dist/bundle/digest-worker.js',
         '/usr/lib/bosun/node_modules/systemd-journald/build/Release/journal_send.node',
         '/usr/lib/bosun/node_modules/zstd-napi/build/Release/binding.node',
         '/usr/lib/bosun/node_modules/kafkajs/package.json',
@@ -43,6 +45,7 @@ describe('the RPM', () => {
       ]) assert.ok(files.includes(f), `${f} is in the package`);
       assert.ok(!files.some((f) => f.includes('/node_modules/typescript/') || f.includes('/node_modules/eslint/')), 'no dev dependencies');
       assert.ok(!files.some((f) => f.startsWith('/usr/lib/bosun/dist/test')), 'no tests');
+      assert.ok(!files.some((f) => f.startsWith('/usr/lib/bosun/dist/src')), 'only the bundle, not tsc\'s output');
       assert.deepEqual((await q('-c')).trim().split('\n'), ['/etc/bosun/agent.json']);
       const modes = new Map((await q('--qf', '[%{FILEMODES:perms} %{FILENAMES}\n]')).trim().split('\n').map((l) => [l.split(' ')[1]!, l.split(' ')[0]!]));
       assert.equal(modes.get('/var/lib/bosun'), 'drwx------');
@@ -58,11 +61,11 @@ describe('the RPM', () => {
       // The payload on its own, with only its production node_modules: the CLI starts and the native addons load.
       const root = join(dir, 'root');
       await run('bash', ['-c', `mkdir -p "${root}" && cd "${root}" && rpm2cpio "${rpmFile}" | cpio -idm --quiet`]);
-      const help = await run(process.execPath, [join(root, 'usr/lib/bosun/dist/src/cli.js'), '--help']);
+      const help = await run(process.execPath, [join(root, 'usr/lib/bosun/dist/bundle/cli.js'), '--help']);
       assert.match(help.stdout, /usage: bosun <command>/);
       const addons = await run(process.execPath, ['-e', `const r = require('node:module').createRequire(${JSON.stringify(join(root, 'usr/lib/bosun/package.json'))}); r('systemd-journald'); r('zstd-napi'); console.log('ok')`]);
       assert.equal(addons.stdout.trim(), 'ok');
-      assert.match(await readFile(join(root, 'usr/bin/bosun'), 'utf8'), /exec \/usr\/bin\/node \/usr\/lib\/bosun\/dist\/src\/cli\.js "\$@"/);
+      assert.match(await readFile(join(root, 'usr/bin/bosun'), 'utf8'), /exec \/usr\/bin\/node \/usr\/lib\/bosun\/dist\/bundle\/cli\.js "\$@"/);
     });
   });
 });

@@ -7,7 +7,7 @@
 // journalpump, which Debian does not ship) and restarts it only on a config change.
 // One VM.
 //
-//   npx tsc -p tsconfig.json && node --test dist/test/lab/boot.test.js
+//   npm run build && node --test dist/test/lab/boot.test.js
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';

@@ -6,7 +6,7 @@
 // keeps running after this process exits, with its state (pids, sockets) in
 // .cache/lab/run/<name>/, so labDown() from any other process stops it.
 import type { Writable } from 'node:stream';
-import { listLabs, startLab, stopLabByName, type DiskSpec, type ExecResult, type Forward, type Lab } from './driver.js';
+import { GUEST_BOSUN, listLabs, startLab, stopLabByName, type DiskSpec, type ExecResult, type Forward, type Lab } from './driver.js';
 
 export const CLUSTER_NODES: ReadonlyArray<{ name: string; ipv6: string }> = [
   { name: 'node-a', ipv6: 'fd00:b05:0:1::a/64' },
@@ -36,7 +36,7 @@ export interface LabUpResult {
   results: Record<string, ExecResult>;
 }
 
-export const planCommand = (node: string): string[] => ['node', '/opt/bosun/dist/src/cli.js', 'plan', `/opt/bosun/examples/${node}.json`];
+export const planCommand = (node: string): string[] => [...GUEST_BOSUN, 'plan', `/opt/bosun/examples/${node}.json`];
 
 /** Splits a byte stream into lines and writes each with a prefix. */
 function prefixer(out: Writable, prefix: string): { write: (data: Buffer) => void; end: () => void } {

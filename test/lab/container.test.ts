@@ -5,7 +5,7 @@
 // service in place; a limit change applies live; a reboot brings it back.
 // One VM for the whole file.
 //
-//   npx tsc -p tsconfig.json && node --test dist/test/lab/container.test.js
+//   npm run build && node --test dist/test/lab/container.test.js
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';

@@ -20,11 +20,11 @@ import { ed25519PrivateFromPem, signEnvelope } from '../../src/bus/envelope.js';
 import type { SignedReport } from '../../src/bus/reporter.js';
 import { publicKeyString, seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
-import { GUEST_HOST_ADDRESS, repoRoot, type Lab, type Vm } from './driver.js';
+import { GUEST_BOSUN, GUEST_HOST_ADDRESS, repoRoot, type Lab, type Vm } from './driver.js';
 
 const { Kafka, logLevel } = kafkajs;
 export const LAB_TOPICS = { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' };
-export const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
+export const BOSUN = GUEST_BOSUN;
 export const CONTROL_PLANE_KEY_ID = 'lab-control-plane';
 
 /** One message an agent published, decoded, with the host time it arrived. */

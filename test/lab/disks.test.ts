@@ -4,7 +4,7 @@
 // repaired (power cuts at random points: faults.test.ts). One VM for the whole
 // file; disks are reset between scenarios.
 //
-//   npx tsc -p tsconfig.json && node --test dist/test/lab/disks.test.js
+//   npm run build && node --test dist/test/lab/disks.test.js
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';

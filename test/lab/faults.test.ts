@@ -32,7 +32,7 @@
 // decommissioned and safe to delete; a replay is a no-op; a later normal spec
 // is refused with the disks untouched.
 //
-//   npx tsc -p tsconfig.json && node --test dist/test/lab/faults.test.js
+//   npm run build && node --test dist/test/lab/faults.test.js
 //   BOSUN_FAULT_SEEDS=13,7,4 node --test dist/test/lab/faults.test.js       # other / more seeds
 //   BOSUN_FAULT_ROUNDS=10 BOSUN_FAULT_SEED=100 node --test dist/test/lab/faults.test.js
 //
@@ -57,7 +57,7 @@ import { parseNodeSpec } from '../../src/spec/validate.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { guestListing, hostListing, makeEveryKind } from './data-tree.js';
 import { demoContainer } from './demo-spec.js';
-import { GUEST_HOST_ADDRESS, labCacheDir, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+import { GUEST_BOSUN, GUEST_HOST_ADDRESS, labCacheDir, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
 import { applyIn, applyThenCut, describeJournalPoint, guestSh, plannedSteps, readGuestJournal, sealTo, writeSpec, type JournalView } from './guest-apply.js';
 
 const LAB = 'faults-power';
@@ -357,7 +357,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
           const again = await applyIn(vm, specFor(secrets));
           assert.equal(again.code, 0, again.stderr);
           assert.equal(again.out.result, 'unchanged', 'converged: a further apply has nothing to do');
-          const status = JSON.parse(await guestSh(vm, 'node /opt/bosun/dist/src/cli.js status --json')) as { restore: { state: string; percent: number; backupId: string } };
+          const status = JSON.parse(await guestSh(vm, `${GUEST_BOSUN.join(' ')} status --json`)) as { restore: { state: string; percent: number; backupId: string } };
           assert.deepEqual([status.restore.state, status.restore.percent, status.restore.backupId], ['done', 100, backupId], 'bosun status reports the restore');
           // Secrets never reach output, logs or the state dir's readable files.
           const everything = `${r.stderr}\n${again.stderr}\n${await guestSh(vm, 'cat /var/lib/bosun/restore-progress.json; journalctl -b --no-pager | tail -n 3000')}`;
@@ -395,7 +395,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
   it('decommission, cut by a power cut: stops the service, leaves the mesh, crypto-erases the volume, reports safe to delete; a replay is a no-op; a later normal spec is refused', async () => {
     assert.ok(!roundFailed && baseline, 'not run: a power-cut round before it failed, so there is no converged node to retire');
     const t0 = Date.now();
-    const status = async () => JSON.parse(await guestSh(vm, 'node /opt/bosun/dist/src/cli.js status --json')) as {
+    const status = async () => JSON.parse(await guestSh(vm, `${GUEST_BOSUN.join(' ')} status --json`)) as {
       lifecycle: { state: string; safeToDelete: boolean; finishedAt?: string; evidence?: { luks: { keyslots: number | null }[]; dataVolumeMounted: boolean } };
     };
     const opens = async () => (await vm.exec(['sh', '-c', `cryptsetup open --test-passphrase --key-file=- ${MD}`], { stdin: luksKey })).exitCode;

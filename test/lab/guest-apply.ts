@@ -2,9 +2,9 @@
 // guest's power while it runs: shared by the disks and faults lab tests.
 import assert from 'node:assert/strict';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
-import type { Vm } from './driver.js';
+import { GUEST_BOSUN, type Vm } from './driver.js';
 
-export const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
+export const BOSUN = GUEST_BOSUN;
 export const SPEC_PATH = '/root/spec.json';
 
 export interface ApplyResult {

@@ -5,17 +5,17 @@
 // sees every frame of the private link, so "it is ESP on the wire" and "no
 // echo in the clear" are counted there, frame by frame.
 //
-//   npx tsc -p tsconfig.json && node --test dist/test/lab/ipsec.test.js
+//   npm run build && node --test dist/test/lab/ipsec.test.js
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
-import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { GUEST_BOSUN, labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { journalGuard } from './guard.js';
 import { ETHERTYPE_IPV6, IPPROTO_ESP, IPPROTO_ICMPV6, diffCounters, ipv6Frames } from './hub.js';
 
-const BOSUN = ['node', '/opt/bosun/dist/src/cli.js'];
+const BOSUN = GUEST_BOSUN;
 const NODES = ['ipsec-a', 'ipsec-b', 'ipsec-c', 'ipsec-d'] as const;
 type Node = (typeof NODES)[number];
 const FOREIGN = '/etc/ipsec.d/other-site.conf';

@@ -23,7 +23,7 @@
 //   Time to serve (power-on to first healthy status, per phase) for node-a
 //   (object storage) and node-d (peer) is printed as a diagnostic.
 //
-//   npx tsc -p tsconfig.json && BOSUN_LAB_KEEP=30 node --test --test-concurrency=1 dist/test/lab/scenario.test.js
+//   npm run build && BOSUN_LAB_KEEP=30 node --test --test-concurrency=1 dist/test/lab/scenario.test.js
 //   (BOSUN_LAB_COLLECT=1 keeps the guests' journals of a green run as well)
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -36,7 +36,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { ControlPlane, isEvent, isHealthy, readExample } from './control-plane.js';
-import { GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+import { GUEST_BOSUN, GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
 import { dataSums, hostSums, makeSource } from './data-tree.js';
 import { demoContainer } from './demo-spec.js';
 import { journalGuard } from './guard.js';
@@ -454,7 +454,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       const vb = theLab().vm('node-b');
       const kafkaPort = c.guestKafka.split(':')[1]!;
       const lastGood = versions['node-b']!;
-      const statusCmd = 'node /opt/bosun/dist/src/cli.js status --json';
+      const statusCmd = `${GUEST_BOSUN.join(' ')} status --json`;
       type Local = { applied?: { specVersion?: number; appliedAt?: string } | null; inProgress?: unknown };
       const beforeCut = JSON.parse(await sh(vb, statusCmd)) as Local;
       await vb.powerCut();

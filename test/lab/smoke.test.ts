@@ -5,7 +5,7 @@
 // through guestfwd. Every check can fail; on failure the guests' journals and
 // serial logs are written to .cache/lab/artifacts/smoke-<check>/.
 //
-//   npx tsc -p tsconfig.json && node --test dist/test/lab/smoke.test.js
+//   npm run build && node --test dist/test/lab/smoke.test.js
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 import { requireServices, splitHostPort, type ServiceEnv } from '../services/env.js';
-import { GUEST_HOST_ADDRESS, ensureImage, labCacheDir, repoRoot, startLab, type Lab } from './driver.js';
+import { GUEST_BOSUN, GUEST_HOST_ADDRESS, ensureImage, labCacheDir, repoRoot, startLab, type Lab } from './driver.js';
 import { IPPROTO_ESP, IPPROTO_ICMPV6, diffCounters, ipv6Frames } from './hub.js';
 
 const fileStarted = Date.now();
@@ -184,7 +184,7 @@ describe('lab smoke (2 guests under TCG)', { timeout: 30 * 60_000 }, () => {
   it('runs the built agent from the shared repository with the host node binary', () =>
     guarded('node', async () => {
       const vm = theLab().vm(A);
-      const r = await vm.check(['node', '/opt/bosun/dist/src/cli.js', '--help'], { timeoutMs: 120_000 });
+      const r = await vm.check([...GUEST_BOSUN, '--help'], { timeoutMs: 120_000 });
       assert.match(r.stdout + r.stderr, /usage: bosun/);
       const v = await vm.check(['node', '--version']);
       assert.equal(v.stdout.trim(), process.version, 'the guest runs the host node binary');
