@@ -97,9 +97,6 @@ export const GUEST_HOST_ADDRESS = '10.0.2.100';
  */
 export const GUEST_BOSUN = ['node', '/opt/bosun/dist/bundle/cli.js'];
 
-/** The jobs of a machine's start that wait for bosun's data volume at boot: the machine, its mount, the device, the targets after it. */
-const MACHINE_START_WAITING = /^(systemd-nspawn@.+\.service|.+\.mount|dev-.+\.device|machines\.target|multi-user\.target|graphical\.target)$/;
-
 /** Fails unless dist/bundle was made after tsc's last output: a lab run must not test a stale agent. */
 export function assertBundleFresh(root = repoRoot()): void {
   const bundle = join(root, 'dist/bundle/cli.js');
@@ -539,8 +536,12 @@ export class Vm {
       await Promise.race([whole, sleep(10_000)]);
       if (settled) break;
       const jobs = await this.#channel.exec({ argv: ['systemctl', 'list-jobs', '--no-legend', '--plain'], timeoutMs: 30_000 });
-      const units = jobs.stdout.split('\n').map((l) => l.trim().split(/\s+/)[1] ?? '').filter((u) => u !== '');
-      if (jobs.exitCode === 0 && units.some((u) => u.startsWith('systemd-nspawn@')) && units.every((u) => MACHINE_START_WAITING.test(u))) {
+      // JOB UNIT TYPE STATE: the boot is stuck on the machine's volume when the only jobs running are device
+      // waits and a machine's start is among the jobs waiting (with whatever is ordered after it).
+      const listed = jobs.stdout.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 4) as [string, string, string, string][];
+      const units = listed.map((f) => f[1]);
+      const running = listed.filter((f) => f[3] === 'running').map((f) => f[1]);
+      if (jobs.exitCode === 0 && running.length > 0 && running.every((u) => u.endsWith('.device')) && units.some((u) => u.startsWith('systemd-nspawn@'))) {
         waitsForBosun = true;
         break;
       }
