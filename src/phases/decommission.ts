@@ -149,13 +149,17 @@ export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Ste
     steps.push({ kind: 'unit', phase: 'decommission', action, ...(u ? { unit: u } : {}), why });
   };
 
-  // 1. The service and the agents beside it.
+  // 1. The service and the agents beside it. An enabled unit is stopped even when it is not running: after a
+  // power-on its start may be queued since boot (a machine waits for its data volume, which only bosun opens),
+  // its ActiveState still 'inactive', and disabling it does not cancel that job: it would start, or hang in
+  // 'activating', while the volume is erased. `systemctl stop` cancels it, and is a no-op otherwise.
+  const enabled = (state: string): boolean => state === 'enabled' || state === 'enabled-runtime';
   const c = obs.container;
-  if (c && active(c.active)) unit('stop', c.unit, `stop machine ${spec.container!.name}: the node is being retired`);
-  if (c && (c.enabled === 'enabled' || c.enabled === 'enabled-runtime')) unit('disable', c.unit, `machine ${spec.container!.name} must not start again at boot`);
+  if (c && (active(c.active) || enabled(c.enabled))) unit('stop', c.unit, `stop machine ${spec.container!.name}: the node is being retired`);
+  if (c && enabled(c.enabled)) unit('disable', c.unit, `machine ${spec.container!.name} must not start again at boot`);
   for (const a of obs.auxiliary) {
-    if (active(a.active)) unit('stop', a.unit, `stop the auxiliary agent ${a.unit}`);
-    if (a.enabled === 'enabled' || a.enabled === 'enabled-runtime') unit('disable', a.unit, `${a.unit} must not start again at boot`);
+    if (active(a.active) || enabled(a.enabled)) unit('stop', a.unit, `stop the auxiliary agent ${a.unit}`);
+    if (enabled(a.enabled)) unit('disable', a.unit, `${a.unit} must not start again at boot`);
   }
 
   // 2. Leave the mesh: only what bosun made.

@@ -31,7 +31,7 @@ const LUKS2_DUMP = (slots: number): string =>
   ['LUKS header information', 'Version:       \t2', '', 'Data segments:', '  0: crypt', 'Keyslots:', ...Array.from({ length: slots }, (_, i) => [`  ${i}: luks2`, '\tKey:        512 bits', '\tPriority:   normal']).flat(), 'Tokens:', 'Digests:', '  0: pbkdf2'].join('\n');
 
 /** node-a as it runs: machine and telegraf up, two conns loaded, the volume mounted and open with one keyslot. */
-function builtHost(keyslots = 1): HostProbe & { ran: string[][] } {
+function builtHost(keyslots = 1, unitOverrides: Record<string, { enabled: string; active: string }> = {}): HostProbe & { ran: string[][] } {
   const ran: string[][] = [];
   const files: Record<string, string> = {
     '/etc/ipsec.d/bosun-node-b.conf': '# Written by bosun (network phase): IPsec between node-a and node-b.\n',
@@ -45,6 +45,7 @@ function builtHost(keyslots = 1): HostProbe & { ran: string[][] } {
     'telegraf.service': { enabled: 'enabled', active: 'active' },
     'ipsec.service': { enabled: 'enabled', active: 'active' },
     'bosun-ipsec-policy.service': { enabled: 'enabled', active: 'active' },
+    ...unitOverrides,
   };
   return {
     blank: false,
@@ -138,6 +139,17 @@ describe('decommission plan', () => {
     assert.ok(!built.some((s) => s.kind === 'remove' && s.path.endsWith('bosun-other.conf')));
     // nothing is built: no mkfs, no luksFormat, no open, no start
     assert.ok(!built.some((s) => (s.kind === 'exec' && /mkfs|luksFormat|^open$/.test(s.argv[0] + ' ' + s.argv[1])) || (s.kind === 'unit' && (s.action === 'start' || s.action === 'enable' || s.action === 'enable-now'))));
+  });
+
+  it('stops an enabled machine that is not running yet: its start may be queued since boot, and disable does not cancel it', async () => {
+    const spec = await decomSpec();
+    const steps = await planNode(spec, builtHost(1, { 'systemd-nspawn@postgres.service': { enabled: 'enabled', active: 'inactive' }, 'telegraf.service': { enabled: 'enabled', active: 'inactive' } }), ctx);
+    const acts = (u: string) => steps.filter((s) => s.kind === 'unit' && s.unit === u).map((s) => (s.kind === 'unit' ? s.action : ''));
+    assert.deepEqual(acts('systemd-nspawn@postgres.service'), ['stop', 'disable']);
+    assert.deepEqual(acts('telegraf.service'), ['stop', 'disable']);
+    // Disabled and stopped (a replay after a cut past these steps): nothing to do for them.
+    const later = await planNode(spec, builtHost(1, { 'systemd-nspawn@postgres.service': { enabled: 'disabled', active: 'inactive' }, 'telegraf.service': { enabled: 'disabled', active: 'failed' } }), ctx);
+    assert.ok(!later.some((s) => s.kind === 'unit' && (s.unit === 'systemd-nspawn@postgres.service' || s.unit === 'telegraf.service')));
   });
 
   it('with erase none: stops and leaves, never erases', async () => {
