@@ -293,6 +293,8 @@ export class Vm {
   readonly deferStart: boolean;
   /** Milliseconds from qemu start to "agent answers and systemd finished booting", one entry per boot. */
   readonly bootTimesMs: number[] = [];
+  /** The job lists the last boot's wait looked at ("<s after power-on>: UNIT/STATE ..."), to see why a boot took long. */
+  bootJobLooks: string[] = [];
   /** Units that had failed when the last boot finished (systemctl --failed), if the state was 'degraded'. */
   failedUnits: string[] = [];
   #proc: ChildProcess | undefined;
@@ -532,6 +534,7 @@ export class Vm {
       () => undefined,
     );
     let waitsForBosun = false;
+    this.bootJobLooks = [];
     for (;;) {
       await Promise.race([whole, sleep(10_000)]);
       if (settled) break;
@@ -541,6 +544,7 @@ export class Vm {
       const listed = jobs.stdout.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 4) as [string, string, string, string][];
       const units = listed.map((f) => f[1]);
       const running = listed.filter((f) => f[3] === 'running').map((f) => f[1]);
+      this.bootJobLooks.push(`${Math.round((Date.now() - started) / 1000)} s: ${listed.map((f) => `${f[1]}/${f[3]}`).join(' ') || `(none; exit ${jobs.exitCode})`}`);
       if (jobs.exitCode === 0 && running.length > 0 && running.every((u) => u.endsWith('.device')) && units.some((u) => u.startsWith('systemd-nspawn@'))) {
         waitsForBosun = true;
         break;

@@ -110,6 +110,8 @@ interface RoundRecord {
   journalAfterPowerOn: string;
   finishedBeforeCut: boolean;
   bootMs: number;
+  /** a long boot's job lists, as the driver's wait saw them (why it did not count the guest booted sooner) */
+  bootJobLooks?: string[];
   reapplyMs: number;
   resumed: boolean;
   outcome: string;
@@ -377,6 +379,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
           journalAfterPowerOn: left && !('unreadable' in left) ? describeJournalPoint(left) : 'none',
           finishedBeforeCut: cut.finishedFirst,
           bootMs,
+          ...(bootMs > 80_000 ? { bootJobLooks: vm.bootJobLooks } : {}),
           reapplyMs: r.ms,
           resumed,
           outcome: 'completed; no re-format; UUIDs and marker unchanged',
