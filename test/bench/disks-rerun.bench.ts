@@ -23,7 +23,6 @@ import { join } from 'node:path';
 
 const RERUNS = Number(process.env.BENCH_RERUNS ?? 5);
 const REPLAYS = Number(process.env.BENCH_REPLAYS ?? 300);
-const BOSUN = GUEST_BOSUN;
 const NAME = 'bench-disks';
 const out = (s: string) => process.stdout.write(`${s}\n`);
 const median = (xs: number[]) => {
@@ -42,7 +41,7 @@ rmSync(labRunDir(NAME), { recursive: true, force: true });
 const lab = await startLab({ name: NAME, nodes: [{ name: 'bench-a', disks: [512, 512].map((sizeMiB) => ({ sizeMiB })) }], onProgress: (l) => out(`[lab] ${l}`) });
 try {
   const vm = lab.vm('bench-a');
-  const { sealingKey } = JSON.parse(await guest(vm, [...BOSUN, 'identity', '--json'])) as { sealingKey: string };
+  const { sealingKey } = JSON.parse(await guest(vm, [...GUEST_BOSUN, 'identity', '--json'])) as { sealingKey: string };
   const spec = {
     apiVersion: 'bosun/v1',
     cluster: 'bench',
@@ -59,7 +58,7 @@ try {
   await guest(vm, ['sh', '-c', 'cat > /root/spec.json'], JSON.stringify(spec));
   const apply = async () => {
     const t = Date.now();
-    const o = JSON.parse(await guest(vm, [...BOSUN, 'apply', '/root/spec.json', '--json'])) as { result: string; steps: number; durationMs: number };
+    const o = JSON.parse(await guest(vm, [...GUEST_BOSUN, 'apply', '/root/spec.json', '--json'])) as { result: string; steps: number; durationMs: number };
     return { ...o, wallMs: Date.now() - t };
   };
 
@@ -77,7 +76,7 @@ try {
     await guest(vm, ['node', '-e', '0']);
     nodeStart.push(Date.now() - t);
   }
-  await guest(vm, [...BOSUN, 'plan', '/root/spec.json', '--record-probe', '/root/probe.json', '--json']);
+  await guest(vm, [...GUEST_BOSUN, 'plan', '/root/spec.json', '--record-probe', '/root/probe.json', '--json']);
   const recording = JSON.parse(await guest(vm, ['cat', '/root/probe.json'])) as ProbeRecording;
   const runs = recording.entries.filter((e) => e.op === 'run' || e.op === 'unitState');
   const toolMs = recording.entries.reduce((a, e) => a + e.ms, 0);

@@ -9,9 +9,9 @@
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { GUEST_BOSUN, labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { journalGuard } from './guard.js';
-import { BOSUN, guestSh } from './guest-apply.js';
+import { guestSh } from './guest-apply.js';
 
 const LAB = 'container-lab';
 const CG = '/sys/fs/cgroup/machine.slice/systemd-nspawn@demo.service';
@@ -41,7 +41,7 @@ interface Applied {
 async function apply(spec: unknown): Promise<Applied> {
   const w = await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec) });
   assert.equal(w.exitCode, 0);
-  const r = await vm.exec([...BOSUN, 'apply', '/root/spec.json', '--json'], { timeoutMs: 600_000 });
+  const r = await vm.exec([...GUEST_BOSUN, 'apply', '/root/spec.json', '--json'], { timeoutMs: 600_000 });
   const lines = r.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { time: number; phase?: string; msg: string });
   const first = lines.find((l) => l.phase === 'container');
   const done = lines.find((l) => /^version \d+ applied$/.test(l.msg));
@@ -140,7 +140,7 @@ describe('container phase in a VM', { timeout: 30 * 60_000 }, () => {
       assert.equal(await demo(8080), undefined, 'the container port is not the host port');
       assert.match(await sh(`${IN} node -e "fetch('http://127.0.0.1:9090/').then((r) => r.json()).then((j) => console.log(j.greeting))"`), /hello/, 'the admin port does listen inside');
 
-      const st = await vm.exec([...BOSUN, 'status', '--health', '--json']);
+      const st = await vm.exec([...GUEST_BOSUN, 'status', '--health', '--json']);
       assert.equal(st.exitCode, 0, st.stderr);
       const health = (JSON.parse(st.stdout) as { health: { ok: boolean; container: { healthy: boolean; state: string; service: string } } }).health;
       assert.equal(health.ok, true, JSON.stringify(health));

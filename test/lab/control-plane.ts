@@ -24,7 +24,6 @@ import { GUEST_BOSUN, GUEST_HOST_ADDRESS, repoRoot, type Lab, type Vm } from './
 
 const { Kafka, logLevel } = kafkajs;
 export const LAB_TOPICS = { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' };
-export const BOSUN = GUEST_BOSUN;
 export const CONTROL_PLANE_KEY_ID = 'lab-control-plane';
 
 /** One message an agent published, decoded, with the host time it arrived. */
@@ -154,10 +153,10 @@ export class ControlPlane {
   async startAgent(vm: Vm, extra: Record<string, unknown> = {}): Promise<AgentIdentity> {
     const settings = { node: vm.name, stateDir: '/var/lib/bosun', kafka: { brokers: [this.guestKafka] }, topics: LAB_TOPICS, trustedKeys: [{ id: CONTROL_PLANE_KEY_ID, publicKey: this.publicKey }], ...extra };
     await guestOk(vm, ['sh', '-c', 'mkdir -p /etc/bosun && cat > /etc/bosun/agent.json'], JSON.stringify(settings, null, 2));
-    const ids = JSON.parse(await guestOk(vm, [...BOSUN, 'identity', '--json'])) as { sealingKey: string; signingKey: string };
+    const ids = JSON.parse(await guestOk(vm, [...GUEST_BOSUN, 'identity', '--json'])) as { sealingKey: string; signingKey: string };
     await vm.exec(['systemctl', 'stop', 'bosun-lab-agent-run.service'], { timeoutMs: 60_000 });
     const startedAt = Date.now();
-    await guestOk(vm, ['systemd-run', '--unit=bosun-lab-agent-run', '--collect', '-p', 'Restart=on-failure', ...BOSUN, 'run']);
+    await guestOk(vm, ['systemd-run', '--unit=bosun-lab-agent-run', '--collect', '-p', 'Restart=on-failure', ...GUEST_BOSUN, 'run']);
     const id = { sealingKey: ids.sealingKey, signingKey: ids.signingKey, startedAt };
     this.identities.set(vm.name, id);
     this.out?.write(`[${vm.name}] bosun run started (sealing key ${id.sealingKey})\n`);

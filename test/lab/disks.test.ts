@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { rmSync } from 'node:fs';
-import { labRunDir, startLab, type Lab, type Vm } from './driver.js';
+import { GUEST_BOSUN, labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { journalGuard } from './guard.js';
-import { BOSUN, applyIn, guestSh, sealTo, type ApplyResult } from './guest-apply.js';
+import { applyIn, guestSh, sealTo, type ApplyResult } from './guest-apply.js';
 
 const DISK = (n: number) => `/dev/disk/by-id/virtio-bosun-disk${n}`;
 const figures: Record<string, unknown> = {};
@@ -87,7 +87,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       figures.rerunAgentMs = again.out.durationMs;
 
       await vm.reboot();
-      const plan = await vm.exec([...BOSUN, 'plan', '/root/spec.json', '--json']);
+      const plan = await vm.exec([...GUEST_BOSUN, 'plan', '/root/spec.json', '--json']);
       assert.equal(plan.exitCode, 0, plan.stderr);
       const steps = (JSON.parse(plan.stdout) as { steps: { argv?: string[]; destructive?: boolean }[] }).steps;
       assert.deepEqual(steps.filter((s) => s.destructive), [], 'nothing is formatted after a reboot');
@@ -102,7 +102,7 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
   it('reports a RAID1 that lost a member as degraded, and rebuilds onto a blank replacement', () =>
     guarded('degraded', async () => {
       await sh(`MD=${MD}; mdadm $MD --fail /dev/vdc && mdadm $MD --remove /dev/vdc && wipefs -a -q /dev/vdc`);
-      const st = await vm.exec([...BOSUN, 'status', '--health', '--json']);
+      const st = await vm.exec([...GUEST_BOSUN, 'status', '--health', '--json']);
       assert.equal(st.exitCode, 0, st.stderr);
       const health = (JSON.parse(st.stdout) as { health: { ok: boolean; problems: string[] } }).health;
       assert.equal(health.ok, false);

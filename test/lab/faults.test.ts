@@ -160,6 +160,11 @@ function specFor({ key, psk, s3Id, s3Secret, backupKey }: Secrets, version = 1, 
   };
 }
 
+/** `bosun status --json` in the guest, parsed. */
+async function guestStatus<T>(): Promise<T> {
+  return JSON.parse(await guestSh(vm, `${GUEST_BOSUN.join(' ')} status --json`)) as T;
+}
+
 /** What the demo service answers on the node's published port. */
 async function demoGreeting(): Promise<string> {
   const js = `fetch('http://10.0.2.15:${PORT}/', { signal: AbortSignal.timeout(30000) }).then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(8); })`;
@@ -359,7 +364,7 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
           const again = await applyIn(vm, specFor(secrets));
           assert.equal(again.code, 0, again.stderr);
           assert.equal(again.out.result, 'unchanged', 'converged: a further apply has nothing to do');
-          const status = JSON.parse(await guestSh(vm, `${GUEST_BOSUN.join(' ')} status --json`)) as { restore: { state: string; percent: number; backupId: string } };
+          const status = await guestStatus<{ restore: { state: string; percent: number; backupId: string } }>();
           assert.deepEqual([status.restore.state, status.restore.percent, status.restore.backupId], ['done', 100, backupId], 'bosun status reports the restore');
           // Secrets never reach output, logs or the state dir's readable files.
           const everything = `${r.stderr}\n${again.stderr}\n${await guestSh(vm, 'cat /var/lib/bosun/restore-progress.json; journalctl -b --no-pager | tail -n 3000')}`;
@@ -398,9 +403,8 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
   it('decommission, cut by a power cut: stops the service, leaves the mesh, crypto-erases the volume, reports safe to delete; a replay is a no-op; a later normal spec is refused', async () => {
     assert.ok(!roundFailed && baseline, 'not run: a power-cut round before it failed, so there is no converged node to retire');
     const t0 = Date.now();
-    const status = async () => JSON.parse(await guestSh(vm, `${GUEST_BOSUN.join(' ')} status --json`)) as {
-      lifecycle: { state: string; safeToDelete: boolean; finishedAt?: string; evidence?: { luks: { keyslots: number | null }[]; dataVolumeMounted: boolean } };
-    };
+    const status = () =>
+      guestStatus<{ lifecycle: { state: string; safeToDelete: boolean; finishedAt?: string; evidence?: { luks: { keyslots: number | null }[]; dataVolumeMounted: boolean } } }>();
     const opens = async () => (await vm.exec(['sh', '-c', `cryptsetup open --test-passphrase --key-file=- ${MD}`], { stdin: luksKey })).exitCode;
     await guestSh(vm, `nsenter --target "$(machinectl show demo --property=Leader --value)" --all -- sh -c 'echo precious > /var/lib/demo/precious'`);
     assert.equal(await guestSh(vm, `cat ${MOUNT}/precious`), 'precious');

@@ -4,7 +4,6 @@ import assert from 'node:assert/strict';
 import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { GUEST_BOSUN, type Vm } from './driver.js';
 
-export const BOSUN = GUEST_BOSUN;
 export const SPEC_PATH = '/root/spec.json';
 
 export interface ApplyResult {
@@ -44,7 +43,7 @@ export async function guestSh(vm: Vm, script: string, timeoutMs = 120_000): Prom
 
 /** Seal secrets to this guest's sealing key (the host identity lives on the root overlay): one `bosun identity` for all. */
 export async function sealTo(vm: Vm, ...secrets: string[]): Promise<{ sealed: string }[]> {
-  const r = await vm.exec([...BOSUN, 'identity', '--json']);
+  const r = await vm.exec([...GUEST_BOSUN, 'identity', '--json']);
   assert.equal(r.exitCode, 0, r.stderr);
   const key = x25519PublicFromString((JSON.parse(r.stdout) as { sealingKey: string }).sealingKey);
   return secrets.map((s) => ({ sealed: seal(key, Buffer.from(s)) }));
@@ -59,7 +58,7 @@ export async function writeSpec(vm: Vm, spec: unknown): Promise<void> {
 export async function applyIn(vm: Vm, spec: unknown, extra: string[] = []): Promise<ApplyResult> {
   await writeSpec(vm, spec);
   const t = Date.now();
-  const r = await vm.exec([...BOSUN, 'apply', SPEC_PATH, '--json', ...extra], { timeoutMs: 600_000 });
+  const r = await vm.exec([...GUEST_BOSUN, 'apply', SPEC_PATH, '--json', ...extra], { timeoutMs: 600_000 });
   return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
 }
 
@@ -112,7 +111,7 @@ export async function applyThenCut(
   let finished = false;
   let log = '';
   const running = vm
-    .exec([...BOSUN, 'apply', SPEC_PATH], { timeoutMs: 600_000, onOutput: (_fd, data) => (log += data.toString('utf8')) })
+    .exec([...GUEST_BOSUN, 'apply', SPEC_PATH], { timeoutMs: 600_000, onOutput: (_fd, data) => (log += data.toString('utf8')) })
     .then(
       () => (finished = true),
       () => undefined,

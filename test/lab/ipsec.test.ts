@@ -15,7 +15,6 @@ import { GUEST_BOSUN, labRunDir, startLab, type Lab, type Vm } from './driver.js
 import { journalGuard } from './guard.js';
 import { ETHERTYPE_IPV6, IPPROTO_ESP, IPPROTO_ICMPV6, diffCounters, ipv6Frames } from './hub.js';
 
-const BOSUN = GUEST_BOSUN;
 const NODES = ['ipsec-a', 'ipsec-b', 'ipsec-c', 'ipsec-d'] as const;
 type Node = (typeof NODES)[number];
 const FOREIGN = '/etc/ipsec.d/other-site.conf';
@@ -74,7 +73,7 @@ async function apply(n: Node, members: readonly Node[]): Promise<{ ms: number; s
   const w = await vm(n).exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(specFor(n, members)) });
   assert.equal(w.exitCode, 0, w.stderr);
   const t = Date.now();
-  const r = await vm(n).exec([...BOSUN, 'apply', '/root/spec.json', '--json'], { timeoutMs: 600_000 });
+  const r = await vm(n).exec([...GUEST_BOSUN, 'apply', '/root/spec.json', '--json'], { timeoutMs: 600_000 });
   assert.equal(r.exitCode, 0, `${n}: bosun apply failed:\n${r.stdout}\n${r.stderr.slice(-4000)}`);
   const out = JSON.parse(r.stdout) as { steps: number };
   return { ms: Date.now() - t, steps: out.steps, out: r.stderr };
@@ -100,7 +99,7 @@ interface Health {
   network?: { ike: { running: boolean }; policyLoaded: boolean; peers: Array<{ peer: string; up: boolean; loaded: boolean; inBytes: number; outBytes: number }> };
 }
 async function health(n: Node): Promise<Health> {
-  const r = await vm(n).exec([...BOSUN, 'status', '--health', '--json'], { timeoutMs: 120_000 });
+  const r = await vm(n).exec([...GUEST_BOSUN, 'status', '--health', '--json'], { timeoutMs: 120_000 });
   assert.equal(r.exitCode, 0, `${n}: bosun status --health failed:\n${r.stdout}${r.stderr}`);
   return (JSON.parse(r.stdout) as { health: Health }).health;
 }
@@ -167,7 +166,7 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       });
       await Promise.all(
         NODES.map(async (n) => {
-          const r = await vm(n).exec([...BOSUN, 'identity', '--json'], { timeoutMs: 180_000 });
+          const r = await vm(n).exec([...GUEST_BOSUN, 'identity', '--json'], { timeoutMs: 180_000 });
           assert.equal(r.exitCode, 0, r.stderr);
           sealingKey.set(n, (JSON.parse(r.stdout) as { sealingKey: string }).sealingKey);
         }),
