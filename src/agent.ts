@@ -45,6 +45,12 @@ export interface AgentOptions {
   onProgress?: (text: string) => void;
   /** after every successful apply (the health schedule runs a round at once and follows the spec's interval) */
   onApplied?: (spec: NodeSpec) => void;
+  /**
+   * The boot-time apply (start()) reached the machine and the units after it:
+   * the daemon sends READY=1 here, not after start(), since those units are
+   * ordered after bosun.service and cannot start before it (engine/step.ts SERVICE_PHASES).
+   */
+  beforeServicePhases?: () => Promise<void>;
 }
 
 interface LastApply {
@@ -306,7 +312,7 @@ export class Agent {
       this.#o.onProgress?.(text);
     };
     try {
-      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress, ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
+      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress, ...(boot && this.#o.beforeServicePhases ? { beforeServicePhases: this.#o.beforeServicePhases } : {}), ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
       this.#lastGood = spec;
       await this.#syncPeerServer(spec);

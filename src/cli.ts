@@ -189,16 +189,25 @@ const COMMANDS: Record<string, Command> = {
         health.every(spec.health.intervalSeconds);
         void health.runNow();
       };
-      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor, onProgress, onApplied });
+      // READY=1 once the host the machine runs on is built, before the boot-time apply starts the machine
+      // (ordered after bosun.service: started before READY, each would wait for the other), or after the
+      // boot-time apply when it never gets that far (nothing to do, failed, no spec yet).
+      const sendReady = async (text: string) => {
+        if (ready) return;
+        ready = true;
+        await notify.ready(text);
+        logger.info({ watchdogMs: notify.watchdogMs ?? null, systemd: notify.enabled }, `ready: ${text}`);
+      };
+      const beforeServicePhases = () => sendReady('host built; starting the service machine');
+      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor, onProgress, onApplied, beforeServicePhases });
       const stopWatchdog = notify.startWatchdog(
         () => agent.healthy(),
         () => logger.error('the main loop is not healthy; no longer feeding the systemd watchdog, which will restart bosun'),
       );
       await notify.status('starting: converging to the last good spec');
       await agent.start();
-      ready = true;
-      await notify.ready(agent.summary());
-      logger.info({ watchdogMs: notify.watchdogMs ?? null, systemd: notify.enabled }, `ready: ${agent.summary()}`);
+      if (ready) await notify.status(agent.summary());
+      else await sendReady(agent.summary());
       const m = settings!.metrics;
       const metrics = m ? await serveMetrics({ host: m.listen.slice(0, m.listen.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: Number(m.listen.slice(m.listen.lastIndexOf(':') + 1)) }, () => agent.metrics()) : undefined;
       health.every(agent.lastGood?.health.intervalSeconds ?? 30);

@@ -12,7 +12,7 @@ import { Journal, currentBootId, type AppliedRecord, type JournalState } from '.
 import { acquireLock } from './lock.js';
 import { OpenedSecret } from './redact.js';
 import { describeStep } from './render.js';
-import { canonicalJson, isSecretRef, planDigest, type Content, type StageId, type Step } from './step.js';
+import { SERVICE_PHASES, canonicalJson, isSecretRef, planDigest, type Content, type StageId, type Step } from './step.js';
 
 export interface ApplyRequest {
   spec: NodeSpec;
@@ -29,6 +29,12 @@ export interface ApplyRequest {
   objectStorage?: ObjectStorageSettings;
   /** told, in a line, which phase runs now (the daemon passes it to systemd as STATUS=) */
   onProgress?: (text: string) => void;
+  /**
+   * Awaited once, before the first stage of a SERVICE_PHASES phase runs: what
+   * the machine runs on (disks, mesh, restored data) is built. The daemon's
+   * boot-time apply sends READY=1 here (see SERVICE_PHASES).
+   */
+  beforeServicePhases?: () => Promise<void>;
 }
 
 /** Which phases a spec needs, in order, and the steps of one of them as the host is now. */
@@ -73,6 +79,11 @@ export interface PhaseTiming {
   steps: number;
   /** its longest step, described as in the log */
   slowest?: { step: string; ms: number };
+}
+
+/** Stage ids are a phase's name, or "phase/layer" for a phase split into stages. */
+function isServiceStage(stage: StageId): boolean {
+  return (SERVICE_PHASES as readonly string[]).includes(stage.split('/')[0]!);
 }
 
 export function specDigest(spec: NodeSpec): string {
@@ -167,7 +178,12 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   }
   log.info({ steps: total, phases: remaining }, `applying version ${spec.version}: about ${total} steps in ${remaining.length} phases`);
 
+  let servicePhasesReached = false;
   for (const [i, phase] of remaining.entries()) {
+    if (!servicePhasesReached && isServiceStage(phase)) {
+      servicePhasesReached = true;
+      await req.beforeServicePhases?.();
+    }
     const phaseStarted = performance.now();
     // The first phase runs what was just planned; later ones look again, after the phases before them changed the host.
     const steps = i === 0 ? firstPlans.get(phase)! : await planner.plan(spec, phase);

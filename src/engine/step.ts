@@ -15,6 +15,14 @@ import type { SealedSecret } from '../spec/common.js';
 export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary' | 'decommission';
 /** restore comes before container: the service must find its data in place when it first starts */
 export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'restore', 'container', 'auxiliary', 'decommission'];
+/**
+ * Phases that start units ordered after bosun.service: every systemd-nspawn@
+ * machine is (units/bosun-nspawn.conf), and an auxiliary unit may be ordered
+ * after the machine. While bosun.service is still starting (Type=notify,
+ * before READY=1) a start of such a unit waits for bosun, and bosun would wait
+ * for the start: the daemon sends READY=1 before the first of these runs.
+ */
+export const SERVICE_PHASES: readonly PhaseName[] = ['container', 'auxiliary'];
 
 /**
  * What the engine plans, runs and journals as one unit: a phase, or one stage

@@ -56,6 +56,19 @@ describe('apply engine', () => {
     });
   });
 
+  it('calls beforeServicePhases once, after the host is built and before the machine and the units after it start', async () => {
+    await withTempDir(async (dir) => {
+      const mark = (phase: Step['phase'], what: string): Step => ({ kind: 'exec', phase, argv: ['sh', '-c', `echo ${what} >> ${dir}/order`], why: what });
+      const steps = [mark('disks', 'disks'), mark('restore', 'restore'), mark('container', 'machine'), mark('auxiliary', 'aux')];
+      const hook = async () => writeFile(`${dir}/order`, 'ready\n', { flag: 'a' });
+      await applySpec(request(join(dir, 'state'), steps, { beforeServicePhases: hook }));
+      assert.equal(await readFile(`${dir}/order`, 'utf8'), 'disks\nrestore\nready\nmachine\naux\n');
+      // a resumed apply past the container stage, or a spec without one, never calls it: the daemon sends READY after the apply then
+      await applySpec(request(join(dir, 'state2'), [mark('disks', 'disks2')], { beforeServicePhases: hook }));
+      assert.equal(await readFile(`${dir}/order`, 'utf8'), 'disks\nrestore\nready\nmachine\naux\ndisks2\n');
+    });
+  });
+
   it('runs steps in order, records the last good state and removes the journal', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
