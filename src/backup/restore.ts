@@ -417,9 +417,9 @@ async function fetchAll(
   }
   const resumedChunks = done.count;
   let resumedBytes = 0;
-  for (const [c, slots] of index.targets.entries()) {
+  for (let c = 0; c < index.targets.chunks; c++) {
     if (!done.has(c)) continue;
-    for (const s of slots) {
+    for (const s of index.targets.of(c)) {
       digests.written(s.file, s.ordinal);
       resumedBytes += body.chunks[c]![3];
     }
@@ -427,7 +427,7 @@ async function fetchAll(
   for (const f of index.files) for (const [k, c] of f.chunks.entries()) if (c === -1) resumedBytes += Math.min(chunkSize, f.size - k * chunkSize);
   progress.add(resumedBytes);
 
-  const ranges = planRanges(body.chunks, index.targets, (c) => done.has(c), o.rangeSize ?? 16 * 1024 * 1024);
+  const ranges = planRanges(body.chunks, (c) => index.targets.used(c), (c) => done.has(c), o.rangeSize ?? 16 * 1024 * 1024);
   progress.phase = 'transferring';
   log?.info({ ranges: ranges.length, chunks: ranges.reduce((n, r) => n + r.chunks.length, 0), bytes: ranges.reduce((n, r) => n + r.end - r.start + 1, 0) }, 'restore: fetching');
 
@@ -471,11 +471,11 @@ async function fetchAll(
         result = await openSlot(c, slot);
       }
       if (typeof result === 'string') {
-        const users = index.targets[c]!.map((s) => index.files[s.file]!.path);
+        const users = index.targets.of(c).map((s) => index.files[s.file]!.path);
         throw new BackupError('integrity', `corrupt data in ${t.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${c}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`, { object: t.describe(key), offset: ref[1], chunk: c, files: users.slice(0, 10) });
       }
       const plain = ring.view(slot, result);
-      for (const s of index.targets[c]!) {
+      for (const s of index.targets.of(c)) {
         const f = index.files[s.file]!;
         await pool.use(pathOf(f), (fh) => writeAt(fh, plain, s.ordinal * chunkSize, f.sparse, zero));
         digests.written(s.file, s.ordinal);
@@ -648,7 +648,7 @@ async function recheckDone(body: ManifestBody, index: ReturnType<typeof indexChu
     if (!done.has(c)) return;
     const ref = body.chunks[c]!;
     const buf = Buffer.allocUnsafe(ref[3]);
-    for (const s of index.targets[c]!) {
+    for (const s of index.targets.of(c)) {
       let fh: FileHandle | undefined;
       try {
         fh = await open(pathOf(index.files[s.file]!), constants.O_RDONLY | constants.O_NOFOLLOW);

@@ -23,6 +23,7 @@ import { requireServices } from '../services/env.js';
 import type { PeerServerChildConfig } from '../integration/peer-server-child.js';
 import type { BenchChildConfig } from './child.js';
 import type { PeerBenchChildConfig } from './peer-child.js';
+import { productNodeFlags } from './node-flags.js';
 
 const MiB = 1024 * 1024;
 
@@ -148,7 +149,7 @@ function measure(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<
 
 /** The peer server child: listening port, and its peak RSS once stopped. */
 async function startServer(cfg: PeerServerChildConfig): Promise<{ port: number; child: ChildProcess; stop: () => Promise<{ maxRssBytes: number; cpuSeconds: number }> }> {
-  const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...productNodeFlags(), join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const port = await new Promise<number>((resolve, reject) => {
@@ -231,7 +232,7 @@ async function main(): Promise<void> {
       keyFile: sealingKeyFile,
       ...(o.concurrency !== undefined ? { concurrency: o.concurrency } : {}),
     };
-    const created = await measure([process.execPath, childJs, JSON.stringify({ ...s3base, mode: 'create', source: src } satisfies BenchChildConfig)]);
+    const created = await measure([process.execPath, ...productNodeFlags(), childJs, JSON.stringify({ ...s3base, mode: 'create', source: src } satisfies BenchChildConfig)]);
     const backupId = (JSON.parse(created.stdout) as { result: { backupId: string } }).result.backupId;
     out(`  bosun backup create to MinIO: ${created.seconds.toFixed(2)} s, ${rate(ds.bytes, created.seconds)}`);
 
@@ -257,12 +258,12 @@ async function main(): Promise<void> {
         await rm(dst, { recursive: true, force: true });
         await measure(['sync']);
         if (who === 'peer') {
-          const m = await measure([process.execPath, peerChildJs, JSON.stringify(peerCfg(dst))]);
+          const m = await measure([process.execPath, ...productNodeFlags(), peerChildJs, JSON.stringify(peerCfg(dst))]);
           const r = JSON.parse(m.stdout) as { result: { seconds: number; quiescedMs: number } };
           peer.push({ ...m, transferSeconds: r.result.seconds, snapshotSeconds: r.result.quiescedMs / 1000 });
           out(`  peer restore   #${i + 1}: ${m.seconds.toFixed(2)} s end to end (${rate(ds.bytes, m.seconds)}); snapshot ${(r.result.quiescedMs / 1000).toFixed(2)} s, transfer ${r.result.seconds.toFixed(2)} s (${rate(ds.bytes, r.result.seconds)}); client peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${m.cpuSeconds.toFixed(1)} s`);
         } else if (who === 's3') {
-          const m = await measure([process.execPath, childJs, JSON.stringify({ ...s3base, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
+          const m = await measure([process.execPath, ...productNodeFlags(), childJs, JSON.stringify({ ...s3base, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
           s3.push(m);
           out(`  MinIO restore  #${i + 1}: ${m.seconds.toFixed(2)} s (${rate(ds.bytes, m.seconds)}); peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${m.cpuSeconds.toFixed(1)} s`);
         } else {

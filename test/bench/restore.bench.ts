@@ -4,13 +4,16 @@
 //   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs 3] [--workers N]
 //        [--concurrency N] [--slots N] [--verify-files] [--dir /tmp] [--keep]
 //        [--variant workers=2,slots=16 ...] [--variant code=/tmp/old-dist ...]
-//        [--variant arenas=2 ...]
+//        [--variant arenas=2 ...] [--variant semi=16 ...]
 //
 // Each --variant is another restore configuration run in the same rounds as
 // the default one (and s5cmd), for comparing settings on one machine state.
 // code=DIR runs the restore of another build (DIR is its dist directory, e.g.
 // a copy of dist/ made before a change), to compare code on one machine state.
 // arenas=N runs it with MALLOC_ARENA_MAX=N in its environment (glibc malloc arenas).
+// Restores and creates run with the node flags of /usr/bin/bosun (rpm/bosun.sh);
+// semi=N runs the restore with --max-semi-space-size=N instead of the product's
+// (semi=0: without the flag, V8's default).
 //
 // Needs the test services (test/services/up; s5cmd comes with them). Each
 // restore and each s5cmd download runs in its own process, timed from spawn
@@ -26,6 +29,7 @@ import { createS3Client, formatBytes } from '../../src/backup/index.js';
 import { repoRoot } from '../helpers.js';
 import { requireServices } from '../services/env.js';
 import type { BenchChildConfig } from './child.js';
+import { productNodeFlags } from './node-flags.js';
 
 const MiB = 1024 * 1024;
 
@@ -40,13 +44,13 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>> & { code?: string; arenas?: number };
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles'>> & { code?: string; arenas?: number; semi?: number };
 
 function parseVariant(v: string): Variant {
   const out: Record<string, number | boolean | string> = {};
   for (const kv of v.split(',')) {
     const [k, val] = kv.split('=') as [string, string | undefined];
-    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'code', 'arenas'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, code, arenas)`);
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'code', 'arenas', 'semi'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, code, arenas, semi)`);
     out[k] = k === 'code' ? (val ?? '') : k === 'verifyFiles' ? val !== 'false' : Number(val);
   }
   return out;
@@ -214,6 +218,7 @@ async function main(): Promise<void> {
   const s5env = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, AWS_REGION: env.s3.region };
   const s5 = (...a: string[]): string[] => [env.s5cmd!, '--endpoint-url', env.s3.endpoint, ...a];
   const childJs = join(repoRoot, 'dist/test/bench/child.js');
+  const nodeFlags = productNodeFlags();
   const deletePrefix = async (p: string): Promise<void> => {
     for (;;) {
       const l = await client.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: p }));
@@ -224,6 +229,7 @@ async function main(): Promise<void> {
   };
   try {
     const src = join(work, 'src');
+    out(`bosun bench: node flags of /usr/bin/bosun: ${nodeFlags.join(' ') || '(none)'}`);
     out(`bosun bench: generating ${formatBytes(o.size)} of mixed files in ${src} ...`);
     const ds = await generate(src, o.size);
     out(`  ${ds.files} files, ${formatBytes(ds.bytes)}, ${Math.round((100 * ds.compressibleBytes) / ds.bytes)}% text-like (compressible), the rest random`);
@@ -251,7 +257,7 @@ async function main(): Promise<void> {
 
     const creates: Array<{ seconds: number; rss: number; cpu: number; stored: number; backupId: string }> = [];
     for (let i = 0; i < o.runs; i++) {
-      const m = await measure([process.execPath, childJs, JSON.stringify({ ...base, mode: 'create', source: src } satisfies BenchChildConfig)]);
+      const m = await measure([process.execPath, ...nodeFlags, childJs, JSON.stringify({ ...base, mode: 'create', source: src } satisfies BenchChildConfig)]);
       const r = JSON.parse(m.stdout) as { result: { backupId: string; stats: { storedBytes: number } } };
       creates.push({ seconds: m.seconds, rss: m.maxRssBytes, cpu: m.cpuSeconds ?? 0, stored: r.result.stats.storedBytes, backupId: r.result.backupId });
       out(`  bosun backup create #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s`);
@@ -285,11 +291,12 @@ async function main(): Promise<void> {
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
-          const { code, arenas, ...v } = w === 'bosun' ? {} : o.variants[w]!;
+          const { code, arenas, semi, ...v } = w === 'bosun' ? {} : o.variants[w]!;
           const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
           // arenas=N: the restore runs with glibc's MALLOC_ARENA_MAX=N (fewer malloc arenas for its threads).
           const env = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
-          const m = await measure([process.execPath, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], env);
+          const flags = semi === undefined ? nodeFlags : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
+          const m = await measure([process.execPath, ...flags, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], env);
           const m1 = await minioCpu();
           (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';

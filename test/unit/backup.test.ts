@@ -239,7 +239,7 @@ describe('restore planning', () => {
     [1, 0, 10, 5, 0, 'd'.repeat(64)],
     [0, 30, 10, 5, 0, 'e'.repeat(64)],
   ];
-  const used = chunks.map(() => [{ file: 0, ordinal: 0 }]);
+  const used = (): boolean => true;
 
   it('coalesces neighbouring records of a pack into one ranged GET', () => {
     const r = planRanges(chunks, used, () => false, 1000);
@@ -263,7 +263,7 @@ describe('restore planning', () => {
       r.map((x) => x.chunks),
       [[0], [2, 4], [3]],
     );
-    const unused = used.map((u, i) => (i === 2 ? [] : u));
+    const unused = (i: number): boolean => i !== 2;
     assert.deepEqual(
       planRanges(chunks, unused, () => false, 1000).map((x) => x.chunks),
       [[0, 1], [4], [3]],
@@ -275,11 +275,13 @@ describe('restore planning', () => {
     b.entries.push(file('g', 4096, [0]));
     const idx = indexChunks(b);
     assert.equal(idx.files.length, 2);
-    assert.deepEqual(idx.targets[0], [
+    assert.deepEqual(idx.targets.of(0), [
       { file: 0, ordinal: 0 },
       { file: 1, ordinal: 0 },
     ]);
-    assert.deepEqual(idx.targets[1], [{ file: 0, ordinal: 1 }]);
+    assert.deepEqual(idx.targets.of(1), [{ file: 0, ordinal: 1 }]);
+    assert.equal(idx.targets.used(1), true);
+    assert.deepEqual(indexChunks({ ...b, entries: b.entries.filter((e) => e.type !== 'file') }).targets.of(0), [], 'a chunk no file uses has no slices');
   });
 });
 
