@@ -29,7 +29,8 @@ const WATCHDOG_SEC = 20;
 let lab: Lab | undefined;
 let vm: Vm;
 const figures: Record<string, number | string> = {};
-/** the data volume's LUKS key, sealed to the guest's host key once the package is installed */
+/** the data volume's LUKS key (the plaintext, for checking logs), and sealed to the guest's host key once the package is installed */
+const luksPlain = randomBytes(64).toString('base64');
 let luksKey: { sealed: string };
 const MACHINE = 'systemd-nspawn@demo.service';
 
@@ -88,7 +89,7 @@ describe('boot through the RPM and bosun.service', () => {
     const { publicKey } = generateKeyPairSync('ed25519');
     const settings = { node: 'a', stateDir: '/var/lib/bosun', kafka: { brokers: [`${GUEST_HOST_ADDRESS}:19094`] }, topics: { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' }, trustedKeys: [{ id: 'lab', publicKey: publicKeyString('ed25519', publicKey) }] };
     await vm.exec(['sh', '-c', 'cat > /etc/bosun/agent.json'], { stdin: JSON.stringify(settings) });
-    luksKey = (await sealTo(vm, randomBytes(64).toString('base64')))[0]!;
+    luksKey = (await sealTo(vm, luksPlain))[0]!;
     await sh(`mkdir -p /etc/systemd/system/bosun.service.d && printf '[Service]\\nWatchdogSec=${WATCHDOG_SEC}s\\n' > /etc/systemd/system/bosun.service.d/lab.conf`);
   });
 
@@ -130,6 +131,7 @@ describe('boot through the RPM and bosun.service', () => {
     const [open, ready, container, applied] = [at(/cryptsetup open/), at(/^ready: host built; starting the service machine/), at(/^container[ :]/), at(/^version 1 applied/)];
     assert.ok(open >= 0 && ready > open && container > ready && applied > container, `open ${open} < ready ${ready} < container ${container} < applied ${applied}\n${journal}`);
     assert.doesNotMatch(journal, /luksFormat|mkfs/);
+    assert.ok(!journal.includes(luksPlain) && !journal.includes(luksPlain.slice(0, 24)), 'the LUKS key is not in the journal');
     assert.equal(await sh(`for i in $(seq 120); do systemctl is-active -q ${MACHINE} && break; sleep 1; done; systemctl is-active ${MACHINE}`, 180_000), 'active');
     // and the service in it answers its health check, as bosun's own health round sees it
     let health: unknown;
