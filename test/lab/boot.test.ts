@@ -13,11 +13,11 @@
 //   npm run build && node --test dist/test/lab/boot.test.js
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { randomBytes } from 'node:crypto';
+import { keyValueLines } from '../../src/host/probe.js';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { demoContainer } from './demo-spec.js';
 import { GUEST_HOST_ADDRESS, repoRoot, startLab, type Lab, type Vm } from './driver.js';
@@ -42,7 +42,7 @@ async function sh(script: string, timeoutMs = 120_000): Promise<string> {
 
 async function unitProps(): Promise<Record<string, string>> {
   const out = await sh('systemctl show bosun.service -p ActiveState -p SubState -p StatusText -p NRestarts -p MainPID -p WatchdogUSec -p Result -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic');
-  return Object.fromEntries(out.split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  return Object.fromEntries(keyValueLines(out));
 }
 
 async function waitFor(what: string, ok: (p: Record<string, string>) => boolean, timeoutMs = 600_000): Promise<Record<string, string>> {
