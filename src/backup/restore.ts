@@ -131,7 +131,8 @@ async function getWhole(t: Transport, key: string, limit: number, retry: RetryPo
     for await (const p of res.body) {
       n += p.length;
       if (n > limit) throw new BackupError('format', `${t.describe(key)} is larger than a manifest may be`);
-      parts.push(Buffer.from(p.buffer, p.byteOffset, p.length));
+      // A copy: the transport may reuse the piece's memory for the next one.
+      parts.push(Buffer.from(p));
     }
     if (res.objectSize !== undefined && n !== res.objectSize) throw new TransportError('transient', `${t.describe(key)}: got ${n} of ${res.objectSize} bytes`);
     return Buffer.concat(parts, n);

@@ -1,6 +1,8 @@
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { RawS3Reader, httpFailure } from './raw-get.js';
+import type { SigningCredentials } from './sigv4.js';
 import { TransportError, type ByteRange, type GetResult, type Transport } from './transport.js';
 
 export interface S3Location {
@@ -8,6 +10,13 @@ export interface S3Location {
   bucket: string;
   /** prefix of every object of this backup set, e.g. "pg/node-a/"; a missing trailing slash is added */
   prefix?: string;
+  /**
+   * ranged GETs (a restore's data) on bosun's own keep-alive connections
+   * (raw-get.ts) instead of the SDK's, when the client has an explicit
+   * endpoint and path-style addressing (default true); other requests always
+   * go through the SDK
+   */
+  directGets?: boolean;
 }
 
 export interface S3ClientOptions {
@@ -61,27 +70,47 @@ function nameOf(e: unknown): string {
  */
 export function s3Error(e: unknown, what: string): TransportError {
   if (e instanceof TransportError) return e;
-  const status = statusOf(e);
-  const name = nameOf(e);
-  if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) return new TransportError('not-found', `${what} does not exist`, status);
-  if (name === 'InvalidRange' || status === 416) return new TransportError('range', `${what}: the requested range starts past its end`, status);
-  if (name === 'AbortError') return new TransportError('fatal', `${what}: aborted`, status);
-  if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) {
-    return new TransportError('fatal', `${what}: ${name} (HTTP ${status})`, status);
-  }
-  return new TransportError('transient', `${what}: ${name}${status !== undefined ? ` (HTTP ${status})` : ''}`, status);
+  return httpFailure(statusOf(e), nameOf(e), what);
+}
+
+/** What raw-get needs of an S3Client's resolved configuration. */
+interface ClientConfig {
+  endpoint?: () => Promise<{ protocol: string; hostname: string; port?: number; path?: string; query?: Record<string, unknown> }>;
+  forcePathStyle?: boolean;
+  region: () => Promise<string>;
+  credentials: () => Promise<SigningCredentials>;
 }
 
 export class S3Transport implements Transport {
   readonly #client: S3Client;
   readonly #bucket: string;
   readonly #prefix: string;
+  readonly #directGets: boolean;
+  #raw: Promise<RawS3Reader | undefined> | undefined;
 
   constructor(loc: S3Location) {
     this.#client = loc.client;
     this.#bucket = loc.bucket;
     const p = loc.prefix ?? '';
     this.#prefix = p === '' || p.endsWith('/') ? p : `${p}/`;
+    this.#directGets = loc.directGets ?? true;
+  }
+
+  /** The direct reader for ranged GETs, when the client's configuration allows one (see S3Location.directGets). */
+  #rawReader(): Promise<RawS3Reader | undefined> {
+    this.#raw ??= (async () => {
+      const cfg = this.#client.config as unknown as ClientConfig;
+      if (!this.#directGets || !cfg.endpoint || cfg.forcePathStyle !== true) return undefined;
+      const ep = await cfg.endpoint();
+      if ((ep.protocol !== 'http:' && ep.protocol !== 'https:') || Object.keys(ep.query ?? {}).length > 0) return undefined;
+      return new RawS3Reader({
+        endpoint: { protocol: ep.protocol, hostname: ep.hostname, ...(ep.port !== undefined ? { port: ep.port } : {}), path: ep.path ?? '' },
+        region: await cfg.region(),
+        bucket: this.#bucket,
+        credentials: () => cfg.credentials(),
+      });
+    })();
+    return this.#raw;
   }
 
   describe(key: string): string {
@@ -90,6 +119,10 @@ export class S3Transport implements Transport {
 
   async get(key: string, range?: ByteRange, signal?: AbortSignal): Promise<GetResult> {
     const what = this.describe(key);
+    if (range) {
+      const raw = await this.#rawReader();
+      if (raw) return raw.get(this.#prefix + key, range, what, signal);
+    }
     try {
       const res = await this.#client.send(
         new GetObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key, ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}) }),

@@ -18,6 +18,11 @@ export interface ByteRange {
 }
 
 export interface GetResult {
+  /**
+   * the bytes, piece by piece; a piece is only valid until the next one is
+   * asked for (a transport may read the next one into the same memory): copy
+   * what must outlive that
+   */
   body: AsyncIterable<Uint8Array>;
   /** size of the whole object, when the store says (Content-Range / Content-Length) */
   objectSize?: number;

@@ -23,6 +23,8 @@ export interface BenchChildConfig {
   workers?: number;
   slots?: number;
   verifyFiles?: boolean;
+  /** ranged GETs on bosun's own connections (default) or through the SDK (false) */
+  directGets?: boolean;
   chunkSize?: number;
   packSize?: number;
 }
@@ -31,7 +33,7 @@ const cfg = JSON.parse(process.argv[2] ?? '{}') as BenchChildConfig;
 const priv = createPrivateKey(readFileSync(cfg.keyFile));
 const pub = createPublicKey(priv);
 const client = createS3Client({ endpoint: cfg.endpoint, region: cfg.region, credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } });
-const transport = new S3Transport({ client, bucket: cfg.bucket, prefix: cfg.prefix });
+const transport = new S3Transport({ client, bucket: cfg.bucket, prefix: cfg.prefix, ...(cfg.directGets !== undefined ? { directGets: cfg.directGets } : {}) });
 const started = performance.now();
 // BOSUN_BENCH_MEMTRACE=FILE: sample this process's memory every 200 ms and
 // append, when done, one JSON line to FILE: the breakdown at the peak RSS
