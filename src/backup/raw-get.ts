@@ -280,6 +280,11 @@ class Exchange implements AsyncIterableIterator<Uint8Array> {
       this.#finishError();
       return;
     }
+    if (this.#state === 'body' && this.#received >= this.#contentLength) {
+      // The whole body is in; the server closed the connection after it (it is not reused).
+      this.#keepAlive = false;
+      return;
+    }
     if (this.#state === 'head' && this.reused && !this.#gotBytes) {
       this.#fail(new StaleConnection());
       return;

@@ -6,8 +6,13 @@
 //        [--variant workers=2,slots=16 ...] [--variant code=/tmp/old-dist ...]
 //        [--variant arenas=2 ...] [--variant semi=16 ...]
 //
-// Each --variant is another restore configuration run in the same rounds as
-// the default one (and s5cmd), for comparing settings on one machine state.
+// The default "bosun restore" is the product command: `bosun restore` as
+// /usr/bin/bosun runs it (the bundle, dist/bundle/cli.js, with the node flags
+// of rpm/bosun.sh), credentials from the environment. Each --variant is another
+// restore configuration run in the same rounds as the default one (and s5cmd),
+// for comparing settings on one machine state; variants run the restore in a
+// harness process (test/bench/child.js) that sets them (`--variant workers=1`
+// is the harness with the product's settings).
 // code=DIR runs the restore of another build (DIR is its dist directory, e.g.
 // a copy of dist/ made before a change), to compare code on one machine state.
 // arenas=N runs it with MALLOC_ARENA_MAX=N in its environment (glibc malloc arenas).
@@ -30,6 +35,7 @@ import { createS3Client, formatBytes } from '../../src/backup/index.js';
 import { repoRoot } from '../helpers.js';
 import { requireServices } from '../services/env.js';
 import type { BenchChildConfig } from './child.js';
+import { assertBundleFresh } from '../lab/driver.js';
 import { productNodeFlags } from './node-flags.js';
 
 const MiB = 1024 * 1024;
@@ -220,6 +226,9 @@ async function main(): Promise<void> {
   const s5 = (...a: string[]): string[] => [env.s5cmd!, '--endpoint-url', env.s3.endpoint, ...a];
   const childJs = join(repoRoot, 'dist/test/bench/child.js');
   const nodeFlags = productNodeFlags();
+  assertBundleFresh();
+  const cliJs = join(repoRoot, 'dist/bundle/cli.js');
+  const cliEnv = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey };
   const deletePrefix = async (p: string): Promise<void> => {
     for (;;) {
       const l = await client.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: p }));
@@ -293,11 +302,16 @@ async function main(): Promise<void> {
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
           const { code, arenas, semi, ...v } = w === 'bosun' ? {} : o.variants[w]!;
+          // The product command, as /usr/bin/bosun runs it.
+          const cli = [process.execPath, ...nodeFlags, cliJs, 'restore', dst, '--bucket', env.s3.bucket, '--prefix', `${prefix}bosun/`, '--backup', backupId, '--key-file', keyFile, '--endpoint', env.s3.endpoint, '--region', env.s3.region];
           const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
           // arenas=N: the restore runs with glibc's MALLOC_ARENA_MAX=N (fewer malloc arenas for its threads).
-          const env = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
+          const childEnv = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
           const flags = semi === undefined ? nodeFlags : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
-          const m = await measure([process.execPath, ...flags, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], env);
+          const m =
+            w === 'bosun'
+              ? await measure(cli, cliEnv)
+              : await measure([process.execPath, ...flags, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], childEnv);
           const m1 = await minioCpu();
           (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';

@@ -167,6 +167,22 @@ describe('direct ranged GETs: protocol cases (scripted server on loopback)', { t
     }
   });
 
+  it('a server that closes after a whole response (Connection: close) is no error; the next GET opens a new connection', async () => {
+    const srv = await scripted((s, _n, head) => {
+      partial(s, head, 'Connection: close\r\n');
+      s.end();
+    });
+    const r = reader(srv.port);
+    try {
+      for (let i = 0; i < 3; i++) assert.equal((await collect(await r.get('k', { start: 0, end: 35 }, 'obj'))).toString(), BODY.toString());
+      assert.equal(srv.stats.connections, 3);
+      assert.equal(srv.stats.requests, 3);
+    } finally {
+      r.close();
+      await srv.close();
+    }
+  });
+
   it('a body cut short, a 200 for a range, too many bytes, and silence are transient errors', async () => {
     const srv = await scripted((s, n, head) => {
       if (n === 0) {
