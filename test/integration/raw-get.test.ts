@@ -143,97 +143,107 @@ function reader(port: number, o: Partial<RawGetOptions> = {}): RawS3Reader {
   return new RawS3Reader({ endpoint: { protocol: 'http:', hostname: '127.0.0.1', port, path: '' }, region: 'us-east-1', bucket: 'b', credentials: () => Promise.resolve({ accessKeyId: 'id', secretAccessKey: 'secret' }), ...o });
 }
 
+type Stats = { connections: number; requests: number };
+
+/** A scripted server and a reader of it, both closed when `fn` is done. */
+async function withScripted(answer: (s: Socket, n: number, head: string) => void, o: Partial<RawGetOptions>, fn: (r: RawS3Reader, stats: Stats) => Promise<void>): Promise<void> {
+  const srv = await scripted(answer);
+  const r = reader(srv.port, o);
+  try {
+    await fn(r, srv.stats);
+  } finally {
+    r.close();
+    await srv.close();
+  }
+}
+
 describe('direct ranged GETs: protocol cases (scripted server on loopback)', { timeout: 60_000 }, () => {
   it('sends a signed path-style request, keeps the connection, and retries once on a fresh one when the server closed it', async () => {
     const heads: string[] = [];
-    const srv = await scripted((s, n, head) => {
-      heads.push(head);
-      partial(s, head);
-      // After the second answer the server drops the (idle) connection.
-      if (n === 1) s.end();
-    });
-    const r = reader(srv.port);
-    try {
-      for (let i = 0; i < 4; i++) assert.equal((await collect(await r.get('k/x y', { start: i, end: i + 9 }, 'obj'))).toString(), BODY.subarray(i, i + 10).toString());
-      assert.match(heads[0]!, /^GET \/b\/k\/x%20y HTTP\/1\.1\r\n/);
-      assert.match(heads[0]!, /\r\nauthorization: AWS4-HMAC-SHA256 Credential=id\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature=[0-9a-f]{64}/);
-      assert.ok(!heads.join('').includes('secret'));
-      // The third GET went out on the closed connection first (the server saw its head), then again on a new one.
-      assert.equal(srv.stats.connections, 2, 'one connection for the first two GETs, a second after the server closed the first');
-      assert.equal(srv.stats.requests, 5);
-    } finally {
-      r.close();
-      await srv.close();
-    }
+    await withScripted(
+      (s, n, head) => {
+        heads.push(head);
+        partial(s, head);
+        // After the second answer the server drops the (idle) connection.
+        if (n === 1) s.end();
+      },
+      {},
+      async (r, stats) => {
+        for (let i = 0; i < 4; i++) assert.equal((await collect(await r.get('k/x y', { start: i, end: i + 9 }, 'obj'))).toString(), BODY.subarray(i, i + 10).toString());
+        assert.match(heads[0]!, /^GET \/b\/k\/x%20y HTTP\/1\.1\r\n/);
+        assert.match(heads[0]!, /\r\nauthorization: AWS4-HMAC-SHA256 Credential=id\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature=[0-9a-f]{64}/);
+        assert.ok(!heads.join('').includes('secret'));
+        // The third GET went out on the closed connection first (the server saw its head), then again on a new one.
+        assert.equal(stats.connections, 2, 'one connection for the first two GETs, a second after the server closed the first');
+        assert.equal(stats.requests, 5);
+      },
+    );
   });
 
   it('a server that closes after a whole response (Connection: close) is no error; the next GET opens a new connection', async () => {
-    const srv = await scripted((s, _n, head) => {
-      partial(s, head, 'Connection: close\r\n');
-      s.end();
-    });
-    const r = reader(srv.port);
-    try {
-      for (let i = 0; i < 3; i++) assert.equal((await collect(await r.get('k', { start: 0, end: 35 }, 'obj'))).toString(), BODY.toString());
-      assert.equal(srv.stats.connections, 3);
-      assert.equal(srv.stats.requests, 3);
-    } finally {
-      r.close();
-      await srv.close();
-    }
+    await withScripted(
+      (s, _n, head) => {
+        partial(s, head, 'Connection: close\r\n');
+        s.end();
+      },
+      {},
+      async (r, stats) => {
+        for (let i = 0; i < 3; i++) assert.equal((await collect(await r.get('k', { start: 0, end: 35 }, 'obj'))).toString(), BODY.toString());
+        assert.equal(stats.connections, 3);
+        assert.equal(stats.requests, 3);
+      },
+    );
   });
 
   it('a body cut short, a 200 for a range, too many bytes, and silence are transient errors', async () => {
-    const srv = await scripted((s, n, head) => {
-      if (n === 0) {
-        s.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/${BODY.length}\r\n\r\n0123`);
-        setTimeout(() => s.destroy(), 50);
-      } else if (n === 1) {
-        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n`);
-        s.write(BODY);
-      } else if (n === 2) {
-        s.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes 0-3/${BODY.length}\r\n\r\n0123456789`);
-      } else {
-        void head; // never answers
-      }
-    });
-    const r = reader(srv.port, { readTimeoutMs: 300 });
-    try {
-      await rejectsWith(collect(await r.get('k', { start: 0, end: 9 }, 'obj')), 'transient', /obj: download cut at byte 4 of 10/);
-      await rejectsWith(r.get('k', { start: 5, end: 9 }, 'obj'), 'transient', /asked for bytes 5-9, got HTTP 200/);
-      await rejectsWith(collect(await r.get('k', { start: 0, end: 3 }, 'obj')), 'transient', /more than the 4 bytes it announced/);
-      const t0 = performance.now();
-      await rejectsWith(r.get('k', { start: 0, end: 3 }, 'obj'), 'transient', /no data for 0 s/);
-      assert.ok(performance.now() - t0 < 5000);
-    } finally {
-      r.close();
-      await srv.close();
-    }
+    await withScripted(
+      (s, n, head) => {
+        if (n === 0) {
+          s.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/${BODY.length}\r\n\r\n0123`);
+          setTimeout(() => s.destroy(), 50);
+        } else if (n === 1) {
+          s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n`);
+          s.write(BODY);
+        } else if (n === 2) {
+          s.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes 0-3/${BODY.length}\r\n\r\n0123456789`);
+        } else {
+          void head; // never answers
+        }
+      },
+      { readTimeoutMs: 300 },
+      async (r) => {
+        await rejectsWith(collect(await r.get('k', { start: 0, end: 9 }, 'obj')), 'transient', /obj: download cut at byte 4 of 10/);
+        await rejectsWith(r.get('k', { start: 5, end: 9 }, 'obj'), 'transient', /asked for bytes 5-9, got HTTP 200/);
+        await rejectsWith(collect(await r.get('k', { start: 0, end: 3 }, 'obj')), 'transient', /more than the 4 bytes it announced/);
+        const t0 = performance.now();
+        await rejectsWith(r.get('k', { start: 0, end: 3 }, 'obj'), 'transient', /no data for 0 s/);
+        assert.ok(performance.now() - t0 < 5000);
+      },
+    );
   });
 
   it('reads the S3 error code out of a chunked error body; an abort stops a download', async () => {
-    const srv = await scripted((s, n, head) => {
-      if (n === 0) {
-        const xml = '<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>x</Message></Error>';
-        s.write(`HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n${xml.length.toString(16)}\r\n${xml}\r\n0\r\n\r\n`);
-      } else {
-        // Headers and part of the body, then nothing.
-        s.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/${BODY.length}\r\n\r\n01`);
-        void head;
-      }
-    });
-    const r = reader(srv.port);
-    try {
-      const e = await rejectsWith(r.get('k', { start: 0, end: 9 }, 'obj'), 'transient', /obj: SlowDown \(HTTP 503\)/);
-      assert.equal(e.status, 503);
-      const ac = new AbortController();
-      const res = await r.get('k', { start: 0, end: 9 }, 'obj', ac.signal);
-      setTimeout(() => ac.abort(), 100);
-      await rejectsWith(collect(res), 'fatal', /obj: aborted/);
-    } finally {
-      r.close();
-      await srv.close();
-    }
+    await withScripted(
+      (s, n, head) => {
+        if (n === 0) {
+          const xml = '<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>x</Message></Error>';
+          s.write(`HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n${xml.length.toString(16)}\r\n${xml}\r\n0\r\n\r\n`);
+        } else {
+          // Headers and part of the body, then nothing.
+          s.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/${BODY.length}\r\n\r\n01`);
+          void head;
+        }
+      },
+      {},
+      async (r) => {
+        const e = await rejectsWith(r.get('k', { start: 0, end: 9 }, 'obj'), 'transient', /obj: SlowDown \(HTTP 503\)/);
+        assert.equal(e.status, 503);
+        const ac = new AbortController();
+        const res = await r.get('k', { start: 0, end: 9 }, 'obj', ac.signal);
+        setTimeout(() => ac.abort(), 100);
+        await rejectsWith(collect(res), 'fatal', /obj: aborted/);
+      },
+    );
   });
 
   it('works over TLS', async () => {
