@@ -44,6 +44,8 @@ export interface RawGetOptions {
   idleMs?: number;
   /** extra TLS options (a CA for tests) */
   tls?: { ca?: string | Buffer };
+  /** the store's clock minus this host's, in ms, to start with (the SDK's systemClockOffset) */
+  clockOffsetMs?: number;
 }
 
 const HEAD_LIMIT = 64 * 1024;
@@ -121,6 +123,7 @@ class Exchange implements AsyncIterableIterator<Uint8Array> {
   #state: 'head' | 'body' | 'error-body' | 'done' | 'failed' = 'head';
   #head: Buffer | undefined;
   #status = 0;
+  #serverDate: string | undefined;
   #errorBody: Buffer[] = [];
   #errorBodyLength = 0;
   #contentLength = 0;
@@ -145,6 +148,8 @@ class Exchange implements AsyncIterableIterator<Uint8Array> {
     readonly release: (c: Connection) => void,
     readonly timeoutMs: number,
     readonly signal: AbortSignal | undefined,
+    /** told the server's clock minus ours when the server refuses the request's time */
+    readonly onSkew: (ms: number) => void = () => undefined,
   ) {
     this.headPromise = new Promise((resolve, reject) => {
       this.#headResolve = resolve;
@@ -206,6 +211,7 @@ class Exchange implements AsyncIterableIterator<Uint8Array> {
     }
     const { status, headers } = parsed;
     this.#status = status;
+    this.#serverDate = headers.get('date');
     if ((headers.get('connection') ?? '').toLowerCase().includes('close')) this.#keepAlive = false;
     const rest = data.subarray(bodyAt);
     const cl = headers.get('content-length');
@@ -255,6 +261,13 @@ class Exchange implements AsyncIterableIterator<Uint8Array> {
     const text = Buffer.concat(this.#errorBody).toString('utf8');
     // Only the S3 error code goes into the message: the body may echo request details.
     const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(text)?.[1] ?? `HTTP ${this.#status}`;
+    const serverTime = this.#serverDate !== undefined ? Date.parse(this.#serverDate) : NaN;
+    if (code === 'RequestTimeTooSkewed' && Number.isFinite(serverTime)) {
+      // This host's clock is off: sign by the server's from now on, and let the caller try again (as the SDK does).
+      this.onSkew(serverTime - Date.now());
+      this.#fail(new TransportError('transient', `${this.what}: ${code} (HTTP ${this.#status}; signing by the store's clock from now on)`, this.#status));
+      return;
+    }
     this.#fail(httpFailure(this.#status, code, this.what));
   }
 
@@ -366,9 +379,11 @@ export class RawS3Reader {
   readonly #hostHeader: string;
   readonly #port: number;
   #closed = false;
+  #offsetMs: number;
 
   constructor(o: RawGetOptions) {
     this.#o = o;
+    this.#offsetMs = o.clockOffsetMs ?? 0;
     this.#signer = new SigV4Signer(o.region);
     const https = o.endpoint.protocol === 'https:';
     this.#port = o.endpoint.port ?? (https ? 443 : 80);
@@ -449,8 +464,8 @@ export class RawS3Reader {
     for (let attempt = 0; ; attempt++) {
       const reused = this.#take();
       const conn = reused ?? (await this.#connect(what, signal));
-      const ex = new Exchange(conn, reused !== undefined, what, range, this.#release, this.#o.readTimeoutMs ?? 60_000, signal);
-      const headers = this.#signer.signGet(this.#hostHeader, path, range ? { range: `bytes=${range.start}-${range.end}` } : {}, creds);
+      const ex = new Exchange(conn, reused !== undefined, what, range, this.#release, this.#o.readTimeoutMs ?? 60_000, signal, (ms) => (this.#offsetMs = ms));
+      const headers = this.#signer.signGet(this.#hostHeader, path, range ? { range: `bytes=${range.start}-${range.end}` } : {}, creds, new Date(Date.now() + this.#offsetMs));
       let req = `GET ${path} HTTP/1.1\r\nhost: ${this.#hostHeader}\r\n`;
       for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
       req += 'user-agent: bosun\r\n\r\n';

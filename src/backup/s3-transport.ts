@@ -79,6 +79,8 @@ interface ClientConfig {
   forcePathStyle?: boolean;
   region: () => Promise<string>;
   credentials: () => Promise<SigningCredentials>;
+  /** the SDK's correction for this host's clock, learnt from an earlier response */
+  systemClockOffset?: number;
 }
 
 export class S3Transport implements Transport {
@@ -108,6 +110,7 @@ export class S3Transport implements Transport {
         region: await cfg.region(),
         bucket: this.#bucket,
         credentials: () => cfg.credentials(),
+        ...(cfg.systemClockOffset ? { clockOffsetMs: cfg.systemClockOffset } : {}),
       });
     })();
     return this.#raw;
