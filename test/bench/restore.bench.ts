@@ -222,13 +222,13 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(o.dir, 'bosun-bench-'));
   const prefix = `bosun-bench/${Date.now().toString(36)}/`;
   const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
-  const s5env = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, AWS_REGION: env.s3.region };
+  // The store's credentials and region, as s5cmd and bosun's CLI read them from the environment.
+  const storeEnv = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, AWS_REGION: env.s3.region };
   const s5 = (...a: string[]): string[] => [env.s5cmd!, '--endpoint-url', env.s3.endpoint, ...a];
   const childJs = join(repoRoot, 'dist/test/bench/child.js');
   const nodeFlags = productNodeFlags();
   assertBundleFresh();
   const cliJs = join(repoRoot, 'dist/bundle/cli.js');
-  const cliEnv = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey };
   const deletePrefix = async (p: string): Promise<void> => {
     for (;;) {
       const l = await client.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: p }));
@@ -262,7 +262,7 @@ async function main(): Promise<void> {
     };
 
     out('uploading the raw copy for s5cmd ...');
-    const up = await measure(s5('cp', `${src}/*`, `s3://${env.s3.bucket}/${prefix}raw/`), s5env);
+    const up = await measure(s5('cp', `${src}/*`, `s3://${env.s3.bucket}/${prefix}raw/`), storeEnv);
     out(`  s5cmd cp upload: ${up.seconds.toFixed(2)} s, ${rate(ds.bytes, up.seconds)}`);
 
     const creates: Array<{ seconds: number; rss: number; cpu: number; stored: number; backupId: string }> = [];
@@ -292,7 +292,7 @@ async function main(): Promise<void> {
         await measure(['sync']);
         const m0 = await minioCpu();
         if (w === 's5cmd') {
-          const m = await measure(s5('cp', `s3://${env.s3.bucket}/${prefix}raw/*`, `${dst}/`), s5env);
+          const m = await measure(s5('cp', `s3://${env.s3.bucket}/${prefix}raw/*`, `${dst}/`), storeEnv);
           const m1 = await minioCpu();
           // bosun's restore ends with its data on disk (syncfs before the commit); s5cmd's does not: time that part too.
           const synced = await measure(['sync', '-f', dst]);
@@ -302,15 +302,14 @@ async function main(): Promise<void> {
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
           const { code, arenas, semi, ...v } = w === 'bosun' ? {} : o.variants[w]!;
-          // The product command, as /usr/bin/bosun runs it.
-          const cli = [process.execPath, ...nodeFlags, cliJs, 'restore', dst, '--bucket', env.s3.bucket, '--prefix', `${prefix}bosun/`, '--backup', backupId, '--key-file', keyFile, '--endpoint', env.s3.endpoint, '--region', env.s3.region];
           const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
           // arenas=N: the restore runs with glibc's MALLOC_ARENA_MAX=N (fewer malloc arenas for its threads).
           const childEnv = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
           const flags = semi === undefined ? nodeFlags : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
           const m =
             w === 'bosun'
-              ? await measure(cli, cliEnv)
+              ? // The product command, as /usr/bin/bosun runs it.
+                await measure([process.execPath, ...nodeFlags, cliJs, 'restore', dst, '--bucket', env.s3.bucket, '--prefix', `${prefix}bosun/`, '--backup', backupId, '--key-file', keyFile, '--endpoint', env.s3.endpoint, '--region', env.s3.region], storeEnv)
               : await measure([process.execPath, ...flags, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], childEnv);
           const m1 = await minioCpu();
           (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
