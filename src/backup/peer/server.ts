@@ -363,6 +363,7 @@ export class PeerServer {
         'content-length': String(Math.max(0, end - start + 1)),
         ...(range ? { 'content-range': `bytes ${start}-${end}/${size}` } : {}),
       });
+      // res.write may queue a piece past the next one: safe with the spool's pieces (each a fresh file read), not with any transport's (transport.ts).
       for await (const part of got.body) {
         if (!res.write(part)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
         if (res.destroyed) break;
