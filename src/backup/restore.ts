@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { constants, fchmodSync, fchownSync, ftruncateSync, futimesSync } from 'node:fs';
 import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { writeFileAtomic } from '../host/files.js';
 import type { Logger } from '../log.js';
@@ -90,6 +90,18 @@ export type RestoreOptions = RestoreSource & {
   workers?: number;
   /** how often the journal is checkpointed (default 2000 ms) */
   checkpointIntervalMs?: number;
+  /**
+   * start writing the restored data to disk after this many bytes are written,
+   * while later chunks download (syncfs of the staging tree in the background,
+   * one at a time); the sync before the commit then finds little left.
+   * Default 256 MiB; 0: only the final sync.
+   */
+  flushAheadBytes?: number;
+  /**
+   * create every file (empty) in the background, one at a time, while the
+   * first chunks download, instead of each on its first write (default true)
+   */
+  precreateFiles?: boolean;
   signal?: AbortSignal;
 };
 
@@ -206,17 +218,29 @@ export async function openManifest(
 
 const SPARSE_BLOCK = 4096;
 
+/**
+ * Bytes per write(2) at most. The kernel sizes page-cache folios by the write:
+ * a write of 2 MiB or more fills 2 MiB folios, and on a VM that hands free
+ * memory back to its host (virtio-balloon free page reporting, as on the test
+ * machine) those come from memory the host must fault in again: `dd bs=4M` of
+ * 1 GiB into a file took 4-6 s of system time there, `bs=1M` 0.2-0.6 s
+ * (docs/performance.md). Four writes per 4 MiB chunk cost nothing measurable
+ * elsewhere.
+ */
+export const WRITE_PIECE = 1024 * 1024;
+
+/** pwrite all of buf[from, to) at pos + from, at most WRITE_PIECE bytes per call. */
+async function writeRange(fh: FileHandle, buf: Buffer, from: number, to: number, pos: number): Promise<void> {
+  let n = from;
+  while (n < to) n += (await fh.write(buf, n, Math.min(WRITE_PIECE, to - n), pos + n)).bytesWritten;
+}
+
 /** Write `buf` at `pos`, leaving 4 KiB blocks that are all zero as holes (the file was sized beforehand). */
 async function writeAt(fh: FileHandle, buf: Buffer, pos: number, sparse: boolean, zero: Buffer): Promise<void> {
-  if (!sparse) {
-    let n = 0;
-    while (n < buf.length) n += (await fh.write(buf, n, buf.length - n, pos + n)).bytesWritten;
-    return;
-  }
+  if (!sparse) return writeRange(fh, buf, 0, buf.length, pos);
   let runStart = -1;
   const flush = async (end: number): Promise<void> => {
-    let n = runStart;
-    while (n < end) n += (await fh.write(buf, n, end - n, pos + n)).bytesWritten;
+    await writeRange(fh, buf, runStart, end, pos);
     runStart = -1;
   };
   for (let off = 0; off < buf.length; off += SPARSE_BLOCK) {
@@ -376,6 +400,16 @@ async function fetchAll(
     }
   }
 
+  // Files are created ahead of their data, in the background, one directory
+  // at a time per creator. Creating a file is the costliest step of a small
+  // one (the kernel holds the directory's lock while ext4 searches its inode
+  // bitmap), and the small files come last in a backup: left to their first
+  // writes, thousands of creations would pile up at the end, every pool thread
+  // waiting on the same directory's lock, with nothing left to overlap them.
+  // A file the writes reach first is created there (same flags); either open
+  // finds the other's file.
+  const precreating: Promise<void> | undefined = (o.precreateFiles ?? true) ? precreate(index.files.map(pathOf), PRECREATORS, signal, log) : undefined;
+
   // A file is finished (size, zeros, owner, mode, mtime) as soon as its digest verifies on disk.
   const finalized = new Set<number>();
   const finishing = new Set<Promise<void>>();
@@ -432,7 +466,8 @@ async function fetchAll(
   progress.phase = 'transferring';
   log?.info({ ranges: ranges.length, chunks: ranges.reduce((n, r) => n + r.chunks.length, 0), bytes: ranges.reduce((n, r) => n + r.end - r.start + 1, 0) }, 'restore: fetching');
 
-  // Checkpoints: sync what was written, then record it as done.
+  // Checkpoints: record what was written (not necessarily synced: a resumed
+  // restore reads each listed chunk back and checks it before trusting it).
   const interval = o.checkpointIntervalMs ?? 2000;
   let lastCheckpoint = performance.now();
   let checkpointing: Promise<void> | undefined;
@@ -448,6 +483,31 @@ async function fetchAll(
   };
   let lastLog = performance.now();
   let transferred = 0;
+
+  // Write-back ahead: the kernel would leave a restore's data in the page cache
+  // until the final sync (a host with much memory keeps gigabytes dirty), and
+  // that sync would then wait for all of it with nothing else to do. A syncfs
+  // every flushAheadBytes writes it out while the next chunks download.
+  const flushEvery = o.flushAheadBytes ?? 256 * 1024 * 1024;
+  let sinceFlush = 0;
+  let flushing: Promise<void> | undefined;
+  let flushOff = flushEvery <= 0;
+  const maybeFlushAhead = (bytes: number): void => {
+    sinceFlush += bytes;
+    if (flushOff || flushing || sinceFlush < flushEvery) return;
+    sinceFlush = 0;
+    const t0 = performance.now();
+    flushing = runCommand(['sync', '-f', layout.staging], new Redactor(), { timeoutSeconds: 600 })
+      .then(
+        () => log?.debug({ ms: Math.round(performance.now() - t0) }, 'restore: flushed ahead'),
+        (e: unknown) => {
+          // Only an optimisation: the final sync (with its fallback) still makes everything durable.
+          flushOff = true;
+          log?.info({ err: e instanceof Error ? e.message : String(e) }, 'restore: cannot flush ahead (sync -f); the data is synced once at the end');
+        },
+      )
+      .finally(() => (flushing = undefined));
+  };
 
   /** Open the record in `slot` in place: the plaintext's length, or why it did not open. */
   const openSlot = async (c: number, slot: number): Promise<number | string> => {
@@ -481,6 +541,7 @@ async function fetchAll(
         await pool.use(pathOf(f), (fh) => writeAt(fh, plain, s.ordinal * chunkSize, f.sparse, zero));
         digests.written(s.file, s.ordinal);
         progress.add(plain.length);
+        maybeFlushAhead(plain.length);
       }
     } finally {
       ring.release(slot);
@@ -586,9 +647,35 @@ async function fetchAll(
     if (failure !== undefined) throw failure;
     await checkpoint();
   } finally {
-    await Promise.allSettled([pool.closeAll(), workers.close(), digests.close()]);
+    await Promise.allSettled([pool.closeAll(), workers.close(), digests.close(), flushing, precreating]);
   }
   return { transferred, finalized, resumedChunks };
+}
+
+/** Directories whose files are created at the same time, each by its own creator. */
+const PRECREATORS = 2;
+
+/** Create (empty, 0600) every file in `paths`, which are grouped by directory: `parallel` directories at a time. */
+async function precreate(paths: string[], parallel: number, signal: AbortSignal, log: Logger | undefined): Promise<void> {
+  const byDir: string[][] = [];
+  let last: string | undefined;
+  for (const p of paths) {
+    const dir = dirname(p);
+    if (dir !== last) byDir.push([]);
+    last = dir;
+    byDir.at(-1)!.push(p);
+  }
+  try {
+    await forEachLimited(byDir.length, parallel, async (d) => {
+      for (const p of byDir[d]!) {
+        if (signal.aborted) return;
+        await (await open(p, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)).close();
+      }
+    });
+  } catch (e) {
+    // Only an optimisation: the write that needs the file creates it, and reports any error.
+    log?.debug({ err: e instanceof Error ? e.message : String(e) }, 'restore: stopped creating files ahead');
+  }
 }
 
 /** What fetchAll tells as slices land, and hears back per file: the digest worker, or WrittenTracker. */

@@ -25,6 +25,10 @@ export interface BenchChildConfig {
   verifyFiles?: boolean;
   /** ranged GETs on bosun's own connections (default) or through the SDK (false) */
   directGets?: boolean;
+  /** RestoreOptions.flushAheadBytes (0: sync only at the end) */
+  flushAheadBytes?: number;
+  /** RestoreOptions.precreateFiles */
+  precreateFiles?: boolean;
   chunkSize?: number;
   packSize?: number;
 }
@@ -62,6 +66,8 @@ try {
       openDataKey: (sealed) => openSealed(priv, pub, sealed),
       ...(cfg.concurrency !== undefined ? { concurrency: cfg.concurrency } : {}),
       ...(cfg.workers !== undefined ? { workers: cfg.workers } : {}),
+      ...(cfg.flushAheadBytes !== undefined ? { flushAheadBytes: cfg.flushAheadBytes } : {}),
+      ...(cfg.precreateFiles !== undefined ? { precreateFiles: cfg.precreateFiles } : {}),
       ...(cfg.slots !== undefined ? { slots: cfg.slots } : {}),
       ...(cfg.verifyFiles !== undefined ? { verifyFiles: cfg.verifyFiles } : {}),
     });

@@ -19,7 +19,9 @@
 // Restores and creates run with the node flags of /usr/bin/bosun (rpm/bosun.sh);
 // semi=N runs the restore with --max-semi-space-size=N instead of the product's
 // (semi=0: without the flag, V8's default). directGets=false makes the restore's
-// ranged GETs through the SDK instead of bosun's own connections (raw-get.ts).
+// ranged GETs through the SDK instead of bosun's own connections (raw-get.ts);
+// flushAheadBytes=0 syncs the restored data only at the end, precreateFiles=false
+// creates each file on its first write (restore.ts).
 //
 // Needs the test services (test/services/up; s5cmd comes with them). Each
 // restore and each s5cmd download runs in its own process, timed from spawn
@@ -51,14 +53,14 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets'>> & { code?: string; arenas?: number; semi?: number };
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets' | 'flushAheadBytes' | 'precreateFiles'>> & { code?: string; arenas?: number; semi?: number };
 
 function parseVariant(v: string): Variant {
   const out: Record<string, number | boolean | string> = {};
   for (const kv of v.split(',')) {
     const [k, val] = kv.split('=') as [string, string | undefined];
-    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'directGets', 'code', 'arenas', 'semi'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, directGets, code, arenas, semi)`);
-    out[k] = k === 'code' ? (val ?? '') : k === 'verifyFiles' || k === 'directGets' ? val !== 'false' : Number(val);
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'directGets', 'flushAheadBytes', 'precreateFiles', 'code', 'arenas', 'semi'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, directGets, flushAheadBytes, precreateFiles, code, arenas, semi)`);
+    out[k] = k === 'code' ? (val ?? '') : k === 'verifyFiles' || k === 'directGets' || k === 'precreateFiles' ? val !== 'false' : Number(val);
   }
   return out;
 }

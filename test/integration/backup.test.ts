@@ -267,6 +267,37 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     assert.deepEqual((await readdir(work)).sort(), ['restored', 'source']);
   });
 
+  it('writes the data out while it downloads (flush ahead), and restores all the same where sync cannot run', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
+    const logger = pino({ level: 'debug' }, sink);
+    const target = join(work, 'flushed');
+    await restore('tree', target, { logger, flushAheadBytes: 256 * 1024 });
+    assertSameTree(await describeTree(target), expected);
+    const flushed = lines.filter((l) => l.includes('restore: flushed ahead')).length;
+    assert.ok(flushed >= 1, `flushed ahead ${flushed} times`);
+    await rm(target, { recursive: true });
+
+    // No sync(1) on PATH: no flush ahead, and the final sync falls back to fsync of every file.
+    lines.length = 0;
+    const path = process.env.PATH;
+    process.env.PATH = join(work, 'no-such-bin');
+    try {
+      await restore('tree', target, { logger, flushAheadBytes: 256 * 1024 });
+    } finally {
+      process.env.PATH = path;
+    }
+    assertSameTree(await describeTree(target), expected);
+    assert.equal(lines.filter((l) => l.includes('restore: cannot flush ahead')).length, 1, 'said once that it cannot flush ahead');
+    assert.equal(lines.filter((l) => l.includes('restore: flushed ahead')).length, 0);
+    await rm(target, { recursive: true });
+  });
+
   it('restores into an existing empty directory (a mount point) and refuses a non-empty one', async () => {
     const target = join(work, 'mountpoint');
     await mkdir(join(target, 'lost+found'), { recursive: true });

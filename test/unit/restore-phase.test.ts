@@ -184,4 +184,39 @@ describe('sparse slice writer', () => {
       assert.ok(back.subarray(8 * 1024 * 1024).equals(slice));
     });
   });
+
+  it('writes a slice in pieces of at most WRITE_PIECE bytes, each where it belongs, sparse or not', async () => {
+    const { _forTests, WRITE_PIECE } = await import('../../src/backup/restore.js');
+    const { open } = await import('node:fs/promises');
+    const { randomBytes } = await import('node:crypto');
+    const { withTempDir } = await import('../helpers.js');
+    await withTempDir(async (dir) => {
+      for (const sparse of [false, true]) {
+        // Data, a run of zero blocks, data again: 4 MiB and a bit.
+        const slice = randomBytes(4 * 1024 * 1024 + 5);
+        slice.fill(0, 2 * 1024 * 1024, 2 * 1024 * 1024 + 64 * 1024);
+        const path = join(dir, `f-${sparse}`);
+        const fh = await open(path, 'w');
+        const calls: Array<[number, number]> = [];
+        const recording = new Proxy(fh, {
+          get(target, prop) {
+            if (prop === 'write') return (buf: Buffer, off: number, len: number, pos: number) => (calls.push([len, pos]), target.write(buf, off, len, pos));
+            const v = Reflect.get(target, prop) as unknown;
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+          },
+        });
+        try {
+          await _forTests.writeAt(recording, slice, 3 * 1024 * 1024, sparse, Buffer.alloc(1 << 16));
+        } finally {
+          await fh.close();
+        }
+        assert.ok(calls.length >= 4, `${calls.length} writes`);
+        for (const [len] of calls) assert.ok(len > 0 && len <= WRITE_PIECE, `a write of ${len} bytes`);
+        const written = calls.reduce((n, [len]) => n + len, 0);
+        assert.equal(written, sparse ? slice.length - 64 * 1024 : slice.length, 'every byte once (zero blocks skipped when sparse)');
+        const back = await readFile(path);
+        assert.ok(back.subarray(3 * 1024 * 1024).equals(slice), `sparse=${sparse}: the file holds the slice at its offset`);
+      }
+    });
+  });
 });
