@@ -219,15 +219,16 @@ export async function openManifest(
 const SPARSE_BLOCK = 4096;
 
 /**
- * Bytes per write(2) at most. The kernel sizes page-cache folios by the write:
- * a write of 2 MiB or more fills 2 MiB folios, and on a VM that hands free
- * memory back to its host (virtio-balloon free page reporting, as on the test
- * machine) those come from memory the host must fault in again: `dd bs=4M` of
- * 1 GiB into a file took 4-6 s of system time there, `bs=1M` 0.2-0.6 s
- * (docs/performance.md). Four writes per 4 MiB chunk cost nothing measurable
- * elsewhere.
+ * Bytes per write(2) at most. The kernel sizes page-cache folios by the write,
+ * and a large folio needs a large free block: on a VM that hands free memory
+ * back to its host (virtio-balloon free page reporting, as on the test
+ * machine), such blocks are mostly memory the host must fault in again, page
+ * by page. Measured there (dd of 1 GiB into a file after freeing 1 GiB):
+ * bs=4M 4-6 s of system time, bs=1M 0.2-2 s, bs=64K 0.3 s every time; a 1 GiB
+ * restore with 1 MiB pieces still spent up to half its CPU copying into the
+ * page cache. Small writes take the small free blocks the guest still has.
  */
-export const WRITE_PIECE = 1024 * 1024;
+export const WRITE_PIECE = 64 * 1024;
 
 /** pwrite all of buf[from, to) at pos + from, at most WRITE_PIECE bytes per call. */
 async function writeRange(fh: FileHandle, buf: Buffer, from: number, to: number, pos: number): Promise<void> {
