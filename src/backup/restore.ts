@@ -32,6 +32,7 @@ import { ProgressTracker, formatBytes, type Progress } from './progress.js';
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
 import { S3Transport } from './s3-transport.js';
 import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from './target.js';
+import { WRITE_PIECE } from './slice-writer.js';
 import { Throttle } from './throttle.js';
 import { TransportError, storeError, type Transport } from './transport.js';
 
@@ -216,49 +217,6 @@ export async function openManifest(
   }
 }
 
-const SPARSE_BLOCK = 4096;
-
-/**
- * Bytes per write(2) at most. The kernel sizes page-cache folios by the write,
- * and a large folio needs a large free block: on a VM that hands free memory
- * back to its host (virtio-balloon free page reporting, as on the test
- * machine), such blocks are mostly memory the host must fault in again, page
- * by page. Measured there (dd of 1 GiB into a file after freeing 1 GiB):
- * bs=4M 4-6 s of system time, bs=1M 0.2-2 s, bs=64K 0.3 s every time; a 1 GiB
- * restore with 1 MiB pieces still spent up to half its CPU copying into the
- * page cache. Small writes take the small free blocks the guest still has.
- */
-export const WRITE_PIECE = 64 * 1024;
-
-/** pwrite all of buf[from, to) at pos + from, at most WRITE_PIECE bytes per call. */
-async function writeRange(fh: FileHandle, buf: Buffer, from: number, to: number, pos: number): Promise<void> {
-  let n = from;
-  while (n < to) n += (await fh.write(buf, n, Math.min(WRITE_PIECE, to - n), pos + n)).bytesWritten;
-}
-
-/** Write `buf` at `pos`, leaving 4 KiB blocks that are all zero as holes (the file was sized beforehand). */
-async function writeAt(fh: FileHandle, buf: Buffer, pos: number, sparse: boolean, zero: Buffer): Promise<void> {
-  if (!sparse) return writeRange(fh, buf, 0, buf.length, pos);
-  let runStart = -1;
-  const flush = async (end: number): Promise<void> => {
-    await writeRange(fh, buf, runStart, end, pos);
-    runStart = -1;
-  };
-  for (let off = 0; off < buf.length; off += SPARSE_BLOCK) {
-    const end = Math.min(buf.length, off + SPARSE_BLOCK);
-    const isZero = buf.compare(zero, 0, end - off, off, end) === 0;
-    if (!isZero && runStart < 0) runStart = off;
-    if (isZero && runStart >= 0) await flush(off);
-  }
-  if (runStart >= 0) await flush(buf.length);
-  // The slice ended in skipped zero blocks: write its last byte (a zero) so the
-  // file reaches the slice's end. Otherwise, until a later slice is written (or
-  // for good, if this is the file's last stored slice), the file would be
-  // shorter than its content: a read-back check would hit end-of-file inside a
-  // written slice, and the restored file could end up too short.
-  else if (buf.length > 0) await fh.write(zero, 0, 1, pos + buf.length - 1);
-}
-
 function mtimeSeconds(ns: string): number {
   const n = BigInt(ns);
   return Number(n / 1_000_000_000n) + Number(n % 1_000_000_000n) / 1e9;
@@ -380,7 +338,6 @@ async function fetchAll(
   const { header, body } = m;
   const chunkSize = header.chunkSize;
   const retry = o.retry ?? DEFAULT_RETRY;
-  const zero = Buffer.alloc(Math.max(SPARSE_BLOCK, 1 << 16));
   const pool = new HandlePool();
   const throttle = o.bandwidthLimit ? new Throttle(o.bandwidthLimit) : undefined;
   const pathOf = (f: FileEntry): string => join(layout.staging, f.path);
@@ -510,13 +467,28 @@ async function fetchAll(
       .finally(() => (flushing = undefined));
   };
 
-  /** Open the record in `slot` in place: the plaintext's length, or why it did not open. */
-  const openSlot = async (c: number, slot: number): Promise<number | string> => {
+  /** A write the chunk worker reports failed, as an error with its errno code (ENOSPC is reported as such). */
+  const writeError = (r: { code?: string; message: string }, f: FileEntry): Error =>
+    Object.assign(new Error(`writing ${f.path}: ${r.message}`), r.code !== undefined ? { code: r.code } : {});
+
+  /**
+   * Open the record in `slot` in place and, once it verified, write it to its
+   * first file slice (the worker writes, on the handle held here): the
+   * plaintext's length, or why it did not open.
+   */
+  const openSlot = (c: number, slot: number): Promise<number | string> => {
     const ref: ChunkRef = body.chunks[c]!;
-    const r = await workers.run({ op: 'open', slot, length: ref[2], codec: ref[4], plainLength: ref[3], sha256: ref[5] });
-    if (!r.ok) return r.why;
-    if (r.op !== 'open') throw new Error('chunk worker answered an open with something else');
-    return r.plainLength;
+    const s = index.targets.of(c)[0]!;
+    const f = index.files[s.file]!;
+    return pool.use(pathOf(f), async (fh) => {
+      const r = await workers.run({ op: 'open', slot, length: ref[2], codec: ref[4], plainLength: ref[3], sha256: ref[5], write: { fd: fh.fd, pos: s.ordinal * chunkSize, sparse: f.sparse } });
+      if (!r.ok) {
+        if (r.why === 'write') throw writeError(r as { code?: string; message: string }, f);
+        return r.why;
+      }
+      if (r.op !== 'open') throw new Error('chunk worker answered an open with something else');
+      return r.plainLength;
+    });
   };
 
   /** Open, verify and write the record in `slot`; the slot is released whatever happens. */
@@ -536,13 +508,17 @@ async function fetchAll(
         const users = index.targets.of(c).map((s) => index.files[s.file]!.path);
         throw new BackupError('integrity', `corrupt data in ${t.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${c}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`, { object: t.describe(key), offset: ref[1], chunk: c, files: users.slice(0, 10) });
       }
-      const plain = ring.view(slot, result);
-      for (const s of index.targets.of(c)) {
+      const plainLength = result;
+      // The first slice is written; a chunk stored once for several slices (same content) goes to the others too.
+      for (const [k, s] of index.targets.of(c).entries()) {
         const f = index.files[s.file]!;
-        await pool.use(pathOf(f), (fh) => writeAt(fh, plain, s.ordinal * chunkSize, f.sparse, zero));
+        if (k > 0) {
+          const r = await pool.use(pathOf(f), (fh) => workers.run({ op: 'write', slot, length: plainLength, write: { fd: fh.fd, pos: s.ordinal * chunkSize, sparse: f.sparse } }));
+          if (!r.ok) throw r.why === 'write' ? writeError(r as { code?: string; message: string }, f) : new Error(`chunk worker failed a write: ${r.why}`);
+        }
         digests.written(s.file, s.ordinal);
-        progress.add(plain.length);
-        maybeFlushAhead(plain.length);
+        progress.add(plainLength);
+        maybeFlushAhead(plainLength);
       }
     } finally {
       ring.release(slot);
@@ -648,7 +624,9 @@ async function fetchAll(
     if (failure !== undefined) throw failure;
     await checkpoint();
   } finally {
-    await Promise.allSettled([pool.closeAll(), workers.close(), digests.close(), flushing, precreating]);
+    // The workers first: none may be writing to a descriptor when it is closed (and its number reused).
+    await workers.close().catch(() => undefined);
+    await Promise.allSettled([pool.closeAll(), digests.close(), flushing, precreating]);
   }
   return { transferred, finalized, resumedChunks };
 }
@@ -811,7 +789,7 @@ async function finishFile(o: RestoreOptions, f: FileEntry, fh: FileHandle, chunk
   // The last write already gave the file its size, unless the file ends in a hole.
   if (f.chunks.length === 0 || f.chunks[f.chunks.length - 1] === -1) ftruncateSync(fh.fd, f.size);
   if (!f.sparse && f.chunks.includes(-1)) {
-    const zero = Buffer.alloc(Math.min(chunkSize, 1 << 20));
+    const zero = Buffer.alloc(Math.min(chunkSize, WRITE_PIECE));
     for (const [k, c] of f.chunks.entries()) {
       if (c !== -1) continue;
       const end = Math.min(f.size, (k + 1) * chunkSize);
@@ -890,4 +868,3 @@ async function applyRootMetadata(o: RestoreOptions, body: ManifestBody, dir: str
 }
 
 export { isBackupError };
-export const _forTests = { writeAt };

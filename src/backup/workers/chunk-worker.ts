@@ -6,7 +6,8 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { ChunkOpenError, isAllZero, openChunkInto, sealChunk, sha256, type Codec } from '../format.js';
-import type { ChunkJob, ChunkReply, ChunkWorkerData } from './protocol.js';
+import { writeSlice } from '../slice-writer.js';
+import type { ChunkJob, ChunkReply, ChunkWorkerData, SliceTarget } from './protocol.js';
 
 const data = workerData as ChunkWorkerData;
 const key = Buffer.from(data.key);
@@ -22,19 +23,36 @@ setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as ((o?: { type: 'minor' | 'major' }) => void) | undefined;
 let sinceGc = 0;
 
+/** Write the plaintext; a failure is answered with its errno code (ENOSPC must reach the restore as such). */
+function write(id: number, plain: Buffer, to: SliceTarget): ChunkReply | undefined {
+  try {
+    writeSlice(to.fd, plain, to.pos, to.sparse, zero);
+    return undefined;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return { id, ok: false, why: 'write', ...(code !== undefined ? { code } : {}), message: e instanceof Error ? e.message : String(e) };
+  }
+}
+
 function handle(job: ChunkJob): ChunkReply {
   sinceGc += job.length;
   if (gc && sinceGc >= 16 * 1024 * 1024) {
     sinceGc = 0;
     gc({ type: 'minor' });
   }
+  if (job.op === 'write') return write(job.id, slot(job.slot, job.length), job.write) ?? { id: job.id, ok: true, op: 'write' };
   if (job.op === 'open') {
+    let n: number;
     try {
-      const n = openChunkInto(key, data.backupId, slot(job.slot, job.length), { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 }, slot(job.slot, data.slotSize), scratch);
-      return { id: job.id, ok: true, op: 'open', plainLength: n };
+      n = openChunkInto(key, data.backupId, slot(job.slot, job.length), { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 }, slot(job.slot, data.slotSize), scratch);
     } catch (e) {
       return { id: job.id, ok: false, why: e instanceof ChunkOpenError ? e.why : 'auth' };
     }
+    if (job.write) {
+      const failed = write(job.id, slot(job.slot, n), job.write);
+      if (failed) return failed;
+    }
+    return { id: job.id, ok: true, op: 'open', plainLength: n };
   }
   const plain = slot(job.slot, job.length);
   if (isAllZero(plain, zero)) return { id: job.id, ok: true, op: 'seal', zero: true };

@@ -12,9 +12,22 @@ export interface ChunkWorkerData {
   slotSize: number;
 }
 
+/** Where a slice goes: a descriptor the main thread holds open while the job runs, and the offset in that file. */
+export interface SliceTarget {
+  fd: number;
+  pos: number;
+  /** leave all-zero 4 KiB blocks as holes */
+  sparse: boolean;
+}
+
 export type ChunkJob =
-  /** decrypt, decompress and verify the record in `slot`; the plaintext replaces it */
-  | { op: 'open'; id: number; slot: number; length: number; codec: number; plainLength: number; sha256: string }
+  /**
+   * decrypt, decompress and verify the record in `slot`; the plaintext
+   * replaces it, and is written to `write` if given (only once it verified)
+   */
+  | { op: 'open'; id: number; slot: number; length: number; codec: number; plainLength: number; sha256: string; write?: SliceTarget }
+  /** write the plaintext in `slot` (of `length` bytes) to another file that holds the same chunk */
+  | { op: 'write'; id: number; slot: number; length: number; write: SliceTarget }
   /** hash, compress and encrypt the plaintext in `slot`; the record replaces it */
   | { op: 'seal'; id: number; slot: number; length: number; level: number };
 
@@ -23,6 +36,9 @@ export type ChunkJobInput = ChunkJob extends infer J ? (J extends unknown ? Omit
 
 export type ChunkReply =
   | { id: number; ok: true; op: 'open'; plainLength: number }
+  | { id: number; ok: true; op: 'write' }
+  /** the write failed (ENOSPC, EIO, ...): not a problem of the data, so not fetched again */
+  | { id: number; ok: false; why: 'write'; code?: string; message: string }
   | { id: number; ok: true; op: 'seal'; zero: true }
   | { id: number; ok: true; op: 'seal'; zero: false; recordLength: number; codec: number; sha256: string }
   | { id: number; ok: false; why: string };
