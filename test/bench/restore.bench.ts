@@ -1,7 +1,7 @@
 // Benchmark: bosun backup create and restore against MinIO on loopback, side
 // by side in one run with `s5cmd cp` of the same bytes stored raw.
 //
-//   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs 3] [--workers N]
+//   node dist/test/bench/restore.bench.js [--size 1GiB] [--runs N] [--workers N]
 //        [--concurrency N] [--slots N] [--verify-files] [--dir /tmp] [--keep]
 //        [--variant workers=2,slots=16 ...] [--variant code=/tmp/old-dist ...]
 //        [--variant arenas=2 ...] [--variant semi=16 ...]
@@ -18,7 +18,8 @@
 // arenas=N runs it with MALLOC_ARENA_MAX=N in its environment (glibc malloc arenas).
 // Restores and creates run with the node flags of /usr/bin/bosun (rpm/bosun.sh);
 // semi=N runs the restore with --max-semi-space-size=N instead of the product's
-// (semi=0: without the flag, V8's default). directGets=false makes the restore's
+// (semi=0: without the flag, V8's default); flag=--some-node-flag adds one
+// node (or V8) flag to the product's. directGets=false makes the restore's
 // ranged GETs through the SDK instead of bosun's own connections (raw-get.ts);
 // flushAheadBytes=0 syncs the restored data only at the end, precreateFiles=false
 // creates each file on its first write (restore.ts).
@@ -53,14 +54,15 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets' | 'flushAheadBytes' | 'precreateFiles'>> & { code?: string; arenas?: number; semi?: number };
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets' | 'flushAheadBytes' | 'precreateFiles'>> & { code?: string; arenas?: number; semi?: number; flag?: string };
 
 function parseVariant(v: string): Variant {
   const out: Record<string, number | boolean | string> = {};
   for (const kv of v.split(',')) {
-    const [k, val] = kv.split('=') as [string, string | undefined];
-    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'directGets', 'flushAheadBytes', 'precreateFiles', 'code', 'arenas', 'semi'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, directGets, flushAheadBytes, precreateFiles, code, arenas, semi)`);
-    out[k] = k === 'code' ? (val ?? '') : k === 'verifyFiles' || k === 'directGets' || k === 'precreateFiles' ? val !== 'false' : Number(val);
+    const eq = kv.indexOf('=');
+    const [k, val] = eq < 0 ? [kv, undefined] : [kv.slice(0, eq), kv.slice(eq + 1)];
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'directGets', 'flushAheadBytes', 'precreateFiles', 'code', 'arenas', 'semi', 'flag'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, directGets, flushAheadBytes, precreateFiles, code, arenas, semi, flag)`);
+    out[k] = k === 'code' || k === 'flag' ? (val ?? '') : k === 'verifyFiles' || k === 'directGets' || k === 'precreateFiles' ? val !== 'false' : Number(val);
   }
   return out;
 }
@@ -75,11 +77,13 @@ function args(): { size: number; runs: number; workers?: number; concurrency?: n
   const workers = get('workers');
   const concurrency = get('concurrency');
   const slots = get('slots');
+  const size = parseSize(get('size') ?? a.find((x) => /^\d/.test(x)) ?? '1GiB');
   return {
     ...(slots !== undefined ? { slots: Number(slots) } : {}),
     verifyFiles: a.includes('--verify-files'),
-    size: parseSize(get('size') ?? a.find((x) => /^\d/.test(x)) ?? '1GiB'),
-    runs: Number(get('runs') ?? 3),
+    size,
+    // Five rounds up to 2 GiB (a round takes seconds there, and on this VM one round can take half as long again as the next), three above.
+    runs: Number(get('runs') ?? (size <= 2 * 1024 * MiB ? 5 : 3)),
     ...(workers !== undefined ? { workers: Number(workers) } : {}),
     ...(concurrency !== undefined ? { concurrency: Number(concurrency) } : {}),
     dir: get('dir') ?? tmpdir(),
@@ -303,11 +307,12 @@ async function main(): Promise<void> {
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
           out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
         } else {
-          const { code, arenas, semi, ...v } = w === 'bosun' ? {} : o.variants[w]!;
+          const { code, arenas, semi, flag, ...v } = w === 'bosun' ? {} : o.variants[w]!;
           const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
           // arenas=N: the restore runs with glibc's MALLOC_ARENA_MAX=N (fewer malloc arenas for its threads).
           const childEnv = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
-          const flags = semi === undefined ? nodeFlags : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
+          const semiFlags = semi === undefined ? nodeFlags : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
+          const flags = flag ? [...semiFlags, flag] : semiFlags;
           const m =
             w === 'bosun'
               ? // The product command, as /usr/bin/bosun runs it.

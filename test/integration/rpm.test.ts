@@ -65,7 +65,7 @@ describe('the RPM', () => {
       assert.match(help.stdout, /usage: bosun <command>/);
       const addons = await run(process.execPath, ['-e', `const r = require('node:module').createRequire(${JSON.stringify(join(root, 'usr/lib/bosun/package.json'))}); r('systemd-journald'); r('zstd-napi'); console.log('ok')`]);
       assert.equal(addons.stdout.trim(), 'ok');
-      assert.match(await readFile(join(root, 'usr/bin/bosun'), 'utf8'), /^exec \/usr\/bin\/node --max-semi-space-size=8 \/usr\/lib\/bosun\/dist\/bundle\/cli\.js "\$@"$/m);
+      assert.match(await readFile(join(root, 'usr/bin/bosun'), 'utf8'), /^exec \/usr\/bin\/node --max-semi-space-size=8 --heap-growing-percent=20 \/usr\/lib\/bosun\/dist\/bundle\/cli\.js "\$@"$/m);
     });
   });
 });
