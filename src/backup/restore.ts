@@ -99,8 +99,9 @@ export type RestoreOptions = RestoreSource & {
    */
   flushAheadBytes?: number;
   /**
-   * create every file (empty) in the background, one at a time, while the
-   * first chunks download, instead of each on its first write (default true)
+   * create every file (empty) in the background while the first chunks
+   * download, two directories at a time, instead of each on its first write
+   * (default true)
    */
   precreateFiles?: boolean;
   signal?: AbortSignal;

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { BackupError, createBackup, createS3Client, restoreFromObjectStorage, S3Transport, trustSigners, type BackupResult, type RestoreResult } from '../../src/backup/index.js';
 import { parseManifest } from '../../src/backup/format.js';
 import { DoneSet } from '../../src/backup/journal.js';
@@ -175,6 +175,18 @@ function runChild(cfg: ChildConfig, onSpawn?: (kill: () => void) => void): Promi
   });
 }
 
+/** A debug-level logger whose lines the test can read. */
+function debugLogger(): { logger: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  return { logger: pino({ level: 'debug' }, sink), lines };
+}
+
 describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   let env: ServiceEnv;
   let s3: S3Client;
@@ -268,14 +280,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   });
 
   it('writes the data out while it downloads (flush ahead), and restores all the same where sync cannot run', async () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        lines.push(chunk.toString());
-        cb();
-      },
-    });
-    const logger = pino({ level: 'debug' }, sink);
+    const { logger, lines } = debugLogger();
     const target = join(work, 'flushed');
     await restore('tree', target, { logger, flushAheadBytes: 256 * 1024 });
     assertSameTree(await describeTree(target), expected);
@@ -594,14 +599,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
   });
 
   it('never puts the data key or S3 credentials into logs or errors', async () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        lines.push(chunk.toString());
-        cb();
-      },
-    });
-    const logger = pino({ level: 'debug' }, sink);
+    const { logger, lines } = debugLogger();
     const manifest = parseManifest(await getObject(objectKey('tree', `backups/${first.backupId}/manifest`)));
     const dataKey = openSealed(recipient.privateKey, recipient.publicKey, manifest.header.sealedDataKey);
     const target = join(work, 'logged');
