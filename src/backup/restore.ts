@@ -456,7 +456,7 @@ async function fetchAll(
     if (flushOff || flushing || sinceFlush < flushEvery) return;
     sinceFlush = 0;
     const t0 = performance.now();
-    flushing = runCommand(['sync', '-f', layout.staging], new Redactor(), { timeoutSeconds: 600 })
+    flushing = syncfs(layout.staging)
       .then(
         () => log?.debug({ ms: Math.round(performance.now() - t0) }, 'restore: flushed ahead'),
         (e: unknown) => {
@@ -484,7 +484,7 @@ async function fetchAll(
     return pool.use(pathOf(f), async (fh) => {
       const r = await workers.run({ op: 'open', slot, length: ref[2], codec: ref[4], plainLength: ref[3], sha256: ref[5], write: { fd: fh.fd, pos: s.ordinal * chunkSize, sparse: f.sparse } });
       if (!r.ok) {
-        if (r.why === 'write') throw writeError(r as { code?: string; message: string }, f);
+        if (r.why === 'write') throw writeError(r, f);
         return r.why;
       }
       if (r.op !== 'open') throw new Error('chunk worker answered an open with something else');
@@ -515,7 +515,7 @@ async function fetchAll(
         const f = index.files[s.file]!;
         if (k > 0) {
           const r = await pool.use(pathOf(f), (fh) => workers.run({ op: 'write', slot, length: plainLength, write: { fd: fh.fd, pos: s.ordinal * chunkSize, sparse: f.sparse } }));
-          if (!r.ok) throw r.why === 'write' ? writeError(r as { code?: string; message: string }, f) : new Error(`chunk worker failed a write: ${r.why}`);
+          if (!r.ok) throw r.why === 'write' ? writeError(r, f) : new Error(`chunk worker failed a write: ${r.why}`);
         }
         digests.written(s.file, s.ordinal);
         progress.add(plainLength);
@@ -734,10 +734,15 @@ async function recheckDone(body: ManifestBody, index: ReturnType<typeof indexChu
   return lost;
 }
 
-/** Make everything written to the staging tree durable: syncfs(2) through `sync -f`, or fsync of every file and directory if that fails. */
+/** syncfs(2) of the filesystem holding `dir`, through `sync -f`. */
+async function syncfs(dir: string): Promise<void> {
+  await runCommand(['sync', '-f', dir], new Redactor(), { timeoutSeconds: 600 });
+}
+
+/** Make everything written to the staging tree durable: syncfs, or fsync of every file and directory if that fails. */
 async function syncTree(staging: string): Promise<void> {
   try {
-    await runCommand(['sync', '-f', staging], new Redactor(), { timeoutSeconds: 600 });
+    await syncfs(staging);
   } catch {
     await fsyncTree(staging);
   }

@@ -1,3 +1,5 @@
+import type { OpenFailure } from '../format.js';
+
 /**
  * Messages between the main thread and the backup worker threads. Chunk bytes
  * never travel in messages: they sit in slots of one SharedArrayBuffer that
@@ -41,7 +43,8 @@ export type ChunkReply =
   | { id: number; ok: false; why: 'write'; code?: string; message: string }
   | { id: number; ok: true; op: 'seal'; zero: true }
   | { id: number; ok: true; op: 'seal'; zero: false; recordLength: number; codec: number; sha256: string }
-  | { id: number; ok: false; why: string };
+  /** the record (or, sealing, the plaintext) failed a check: see OpenFailure */
+  | { id: number; ok: false; why: OpenFailure };
 
 export interface DigestFile {
   path: string;
