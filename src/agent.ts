@@ -1,26 +1,24 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { writeFileAtomic } from './host/files.js';
-import { applySpec, type Planner } from './engine/apply.js';
-import { Journal } from './engine/journal.js';
-import { canonicalJson } from './engine/step.js';
-import type { Redactor } from './engine/redact.js';
+import { applyNode } from './apply-node.js';
+import type { Planner } from './engine/apply.js';
+import { canonicalJson } from './canonical-json.js';
+import type { Redactor } from './secrets/redact.js';
 import { describeError, isBosunError } from './errors.js';
 import type { Host } from './host/index.js';
 import type { HostProbe } from './host/probe.js';
 import type { HostIdentity } from './identity/host-identity.js';
 import type { Logger } from './log.js';
-import { ObservationReuse, changedStages, phasesFor, planPhase, type PlanContext } from './phases/index.js';
+import { changedStages, phasePlanner, type PlanContext } from './phases/index.js';
 import type { AgentSettings } from './spec/agent-settings.js';
 import type { NodeSpec } from './spec/node-spec.js';
-import { parseNodeSpec } from './spec/validate.js';
 import { startDesiredConsumer, type DesiredConsumer, type DesiredMessage } from './bus/desired.js';
 import { verifyEnvelope } from './bus/envelope.js';
 import { createKafka, SocketTracker, type Kafka } from './bus/kafka.js';
 import { Reporter } from './bus/reporter.js';
 import type { Sample } from './health/metrics.js';
-import { readRestoreProgressSync } from './phases/restore/run.js';
-import { lifecycleOf, readDecommissionRecord, type DecommissionRecord } from './phases/decommission.js';
+import { lifecycleOf, readDecommissionRecord, type DecommissionRecord } from './state/decommission.js';
+import { readDesiredSeen, writeDesiredSeen } from './state/desired-seen.js';
+import { readRestoreProgressSync } from './state/restore-progress.js';
+import { readApplied, readLastGoodSpec } from './state/applied.js';
 
 import { AGENT_VERSION } from './version.js';
 
@@ -30,7 +28,7 @@ export interface AgentOptions {
   settings: AgentSettings;
   stateDir: string;
   identity: HostIdentity;
-  host: Host;
+  host: Host<Redactor>;
   probe: HostProbe;
   ctx: PlanContext;
   logger: Logger;
@@ -127,8 +125,7 @@ export class Agent {
     const { logger } = this.#o;
     this.#lastGood = await this.#readLastGood();
     this.#decommission = await readDecommissionRecord(this.#o.stateDir).catch(() => undefined);
-    const seen = await readFile(join(this.#o.stateDir, 'desired-seen.json'), 'utf8').catch(() => '{}');
-    this.#seen = JSON.parse(seen) as Record<string, string>;
+    this.#seen = await readDesiredSeen(this.#o.stateDir);
     this.#kafka = await createKafka(this.#o.settings, logger, this.#sockets);
     this.#reporter = new Reporter({ kafka: this.#kafka, sockets: this.#sockets, node: this.#o.settings.node, identity: this.#o.identity, topics: this.#o.settings.topics, logger });
     if (this.#lastGood) {
@@ -240,24 +237,21 @@ export class Agent {
   async #markSeen(m: DesiredMessage): Promise<void> {
     if (this.#alreadySeen(m)) return;
     this.#seen[String(m.partition)] = m.offset;
-    // Losing this in a power cut only means a refusal may be reported once more.
-    await writeFileAtomic(join(this.#o.stateDir, 'desired-seen.json'), JSON.stringify(this.#seen) + '\n', { mode: 0o600, durable: false });
+    await writeDesiredSeen(this.#o.stateDir, this.#seen);
   }
 
   async #readLastGood(): Promise<NodeSpec | undefined> {
-    const text = await readFile(new Journal(this.#o.stateDir).lastGoodSpecPath, 'utf8').catch(() => undefined);
-    if (text === undefined) return undefined;
-    const r = parseNodeSpec(JSON.parse(text));
-    if (!r.ok) {
-      this.#o.logger.error({ problems: r.problems }, 'the last good spec in the state dir no longer validates; ignoring it');
+    const lastGood = await readLastGoodSpec(this.#o.stateDir);
+    if (lastGood?.ok === false) {
+      this.#o.logger.error({ problems: lastGood.problems }, 'the last good spec in the state dir no longer validates; ignoring it');
       return undefined;
     }
-    return r.value;
+    return lastGood?.spec;
   }
 
   async #onDesired(m: DesiredMessage): Promise<void> {
     this.counters.received += 1;
-    const applied = (await new Journal(this.#o.stateDir).readApplied())?.specVersion;
+    const applied = (await readApplied(this.#o.stateDir))?.specVersion;
     const v = verifyEnvelope(m.value, { node: this.#o.settings.node, trusted: this.#o.settings.trustedKeys, lastApplied: applied });
     if (!v.ok) {
       if (v.refusal.reason === 'stale-version') {
@@ -301,8 +295,7 @@ export class Agent {
     if (!spec || this.#stopped) return;
     const previous = boot ? undefined : this.#lastGood;
     const stages = changedStages(spec, previous);
-    const reuse = new ObservationReuse();
-    const planner: Planner = this.#o.planner ?? { phases: (s) => (s === spec ? stages : phasesFor(s)), plan: (s, stage) => planPhase(s, stage, this.#o.probe, this.#o.ctx, reuse), changed: () => reuse.clear() };
+    const planner = this.#o.planner ?? phasePlanner(this.#o.probe, this.#o.ctx, previous);
     const log = this.#o.logger.child({ specVersion: spec.version });
     if (spec.decommission) await this.#syncPeerServer(spec);
     const inProgress = { version: spec.version, since: new Date().toISOString(), step: 'planning' };
@@ -312,7 +305,7 @@ export class Agent {
       this.#o.onProgress?.(text);
     };
     try {
-      const out = await applySpec({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress, ...(boot && this.#o.beforeServicePhases ? { beforeServicePhases: this.#o.beforeServicePhases } : {}), ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
+      const out = await applyNode({ spec, stateDir: this.#o.stateDir, host: this.#o.host, probe: this.#o.probe, ctx: this.#o.ctx, identity: this.#o.identity, logger: this.#o.logger, planner, onProgress, ...(boot && this.#o.beforeServicePhases ? { beforeServicePhases: this.#o.beforeServicePhases } : {}), ...(this.#o.settings.objectStorage ? { objectStorage: this.#o.settings.objectStorage } : {}) });
       this.counters.applied += 1;
       this.#lastGood = spec;
       await this.#syncPeerServer(spec);

@@ -4,10 +4,10 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ed25519PrivateFromPem, signEnvelope } from './bus/envelope.js';
-import { applySpec } from './engine/apply.js';
+import { applyNode } from './apply-node.js';
 import { collectHealth } from './health/collect.js';
-import { Journal } from './engine/journal.js';
-import { Redactor } from './engine/redact.js';
+import { Journal } from './state/journal.js';
+import { Redactor } from './secrets/redact.js';
 import { planToJson, renderPlanText } from './engine/render.js';
 import { BosunError, ExitCode, describeError, isBosunError } from './errors.js';
 import { BlankProbe, DISTROS, Host, LiveProbe, detectDistro, isDistroId, type Distro } from './host/index.js';
@@ -15,12 +15,13 @@ import { writeFileAtomic } from './host/files.js';
 import { RecordingProbe } from './host/probe-record.js';
 import { loadOrCreateIdentity, readIdentity } from './identity/host-identity.js';
 import { publicKeyString, seal, x25519PublicFromString } from './identity/seal.js';
-import { readRestoreProgress } from './phases/restore/run.js';
 import { createLogger } from './log.js';
 import { AGENT_VERSION } from './version.js';
 import { createNotifier } from './host/notify.js';
 import { planNode } from './phases/index.js';
-import { lifecycleOf, readDecommissionRecord } from './phases/decommission.js';
+import { readLastGoodSpec } from './state/applied.js';
+import { lifecycleOf, readDecommissionRecord } from './state/decommission.js';
+import { readRestoreProgress } from './state/restore-progress.js';
 import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
 import type { NodeSpec } from './spec/node-spec.js';
 import type { AgentSettings } from './spec/agent-settings.js';
@@ -142,7 +143,7 @@ const COMMANDS: Record<string, Command> = {
       const { logger } = createLogger({ redactor, target: 'stderr', level: settings?.log.level ?? 'info' });
       const { identity } = await loadOrCreateIdentity(stateDir);
       const root = values.root as string | undefined;
-      const outcome = await applySpec({
+      const outcome = await applyNode({
         spec,
         stateDir,
         host: new Host({ redactor, root }),
@@ -237,9 +238,8 @@ const COMMANDS: Record<string, Command> = {
       const { formatBytes } = await import('./backup/progress.js');
       let health: Record<string, unknown> | null = null;
       if (values.health) {
-        const lastGood = await readFile(journal.lastGoodSpecPath, 'utf8').catch(() => undefined);
-        const parsed = lastGood === undefined ? undefined : parseNodeSpec(JSON.parse(lastGood));
-        if (parsed?.ok) health = await collectHealth(parsed.value, new LiveProbe(new Redactor()), { distro: await detectDistro() });
+        const lastGood = await readLastGoodSpec(stateDir);
+        if (lastGood?.ok) health = await collectHealth(lastGood.spec, new LiveProbe(new Redactor()), { distro: await detectDistro() });
       }
       const status = {
         node: settings?.node,

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { pino, type Logger } from 'pino';
-import type { Redactor } from './engine/redact.js';
+import type { Redactor } from './secrets/redact.js';
 
 export type { Logger } from 'pino';
 export type LogTarget = 'auto' | 'journald' | 'stdout' | 'stderr';

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Planner } from '../src/engine/apply.js';
-import { PHASE_ORDER, type Step } from '../src/engine/step.js';
+import type { Step } from '../src/engine/step.js';
+import { PHASES } from '../src/phases/index.js';
 import type { NodeSpec } from '../src/spec/node-spec.js';
 import { parseNodeSpec } from '../src/spec/validate.js';
 
@@ -78,7 +79,7 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
 /** A planner that always plans the given steps, grouped by their phase (tests of the engine itself). */
 export function fixedPlanner(steps: Step[]): Planner {
   return {
-    phases: () => PHASE_ORDER.filter((p) => steps.some((s) => s.phase === p)),
+    phases: () => [...new Set(PHASES.map((phase) => phase.name))].filter((name) => steps.some((s) => s.phase === name)),
     plan: (_spec, phase) => Promise.resolve(steps.filter((s) => s.phase === phase)),
   };
 }

@@ -7,7 +7,7 @@ import { writeFileAtomic } from '../host/files.js';
 import type { Logger } from '../log.js';
 import { BackupError, errnoOf, isBackupError } from './errors.js';
 import { runCommand } from '../host/exec.js';
-import { Redactor } from '../engine/redact.js';
+import { Redactor } from '../secrets/redact.js';
 import { Semaphore } from './semaphore.js';
 import { ChunkWorkers, DigestChecker, SlotRing, defaultWorkerCount } from './workers/pool.js';
 import {

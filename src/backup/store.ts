@@ -2,7 +2,7 @@ import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { z } from 'zod';
 import { BosunError } from '../errors.js';
-import type { Redactor } from '../engine/redact.js';
+import type { Redactor } from '../secrets/redact.js';
 import { readFileIfExists } from '../host/files.js';
 import { openSealed } from '../identity/seal.js';
 import type { ObjectStorageSettings } from '../spec/agent-settings.js';

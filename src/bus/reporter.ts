@@ -1,5 +1,5 @@
 import kafkajs, { type Producer } from 'kafkajs';
-import { canonicalJson } from '../engine/step.js';
+import { canonicalJson } from '../canonical-json.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import type { Kafka, SocketTracker } from './kafka.js';

@@ -1,38 +1,39 @@
 import { createHash } from 'node:crypto';
+import { canonicalJson } from '../canonical-json.js';
 import { BosunError, describeError, isBosunError } from '../errors.js';
 import type { Host } from '../host/index.js';
-import type { HostProbe } from '../host/probe.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
-import { ObservationReuse, planPhase, phasesFor, type PlanContext } from '../phases/index.js';
-import { assertNotDecommissioned, markDecommissioning, recordDecommission, type DecommissionRecord } from '../phases/decommission.js';
+import type { Redactor } from '../secrets/redact.js';
 import type { NodeSpec } from '../spec/node-spec.js';
-import type { ObjectStorageSettings } from '../spec/agent-settings.js';
-import { Journal, currentBootId, type AppliedRecord, type JournalState } from './journal.js';
-import { acquireLock } from './lock.js';
-import { OpenedSecret } from './redact.js';
+import type { AppliedRecord } from '../state/applied.js';
+import type { DecommissionRecord } from '../state/decommission.js';
+import { Journal, currentBootId, type JournalState } from '../state/journal.js';
+import { acquireLock } from '../state/lock.js';
+import { runStep, type StepExecutors } from './execute.js';
 import { describeStep } from './render.js';
-import { SERVICE_PHASES, canonicalJson, isSecretRef, planDigest, type Content, type StageId, type Step } from './step.js';
+import { planDigest, type StageId, type Step } from './step.js';
 
 export interface ApplyRequest {
   spec: NodeSpec;
   stateDir: string;
-  host: Host;
-  probe: HostProbe;
-  ctx: PlanContext;
+  host: Host<Redactor>;
   /** opens sealed secrets; needed only when a step holds one */
   identity?: HostIdentity;
   logger: Logger;
-  /** plan phases with this instead of the phase modules (tests of the engine itself) */
-  planner?: Planner;
-  /** agent.json's objectStorage: where a restore step finds the store and its credentials */
-  objectStorage?: ObjectStorageSettings;
+  /** which stages the spec needs and their steps: the engine knows no phase itself */
+  planner: Planner;
+  /** how to run step kinds the engine does not run through the host itself (restore) */
+  executors?: StepExecutors;
+  /** what the planner's side wants done around the apply (src/apply-node.ts: the decommission record) */
+  hooks?: ApplyHooks;
   /** told, in a line, which phase runs now (the daemon passes it to systemd as STATUS=) */
   onProgress?: (text: string) => void;
   /**
-   * Awaited once, before the first stage of a SERVICE_PHASES phase runs: what
-   * the machine runs on (disks, mesh, restored data) is built. The daemon's
-   * boot-time apply sends READY=1 here (see SERVICE_PHASES).
+   * Awaited once, before the first stage for which `hooks.startsServices` is
+   * true runs: what the machine runs on (disks, mesh, restored data) is built.
+   * The daemon's boot-time apply sends READY=1 here (see SERVICE_PHASES in
+   * src/phases/index.ts).
    */
   beforeServicePhases?: () => Promise<void>;
 }
@@ -43,6 +44,18 @@ export interface Planner {
   plan(spec: NodeSpec, phase: StageId): Promise<Step[]>;
   /** the host changed (steps ran): forget any observation kept for reuse */
   changed?(): void;
+}
+
+/** Points in an apply where the planner's side takes part; each is awaited, and a throw fails the apply. */
+export interface ApplyHooks {
+  /** before anything is read or run: refuse a spec this host must not apply */
+  admit?(spec: NodeSpec): Promise<void>;
+  /** after planning, before the first step runs (also when nothing is left to run) */
+  starting?(spec: NodeSpec): Promise<void>;
+  /** after every stage succeeded and the last good state was recorded: verify, and say what to add to the outcome */
+  finished?(spec: NodeSpec): Promise<Pick<ApplyOutcome, 'decommission'>>;
+  /** does this stage start units ordered after bosun.service (see `beforeServicePhases`) */
+  startsServices?(stage: StageId): boolean;
 }
 
 export interface ApplyOutcome {
@@ -81,22 +94,8 @@ export interface PhaseTiming {
   slowest?: { step: string; ms: number };
 }
 
-/** Stage ids are a phase's name, or "phase/layer" for a phase split into stages. */
-function isServiceStage(stage: StageId): boolean {
-  return (SERVICE_PHASES as readonly string[]).includes(stage.split('/')[0]!);
-}
-
 export function specDigest(spec: NodeSpec): string {
   return createHash('sha256').update(canonicalJson(spec)).digest('hex').slice(0, 16);
-}
-
-function phasePlanner(req: ApplyRequest): Planner {
-  const reuse = new ObservationReuse();
-  return {
-    phases: phasesFor,
-    plan: (spec, phase) => planPhase(spec, phase, req.probe, req.ctx, reuse),
-    changed: () => reuse.clear(),
-  };
 }
 
 /**
@@ -117,12 +116,12 @@ export async function applySpec(req: ApplyRequest): Promise<ApplyOutcome> {
 
 async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durationMs'>> {
   const { spec, logger } = req;
-  const planner = req.planner ?? phasePlanner(req);
-  const journal = new Journal(req.stateDir);
+  const { planner, hooks = {} } = req;
+  const journal = new Journal<Step>(req.stateDir);
   const digest = specDigest(spec);
   const log = logger.child({ specVersion: spec.version });
 
-  await assertNotDecommissioned(spec, req.stateDir);
+  await hooks.admit?.(spec);
   const applied = await journal.readApplied();
   if (applied && spec.version < applied.specVersion) {
     throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} is older than version ${applied.specVersion}, already applied; versions only grow`, { version: spec.version, applied: applied.specVersion });
@@ -169,18 +168,18 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   }
   const timings: ApplyTimings = { planMs: Math.round(performance.now() - planStarted), phases: [] };
   const total = [...firstPlans.values()].reduce((n, s) => n + s.length, 0);
-  if (spec.decommission) await markDecommissioning(spec, req.stateDir);
+  await hooks.starting?.(spec);
   if (total === 0 && state.stepsDone === 0) {
     const record = await journal.complete(state, spec);
-    const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
+    const finished = await hooks.finished?.(spec);
     log.info({ steps: 0 }, `version ${spec.version}: the host already matches; nothing to do`);
-    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, timings, ...(decommission ? { decommission } : {}) };
+    return { result: 'unchanged', specVersion: spec.version, steps: 0, record, timings, ...finished };
   }
   log.info({ steps: total, phases: remaining }, `applying version ${spec.version}: about ${total} steps in ${remaining.length} phases`);
 
   let servicePhasesReached = false;
   for (const [i, phase] of remaining.entries()) {
-    if (!servicePhasesReached && isServiceStage(phase)) {
+    if (!servicePhasesReached && hooks.startsServices?.(phase)) {
       servicePhasesReached = true;
       await req.beforeServicePhases?.();
     }
@@ -202,12 +201,12 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     log.info({ phase, ms: timing.ms, planMs: timing.planMs, stepMs: timing.stepMs, steps: timing.steps }, `${phase}: ${timing.steps} steps in ${timing.ms} ms (${timing.stepMs} ms in the steps)`);
   }
   const record = await journal.complete(state, spec);
-  const decommission = spec.decommission ? await recordDecommission(spec, req.stateDir, req.probe, req.ctx) : undefined;
+  const finished = await hooks.finished?.(spec);
   log.info({ steps: state.stepsDone, timings }, `version ${spec.version} applied`);
-  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, timings, ...(decommission ? { decommission } : {}) };
+  return { result: 'applied', specVersion: spec.version, steps: state.stepsDone, resumedAt, record, timings, ...finished };
 }
 
-async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState, log: Logger, timing: PhaseTiming): Promise<void> {
+async function runPhase(req: ApplyRequest, journal: Journal<Step>, state: JournalState<Step>, log: Logger, timing: PhaseTiming): Promise<void> {
   const cur = state.current!;
   const total = cur.steps.length;
   for (let i = cur.next; i < total; i++) {
@@ -218,7 +217,7 @@ async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState
     slog.info(`${cur.phase} ${i + 1}/${total}: ${describeStep(step)}`);
     const stepStarted = performance.now();
     try {
-      await runStep(req, step);
+      await runStep(step, req);
       const ms = performance.now() - stepStarted;
       timing.stepMs += Math.round(ms);
       timing.steps += 1;
@@ -237,91 +236,4 @@ async function runPhase(req: ApplyRequest, journal: Journal, state: JournalState
     state.stepsDone += 1;
     await journal.write(state);
   }
-}
-
-/**
- * How long a command step may run when its phase set no limit: a tool that
- * hangs (a start job that never finishes, a device that stops answering) must
- * fail the apply with a report and a retry, not wedge the agent silently.
- */
-export const EXEC_STEP_TIMEOUT_SECONDS = 30 * 60;
-
-async function runStep(req: ApplyRequest, step: Step): Promise<void> {
-  const { host } = req;
-  switch (step.kind) {
-    case 'exec': {
-      const run = () => host.exec(step.argv, { input: step.stdin === undefined ? undefined : materialize(req, step.stdin), timeoutSeconds: step.timeoutSeconds ?? EXEC_STEP_TIMEOUT_SECONDS, okExitCodes: step.okExitCodes });
-      if (step.retryForSeconds === undefined) {
-        await run();
-        return;
-      }
-      const deadline = Date.now() + step.retryForSeconds * 1000;
-      for (;;) {
-        try {
-          await run();
-          return;
-        } catch (e) {
-          if (Date.now() + 2000 > deadline) throw new BosunError(isBosunError(e) ? e.code : 'E_EXEC', `still failing after ${step.retryForSeconds}s: ${describeError(e)}`, isBosunError(e) ? e.details : {}, { cause: e });
-          await new Promise((r) => setTimeout(r, 2000));
-        }
-      }
-    }
-    case 'write':
-      await host.write(step.path, materialize(req, step.content), step.mode, { uid: step.owner, gid: step.group });
-      return;
-    case 'mkdir':
-      await host.mkdir(step.path, step.mode, { uid: step.owner, gid: step.group });
-      return;
-    case 'remove':
-      await host.remove(step.path);
-      return;
-    case 'unit':
-      await host.systemctl(step.action, step.unit);
-      return;
-    case 'wait':
-      await host.waitForPath(step.path, step.timeoutSeconds);
-      return;
-    case 'refresh': {
-      const r = await host.refreshPackages(step.packages, step.deadlineSeconds, (a) => {
-        if (a.failure) req.logger.warn({ attempt: a.attempt, exitCode: a.exitCode ?? null, kind: a.failure.kind }, `dnf attempt ${a.attempt} failed: ${a.failure.reason}${a.retryInMs !== undefined ? `; retrying in ${Math.round(a.retryInMs / 1000)}s` : ''}`);
-      });
-      req.logger.info({ updated: r.updated, unchanged: r.unchanged, attempts: r.attempts }, r.updated.length === 0 ? `packages already the newest: ${r.unchanged.join(', ') || '(none installed)'}` : `updated ${r.updated.map((u) => `${u.name} ${u.from ?? '(new)'} -> ${u.to}`).join(', ')}`);
-      return;
-    }
-    case 'pending':
-      throw new BosunError('E_NOT_IMPLEMENTED', `phase ${step.phase} is not implemented yet (issue #${step.issue})`);
-    case 'restore': {
-      // The restore code (and the S3 client and peer TLS under it) loads only when a restore runs.
-      const { runRestoreStep } = await import('../phases/restore/run.js');
-      await runRestoreStep(step, {
-        redactor: host.redactor,
-        logger: req.logger,
-        stateDir: req.stateDir,
-        root: host.root,
-        ...(req.identity ? { identity: req.identity } : {}),
-        ...(req.objectStorage ? { objectStorage: req.objectStorage } : {}),
-      });
-      return;
-    }
-  }
-}
-
-/** Splice opened secrets into content; each opened value is registered with the redactor first. */
-function materialize(req: ApplyRequest, content: Content): Buffer {
-  if (typeof content === 'string') return Buffer.from(content);
-  return Buffer.concat(
-    content.map((part) => {
-      if (!isSecretRef(part)) return Buffer.from(part);
-      if (!req.identity) throw new BosunError('E_SECRET', `${part.label} is sealed but this host has no identity to open it`);
-      let value: Buffer;
-      try {
-        value = req.identity.open(part.secret.sealed);
-      } catch (e) {
-        throw new BosunError('E_SECRET', `${part.label}: ${describeError(e)}`);
-      }
-      const opened = new OpenedSecret(part.label, value);
-      req.host.redactor.add(opened.reveal());
-      return part.encoding === 'base64' ? Buffer.from(opened.reveal().toString('base64')) : opened.reveal();
-    }),
-  );
 }

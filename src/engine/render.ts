@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { systemctlArgv } from '../host/systemd.js';
-import { isSecretRef, PHASE_ORDER, type Content, type RestoreStep, type Step } from './step.js';
+import { isSecretRef, type Content } from '../secrets/ref.js';
+import type { RestoreStep, Step } from './step.js';
 
 /** Content as it may be shown: every secret replaced by a marker naming it. */
 export function showContent(content: Content): string {
@@ -88,7 +89,8 @@ export interface PlanHeader {
 /** The plan for people: phases in order, numbered steps, why each is needed; pending phases marked. */
 export function renderPlanText(h: PlanHeader, steps: readonly Step[], showContents = false): string {
   const out: string[] = [];
-  const phases = PHASE_ORDER.filter((p) => steps.some((s) => s.phase === p));
+  // Planners return steps in boot order, so a phase's first step says where it stands.
+  const phases = [...new Set(steps.map((step) => step.phase))];
   out.push(`bosun plan for node ${h.node} of cluster ${h.cluster}, spec version ${h.version} (${h.distro}, ${h.observed === 'blank' ? 'as for a blank host' : 'from what this host has now'})`);
   out.push(`${steps.length} step${steps.length === 1 ? '' : 's'} in ${phases.length} phase${phases.length === 1 ? '' : 's'}; secrets are shown as <redacted:...>`);
   let n = 0;

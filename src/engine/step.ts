@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { SealedSecret } from '../spec/common.js';
+import { canonicalJson } from '../canonical-json.js';
+import type { UnitAction } from '../host/systemd.js';
+import type { Content, SecretRef } from '../secrets/ref.js';
 
 /**
  * A Step is one thing the engine does to the host. Phases only ever return
@@ -13,16 +15,6 @@ import type { SealedSecret } from '../spec/common.js';
  */
 
 export type PhaseName = 'packages' | 'disks' | 'network' | 'container' | 'restore' | 'auxiliary' | 'decommission';
-/** restore comes before container: the service must find its data in place when it first starts */
-export const PHASE_ORDER: readonly PhaseName[] = ['packages', 'disks', 'network', 'restore', 'container', 'auxiliary', 'decommission'];
-/**
- * Phases that start units ordered after bosun.service: every systemd-nspawn@
- * machine is (units/bosun-nspawn.conf), and an auxiliary unit may be ordered
- * after the machine. While bosun.service is still starting (Type=notify,
- * before READY=1) a start of such a unit waits for bosun, and bosun would wait
- * for the start: the daemon sends READY=1 before the first of these runs.
- */
-export const SERVICE_PHASES: readonly PhaseName[] = ['container', 'auxiliary'];
 
 /**
  * What the engine plans, runs and journals as one unit: a phase, or one stage
@@ -31,17 +23,6 @@ export const SERVICE_PHASES: readonly PhaseName[] = ['container', 'auxiliary'];
  * below it exists.
  */
 export type StageId = string;
-
-export interface SecretRef {
-  secret: SealedSecret;
-  /** what the secret is, for plans and errors: "disks.luks.key" */
-  label: string;
-  /** how the opened bytes are spliced in: as they are (default) or base64, for formats that cannot hold arbitrary bytes */
-  encoding?: 'raw' | 'base64';
-}
-
-/** File content or stdin: literal text with sealed secrets spliced in at execution time. */
-export type Content = string | readonly (string | SecretRef)[];
 
 interface StepBase {
   phase: PhaseName;
@@ -87,8 +68,6 @@ export interface RemoveStep extends StepBase {
   path: string;
 }
 
-export type UnitAction = 'daemon-reload' | 'enable' | 'disable' | 'start' | 'stop' | 'restart' | 'reload' | 'enable-now';
-
 export interface UnitStep extends StepBase {
   kind: 'unit';
   action: UnitAction;
@@ -126,7 +105,7 @@ export interface PendingStep extends StepBase {
 
 /**
  * Restore a backup into a directory (the data volume), run in-process by
- * src/phases/restore/run.ts: staged beside or inside the target, every chunk
+ * src/backup/restore-step.ts: staged beside or inside the target, every chunk
  * verified, resumable after a kill (its own journal in the target), and
  * `marker` written only once every byte verified. Secrets are references, as
  * everywhere. `from` says which restore function runs it.
@@ -174,10 +153,6 @@ export interface PeerRestoreStep extends StepBase {
 
 export type Step = ExecStep | WriteStep | MkdirStep | RemoveStep | UnitStep | WaitStep | RefreshStep | PendingStep | RestoreStep;
 
-export function isSecretRef(v: unknown): v is SecretRef {
-  return typeof v === 'object' && v !== null && 'secret' in v && 'label' in v;
-}
-
 /** Stable identity of a step's content: the journal uses it to tell a resumed plan from a new one. */
 export function stepDigest(step: Step): string {
   return createHash('sha256').update(canonicalJson(step)).digest('hex').slice(0, 16);
@@ -187,16 +162,4 @@ export function planDigest(steps: readonly Step[]): string {
   const h = createHash('sha256');
   for (const s of steps) h.update(stepDigest(s)).update('\n');
   return h.digest('hex').slice(0, 16);
-}
-
-/** JSON with object keys sorted, so equal data always hashes the same. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (v !== null && typeof v === 'object') {
-    const entries = Object.entries(v as Record<string, unknown>)
-      .filter(([, x]) => x !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(',')}}`;
-  }
-  return JSON.stringify(v);
 }

@@ -1,6 +1,15 @@
 import { execa } from 'execa';
 import { BosunError } from '../errors.js';
-import type { Redactor } from '../engine/redact.js';
+
+/**
+ * What the host layer needs of the redactor (src/secrets/redact.ts implements
+ * it): scrub every secret it knows from a text, and learn one more. The host
+ * layer sits below secrets, so it names only this shape.
+ */
+export interface SecretScrubber {
+  redact(text: string): string;
+  add(secret: string | Uint8Array): void;
+}
 
 export interface ExecResult {
   exitCode: number;
@@ -21,7 +30,7 @@ export interface ExecOptions {
  * output, and everything it prints passed through the redactor before it can
  * reach an error message or a log line.
  */
-export async function runCommand(argv: readonly string[], redactor: Redactor, opts: ExecOptions = {}): Promise<ExecResult> {
+export async function runCommand(argv: readonly string[], redactor: SecretScrubber, opts: ExecOptions = {}): Promise<ExecResult> {
   const [file, ...args] = argv;
   if (!file) throw new BosunError('E_EXEC', 'empty command');
   const r = await execa(file, args, {

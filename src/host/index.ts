@@ -1,10 +1,8 @@
 import { access } from 'node:fs/promises';
 import { BosunError } from '../errors.js';
-import type { Redactor } from '../engine/redact.js';
-import type { UnitAction } from '../engine/step.js';
-import { runCommand, type ExecOptions, type ExecResult } from './exec.js';
+import { runCommand, type ExecOptions, type ExecResult, type SecretScrubber } from './exec.js';
 import { ensureDir, removeFile, writeFileAtomic } from './files.js';
-import { systemctlArgv } from './systemd.js';
+import { systemctlArgv, type UnitAction } from './systemd.js';
 import { refreshPackages, type AttemptReport, type RefreshResult } from './dnf.js';
 
 /**
@@ -12,11 +10,12 @@ import { refreshPackages, type AttemptReport, type RefreshResult } from './dnf.j
  * tests (and image builds) can apply file steps into a directory; commands
  * always run on the real host.
  */
-export class Host {
-  readonly redactor: Redactor;
+export class Host<Scrubber extends SecretScrubber = SecretScrubber> {
+  /** the process's redactor (src/secrets/redact.ts); typed by its shape here, as host/ sits below secrets/ */
+  readonly redactor: Scrubber;
   readonly root: string;
 
-  constructor(opts: { redactor: Redactor; root?: string }) {
+  constructor(opts: { redactor: Scrubber; root?: string }) {
     this.redactor = opts.redactor;
     this.root = opts.root ?? '';
   }

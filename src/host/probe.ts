@@ -1,8 +1,7 @@
 import { readdir, realpath, stat as fsStat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readFileIfExists } from './files.js';
-import { runCommand, type ExecResult } from './exec.js';
-import type { Redactor } from '../engine/redact.js';
+import { runCommand, type ExecResult, type SecretScrubber } from './exec.js';
 
 /**
  * Read-only questions phases ask about the host while observing. Observing
@@ -52,7 +51,7 @@ export class LiveProbe implements HostProbe {
   readonly blank = false;
 
   constructor(
-    private readonly redactor: Redactor,
+    private readonly redactor: SecretScrubber,
     private readonly root = '',
   ) {}
 

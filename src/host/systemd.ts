@@ -1,4 +1,5 @@
-import type { UnitAction } from '../engine/step.js';
+/** What a unit step asks systemctl to do. */
+export type UnitAction = 'daemon-reload' | 'enable' | 'disable' | 'start' | 'stop' | 'restart' | 'reload' | 'enable-now';
 
 /**
  * The systemctl argv for a unit step: one spelling, used to run it and to print it.

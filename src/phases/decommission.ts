@@ -1,9 +1,9 @@
-import { join } from 'node:path';
 import { BosunError } from '../errors.js';
+import type { ApplyHooks } from '../engine/apply.js';
 import type { Step } from '../engine/step.js';
-import { readFileIfExists, writeFileAtomic } from '../host/files.js';
 import type { HostProbe } from '../host/probe.js';
 import type { NodeSpec } from '../spec/node-spec.js';
+import { assertNotDecommissioned, markDecommissioning, readDecommissionRecord, writeDecommissionRecord, type DecommissionRecord } from '../state/decommission.js';
 import { machineUnit } from './container/render.js';
 import { computeLayers } from './disks/layers.js';
 import { mountUnitName, mountUnitPath } from './disks/mount.js';
@@ -33,10 +33,8 @@ import type { Phase, PlanContext } from './types.js';
  *
  * When the engine has run this phase, `recordDecommission` verifies the
  * result and persists it in the state dir; from then on the host refuses any
- * spec without `decommission` (`assertNotDecommissioned`).
+ * spec without `decommission` (`assertNotDecommissioned`, src/state/decommission.ts).
  */
-
-export const DECOMMISSION_FILE = 'decommissioned.json';
 
 export interface ObservedDecommission {
   container?: { unit: string; enabled: string; active: string };
@@ -206,37 +204,6 @@ export const decommissionPhase: Phase<ObservedDecommission> = {
   plan: planDecommission,
 };
 
-export interface DecommissionRecord {
-  format: 1;
-  /** decommissioning: written when the phase starts, so a host cut off half-way still refuses to rebuild */
-  state: 'decommissioning' | 'decommissioned';
-  node: string;
-  specVersion: number;
-  erase: 'crypto' | 'none';
-  safeToDelete: boolean;
-  finishedAt: string;
-  evidence: {
-    container: { unit: string; active: string; enabled: string } | null;
-    auxiliary: { unit: string; active: string; enabled: string }[];
-    /** bosun conns still loaded or on disk (0 = left the mesh) */
-    ipsecConnsLeft: number;
-    dataVolumeMounted: boolean;
-    luks: { device: string; open: boolean; keyslots: number | null }[];
-  };
-  /** what did not verify, in words; empty when safeToDelete */
-  problems: string[];
-}
-
-export interface Lifecycle {
-  state: 'serving' | 'decommissioning' | 'decommissioned';
-  safeToDelete: boolean;
-  specVersion?: number;
-  finishedAt?: string;
-  erase?: 'crypto' | 'none';
-  evidence?: DecommissionRecord['evidence'];
-  problems?: string[];
-}
-
 /** Observe the host after the phase ran: did every step take effect. */
 export async function verifyDecommission(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<DecommissionRecord> {
   const obs = await observe(spec, probe, ctx);
@@ -270,17 +237,6 @@ export async function verifyDecommission(spec: NodeSpec, probe: HostProbe, ctx: 
   };
 }
 
-export async function readDecommissionRecord(stateDir: string): Promise<DecommissionRecord | undefined> {
-  const buf = await readFileIfExists(join(stateDir, DECOMMISSION_FILE));
-  if (!buf) return undefined;
-  try {
-    const r = JSON.parse(buf.toString('utf8')) as DecommissionRecord;
-    return r.state === 'decommissioned' || r.state === 'decommissioning' ? r : undefined;
-  } catch {
-    throw new BosunError('E_JOURNAL', `${join(stateDir, DECOMMISSION_FILE)} is not valid JSON; this host may have been decommissioned: inspect it before anything else`);
-  }
-}
-
 /**
  * After the phase: verify, and persist the result. A record that verified is
  * kept as it is on a replay (same finish time, same evidence); one that did
@@ -290,43 +246,22 @@ export async function recordDecommission(spec: NodeSpec, stateDir: string, probe
   const previous = await readDecommissionRecord(stateDir);
   if (previous?.state === 'decommissioned' && previous.safeToDelete) return previous;
   const rec = await verifyDecommission(spec, probe, ctx);
-  await writeFileAtomic(join(stateDir, DECOMMISSION_FILE), JSON.stringify(rec, null, 2) + '\n', { mode: 0o600 });
+  await writeDecommissionRecord(stateDir, rec);
   if (!rec.safeToDelete) throw new BosunError('E_DECOMMISSION_UNVERIFIED', `decommission ran but did not verify: ${rec.problems.join('; ')}`, { problems: rec.problems });
   return rec;
 }
 
-/** Before the phase runs: from here on the host refuses to build again, even if the phase is cut off half-way. */
-export async function markDecommissioning(spec: NodeSpec, stateDir: string): Promise<void> {
-  if (await readDecommissionRecord(stateDir)) return;
-  const rec: DecommissionRecord = {
-    format: 1,
-    state: 'decommissioning',
-    node: spec.node,
-    specVersion: spec.version,
-    erase: spec.decommission?.erase ?? 'crypto',
-    safeToDelete: false,
-    finishedAt: '',
-    evidence: { container: null, auxiliary: [], ipsecConnsLeft: -1, dataVolumeMounted: true, luks: [] },
-    problems: ['the decommission has not finished'],
+/**
+ * What an apply does around the phases for decommissioning: a decommissioned
+ * host refuses any other spec; a decommission spec marks the host before any
+ * step runs, and verifies and records the result after the last one.
+ */
+export function decommissionHooks(stateDir: string, probe: HostProbe, ctx: PlanContext): Pick<ApplyHooks, 'admit' | 'starting' | 'finished'> {
+  return {
+    admit: (spec) => assertNotDecommissioned(spec, stateDir),
+    starting: async (spec) => {
+      if (spec.decommission) await markDecommissioning(spec, stateDir);
+    },
+    finished: async (spec) => (spec.decommission ? { decommission: await recordDecommission(spec, stateDir, probe, ctx) } : {}),
   };
-  await writeFileAtomic(join(stateDir, DECOMMISSION_FILE), JSON.stringify(rec, null, 2) + '\n', { mode: 0o600 });
-}
-
-/** A decommissioned host never builds again: refuse any spec that is not a decommission. */
-export async function assertNotDecommissioned(spec: NodeSpec, stateDir: string): Promise<void> {
-  if (spec.decommission) return;
-  const rec = await readDecommissionRecord(stateDir);
-  if (!rec) return;
-  throw new BosunError(
-    'E_DECOMMISSIONED',
-    `this host ${rec.state === 'decommissioned' ? `was decommissioned (version ${rec.specVersion}, ${rec.erase === 'crypto' ? 'its disks crypto-erased' : 'not erased'}, at ${rec.finishedAt})` : `is being decommissioned (version ${rec.specVersion})`}; it never builds again: refusing version ${spec.version}, nothing was changed. Boot a new host instead.`,
-    { decommissionedVersion: rec.specVersion, version: spec.version },
-  );
-}
-
-/** The lifecycle part of a status report. */
-export function lifecycleOf(record: DecommissionRecord | undefined, wanted: NodeSpec | undefined): Lifecycle {
-  if (record) return { state: record.state === 'decommissioned' && record.safeToDelete ? 'decommissioned' : 'decommissioning', safeToDelete: record.safeToDelete, specVersion: record.specVersion, finishedAt: record.finishedAt, erase: record.erase, evidence: record.evidence, problems: record.problems };
-  if (wanted?.decommission) return { state: 'decommissioning', safeToDelete: false, specVersion: wanted.version };
-  return { state: 'serving', safeToDelete: false };
 }

@@ -1,6 +1,8 @@
 import type { NodeSpec } from '../spec/node-spec.js';
 import type { HostProbe } from '../host/probe.js';
-import { canonicalJson, type StageId, type Step } from '../engine/step.js';
+import { canonicalJson } from '../canonical-json.js';
+import type { Planner } from '../engine/apply.js';
+import type { PhaseName, StageId, Step } from '../engine/step.js';
 import { packagesPhase } from './packages.js';
 import { auxiliaryPhase } from './auxiliary.js';
 import { restorePhase } from './restore/index.js';
@@ -10,8 +12,26 @@ import { diskStages } from './disks/index.js';
 import { decommissionPhase } from './decommission.js';
 import type { Phase, PlanContext } from './types.js';
 
-/** Boot order: each phase may rely on every phase before it. */
+/**
+ * Boot order: each phase may rely on every phase before it. restore comes
+ * before container: the service must find its data in place when it first
+ * starts.
+ */
 export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, restorePhase, containerPhase, auxiliaryPhase, decommissionPhase] as Phase<unknown>[];
+
+/**
+ * Phases that start units ordered after bosun.service: every systemd-nspawn@
+ * machine is (units/bosun-nspawn.conf), and an auxiliary unit may be ordered
+ * after the machine. While bosun.service is still starting (Type=notify,
+ * before READY=1) a start of such a unit waits for bosun, and bosun would wait
+ * for the start: the daemon sends READY=1 before the first of these runs.
+ */
+export const SERVICE_PHASES: readonly PhaseName[] = ['container', 'auxiliary'];
+
+/** Stage ids are a phase's name, or "phase/layer" for a phase split into stages. */
+export function startsServices(stage: StageId): boolean {
+  return (SERVICE_PHASES as readonly string[]).includes(stage.split('/')[0]!);
+}
 
 /** The stages a spec asks for, in boot order. A decommission spec asks only for the decommission: nothing is built. */
 export function phasesFor(spec: NodeSpec): StageId[] {
@@ -57,6 +77,20 @@ export async function planPhase(spec: NodeSpec, stage: StageId, probe: HostProbe
   const steps = phase.plan(spec, observed, ctx);
   reuse?.planned(phase.name, spec, observed);
   return steps;
+}
+
+/**
+ * The engine's planner over the phase modules: observes through `probe`,
+ * shares observations between stages until the host changes. Given the spec
+ * applied before (`previous`), only the stages whose section changed run.
+ */
+export function phasePlanner(probe: HostProbe, ctx: PlanContext, previous?: NodeSpec): Planner {
+  const reuse = new ObservationReuse();
+  return {
+    phases: (spec) => changedStages(spec, previous),
+    plan: (spec, stage) => planPhase(spec, stage, probe, ctx, reuse),
+    changed: () => reuse.clear(),
+  };
 }
 
 /** Observe and plan every phase, in order, as `bosun plan` shows it. */

@@ -16,7 +16,7 @@ import { startDesiredConsumer } from '../../src/bus/desired.js';
 import { signEnvelope } from '../../src/bus/envelope.js';
 import type { SignedReport } from '../../src/bus/reporter.js';
 import type { Planner } from '../../src/engine/apply.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import { BlankProbe, DISTROS, Host } from '../../src/host/index.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { publicKeyString } from '../../src/identity/seal.js';

@@ -20,7 +20,7 @@ import type { BackupResult } from '../../src/backup/index.js';
 import { ed25519PublicFromString, signEnvelope } from '../../src/bus/envelope.js';
 import type { SignedReport } from '../../src/bus/reporter.js';
 import type { Planner } from '../../src/engine/apply.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import { Host } from '../../src/host/index.js';
 import { LiveProbe } from '../../src/host/probe.js';
 import { loadOrCreateIdentity, type HostIdentity } from '../../src/identity/host-identity.js';

@@ -13,7 +13,7 @@ import { signEnvelope } from '../../src/bus/envelope.js';
 import { partitionFor } from '../../src/bus/murmur2.js';
 import type { SignedReport } from '../../src/bus/reporter.js';
 import type { Planner } from '../../src/engine/apply.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import { DISTROS, Host, BlankProbe } from '../../src/host/index.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { publicKeyString } from '../../src/identity/seal.js';

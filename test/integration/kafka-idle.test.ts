@@ -13,7 +13,7 @@ import { createKafka } from '../../src/bus/kafka.js';
 import { fixKafkajsIdleSpin } from '../../src/bus/kafkajs-idle.js';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { createLogger } from '../../src/log.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import { parseAgentSettings } from '../../src/spec/validate.js';
 import { requireServices } from '../services/env.js';
 

@@ -15,7 +15,7 @@ import { SocketTracker } from '../../src/bus/kafka.js';
 import { Reporter, type SignedReport } from '../../src/bus/reporter.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { createLogger } from '../../src/log.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import { requireServices, stateFilePath, type ServiceEnv } from '../services/env.js';
 import { waitFor } from '../helpers.js';
 import { createTopicsAndWatch, runTopics } from './harness.js';

@@ -2,16 +2,17 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { applySpec } from '../../src/engine/apply.js';
+import { applyNode } from '../../src/apply-node.js';
 import { renderPlanText } from '../../src/engine/render.js';
 import { DISTROS } from '../../src/host/distro.js';
 import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
-import { countKeyslots, DECOMMISSION_FILE, lifecycleOf, readDecommissionRecord } from '../../src/phases/decommission.js';
+import { countKeyslots } from '../../src/phases/decommission.js';
+import { DECOMMISSION_FILE, lifecycleOf, readDecommissionRecord } from '../../src/state/decommission.js';
 import { changedStages, phasesFor, planNode } from '../../src/phases/index.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { createLogger } from '../../src/log.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import type { Host } from '../../src/host/index.js';
 import { loadExample, matchGolden, withTempDir } from '../helpers.js';
 
@@ -173,13 +174,13 @@ describe('decommission plan', () => {
 });
 
 describe('after a decommission', () => {
-  const noHost = { redactor: new Redactor() } as unknown as Host;
+  const noHost = { redactor: new Redactor() } as unknown as Host<Redactor>;
 
   it('records the verified result, replays as a no-op, and refuses any later spec that is not a decommission', async () => {
     await withTempDir(async (stateDir) => {
       const { logger } = createLogger({ redactor: new Redactor(), target: 'stderr', level: 'silent' });
       const spec = await decomSpec();
-      const first = await applySpec({ spec, stateDir, host: noHost, probe: retiredHost(), ctx, logger });
+      const first = await applyNode({ spec, stateDir, host: noHost, probe: retiredHost(), ctx, logger });
       assert.equal(first.result, 'unchanged');
       assert.equal(first.decommission?.safeToDelete, true);
       assert.deepEqual(first.decommission?.evidence.luks, [{ device: '/dev/md/data', open: false, keyslots: 0 }]);
@@ -187,13 +188,13 @@ describe('after a decommission', () => {
       assert.equal(rec?.state, 'decommissioned');
       assert.deepEqual(lifecycleOf(rec, undefined).state, 'decommissioned');
 
-      const again = await applySpec({ spec, stateDir, host: noHost, probe: retiredHost(), ctx, logger });
+      const again = await applyNode({ spec, stateDir, host: noHost, probe: retiredHost(), ctx, logger });
       assert.equal(again.decommission?.finishedAt, first.decommission?.finishedAt, 'a replay reports the same status');
 
       const normal = await loadExample('node-a');
       const later = { ...normal, version: 8 };
       await assert.rejects(
-        applySpec({ spec: later, stateDir, host: noHost, probe: builtHost(), ctx, logger }),
+        applyNode({ spec: later, stateDir, host: noHost, probe: builtHost(), ctx, logger }),
         (e: Error & { code?: string }) => e.code === 'E_DECOMMISSIONED' && /decommissioned .*refusing version 8, nothing was changed/.test(e.message),
       );
     });
@@ -206,12 +207,12 @@ describe('after a decommission', () => {
       const probe: HostProbe = { ...retiredHost(), run: (argv) => Promise.resolve(argv[1] === 'luksDump' ? { exitCode: 0, stdout: LUKS2_DUMP(1), stderr: '' } : { exitCode: 1, stdout: '', stderr: '' }) };
       // a planner that plans nothing: the engine itself is under test, the keyslot was not erased
       const planner = { phases: () => ['decommission'], plan: () => Promise.resolve([]) };
-      await assert.rejects(applySpec({ spec, stateDir, host: noHost, probe, ctx, logger, planner }), (e: Error & { code?: string }) => e.code === 'E_DECOMMISSION_UNVERIFIED');
+      await assert.rejects(applyNode({ spec, stateDir, host: noHost, probe, ctx, logger, planner }), (e: Error & { code?: string }) => e.code === 'E_DECOMMISSION_UNVERIFIED');
       const rec = await readDecommissionRecord(stateDir);
       assert.equal(rec?.safeToDelete, false);
       assert.equal(lifecycleOf(rec, spec).state, 'decommissioning');
       // still refuses to rebuild on these disks
-      await assert.rejects(applySpec({ spec: { ...(await loadExample('node-a')), version: 8 }, stateDir, host: noHost, probe, ctx, logger }), (e: Error & { code?: string }) => e.code === 'E_DECOMMISSIONED');
+      await assert.rejects(applyNode({ spec: { ...(await loadExample('node-a')), version: 8 }, stateDir, host: noHost, probe, ctx, logger }), (e: Error & { code?: string }) => e.code === 'E_DECOMMISSIONED');
       await writeFile(join(stateDir, DECOMMISSION_FILE), 'not json');
       await assert.rejects(readDecommissionRecord(stateDir), /not valid JSON/);
     });

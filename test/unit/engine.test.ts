@@ -3,9 +3,11 @@ import { spawn } from 'node:child_process';
 import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { applySpec, EXEC_STEP_TIMEOUT_SECONDS, type ApplyRequest } from '../../src/engine/apply.js';
-import { Journal } from '../../src/engine/journal.js';
-import { Redactor } from '../../src/engine/redact.js';
+import { applyNode, type NodeApplyRequest } from '../../src/apply-node.js';
+import { EXEC_STEP_TIMEOUT_SECONDS } from '../../src/engine/execute.js';
+import { lastGoodSpecPath } from '../../src/state/applied.js';
+import { Journal } from '../../src/state/journal.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import type { Step } from '../../src/engine/step.js';
 import { isBosunError } from '../../src/errors.js';
 import { BlankProbe, DISTROS, Host } from '../../src/host/index.js';
@@ -26,7 +28,7 @@ function spec(version = 1): NodeSpec {
   return r.value;
 }
 
-function request(stateDir: string, steps: Step[], extra: Partial<ApplyRequest> = {}): ApplyRequest & { logLines: string[] } {
+function request(stateDir: string, steps: Step[], extra: Partial<NodeApplyRequest> = {}): NodeApplyRequest & { logLines: string[] } {
   const redactor = extra.host?.redactor ?? new Redactor();
   const logLines: string[] = [];
   const { logger } = createLogger({ redactor, target: 'journald', loadJournald: () => new Proxy({}, { get: () => (msg: string) => logLines.push(msg) }) as never });
@@ -50,7 +52,7 @@ describe('apply engine', () => {
       const events: string[] = [];
       const inner = fixedPlanner([sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]);
       const planner = { phases: (s: NodeSpec) => inner.phases(s), plan: (s: NodeSpec, p: Parameters<typeof inner.plan>[1]) => (events.push(`plan ${p}`), inner.plan(s, p)), changed: () => events.push('changed') };
-      await applySpec(request(join(dir, 'state'), [], { planner }));
+      await applyNode(request(join(dir, 'state'), [], { planner }));
       // first pass plans everything (nothing runs), then each phase with steps is announced before it runs
       assert.deepEqual(events, ['plan packages', 'plan auxiliary', 'changed', 'plan auxiliary', 'changed']);
     });
@@ -61,10 +63,10 @@ describe('apply engine', () => {
       const mark = (phase: Step['phase'], what: string): Step => ({ kind: 'exec', phase, argv: ['sh', '-c', `echo ${what} >> ${dir}/order`], why: what });
       const steps = [mark('disks', 'disks'), mark('restore', 'restore'), mark('container', 'machine'), mark('auxiliary', 'aux')];
       const hook = async () => writeFile(`${dir}/order`, 'ready\n', { flag: 'a' });
-      await applySpec(request(join(dir, 'state'), steps, { beforeServicePhases: hook }));
+      await applyNode(request(join(dir, 'state'), steps, { beforeServicePhases: hook }));
       assert.equal(await readFile(`${dir}/order`, 'utf8'), 'disks\nrestore\nready\nmachine\naux\n');
       // a resumed apply past the container stage, or a spec without one, never calls it: the daemon sends READY after the apply then
-      await applySpec(request(join(dir, 'state2'), [mark('disks', 'disks2')], { beforeServicePhases: hook }));
+      await applyNode(request(join(dir, 'state2'), [mark('disks', 'disks2')], { beforeServicePhases: hook }));
       assert.equal(await readFile(`${dir}/order`, 'utf8'), 'disks\nrestore\nready\nmachine\naux\ndisks2\n');
     });
   });
@@ -72,7 +74,7 @@ describe('apply engine', () => {
   it('runs steps in order, records the last good state and removes the journal', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const out = await applySpec(request(state, [sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }, sh(`echo 2 >> ${dir}/order`)]));
+      const out = await applyNode(request(state, [sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }, sh(`echo 2 >> ${dir}/order`)]));
       assert.equal(out.result, 'applied');
       assert.equal(out.steps, 3);
       assert.equal(await readFile(`${dir}/order`, 'utf8'), '1\n2\n');
@@ -80,13 +82,13 @@ describe('apply engine', () => {
       const j = new Journal(state);
       assert.equal(await j.read(), undefined);
       assert.equal((await j.readApplied())?.specVersion, 1);
-      assert.equal((await stat(j.lastGoodSpecPath)).mode & 0o777, 0o600);
+      assert.equal((await stat(lastGoodSpecPath(state))).mode & 0o777, 0o600);
     });
   });
 
   it('reports per-phase durations: planning, time inside the steps, and the slowest step', async () => {
     await withTempDir(async (dir) => {
-      const out = await applySpec(request(join(dir, 'state'), [sh('sleep 0.3', 'slow'), sh('true', 'fast'), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]));
+      const out = await applyNode(request(join(dir, 'state'), [sh('sleep 0.3', 'slow'), sh('true', 'fast'), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]));
       const t = out.timings;
       assert.ok(t, 'timings are reported');
       assert.deepEqual(t.phases.map((p) => [p.phase, p.steps]), [['packages', 2], ['auxiliary', 1]]);
@@ -96,7 +98,7 @@ describe('apply engine', () => {
       assert.match(pk.slowest?.step ?? '', /sleep 0\.3/);
       assert.ok(pk.slowest!.ms >= 280);
       assert.ok(out.durationMs >= t.planMs + t.phases.reduce((n, p) => n + p.ms, 0) - 2);
-      const again = await applySpec(request(join(dir, 'state2'), []));
+      const again = await applyNode(request(join(dir, 'state2'), []));
       assert.deepEqual(again.timings?.phases, [], 'nothing ran: no phase timings');
     });
   });
@@ -157,7 +159,7 @@ describe('apply engine', () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
       const steps: Step[] = [sh(`echo ran >> ${dir}/s1`), { ...sh(`echo ran >> ${dir}/s2; [ -e ${dir}/fixed ] || { echo 'mirror timed out' >&2; exit 7; }`, 'flaky'), phase: 'disks' }, { ...sh(`echo ran >> ${dir}/s3`), phase: 'auxiliary' }];
-      await assert.rejects(applySpec(request(state, steps)), (e) => {
+      await assert.rejects(applyNode(request(state, steps)), (e) => {
         assert.ok(isBosunError(e));
         assert.equal(e.code, 'E_EXEC');
         assert.match(e.message, /disks step 1\/1 \(flaky\) failed: .*exited with 7: mirror timed out/);
@@ -168,7 +170,7 @@ describe('apply engine', () => {
       assert.deepEqual([(await j.read())?.lastError?.phase, (await j.read())?.donePhases], ['disks', ['packages']]);
       assert.equal(await lines(`${dir}/s3`), 0, 'no step after the failure ran');
       await writeFile(`${dir}/fixed`, '');
-      const out = await applySpec(request(state, steps));
+      const out = await applyNode(request(state, steps));
       assert.equal(out.resumedAt, 'disks');
       assert.deepEqual([await lines(`${dir}/s1`), await lines(`${dir}/s2`), await lines(`${dir}/s3`)], [1, 2, 1]);
     });
@@ -178,18 +180,18 @@ describe('apply engine', () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
       const seen: (number | undefined)[] = [];
-      class RecordingHost extends Host {
+      class RecordingHost extends Host<Redactor> {
         override exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
           seen.push(opts.timeoutSeconds);
           return super.exec(argv, opts);
         }
       }
       const host = new RecordingHost({ redactor: new Redactor() });
-      await applySpec(request(state, [sh('true')], { host }));
+      await applyNode(request(state, [sh('true')], { host }));
       assert.deepEqual(seen, [EXEC_STEP_TIMEOUT_SECONDS], 'a step without its own limit gets the default');
       assert.equal(EXEC_STEP_TIMEOUT_SECONDS, 1800);
       const started = Date.now();
-      await assert.rejects(applySpec({ ...request(state, [{ kind: 'exec', phase: 'packages', argv: ['sh', '-c', `echo started > ${dir}/hang; exec sleep 60`], why: 'a tool that hangs', timeoutSeconds: 1 }], { host }), spec: spec(2) }), (e) => {
+      await assert.rejects(applyNode({ ...request(state, [{ kind: 'exec', phase: 'packages', argv: ['sh', '-c', `echo started > ${dir}/hang; exec sleep 60`], why: 'a tool that hangs', timeoutSeconds: 1 }], { host }), spec: spec(2) }), (e) => {
         assert.ok(isBosunError(e));
         assert.equal(e.code, 'E_TIMEOUT');
         assert.match(e.message, /packages step 1\/1 \(a tool that hangs\) failed: sh -c .*: timed out after 1s/);
@@ -204,9 +206,9 @@ describe('apply engine', () => {
   it('a new spec abandons an unfinished plan and plans afresh', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      await assert.rejects(applySpec(request(state, [sh('exit 1')])));
+      await assert.rejects(applyNode(request(state, [sh('exit 1')])));
       const r = request(state, [sh(`echo new >> ${dir}/new`)], { spec: spec(2) });
-      const out = await applySpec(r);
+      const out = await applyNode(r);
       assert.equal(out.resumedAt, undefined);
       assert.equal(await lines(`${dir}/new`), 1);
       assert.ok(r.logLines.some((l) => /abandoning the unfinished apply of version 1/.test(l)));
@@ -216,12 +218,12 @@ describe('apply engine', () => {
   it('refuses an older version, and a changed spec under an applied version; nothing runs', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      await applySpec(request(state, [], { spec: spec(5) }));
-      await assert.rejects(applySpec(request(state, [sh(`touch ${dir}/ran`)], { spec: spec(4) })), /version 4 is older than version 5/);
+      await applyNode(request(state, [], { spec: spec(5) }));
+      await assert.rejects(applyNode(request(state, [sh(`touch ${dir}/ran`)], { spec: spec(4) })), /version 4 is older than version 5/);
       const changed = { ...spec(5), cluster: 'other' };
-      await assert.rejects(applySpec(request(state, [sh(`touch ${dir}/ran`)], { spec: changed })), /already applied with different content/);
+      await assert.rejects(applyNode(request(state, [sh(`touch ${dir}/ran`)], { spec: changed })), /already applied with different content/);
       assert.equal(await exists(`${dir}/ran`), false);
-      const same = await applySpec(request(state, [], { spec: spec(5) }));
+      const same = await applyNode(request(state, [], { spec: spec(5) }));
       assert.equal(same.result, 'unchanged');
     });
   });
@@ -230,7 +232,7 @@ describe('apply engine', () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
       const steps: Step[] = [sh(`touch ${dir}/ran`), { kind: 'pending', phase: 'disks', issue: 5, why: 'make RAID' }];
-      await assert.rejects(applySpec(request(state, steps)), (e) => isBosunError(e) && e.code === 'E_NOT_IMPLEMENTED' && /disks/.test(e.message));
+      await assert.rejects(applyNode(request(state, steps)), (e) => isBosunError(e) && e.code === 'E_NOT_IMPLEMENTED' && /disks/.test(e.message));
       assert.equal(await exists(`${dir}/ran`), false);
       assert.equal(await new Journal(state).read(), undefined);
     });
@@ -248,7 +250,7 @@ describe('apply engine', () => {
       ];
       const req = request(state, steps, { identity });
       let message = '';
-      await assert.rejects(applySpec(req), (e) => ((message = (e as Error).message), true));
+      await assert.rejects(applyNode(req), (e) => ((message = (e as Error).message), true));
       assert.equal(await readFile(`${dir}/ipsec.secrets`, 'utf8'), `: PSK "${secretValue}"\n`);
       assert.equal((await stat(`${dir}/ipsec.secrets`)).mode & 0o777, 0o600);
       assert.match(message, /bad key <redacted>/);
@@ -260,12 +262,12 @@ describe('apply engine', () => {
   it('lets one bosun at a time change the host', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const slow = applySpec(request(state, [sh(`touch ${dir}/started; sleep 1`)]));
+      const slow = applyNode(request(state, [sh(`touch ${dir}/started; sleep 1`)]));
       await waitFor('first apply to start', () => exists(`${dir}/started`));
-      await assert.rejects(applySpec(request(state, [])), (e) => isBosunError(e) && e.code === 'E_LOCKED');
+      await assert.rejects(applyNode(request(state, [])), (e) => isBosunError(e) && e.code === 'E_LOCKED');
       await slow;
       await writeFile(join(state, 'lock'), 'old-boot 1 1\n'); // left by a process of an earlier boot
-      assert.equal((await applySpec(request(state, []))).result, 'unchanged');
+      assert.equal((await applyNode(request(state, []))).result, 'unchanged');
     });
   });
 });

@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Redactor } from '../../src/engine/redact.js';
+import { Redactor } from '../../src/secrets/redact.js';
 import { BosunError } from '../../src/errors.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { publicKeyString } from '../../src/identity/seal.js';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { inspect } from 'node:util';
 import { describe, it } from 'node:test';
-import { OpenedSecret, Redactor } from '../../src/engine/redact.js';
+import { OpenedSecret, Redactor } from '../../src/secrets/redact.js';
 import { createLogger, toJournalFields } from '../../src/log.js';
 
 describe('redaction', () => {

@@ -9,7 +9,8 @@ import type { Step } from '../../src/engine/step.js';
 import { DISTROS } from '../../src/host/distro.js';
 import { BlankProbe, type HostProbe } from '../../src/host/probe.js';
 import { phasesFor } from '../../src/phases/index.js';
-import { MARKER_FORMAT, restorePhase } from '../../src/phases/restore/index.js';
+import { MARKER_FORMAT } from '../../src/backup/marker.js';
+import { restorePhase } from '../../src/phases/restore/index.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { loadExample, matchGolden } from '../helpers.js';
 

@@ -2,7 +2,7 @@ import type { KeyObject } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Agent, request } from 'node:https';
 import type { TLSSocket } from 'node:tls';
-import type { Redactor } from '../../engine/redact.js';
+import type { Redactor } from '../../secrets/redact.js';
 import type { Logger } from '../../log.js';
 import { BackupError, errnoOf, isBackupError, type BackupFailure } from '../errors.js';
 import { readJournal } from '../journal.js';

@@ -1,6 +1,6 @@
 import { chown } from 'node:fs/promises';
 import { BosunError } from '../../errors.js';
-import type { Redactor } from '../../engine/redact.js';
+import type { Redactor } from '../../secrets/redact.js';
 import { runCommand } from '../../host/exec.js';
 import { writeFileAtomic } from '../../host/files.js';
 import type { Logger } from '../../log.js';

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import type { Redactor } from '../../engine/redact.js';
+import type { Redactor } from '../../secrets/redact.js';
 import { BosunError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import { PEER_SNAPSHOT_PORT, type NodeSpec } from '../../spec/node-spec.js';

@@ -7,7 +7,7 @@ import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
-import { Redactor } from '../../engine/redact.js';
+import { Redactor } from '../../secrets/redact.js';
 import { runCommand } from '../../host/exec.js';
 import { writeFileAtomic } from '../../host/files.js';
 import type { Logger } from '../../log.js';

@@ -1,5 +1,6 @@
 import { BosunError } from '../../errors.js';
-import type { SecretRef, Step } from '../../engine/step.js';
+import type { Step } from '../../engine/step.js';
+import type { SecretRef } from '../../secrets/ref.js';
 import type { DisksSpec, NodeSpec } from '../../spec/node-spec.js';
 import type { HostProbe } from '../../host/probe.js';
 import type { Phase, PlanContext } from '../types.js';

@@ -1,4 +1,4 @@
-import type { SecretRef } from '../../engine/step.js';
+import type { SecretRef } from '../../secrets/ref.js';
 
 /**
  * What the network phase needs from an IKE daemon. libreswan is the one

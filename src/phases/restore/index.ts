@@ -1,8 +1,10 @@
 import { join } from 'node:path';
 import { z } from 'zod';
+import { MARKER_NAME, RestoreMarker, peerSource, sourceOf } from '../../backup/marker.js';
 import { JOURNAL_NAME, STAGING_NAME } from '../../backup/target.js';
 import { BosunError } from '../../errors.js';
-import type { ObjectStorageRestoreStep, PeerRestoreStep, RestoreStep, SecretRef, Step } from '../../engine/step.js';
+import type { ObjectStorageRestoreStep, PeerRestoreStep, RestoreStep, Step } from '../../engine/step.js';
+import type { SecretRef } from '../../secrets/ref.js';
 import { peerRestorePlan } from '../../backup/peer/from-spec.js';
 import type { HostProbe } from '../../host/probe.js';
 import type { NodeSpec, RestoreSpec } from '../../spec/node-spec.js';
@@ -22,21 +24,6 @@ import type { Phase } from '../types.js';
  * Anything else on the volume without a marker is data bosun did not put
  * there: the phase refuses (no restore ever writes over data).
  */
-export const MARKER_NAME = '.bosun-restored.json';
-export const MARKER_FORMAT = 'bosun-restore-marker-v1';
-
-export const RestoreMarker = z.object({
-  format: z.literal(MARKER_FORMAT),
-  /** "s3://bucket/prefix" (object storage) */
-  source: z.string(),
-  /** what the spec asked for when this restore ran: a backup id or "latest" */
-  requested: z.string(),
-  backupId: z.string(),
-  manifestDigest: z.string(),
-  completedAt: z.string(),
-});
-export type RestoreMarker = z.infer<typeof RestoreMarker>;
-
 const JournalPeek = z.object({ backupId: z.string(), chunks: z.number(), done: z.string(), state: z.string() });
 
 export interface RestoreObserved {
@@ -47,10 +34,6 @@ export interface RestoreObserved {
   journal: { backupId: string; chunksDone: number; chunks: number; state: string } | undefined;
   /** entries of the target other than lost+found and bosun's own restore files */
   foreign: string[];
-}
-
-export function sourceOf(r: Extract<RestoreSpec, { from: 'object-storage' }>): string {
-  return `s3://${r.bucket}/${r.prefix}`;
 }
 
 function popcount(b64: string): number {
@@ -105,7 +88,7 @@ export function planRestore(spec: NodeSpec, o: RestoreObserved): Step[] {
   const r = spec.restore!;
   // Sources whose completed restore satisfies the spec: the peer, or its object-storage fallback.
   const fallback = r.from === 'peer' ? r.fallback : undefined;
-  const accepted = r.from === 'peer' ? [`peer://${r.peer}`, ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(r)];
+  const accepted = r.from === 'peer' ? [peerSource(r.peer), ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(r)];
   const wantedBackup = r.from === 'peer' ? (fallback?.backup ?? 'latest') : r.backup;
   const asked = r.from === 'peer' ? `a copy from peer ${r.peer}` : `backup ${r.backup} of ${sourceOf(r)}`;
   if (o.marker === 'unreadable') {

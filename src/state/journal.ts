@@ -1,7 +1,7 @@
 import { join } from 'node:path';
-import { BosunError } from '../errors.js';
 import { readFileIfExists, removeFile, writeFileAtomic } from '../host/files.js';
-import type { StageId, Step } from './step.js';
+import { readJsonFile } from './json-file.js';
+import { recordApplied, readApplied, type AppliedRecord } from './applied.js';
 
 /**
  * The apply journal: which phases of the spec being applied are done, the
@@ -16,9 +16,11 @@ import type { StageId, Step } from './step.js';
  * tells a half-made volume from a finished one.
  * Secrets are in it only in sealed form; the file is 0600 all the same.
  */
-export interface PhaseProgress {
-  phase: StageId;
-  steps: Step[];
+export interface PhaseProgress<TStep = unknown> {
+  /** a stage id: a phase name, or "phase/layer" */
+  phase: string;
+  /** the engine's steps (src/engine/step.ts); this module only stores them */
+  steps: TStep[];
   planDigest: string;
   /** index of the first step not known to be done */
   next: number;
@@ -26,89 +28,58 @@ export interface PhaseProgress {
   inFlight?: number;
 }
 
-export interface JournalState {
+export interface JournalState<TStep = unknown> {
   format: 2;
   specVersion: number;
   /** canonical digest of the spec being applied */
   specDigest: string;
   /** phases finished, in order, during the boot named by bootId */
-  donePhases: StageId[];
+  donePhases: string[];
   /** the kernel's boot id when the journal was written: finished stages count only within one boot */
   bootId?: string;
-  current?: PhaseProgress;
+  current?: PhaseProgress<TStep>;
   /** steps run to completion so far, all phases */
   stepsDone: number;
   /** how many times this apply has been started (1 = first run) */
   runs: number;
   startedAt: string;
   updatedAt: string;
-  lastError?: { phase: StageId; step: number; code: string; message: string; at: string };
+  lastError?: { phase: string; step: number; code: string; message: string; at: string };
 }
 
-/** The record of the last spec applied in full: the last good state. */
-export interface AppliedRecord {
-  format: 1;
-  specVersion: number;
-  specDigest: string;
-  /** steps this apply ran (0 when the host already matched) */
-  steps: number;
-  appliedAt: string;
-}
-
-export class Journal {
+/** `<stateDir>/journal.json`: present only while an apply is unfinished. */
+export class Journal<TStep = unknown> {
   readonly path: string;
-  readonly appliedPath: string;
-  readonly lastGoodSpecPath: string;
 
   constructor(readonly stateDir: string) {
     this.path = join(stateDir, 'journal.json');
-    this.appliedPath = join(stateDir, 'applied.json');
-    this.lastGoodSpecPath = join(stateDir, 'spec.json');
   }
 
-  async read(): Promise<JournalState | undefined> {
-    const state = await this.readJson<JournalState>(this.path);
+  async read(): Promise<JournalState<TStep> | undefined> {
+    const state = await readJsonFile<JournalState<TStep>>(this.path, 'inspect it, then remove it to re-plan from the host as it is');
     // A journal from an older format describes a plan this agent cannot continue: start over.
     return state?.format === 2 ? state : undefined;
   }
 
-  async readApplied(): Promise<AppliedRecord | undefined> {
-    return this.readJson<AppliedRecord>(this.appliedPath);
+  /** The last spec applied in full (state/applied.ts). */
+  readApplied(): Promise<AppliedRecord | undefined> {
+    return readApplied(this.stateDir);
   }
 
-  async write(state: JournalState): Promise<void> {
+  async write(state: JournalState<TStep>): Promise<void> {
     state.updatedAt = new Date().toISOString();
     await writeFileAtomic(this.path, JSON.stringify(state, null, 1) + '\n', { mode: 0o600 });
   }
 
   /** The plan finished: record the last good state, then drop the journal. */
-  async complete(state: JournalState, spec: unknown): Promise<AppliedRecord> {
-    const rec: AppliedRecord = {
-      format: 1,
-      specVersion: state.specVersion,
-      specDigest: state.specDigest,
-      steps: state.stepsDone,
-      appliedAt: new Date().toISOString(),
-    };
-    await writeFileAtomic(this.lastGoodSpecPath, JSON.stringify(spec, null, 2) + '\n', { mode: 0o600 });
-    await writeFileAtomic(this.appliedPath, JSON.stringify(rec, null, 2) + '\n', { mode: 0o600 });
+  async complete(state: JournalState<TStep>, spec: unknown): Promise<AppliedRecord> {
+    const record = await recordApplied(this.stateDir, { specVersion: state.specVersion, specDigest: state.specDigest, steps: state.stepsDone }, spec);
     await removeFile(this.path);
-    return rec;
+    return record;
   }
 
   async discard(): Promise<void> {
     await removeFile(this.path);
-  }
-
-  private async readJson<T>(path: string): Promise<T | undefined> {
-    const buf = await readFileIfExists(path);
-    if (!buf) return undefined;
-    try {
-      return JSON.parse(buf.toString('utf8')) as T;
-    } catch {
-      // Atomic writes make this unreachable short of disk corruption; say so rather than guess.
-      throw new BosunError('E_JOURNAL', `${path} is not valid JSON; inspect it, then remove it to re-plan from the host as it is`, { path });
-    }
   }
 }
 

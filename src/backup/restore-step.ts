@@ -1,16 +1,15 @@
-import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import type { RestoreResult } from '../../backup/index.js';
-import type { Progress } from '../../backup/progress.js';
-import { BosunError, describeError } from '../../errors.js';
-import type { Redactor } from '../../engine/redact.js';
-import type { ObjectStorageRestoreStep, PeerRestoreStep, RestoreStep, SecretRef } from '../../engine/step.js';
-import { writeFileAtomic } from '../../host/files.js';
-import type { HostIdentity } from '../../identity/host-identity.js';
-import type { Logger } from '../../log.js';
-import type { ObjectStorageSettings } from '../../spec/agent-settings.js';
-import { MARKER_FORMAT } from './index.js';
+import type { RestoreResult } from './index.js';
+import type { Progress } from './progress.js';
+import { BosunError, describeError } from '../errors.js';
+import type { ObjectStorageRestoreStep, PeerRestoreStep, RestoreStep } from '../engine/step.js';
+import type { HostIdentity } from '../identity/host-identity.js';
+import type { Logger } from '../log.js';
+import { openSecretRef } from '../secrets/open.js';
+import type { Redactor } from '../secrets/redact.js';
+import type { SecretRef } from '../secrets/ref.js';
+import type { ObjectStorageSettings } from '../spec/agent-settings.js';
+import { writeRestoreProgress, type RestoreProgressRecord } from '../state/restore-progress.js';
+import { MARKER_FORMAT, peerSource } from './marker.js';
 
 export interface RestoreRunContext {
   identity?: HostIdentity;
@@ -24,53 +23,8 @@ export interface RestoreRunContext {
   signal?: AbortSignal;
 }
 
-export const PROGRESS_FILE = 'restore-progress.json';
-
-/** What `bosun status` and the agent's status report show of a restore: never a secret, only figures and names. */
-export interface RestoreProgressRecord {
-  state: 'running' | 'done' | 'failed';
-  source: string;
-  backup: string;
-  target: string;
-  phase?: Progress['phase'];
-  bytesDone: number;
-  bytesTotal: number;
-  percent: number;
-  /** bytes per second */
-  rate: number;
-  etaSeconds: number | null;
-  backupId?: string;
-  error?: string;
-  updatedAt: string;
-}
-
-/** The same, synchronously (the agent's status body is built synchronously; the file is a few hundred bytes). */
-export function readRestoreProgressSync(stateDir: string): RestoreProgressRecord | undefined {
-  try {
-    return JSON.parse(readFileSync(join(stateDir, PROGRESS_FILE), 'utf8')) as RestoreProgressRecord;
-  } catch {
-    return undefined;
-  }
-}
-
-export async function readRestoreProgress(stateDir: string): Promise<RestoreProgressRecord | undefined> {
-  try {
-    return JSON.parse(await readFile(join(stateDir, PROGRESS_FILE), 'utf8')) as RestoreProgressRecord;
-  } catch {
-    return undefined;
-  }
-}
-
-function open(ctx: RestoreRunContext, r: SecretRef): Buffer {
-  if (!ctx.identity) throw new BosunError('E_SECRET', `${r.label} is sealed but this host has no identity to open it`);
-  let v: Buffer;
-  try {
-    v = ctx.identity.open(r.secret.sealed);
-  } catch (e) {
-    throw new BosunError('E_SECRET', `${r.label}: ${describeError(e)}`);
-  }
-  ctx.redactor.add(v);
-  return v;
+function open(ctx: RestoreRunContext, ref: SecretRef): Buffer {
+  return openSecretRef(ref, ctx.identity, ctx.redactor);
 }
 
 /**
@@ -82,7 +36,7 @@ function open(ctx: RestoreRunContext, r: SecretRef): Buffer {
  */
 export async function runRestoreStep(step: RestoreStep, ctx: RestoreRunContext): Promise<RestoreResult | undefined> {
   if (step.from === 'object-storage') return restoreStepFromObjectStorage(step, ctx);
-  const { isPeerRestoreError } = await import('../../backup/peer/index.js');
+  const { isPeerRestoreError } = await import('./peer/index.js');
   try {
     return await restoreStepFromPeer(step, ctx);
   } catch (e) {
@@ -94,7 +48,6 @@ export async function runRestoreStep(step: RestoreStep, ctx: RestoreRunContext):
 
 /** restore-progress.json for bosun status and the agent's status report: figures and names only. */
 function progressRecorder(ctx: RestoreRunContext, source: string, backup: string, target: string) {
-  const progressPath = join(ctx.stateDir, PROGRESS_FILE);
   let last: Progress | undefined;
   let lastWrite = 0;
   let writing: Promise<void> = Promise.resolve();
@@ -113,7 +66,7 @@ function progressRecorder(ctx: RestoreRunContext, source: string, backup: string
     updatedAt: new Date().toISOString(),
   });
   const save = (r: RestoreProgressRecord): Promise<void> => {
-    writing = writing.then(() => writeFileAtomic(progressPath, JSON.stringify(r) + '\n', { mode: 0o644 })).catch(() => undefined);
+    writing = writing.then(() => writeRestoreProgress(ctx.stateDir, r)).catch(() => undefined);
     return writing;
   };
   return {
@@ -130,8 +83,8 @@ function progressRecorder(ctx: RestoreRunContext, source: string, backup: string
 }
 
 async function restoreStepFromObjectStorage(step: ObjectStorageRestoreStep, ctx: RestoreRunContext): Promise<RestoreResult> {
-  const { createS3Client, restoreFromObjectStorage } = await import('../../backup/index.js');
-  const { parseBackupKey, resolveStore } = await import('../../backup/store.js');
+  const { createS3Client, restoreFromObjectStorage } = await import('./index.js');
+  const { parseBackupKey, resolveStore } = await import('./store.js');
   const root = ctx.root ?? '';
   const source = `s3://${step.bucket}/${step.prefix}`;
   const credentials = step.credentials ? { accessKeyId: open(ctx, step.credentials.accessKeyId).toString('utf8').trim(), secretAccessKey: open(ctx, step.credentials.secretAccessKey).toString('utf8').trim() } : undefined;
@@ -181,7 +134,7 @@ async function restoreStepFromObjectStorage(step: ObjectStorageRestoreStep, ctx:
 
 /** Restores from the peer; undefined for a command restore (the tool's own copy has no backup figures). */
 async function restoreStepFromPeer(step: PeerRestoreStep, ctx: RestoreRunContext): Promise<RestoreResult | undefined> {
-  const { hostTlsCredential, restoreFromPeer, restoreWithCommand } = await import('../../backup/peer/index.js');
+  const { hostTlsCredential, restoreFromPeer, restoreWithCommand } = await import('./peer/index.js');
   const root = ctx.root ?? '';
   const source = peerSource(step.peer);
   const log = ctx.logger.child({ phase: 'restore', source });
@@ -227,9 +180,4 @@ async function restoreStepFromPeer(step: PeerRestoreStep, ctx: RestoreRunContext
     await progress.failed(e);
     throw e;
   }
-}
-
-/** The marker's source for a restore from a peer. */
-export function peerSource(peer: string): string {
-  return `peer://${peer}`;
 }
