@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { pino, type Logger } from 'pino';
-import type { Redactor } from './secrets/redact.js';
+import type { SecretScrubber } from './host/exec.js';
 
 export type { Logger } from 'pino';
 export type LogTarget = 'auto' | 'journald' | 'stdout' | 'stderr';
@@ -19,7 +19,7 @@ interface JournaldBinding {
 
 export interface LoggerOptions {
   level?: string;
-  redactor: Redactor;
+  redactor: SecretScrubber;
   target?: LogTarget;
   /** where to say that the journald binding could not load (once); stderr by default */
   warn?: (line: string) => void;

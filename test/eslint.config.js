@@ -1,6 +1,7 @@
 // Lint is part of `npm test`; keep rules that catch bugs, not taste.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import { layerRules } from './eslint-layers.js';
 
 export default tseslint.config(
   { ignores: ['dist/', 'node_modules/', '.cache/'] },
@@ -33,6 +34,7 @@ export default tseslint.config(
       '@typescript-eslint/no-unsafe-argument': 'off',
     },
   },
+  ...layerRules,
   { files: ['**/*.js', '**/*.mjs'], ...tseslint.configs.disableTypeChecked },
   {
     // Plain-JS helper scripts run under Node.
