@@ -45,7 +45,7 @@ export interface DiskSpec {
   sizeMiB: number;
 }
 
-export interface NodeSpec {
+export interface VmSpec {
   name: string;
   /** Extra virtio disks: /dev/vdb, /dev/vdc, ... and /dev/disk/by-id/virtio-bosun-disk1, -disk2, ... */
   disks?: DiskSpec[];
@@ -66,7 +66,7 @@ export interface Forward {
 }
 
 export interface LabOptions {
-  nodes: NodeSpec[];
+  nodes: VmSpec[];
   /** Names the run directory .cache/lab/run/<name>; a second lab with the same name cannot run at once. Default 'lab'. */
   name?: string;
   /** Host services forwarded to 10.0.2.100 in every guest. Default: Kafka's lab listener 19094 and S3 19000. */
@@ -273,7 +273,7 @@ export interface ExecOptions {
 interface VmConfig {
   lab: Lab;
   index: number;
-  spec: NodeSpec;
+  spec: VmSpec;
   image: LabImage;
 }
 
@@ -289,7 +289,7 @@ export class Vm {
   /** Address on the private link, without prefix. */
   readonly ipv6: string;
   readonly ipv6Prefix: number;
-  /** Left off by startAll() (NodeSpec.deferStart) until someone calls start(). */
+  /** Left off by startAll() (VmSpec.deferStart) until someone calls start(). */
   readonly deferStart: boolean;
   /** Milliseconds from qemu start to "agent answers and systemd finished booting", one entry per boot. */
   readonly bootTimesMs: number[] = [];
