@@ -1,9 +1,9 @@
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { RawS3Reader, httpFailure } from './raw-get.js';
+import { RawS3Reader } from './raw-get.js';
 import type { SigningCredentials } from './sigv4.js';
-import { TransportError, type ByteRange, type GetResult, type Transport } from './transport.js';
+import { TransportError, httpFailure, type ByteRange, type GetResult, type Transport } from './transport.js';
 
 export interface S3Location {
   client: S3Client;

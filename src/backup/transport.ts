@@ -81,3 +81,16 @@ export function storeError(t: Transport, key: string, e: unknown): unknown {
   if (e.kind === 'transient') return new BackupError('transport', `${e.message} (gave up after retries)`, { object: what }, { cause: e });
   return new BackupError('transport', e.message, { object: what }, { cause: e });
 }
+
+/**
+ * An S3 answer (HTTP status and error code) as a TransportError: the one
+ * mapping for the SDK's requests (s3-transport.ts) and bosun's own ranged GETs
+ * (raw-exchange.ts), so both paths retry and give up alike.
+ */
+export function httpFailure(status: number | undefined, code: string, what: string): TransportError {
+  if (code === 'NoSuchKey' || code === 'NotFound' || status === 404) return new TransportError('not-found', `${what} does not exist`, status);
+  if (code === 'InvalidRange' || status === 416) return new TransportError('range', `${what}: the requested range starts past its end`, status);
+  if (code === 'AbortError') return new TransportError('fatal', `${what}: aborted`, status);
+  if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) return new TransportError('fatal', `${what}: ${code} (HTTP ${status})`, status);
+  return new TransportError('transient', `${what}: ${code}${status !== undefined ? ` (HTTP ${status})` : ''}`, status);
+}
