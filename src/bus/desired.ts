@@ -64,34 +64,34 @@ function onePartitionAssigner(topic: string, partition: number): PartitionAssign
   });
 }
 
-export async function startDesiredConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer> {
+export async function startDesiredConsumer(options: DesiredConsumerOptions): Promise<DesiredConsumer> {
   try {
-    return await startConsumer(o);
+    return await startConsumer(options);
   } catch (e) {
-    o.sockets?.closeAll();
+    options.sockets?.closeAll();
     throw e;
   }
 }
 
-async function startConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer> {
-  const admin = o.kafka.admin();
+async function startConsumer(options: DesiredConsumerOptions): Promise<DesiredConsumer> {
+  const admin = options.kafka.admin();
   let partitions: number;
   let highWatermark: bigint;
   try {
     await admin.connect();
-    const md = await admin.fetchTopicMetadata({ topics: [o.topic] });
+    const md = await admin.fetchTopicMetadata({ topics: [options.topic] });
     partitions = md.topics[0]!.partitions.length;
-    const p0 = partitionFor(o.node, partitions);
-    const offsets = await admin.fetchTopicOffsets(o.topic);
+    const p0 = partitionFor(options.node, partitions);
+    const offsets = await admin.fetchTopicOffsets(options.topic);
     highWatermark = BigInt(offsets.find((x) => x.partition === p0)?.high ?? '0');
   } finally {
     await admin.disconnect().catch(() => undefined);
   }
-  const partition = partitionFor(o.node, partitions);
+  const partition = partitionFor(options.node, partitions);
   const stats = { messages: 0, bytes: 0, ownMessages: 0 };
-  const consumer: Consumer = o.kafka.consumer({
-    groupId: `bosun-agent-${o.node}`,
-    partitionAssigners: [onePartitionAssigner(o.topic, partition)],
+  const consumer: Consumer = options.kafka.consumer({
+    groupId: `bosun-agent-${options.node}`,
+    partitionAssigners: [onePartitionAssigner(options.topic, partition)],
     sessionTimeout: 30_000,
     heartbeatInterval: 3_000,
     // Long polls: the broker answers at once when a message arrives, so this costs no latency, only idle CPU.
@@ -100,24 +100,24 @@ async function startConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer
     // kafkajs's own restart loop is known to spin forever without brokers; the agent's watchdog rebuilds instead.
     retry: { retries: 5, restartOnFailure: () => Promise.resolve(false) },
   });
-  consumer.on(consumer.events.FETCH, () => o.onFetch?.());
-  consumer.on(consumer.events.CRASH, (e) => o.onCrash?.(e.payload.error));
+  consumer.on(consumer.events.FETCH, () => options.onFetch?.());
+  consumer.on(consumer.events.CRASH, (e) => options.onCrash?.(e.payload.error));
   try {
     await consumer.connect();
-    await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+    await consumer.subscribe({ topics: [options.topic], fromBeginning: true });
   } catch (e) {
     await consumer.disconnect().catch(() => undefined);
     throw e;
   }
   let newest: DesiredMessage | undefined;
   let live = highWatermark === 0n;
-  const log = o.logger.child({ component: 'desired', partition });
-  log.info({ topic: o.topic, partitions, catchUpTo: highWatermark.toString() }, `reading partition ${partition} of ${o.topic} for node ${o.node}`);
+  const log = options.logger.child({ component: 'desired', partition });
+  log.info({ topic: options.topic, partitions, catchUpTo: highWatermark.toString() }, `reading partition ${partition} of ${options.topic} for node ${options.node}`);
   const stop = async (): Promise<void> => {
     // Bounded: during a broker outage kafkajs's disconnect waits for the broker to come back.
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([consumer.disconnect().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, o.stopWaitMs ?? 10_000)))]).finally(() => clearTimeout(timer));
-    o.sockets?.closeAll();
+    await Promise.race([consumer.disconnect().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, options.stopWaitMs ?? 10_000)))]).finally(() => clearTimeout(timer));
+    options.sockets?.closeAll();
   };
   try {
     await consumer.run({
@@ -125,15 +125,15 @@ async function startConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer
     eachBatchAutoResolve: true,
     eachBatch: async (payload) => {
       const { batch } = payload;
-      for (const m of batch.messages) {
+      for (const message of batch.messages) {
         stats.messages += 1;
-        stats.bytes += (m.value?.length ?? 0) + (m.key?.length ?? 0);
-        const next = BigInt(m.offset) + 1n;
-        if (m.key?.toString('utf8') === o.node) {
+        stats.bytes += (message.value?.length ?? 0) + (message.key?.length ?? 0);
+        const next = BigInt(message.offset) + 1n;
+        if (message.key?.toString('utf8') === options.node) {
           stats.ownMessages += 1;
-          newest = { value: m.value, offset: m.offset, partition: batch.partition, live };
+          newest = { value: message.value, offset: message.offset, partition: batch.partition, live };
           if (live) {
-            await o.onMessage(newest);
+            await options.onMessage(newest);
             newest = undefined;
           }
         }
@@ -141,7 +141,7 @@ async function startConsumer(o: DesiredConsumerOptions): Promise<DesiredConsumer
           live = true;
           log.info({ read: stats.messages }, `caught up on partition ${partition} after ${stats.messages} messages`);
           if (newest) {
-            await o.onMessage({ ...newest, live: true });
+            await options.onMessage({ ...newest, live: true });
             newest = undefined;
           }
         }

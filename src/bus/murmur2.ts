@@ -8,6 +8,7 @@
 export function murmur2(data: Uint8Array): number {
   const length = data.length;
   const seed = 0x9747b28c;
+  // m, r and h as named in MurmurHash2's reference code and in Kafka's Utils.murmur2, so the three read alike.
   const m = 0x5bd1e995;
   const r = 24;
   let h = seed ^ length;

@@ -111,14 +111,14 @@ export class Reporter {
     if (this.#stopped) return;
     try {
       if (!this.#producer) {
-        const p = this.#o.kafka.producer({ createPartitioner: kafkajs.Partitioners.DefaultPartitioner, allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
+        const producer = this.#o.kafka.producer({ createPartitioner: kafkajs.Partitioners.DefaultPartitioner, allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
         // Kept before connecting, so a connect that stalls is disconnected like any other failed producer.
-        this.#producer = p;
-        await this.#deadline(p.connect(), 'connecting');
+        this.#producer = producer;
+        await this.#deadline(producer.connect(), 'connecting');
         if (this.#stopped) {
           // stop() gave up waiting for this connect: do not leave a producer behind.
           this.#producer = undefined;
-          await p.disconnect().catch(() => undefined);
+          await producer.disconnect().catch(() => undefined);
           return;
         }
         this.producers.connected += 1;
@@ -140,11 +140,11 @@ export class Reporter {
     } catch (e) {
       this.#o.logger.warn({ component: 'reporter', queued: this.queued }, `cannot reach Kafka to report (${e instanceof Error ? e.message : String(e)}); keeping reports and retrying`);
       if (e instanceof StalledError) this.producers.stalled += 1;
-      const p = this.#producer;
+      const producer = this.#producer;
       this.#producer = undefined;
       // A stalled producer may not disconnect either: drop its connections, and do not wait on it for long.
       if (e instanceof StalledError) this.#o.sockets?.destroyOpen();
-      await this.#deadline(p?.disconnect() ?? Promise.resolve(), 'disconnecting', 10_000).catch(() => undefined);
+      await this.#deadline(producer?.disconnect() ?? Promise.resolve(), 'disconnecting', 10_000).catch(() => undefined);
       if (this.#stopped) return;
       this.#timer ??= setTimeout(() => {
         this.#timer = undefined;
