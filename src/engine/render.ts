@@ -87,11 +87,11 @@ export interface PlanHeader {
 }
 
 /** The plan for people: phases in order, numbered steps, why each is needed; pending phases marked. */
-export function renderPlanText(h: PlanHeader, steps: readonly Step[], showContents = false): string {
+export function renderPlanText(header: PlanHeader, steps: readonly Step[], showContents = false): string {
   const out: string[] = [];
   // Planners return steps in boot order, so a phase's first step says where it stands.
   const phases = [...new Set(steps.map((step) => step.phase))];
-  out.push(`bosun plan for node ${h.node} of cluster ${h.cluster}, spec version ${h.version} (${h.distro}, ${h.observed === 'blank' ? 'as for a blank host' : 'from what this host has now'})`);
+  out.push(`bosun plan for node ${header.node} of cluster ${header.cluster}, spec version ${header.version} (${header.distro}, ${header.observed === 'blank' ? 'as for a blank host' : 'from what this host has now'})`);
   out.push(`${steps.length} step${steps.length === 1 ? '' : 's'} in ${phases.length} phase${phases.length === 1 ? '' : 's'}; secrets are shown as <redacted:...>`);
   let n = 0;
   for (const phase of phases) {
@@ -111,53 +111,53 @@ export function renderPlanText(h: PlanHeader, steps: readonly Step[], showConten
 }
 
 /** The plan for machines: every field of every step, secrets as markers. */
-export function planToJson(h: PlanHeader, steps: readonly Step[]): unknown {
+export function planToJson(header: PlanHeader, steps: readonly Step[]): unknown {
   return {
-    ...h,
-    steps: steps.map((s, i) => {
-      const base = { n: i + 1, phase: s.phase, kind: s.kind, why: s.why };
-      switch (s.kind) {
+    ...header,
+    steps: steps.map((step, i) => {
+      const base = { n: i + 1, phase: step.phase, kind: step.kind, why: step.why };
+      switch (step.kind) {
         case 'exec':
-          return { ...base, argv: s.argv, ...(s.stdin !== undefined ? { stdin: showContent(s.stdin) } : {}), ...(s.timeoutSeconds ? { timeoutSeconds: s.timeoutSeconds } : {}), ...(s.destructive ? { destructive: true } : {}), ...(s.retryForSeconds !== undefined ? { retryForSeconds: s.retryForSeconds } : {}) };
+          return { ...base, argv: step.argv, ...(step.stdin !== undefined ? { stdin: showContent(step.stdin) } : {}), ...(step.timeoutSeconds ? { timeoutSeconds: step.timeoutSeconds } : {}), ...(step.destructive ? { destructive: true } : {}), ...(step.retryForSeconds !== undefined ? { retryForSeconds: step.retryForSeconds } : {}) };
         case 'unit':
-          return { ...base, argv: stepArgv(s) };
+          return { ...base, argv: stepArgv(step) };
         case 'write':
-          return { ...base, path: s.path, mode: showMode(s.mode), owner: s.owner, group: s.group, content: showContent(s.content) };
+          return { ...base, path: step.path, mode: showMode(step.mode), owner: step.owner, group: step.group, content: showContent(step.content) };
         case 'mkdir':
-          return { ...base, path: s.path, mode: showMode(s.mode), owner: s.owner, group: s.group };
+          return { ...base, path: step.path, mode: showMode(step.mode), owner: step.owner, group: step.group };
         case 'remove':
-          return { ...base, path: s.path };
+          return { ...base, path: step.path };
         case 'wait':
-          return { ...base, path: s.path, timeoutSeconds: s.timeoutSeconds };
+          return { ...base, path: step.path, timeoutSeconds: step.timeoutSeconds };
         case 'refresh':
-          return { ...base, argv: ['dnf', '-y', '--refresh', 'upgrade', ...s.packages], packages: s.packages, deadlineSeconds: s.deadlineSeconds };
+          return { ...base, argv: ['dnf', '-y', '--refresh', 'upgrade', ...step.packages], packages: step.packages, deadlineSeconds: step.deadlineSeconds };
         case 'pending':
-          return { ...base, issue: s.issue };
+          return { ...base, issue: step.issue };
         case 'restore':
-          if (s.from === 'peer') {
+          if (step.from === 'peer') {
             return {
               ...base,
-              from: s.from,
-              method: s.method,
-              peer: s.peer,
-              peerAddress: s.peerAddress,
-              ...(s.port !== undefined ? { port: s.port } : {}),
-              ...(s.argv ? { argv: s.argv } : {}),
-              target: s.target,
-              marker: s.marker,
-              ...(s.fallback ? { fallback: `backup ${s.fallback.backup} of s3://${s.fallback.bucket}/${s.fallback.prefix}` } : {}),
+              from: step.from,
+              method: step.method,
+              peer: step.peer,
+              peerAddress: step.peerAddress,
+              ...(step.port !== undefined ? { port: step.port } : {}),
+              ...(step.argv ? { argv: step.argv } : {}),
+              target: step.target,
+              marker: step.marker,
+              ...(step.fallback ? { fallback: `backup ${step.fallback.backup} of s3://${step.fallback.bucket}/${step.fallback.prefix}` } : {}),
             };
           }
           return {
             ...base,
-            from: s.from,
-            source: `s3://${s.bucket}/${s.prefix}`,
-            backup: s.backup,
-            target: s.target,
-            marker: s.marker,
-            ...(s.bandwidthLimitMiBps ? { bandwidthLimitMiBps: s.bandwidthLimitMiBps } : {}),
-            backupKey: s.backupKey ? `<redacted:${s.backupKey.label}>` : 'host identity',
-            ...(s.credentials ? { credentials: `<redacted:${s.credentials.accessKeyId.label}>, <redacted:${s.credentials.secretAccessKey.label}>` } : {}),
+            from: step.from,
+            source: `s3://${step.bucket}/${step.prefix}`,
+            backup: step.backup,
+            target: step.target,
+            marker: step.marker,
+            ...(step.bandwidthLimitMiBps ? { bandwidthLimitMiBps: step.bandwidthLimitMiBps } : {}),
+            backupKey: step.backupKey ? `<redacted:${step.backupKey.label}>` : 'host identity',
+            ...(step.credentials ? { credentials: `<redacted:${step.credentials.accessKeyId.label}>, <redacted:${step.credentials.secretAccessKey.label}>` } : {}),
           };
       }
     }),

@@ -191,48 +191,48 @@ export const ContainerSpec = z
     /** where the data volume appears inside the container (read-write) */
     dataMountPoint: AbsolutePath.optional(),
   })
-  .superRefine((c, ctx) => {
-    const net = c.network;
+  .superRefine((container, ctx) => {
+    const net = container.network;
     if (net.mode === 'host' && net.ports.length > 0) ctx.addIssue({ code: 'custom', path: ['network', 'ports'], message: 'ports are published only from a private network; with "host" the service is on the host\'s ports already' });
-    if (net.mode === 'private' && c.name.length > 12) ctx.addIssue({ code: 'custom', path: ['name'], message: 'at most 12 characters with a private network (the host side of its link is "ve-<name>", 15 characters at most)' });
+    if (net.mode === 'private' && container.name.length > 12) ctx.addIssue({ code: 'custom', path: ['name'], message: 'at most 12 characters with a private network (the host side of its link is "ve-<name>", 15 characters at most)' });
     const seen = new Set<string>();
-    net.ports.forEach((p, i) => {
-      const k = `${p.protocol}:${p.host}`;
-      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['network', 'ports', i, 'host'], message: `${p.protocol} port ${p.host} is published twice` });
+    net.ports.forEach((port, i) => {
+      const k = `${port.protocol}:${port.host}`;
+      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['network', 'ports', i, 'host'], message: `${port.protocol} port ${port.host} is published twice` });
       seen.add(k);
     });
-    const mounts: [string, string | undefined][] = [['dataMountPoint', c.dataMountPoint], ['config', c.config?.mountPoint]];
-    for (const [field, m] of mounts) {
-      if (m !== undefined && m.replace(/\/+$/, '') === '') ctx.addIssue({ code: 'custom', path: field === 'config' ? ['config', 'mountPoint'] : [field], message: 'cannot be the container\'s root' });
+    const mounts: [string, string | undefined][] = [['dataMountPoint', container.dataMountPoint], ['config', container.config?.mountPoint]];
+    for (const [field, mountPoint] of mounts) {
+      if (mountPoint !== undefined && mountPoint.replace(/\/+$/, '') === '') ctx.addIssue({ code: 'custom', path: field === 'config' ? ['config', 'mountPoint'] : [field], message: 'cannot be the container\'s root' });
     }
-    if (c.config && c.dataMountPoint) {
-      const a = c.config.mountPoint.replace(/\/+$/, '') + '/';
-      const b = c.dataMountPoint.replace(/\/+$/, '') + '/';
-      if (a.startsWith(b) || b.startsWith(a)) ctx.addIssue({ code: 'custom', path: ['config', 'mountPoint'], message: 'the config directory and the data volume cannot sit inside each other' });
+    if (container.config && container.dataMountPoint) {
+      const configDir = container.config.mountPoint.replace(/\/+$/, '') + '/';
+      const dataDir = container.dataMountPoint.replace(/\/+$/, '') + '/';
+      if (configDir.startsWith(dataDir) || dataDir.startsWith(configDir)) ctx.addIssue({ code: 'custom', path: ['config', 'mountPoint'], message: 'the config directory and the data volume cannot sit inside each other' });
     }
-    if (!c.config) return;
-    for (const [file, f] of Object.entries(c.config.files)) {
-      for (const [key, v] of Object.entries(f.settings)) {
+    if (!container.config) return;
+    for (const [file, configFile] of Object.entries(container.config.files)) {
+      for (const [key, value] of Object.entries(configFile.settings)) {
         if (!ConfigKey.test(key)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'expected a key of letters, digits, "_", "." or "-"' });
-        if (typeof v === 'string' && hasControl(v)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'control characters (such as a newline) are not allowed in a value' });
+        if (typeof value === 'string' && hasControl(value)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'control characters (such as a newline) are not allowed in a value' });
       }
-      f.required.forEach((key, i) => {
-        if (!(key in f.settings)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'required', i], message: 'marked required but this file has no such setting' });
+      configFile.required.forEach((key, i) => {
+        if (!(key in configFile.settings)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'required', i], message: 'marked required but this file has no such setting' });
       });
     }
-    for (const [file, o] of Object.entries(c.config.overrides)) {
-      const base = c.config.files[file];
+    for (const [file, overrides] of Object.entries(container.config.overrides)) {
+      const base = container.config.files[file];
       if (!base) {
         ctx.addIssue({ code: 'custom', path: ['config', 'overrides', file], message: 'overrides a file that is not in config.files' });
         continue;
       }
-      for (const [key, v] of Object.entries(o)) {
+      for (const [key, value] of Object.entries(overrides)) {
         const path = ['config', 'overrides', file, key];
         if (!ConfigKey.test(key)) ctx.addIssue({ code: 'custom', path, message: 'expected a key of letters, digits, "_", "." or "-"' });
-        if (typeof v === 'string' && hasControl(v)) ctx.addIssue({ code: 'custom', path, message: 'control characters (such as a newline) are not allowed in a value' });
+        if (typeof value === 'string' && hasControl(value)) ctx.addIssue({ code: 'custom', path, message: 'control characters (such as a newline) are not allowed in a value' });
         if (!base.required.includes(key)) continue;
-        if (v === null) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot remove it' });
-        else if (v !== base.settings[key]) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot change it' });
+        if (value === null) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot remove it' });
+        else if (value !== base.settings[key]) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot change it' });
       }
     }
   });

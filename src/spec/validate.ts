@@ -108,16 +108,16 @@ function protoKeys(input: unknown): (string | number)[][] {
   const stack: Node[] = [{ v: input, key: undefined, parent: undefined }];
   while (stack.length > 0) {
     const node = stack.pop()!;
-    const v = node.v;
-    if (typeof v !== 'object' || v === null || seen.has(v)) continue;
-    seen.add(v);
-    if (Array.isArray(v)) {
-      v.forEach((item, i) => stack.push({ v: item, key: i, parent: node }));
+    const value = node.v;
+    if (typeof value !== 'object' || value === null || seen.has(value)) continue;
+    seen.add(value);
+    if (Array.isArray(value)) {
+      value.forEach((item, i) => stack.push({ v: item, key: i, parent: node }));
       continue;
     }
-    for (const key of Object.keys(v)) {
+    for (const key of Object.keys(value)) {
       if (key === '__proto__') found.push(pathOf(node, key));
-      else stack.push({ v: (v as Record<string, unknown>)[key], key, parent: node });
+      else stack.push({ v: (value as Record<string, unknown>)[key], key, parent: node });
     }
   }
   return found;
