@@ -86,35 +86,35 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
     const unit = machineUnit(spec.container);
     obs.container = { unit, ...(probe.blank ? blankUnit : await probe.unitState(unit)) };
   }
-  for (const a of spec.auxiliary) obs.auxiliary.push({ unit: a.unit, ...(probe.blank ? blankUnit : await probe.unitState(a.unit)) });
+  for (const agent of spec.auxiliary) obs.auxiliary.push({ unit: agent.unit, ...(probe.blank ? blankUnit : await probe.unitState(agent.unit)) });
   const ipsec = spec.network?.ipsec;
   if (ipsec) {
     // What the network phase sees; the decommission tears down only bosun's part of it.
-    const n = await observeNetwork(spec, probe);
-    const o: NonNullable<ObservedDecommission['ipsec']> = {
+    const network = await observeNetwork(spec, probe);
+    const observedIpsec: NonNullable<ObservedDecommission['ipsec']> = {
       backend: backendFor(ipsec),
-      running: n.ike.running,
-      loaded: n.ike.loaded,
-      files: Object.keys(n.files),
-      policyLoaded: n.policyLoaded,
-      policyFile: n.policy !== undefined,
-      policyUnitFile: n.policyUnit !== undefined,
-      policyEnabled: n.policyEnabled,
+      running: network.ike.running,
+      loaded: network.ike.loaded,
+      files: Object.keys(network.files),
+      policyLoaded: network.policyLoaded,
+      policyFile: network.policy !== undefined,
+      policyUnitFile: network.policyUnit !== undefined,
+      policyEnabled: network.policyEnabled,
     };
-    obs.ipsec = o;
+    obs.ipsec = observedIpsec;
   }
-  const d = spec.disks;
-  if (d) {
-    const disks: NonNullable<ObservedDecommission['disks']> = { mountPath: d.mount.path, mounted: false, mountUnitFile: false };
+  const disksSpec = spec.disks;
+  if (disksSpec) {
+    const disks: NonNullable<ObservedDecommission['disks']> = { mountPath: disksSpec.mount.path, mounted: false, mountUnitFile: false };
     if (!probe.blank) {
-      disks.mounted = (await probe.run(['findmnt', '--noheadings', '--mountpoint', d.mount.path])).exitCode === 0;
-      disks.mountUnitFile = (await probe.stat(mountUnitPath(d.mount.path))) !== undefined;
-      if (d.luks) {
+      disks.mounted = (await probe.run(['findmnt', '--noheadings', '--mountpoint', disksSpec.mount.path])).exitCode === 0;
+      disks.mountUnitFile = (await probe.stat(mountUnitPath(disksSpec.mount.path))) !== undefined;
+      if (disksSpec.luks) {
         const device = await luksDevice(spec, probe, ctx);
         const dump = await probe.run(['cryptsetup', 'luksDump', device]);
-        disks.luks = { device, name: d.luks.name, open: (await probe.stat(`/dev/mapper/${d.luks.name}`)) !== undefined, ...(dump.exitCode === 0 ? { keyslots: countKeyslots(dump.stdout) } : {}) };
+        disks.luks = { device, name: disksSpec.luks.name, open: (await probe.stat(`/dev/mapper/${disksSpec.luks.name}`)) !== undefined, ...(dump.exitCode === 0 ? { keyslots: countKeyslots(dump.stdout) } : {}) };
       }
-      if (d.luks && 'keyFile' in d.luks.key && (await probe.stat(d.luks.key.keyFile)) !== undefined) disks.keyFile = d.luks.key.keyFile;
+      if (disksSpec.luks && 'keyFile' in disksSpec.luks.key && (await probe.stat(disksSpec.luks.key.keyFile)) !== undefined) disks.keyFile = disksSpec.luks.key.keyFile;
     }
     obs.disks = disks;
   }
@@ -140,11 +140,11 @@ async function luksDevice(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): P
 export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Step[] {
   const steps: Step[] = [];
   const erase = spec.decommission?.erase ?? 'crypto';
-  const add = (s: Omit<Extract<Step, { kind: 'exec' }>, 'phase' | 'kind'> & { kind?: undefined }): void => {
-    steps.push({ kind: 'exec', phase: 'decommission', ...s });
+  const add = (exec: Omit<Extract<Step, { kind: 'exec' }>, 'phase' | 'kind'> & { kind?: undefined }): void => {
+    steps.push({ kind: 'exec', phase: 'decommission', ...exec });
   };
-  const unit = (action: 'stop' | 'disable' | 'daemon-reload', u: string | undefined, why: string): void => {
-    steps.push({ kind: 'unit', phase: 'decommission', action, ...(u ? { unit: u } : {}), why });
+  const unit = (action: 'stop' | 'disable' | 'daemon-reload', unitName: string | undefined, why: string): void => {
+    steps.push({ kind: 'unit', phase: 'decommission', action, ...(unitName ? { unit: unitName } : {}), why });
   };
 
   // 1. The service and the agents beside it. An enabled unit is stopped even when it is not running: after a
@@ -152,46 +152,46 @@ export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Ste
   // its ActiveState still 'inactive', and disabling it does not cancel that job: it would start, or hang in
   // 'activating', while the volume is erased. `systemctl stop` cancels it, and is a no-op otherwise.
   const enabled = (state: string): boolean => state === 'enabled' || state === 'enabled-runtime';
-  const c = obs.container;
-  if (c && (active(c.active) || enabled(c.enabled))) unit('stop', c.unit, `stop machine ${spec.container!.name}: the node is being retired`);
-  if (c && enabled(c.enabled)) unit('disable', c.unit, `machine ${spec.container!.name} must not start again at boot`);
-  for (const a of obs.auxiliary) {
-    if (active(a.active) || enabled(a.enabled)) unit('stop', a.unit, `stop the auxiliary agent ${a.unit}`);
-    if (enabled(a.enabled)) unit('disable', a.unit, `${a.unit} must not start again at boot`);
+  const container = obs.container;
+  if (container && (active(container.active) || enabled(container.enabled))) unit('stop', container.unit, `stop machine ${spec.container!.name}: the node is being retired`);
+  if (container && enabled(container.enabled)) unit('disable', container.unit, `machine ${spec.container!.name} must not start again at boot`);
+  for (const agent of obs.auxiliary) {
+    if (active(agent.active) || enabled(agent.enabled)) unit('stop', agent.unit, `stop the auxiliary agent ${agent.unit}`);
+    if (enabled(agent.enabled)) unit('disable', agent.unit, `${agent.unit} must not start again at boot`);
   }
 
   // 2. Leave the mesh: only what bosun made.
-  const n = obs.ipsec;
-  if (n) {
-    for (const name of n.loaded) add({ argv: n.backend.remove(name), why: `leave the mesh: unload the conn to ${name.slice(6)}` });
-    for (const f of n.files) steps.push({ kind: 'remove', phase: 'decommission', path: `${n.backend.dir}/${f}`, why: `leave the mesh: delete bosun's ${f}` });
-    const unload = n.backend.afterRemove?.();
-    if (unload && n.running && n.files.length > 0) add({ argv: unload, why: 'the IKE daemon forgets the deleted conns' });
-    if (n.policyEnabled) unit('disable', POLICY_UNIT, 'the drop policy for peers must not load at boot');
-    if (n.policyUnitFile) steps.push({ kind: 'remove', phase: 'decommission', path: POLICY_UNIT_FILE, why: "bosun's drop-policy unit" });
-    if (n.policyFile) steps.push({ kind: 'remove', phase: 'decommission', path: POLICY_FILE, why: "bosun's drop policy for peers" });
-    if (n.policyLoaded) add({ argv: ['nft', 'delete', 'table', 'inet', POLICY_TABLE], why: "drop bosun's peer policy table" });
+  const ipsec = obs.ipsec;
+  if (ipsec) {
+    for (const name of ipsec.loaded) add({ argv: ipsec.backend.remove(name), why: `leave the mesh: unload the conn to ${name.slice(6)}` });
+    for (const fileName of ipsec.files) steps.push({ kind: 'remove', phase: 'decommission', path: `${ipsec.backend.dir}/${fileName}`, why: `leave the mesh: delete bosun's ${fileName}` });
+    const unload = ipsec.backend.afterRemove?.();
+    if (unload && ipsec.running && ipsec.files.length > 0) add({ argv: unload, why: 'the IKE daemon forgets the deleted conns' });
+    if (ipsec.policyEnabled) unit('disable', POLICY_UNIT, 'the drop policy for peers must not load at boot');
+    if (ipsec.policyUnitFile) steps.push({ kind: 'remove', phase: 'decommission', path: POLICY_UNIT_FILE, why: "bosun's drop-policy unit" });
+    if (ipsec.policyFile) steps.push({ kind: 'remove', phase: 'decommission', path: POLICY_FILE, why: "bosun's drop policy for peers" });
+    if (ipsec.policyLoaded) add({ argv: ['nft', 'delete', 'table', 'inet', POLICY_TABLE], why: "drop bosun's peer policy table" });
   }
 
   // disable does not reload systemd (systemctlArgv): one daemon-reload after the last unit change does it for all.
-  const unitsChanged = steps.some((s) => s.kind === 'unit' && s.action === 'disable') || n?.policyUnitFile === true;
+  const unitsChanged = steps.some((s) => s.kind === 'unit' && s.action === 'disable') || ipsec?.policyUnitFile === true;
 
   // 3. The data volume: unmount, close, destroy the keyslots.
-  const d = obs.disks;
-  if (!d?.mountUnitFile && unitsChanged) unit('daemon-reload', undefined, 'systemd forgets the units bosun disabled or removed');
-  if (d) {
-    const mu = mountUnitName(d.mountPath);
-    if (d.mounted) unit('stop', mu, `unmount the data volume at ${d.mountPath}`);
-    if (d.mountUnitFile) {
-      steps.push({ kind: 'remove', phase: 'decommission', path: mountUnitPath(d.mountPath), why: 'the data volume must not be mounted again' });
+  const disks = obs.disks;
+  if (!disks?.mountUnitFile && unitsChanged) unit('daemon-reload', undefined, 'systemd forgets the units bosun disabled or removed');
+  if (disks) {
+    const mu = mountUnitName(disks.mountPath);
+    if (disks.mounted) unit('stop', mu, `unmount the data volume at ${disks.mountPath}`);
+    if (disks.mountUnitFile) {
+      steps.push({ kind: 'remove', phase: 'decommission', path: mountUnitPath(disks.mountPath), why: 'the data volume must not be mounted again' });
       unit('daemon-reload', undefined, unitsChanged ? 'systemd forgets the mount unit and the units bosun disabled or removed' : 'systemd forgets the mount unit');
     }
-    const l = d.luks;
-    if (l?.open) add({ argv: ['cryptsetup', 'close', l.name], why: `close the LUKS mapping /dev/mapper/${l.name}`, timeoutSeconds: 120 });
-    if (erase === 'crypto' && l && (l.keyslots ?? 0) > 0) {
-      add({ argv: ['cryptsetup', 'luksErase', '--batch-mode', l.device], why: `crypto-erase: destroy all ${l.keyslots} keyslot${l.keyslots === 1 ? '' : 's'} of ${l.device}; its data can never be read again`, destructive: true, timeoutSeconds: 120 });
+    const luks = disks.luks;
+    if (luks?.open) add({ argv: ['cryptsetup', 'close', luks.name], why: `close the LUKS mapping /dev/mapper/${luks.name}`, timeoutSeconds: 120 });
+    if (erase === 'crypto' && luks && (luks.keyslots ?? 0) > 0) {
+      add({ argv: ['cryptsetup', 'luksErase', '--batch-mode', luks.device], why: `crypto-erase: destroy all ${luks.keyslots} keyslot${luks.keyslots === 1 ? '' : 's'} of ${luks.device}; its data can never be read again`, destructive: true, timeoutSeconds: 120 });
     }
-    if (erase === 'crypto' && d.keyFile) steps.push({ kind: 'remove', phase: 'decommission', path: d.keyFile, why: 'the LUKS key file is key material' });
+    if (erase === 'crypto' && disks.keyFile) steps.push({ kind: 'remove', phase: 'decommission', path: disks.keyFile, why: 'the LUKS key file is key material' });
   }
   return steps;
 }
@@ -210,14 +210,14 @@ export async function verifyDecommission(spec: NodeSpec, probe: HostProbe, ctx: 
   const erase = spec.decommission?.erase ?? 'crypto';
   const problems: string[] = [];
   if (obs.container && active(obs.container.active)) problems.push(`${obs.container.unit} is still ${obs.container.active}`);
-  for (const a of obs.auxiliary) if (active(a.active)) problems.push(`${a.unit} is still ${a.active}`);
+  for (const agent of obs.auxiliary) if (active(agent.active)) problems.push(`${agent.unit} is still ${agent.active}`);
   const connsLeft = obs.ipsec ? new Set([...obs.ipsec.loaded, ...obs.ipsec.files]).size : 0;
   if (connsLeft > 0) problems.push(`${connsLeft} bosun IPsec conns or files are left`);
   if (obs.disks?.mounted) problems.push(`the data volume is still mounted at ${obs.disks.mountPath}`);
-  const l = obs.disks?.luks;
-  if (l?.open) problems.push(`/dev/mapper/${l.name} is still open`);
-  if (erase === 'crypto' && l && l.keyslots !== undefined && l.keyslots > 0) problems.push(`${l.device} still has ${l.keyslots} keyslots`);
-  if (erase === 'crypto' && spec.disks?.luks && !l && !probe.blank) problems.push('the LUKS device could not be inspected');
+  const luks = obs.disks?.luks;
+  if (luks?.open) problems.push(`/dev/mapper/${luks.name} is still open`);
+  if (erase === 'crypto' && luks && luks.keyslots !== undefined && luks.keyslots > 0) problems.push(`${luks.device} still has ${luks.keyslots} keyslots`);
+  if (erase === 'crypto' && spec.disks?.luks && !luks && !probe.blank) problems.push('the LUKS device could not be inspected');
   return {
     format: 1,
     state: 'decommissioned',
@@ -231,7 +231,7 @@ export async function verifyDecommission(spec: NodeSpec, probe: HostProbe, ctx: 
       auxiliary: obs.auxiliary,
       ipsecConnsLeft: connsLeft,
       dataVolumeMounted: obs.disks?.mounted ?? false,
-      luks: l ? [{ device: l.device, open: l.open, keyslots: l.keyslots ?? null }] : [],
+      luks: luks ? [{ device: luks.device, open: luks.open, keyslots: luks.keyslots ?? null }] : [],
     },
     problems,
   };

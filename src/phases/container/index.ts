@@ -81,29 +81,29 @@ function plan(spec: NodeSpec, obs: ObservedContainer, ctx: PlanContext): Step[] 
 }
 
 export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanContext): { steps: Step[]; action: ContainerAction } {
-  const c = spec.container!;
-  const unit = machineUnit(c);
+  const container = spec.container!;
+  const unit = machineUnit(container);
   if (!obs.imageExists) {
-    throw new BosunError('E_REFUSED', `container: the image ${c.image} is not on this host (no ${c.image}/usr); nothing was changed`, { image: c.image });
+    throw new BosunError('E_REFUSED', `container: the image ${container.image} is not on this host (no ${container.image}/usr); nothing was changed`, { image: container.image });
   }
   const steps: Step[] = [];
   type Distribute<T> = T extends Step ? Omit<T, 'phase'> : never;
   const step = (s: Distribute<Step>) => steps.push({ ...s, phase: 'container' });
 
   // 1. Config files, written atomically into the directory the machine sees read-only.
-  const files = renderConfig(c);
+  const files = renderConfig(container);
   let configChanged = false;
-  if (c.config) {
-    const dir = configDir(c);
-    if (!obs.configDirExists) step({ kind: 'mkdir', path: dir, mode: 0o755, why: `the config directory of ${c.name}, bound read-only at ${c.config.mountPoint}` });
-    for (const [f, content] of Object.entries(files)) {
-      if (obs.config[f] === content) continue;
-      step({ kind: 'write', path: `${dir}/${f}`, mode: 0o644, content, why: `${obs.config[f] === undefined ? 'new' : 'changed'} config file ${f} (platform settings, user overrides merged)` });
+  if (container.config) {
+    const dir = configDir(container);
+    if (!obs.configDirExists) step({ kind: 'mkdir', path: dir, mode: 0o755, why: `the config directory of ${container.name}, bound read-only at ${container.config.mountPoint}` });
+    for (const [fileName, content] of Object.entries(files)) {
+      if (obs.config[fileName] === content) continue;
+      step({ kind: 'write', path: `${dir}/${fileName}`, mode: 0o644, content, why: `${obs.config[fileName] === undefined ? 'new' : 'changed'} config file ${fileName} (platform settings, user overrides merged)` });
       configChanged = true;
     }
     const before = (obs.manifest ?? '').split('\n').filter((l) => l !== '');
-    for (const f of before.filter((f) => !(f in files)).sort()) {
-      step({ kind: 'remove', path: `${dir}/${f}`, why: `config file ${f} is no longer in the spec` });
+    for (const fileName of before.filter((f) => !(f in files)).sort()) {
+      step({ kind: 'remove', path: `${dir}/${fileName}`, why: `config file ${fileName} is no longer in the spec` });
       configChanged = true;
     }
     const manifest = renderManifest(files);
@@ -114,59 +114,59 @@ export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanC
   let restartNeeded = false;
   const nspawn = renderNspawn(spec);
   if (obs.nspawn !== nspawn) {
-    step({ kind: 'write', path: nspawnPath(ctx.distro.nspawnDir, c), mode: 0o644, content: nspawn, why: `machine ${c.name}: read-only image, private users, dropped capabilities, ${c.network.mode} network${c.network.ports.length ? ` publishing ${c.network.ports.map((p) => `${p.protocol}/${p.host}`).join(' ')}` : ''}` });
+    step({ kind: 'write', path: nspawnPath(ctx.distro.nspawnDir, container), mode: 0o644, content: nspawn, why: `machine ${container.name}: read-only image, private users, dropped capabilities, ${container.network.mode} network${container.network.ports.length ? ` publishing ${container.network.ports.map((p) => `${p.protocol}/${p.host}`).join(' ')}` : ''}` });
     restartNeeded = true;
   }
   let unitFilesChanged = false;
   const start = renderStartDropIn(spec);
   if (obs.startDropIn !== start) {
-    step({ kind: 'write', path: startDropIn(c), mode: 0o644, content: start, why: `start machine ${c.name} from ${c.image}` });
+    step({ kind: 'write', path: startDropIn(container), mode: 0o644, content: start, why: `start machine ${container.name} from ${container.image}` });
     restartNeeded = true;
     unitFilesChanged = true;
   }
   const limits = renderLimitsDropIn(spec);
   const limitsChanged = obs.limitsDropIn !== limits;
   if (limitsChanged) {
-    step({ kind: 'write', path: limitsDropIn(c), mode: 0o644, content: limits, why: `resource limits of machine ${c.name}` });
+    step({ kind: 'write', path: limitsDropIn(container), mode: 0o644, content: limits, why: `resource limits of machine ${container.name}` });
     unitFilesChanged = true;
   }
-  if (unitFilesChanged) step({ kind: 'unit', action: 'daemon-reload', why: `systemd must read the drop-ins in ${dropInDir(c)}` });
+  if (unitFilesChanged) step({ kind: 'unit', action: 'daemon-reload', why: `systemd must read the drop-ins in ${dropInDir(container)}` });
 
   // 3. Enabled at boot: machines.target pulls every enabled machine.
   if (!obs.machinesTargetEnabled) step({ kind: 'unit', action: 'enable', unit: 'machines.target', why: 'start enabled machines at boot' });
-  if (obs.unit.enabled !== 'enabled') step({ kind: 'unit', action: 'enable', unit, why: `start machine ${c.name} at boot` });
+  if (obs.unit.enabled !== 'enabled') step({ kind: 'unit', action: 'enable', unit, why: `start machine ${container.name} at boot` });
 
   // 4. The one action the change needs.
   const running = obs.unit.active === 'active' || obs.unit.active === 'activating' || obs.unit.active === 'reloading';
   let action: ContainerAction = 'none';
   if (!running) {
     action = 'start';
-    step({ kind: 'unit', action: 'start', unit, why: `boot machine ${c.name}` });
+    step({ kind: 'unit', action: 'start', unit, why: `boot machine ${container.name}` });
   } else if (restartNeeded) {
     action = 'restart';
-    step({ kind: 'unit', action: 'restart', unit, why: `machine ${c.name}'s settings changed; they apply only at its start` });
+    step({ kind: 'unit', action: 'restart', unit, why: `machine ${container.name}'s settings changed; they apply only at its start` });
   } else {
     if (limitsChanged) {
       action = 'live-limits';
       step({
         kind: 'exec',
-        argv: ['systemctl', 'set-property', '--runtime', unit, ...limitProperties(c).map(([k, v]) => `${k}=${v}`)],
-        why: `apply the new limits to the running machine ${c.name} without a restart`,
+        argv: ['systemctl', 'set-property', '--runtime', unit, ...limitProperties(container).map(([k, v]) => `${k}=${v}`)],
+        why: `apply the new limits to the running machine ${container.name} without a restart`,
       });
     }
     if (configChanged) {
-      action = c.service.onConfigChange === 'reload' ? 'reload' : 'restart-service';
+      action = container.service.onConfigChange === 'reload' ? 'reload' : 'restart-service';
       step({
         kind: 'exec',
-        argv: machineArgv(c, ['systemctl', c.service.onConfigChange === 'reload' ? 'reload' : 'restart', c.service.unit]),
-        why: `${c.service.unit} in ${c.name} must read its changed config (${c.service.onConfigChange}; the machine keeps running)`,
+        argv: machineArgv(container, ['systemctl', container.service.onConfigChange === 'reload' ? 'reload' : 'restart', container.service.unit]),
+        why: `${container.service.unit} in ${container.name} must read its changed config (${container.service.onConfigChange}; the machine keeps running)`,
       });
     }
   }
 
   // 5. Done means healthy: after any action, wait for the service's own check.
   if (steps.some((s) => s.kind === 'unit' && (s.action === 'start' || s.action === 'restart')) || action === 'reload' || action === 'restart-service') {
-    step({ kind: 'exec', argv: healthArgv(c), timeoutSeconds: 30, retryForSeconds: c.service.startTimeoutSeconds, why: `${c.service.unit} in ${c.name} answers its health check` });
+    step({ kind: 'exec', argv: healthArgv(container), timeoutSeconds: 30, retryForSeconds: container.service.startTimeoutSeconds, why: `${container.service.unit} in ${container.name} answers its health check` });
   }
   return { steps, action };
 }

@@ -58,12 +58,12 @@ export function keptCaps(c: ContainerSpec): string[] {
 }
 
 export function renderNspawn(spec: NodeSpec): string {
-  const c = spec.container!;
-  const kept = new Set(keptCaps(c));
-  const drop = NSPAWN_DEFAULT_CAPS.filter((cap) => !kept.has(cap) && !(cap === 'CAP_NET_ADMIN' && c.network.mode === 'host'));
+  const container = spec.container!;
+  const kept = new Set(keptCaps(container));
+  const drop = NSPAWN_DEFAULT_CAPS.filter((cap) => !kept.has(cap) && !(cap === 'CAP_NET_ADMIN' && container.network.mode === 'host'));
   const extra = [...kept].filter((cap) => !(NSPAWN_DEFAULT_CAPS as readonly string[]).includes(cap));
   const lines = [
-    `# Written by bosun (container phase): machine ${c.name}. Edits are overwritten; a change restarts the machine.`,
+    `# Written by bosun (container phase): machine ${container.name}. Edits are overwritten; a change restarts the machine.`,
     '[Exec]',
     'Boot=yes',
     'PrivateUsers=pick',
@@ -78,32 +78,32 @@ export function renderNspawn(spec: NodeSpec): string {
     'ReadOnly=yes',
     'PrivateUsersOwnership=map',
   ];
-  if (c.config) lines.push(`BindReadOnly=${configDir(c)}:${c.config.mountPoint}:idmap`);
-  if (c.dataMountPoint) lines.push(`Bind=${spec.disks!.mount.path}:${c.dataMountPoint}:idmap`);
+  if (container.config) lines.push(`BindReadOnly=${configDir(container)}:${container.config.mountPoint}:idmap`);
+  if (container.dataMountPoint) lines.push(`Bind=${spec.disks!.mount.path}:${container.dataMountPoint}:idmap`);
   lines.push('', '[Network]');
-  if (c.network.mode === 'host') {
+  if (container.network.mode === 'host') {
     lines.push('Private=no', 'VirtualEthernet=no');
   } else {
     lines.push('Private=yes', 'VirtualEthernet=yes');
-    for (const p of c.network.ports) lines.push(`Port=${p.protocol}:${p.host}:${p.container}`);
+    for (const port of container.network.ports) lines.push(`Port=${port.protocol}:${port.host}:${port.container}`);
   }
   return `${lines.join('\n')}\n`;
 }
 
 /** How the machine starts: the image directory, what must be mounted first, and its end of the private link. */
 export function renderStartDropIn(spec: NodeSpec): string {
-  const c = spec.container!;
-  const needs = [...(c.dataMountPoint ? [spec.disks!.mount.path] : []), ...(c.config ? [configDir(c)] : [])];
+  const container = spec.container!;
+  const needs = [...(container.dataMountPoint ? [spec.disks!.mount.path] : []), ...(container.config ? [configDir(container)] : [])];
   const lines = [
-    `# Written by bosun (container phase): how machine ${c.name} starts. Edits are overwritten; a change restarts the machine.`,
+    `# Written by bosun (container phase): how machine ${container.name} starts. Edits are overwritten; a change restarts the machine.`,
     '[Unit]',
     ...(needs.length ? [`RequiresMountsFor=${needs.join(' ')}`] : []),
     '',
     '[Service]',
     'ExecStart=',
-    `ExecStart=${NSPAWN_BIN} --quiet --keep-unit --boot --link-journal=no --settings=override --machine=%i --directory=${c.image}`,
+    `ExecStart=${NSPAWN_BIN} --quiet --keep-unit --boot --link-journal=no --settings=override --machine=%i --directory=${container.image}`,
   ];
-  if (c.network.mode === 'private') {
+  if (container.network.mode === 'private') {
     // nspawn makes the veth pair but leaves it unconfigured (that is networkd's
     // job, which bosun hosts do not run): give both ends an address from the
     // host, so it works whatever the image carries. nspawn publishes `Port=`
@@ -116,7 +116,7 @@ export function renderStartDropIn(spec: NodeSpec): string {
       `${inMachine} ip link set host0 up`,
       `${inMachine} ip addr replace ${LINK.machine}/${LINK.prefix} dev host0`,
       `${inMachine} ip route replace default via ${LINK.host}`,
-      ...(c.network.ports.length ? ['sysctl -q -w net.ipv4.ip_forward=1'] : []),
+      ...(container.network.ports.length ? ['sysctl -q -w net.ipv4.ip_forward=1'] : []),
     ].join('; ');
     // "$$" is a literal "$" for systemd (it expands $NAME itself).
     lines.push(`ExecStartPost=/bin/sh -ec '${script.replace(/\$/g, '$$$$')}' sh %i`);

@@ -60,12 +60,12 @@ function sigsOf(obs: ObservedDisks, kernelPath: string | undefined): Signature[]
 }
 
 export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
-  const d = spec.disks as DisksSpec;
-  const names = layoutNames(d);
-  const disks = selectDisks(d, obs);
+  const disksSpec = spec.disks as DisksSpec;
+  const names = layoutNames(disksSpec);
+  const disks = selectDisks(disksSpec, obs);
 
   const foreign = disks.filter((x) => x.state.kind === 'foreign');
-  if (foreign.length > 0 && d.foreignSignatures === 'refuse') {
+  if (foreign.length > 0 && disksSpec.foreignSignatures === 'refuse') {
     const list = foreign.map((x) => `${x.stableName} holds ${x.state.kind === 'foreign' ? x.state.signatures.map((s) => s.type).join(' + ') : ''}`).join('; ');
     throw new BosunError('E_REFUSED', `disks: ${list}, which bosun did not make; leaving ${foreign.length === 1 ? 'it' : 'them'} untouched (set disks.foreignSignatures to "wipe" only for scratch disks); nothing was changed`, {
       devices: foreign.map((x) => ({ device: x.stableName, signatures: x.state.kind === 'foreign' ? x.state.signatures.map((s) => s.type) : [] })),
@@ -80,23 +80,23 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
   let raid: RaidLayer | undefined;
   let base: Layers['base'];
   let baseState: LayerState;
-  if (d.raid) {
-    const name = d.raid.name;
+  if (disksSpec.raid) {
+    const name = disksSpec.raid.name;
     const active = obs.arrays.find((a) => a.name === name);
     const members = disks.filter((x) => x.state.kind === 'member');
     const fresh = disks.filter((x) => x.state.kind === 'blank' || x.state.kind === 'foreign');
-    const memberUuids = [...new Set(members.map((m) => (m.state.kind === 'member' && m.state.arrayUuid ? normalizeUuid(m.state.arrayUuid) : '')).filter((u) => u !== ''))];
+    const memberUuids = [...new Set(members.map((member) => (member.state.kind === 'member' && member.state.arrayUuid ? normalizeUuid(member.state.arrayUuid) : '')).filter((arrayUuid) => arrayUuid !== ''))];
     if (memberUuids.length > 1) {
       throw new BosunError('E_REFUSED', `disks: the selected disks hold members of ${memberUuids.length} different arrays named "${name}"; refusing to guess which is the data; nothing was changed`, { uuids: memberUuids });
     }
     const create = !active && members.length === 0;
-    if (!create && fresh.length > 0 && d.raid.level === 0) {
+    if (!create && fresh.length > 0 && disksSpec.raid.level === 0) {
       throw new BosunError('E_REFUSED', `disks: RAID0 array "${name}" cannot take the new disk${fresh.length === 1 ? '' : 's'} ${fresh.map((x) => x.stableName).join(', ')}; a RAID0 that lost a disk has lost its data; nothing was changed`);
     }
     const uuid = active?.uuid || memberUuids[0] || normalizeUuid(plannedUuid(spec, 'md'));
     raid = { name, link: `/dev/md/${name}`, device: active?.path ?? `/dev/md/${name}`, active, members, fresh, uuid, create };
     base = { path: raid.device, kernelPath: active?.path };
-    if (active) baseState = stateOf(sigsOf(obs, active.path) ?? [], names, d, 'base');
+    if (active) baseState = stateOf(sigsOf(obs, active.path) ?? [], names, disksSpec, 'base');
     else baseState = create ? { kind: 'absent', predicted: true } : { kind: 'ours', predicted: true };
   } else {
     const disk = disks[0]!;
@@ -109,13 +109,13 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
   let luks: Layers['luks'];
   let fsDevice: { path: string; kernelPath?: string };
   let fsState: LayerState;
-  if (d.luks) {
-    const mapper = `/dev/mapper/${d.luks.name}`;
+  if (disksSpec.luks) {
+    const mapper = `/dev/mapper/${disksSpec.luks.name}`;
     const openNode = flatten(obs.devices).find((x) => x.type === 'crypt' && x.path === mapper);
-    const uuid = baseState.kind === 'ours' ? knownUuid(baseState.uuid, crypttabUuid(obs.crypttab, d.luks.name)) ?? plannedUuid(spec, 'luks') : plannedUuid(spec, 'luks');
+    const uuid = baseState.kind === 'ours' ? knownUuid(baseState.uuid, crypttabUuid(obs.crypttab, disksSpec.luks.name)) ?? plannedUuid(spec, 'luks') : plannedUuid(spec, 'luks');
     luks = { device: base.path, mapper, state: baseState, uuid, open: openNode !== undefined };
     fsDevice = { path: mapper, kernelPath: openNode?.path };
-    if (openNode) fsState = stateOf(sigsOf(obs, openNode.path) ?? [], names, d, 'fs');
+    if (openNode) fsState = stateOf(sigsOf(obs, openNode.path) ?? [], names, disksSpec, 'fs');
     else fsState = baseState.kind === 'ours' ? { kind: 'ours', predicted: true } : { kind: 'absent', predicted: true };
   } else {
     fsDevice = base;

@@ -151,7 +151,7 @@ export function flatten(devs: readonly BlockDevice[]): BlockDevice[] {
 }
 
 export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<ObservedDisks> {
-  const d = spec.disks!;
+  const disksSpec = spec.disks!;
   const ls = await probe.run(LSBLK_ARGV);
   if (ls.exitCode !== 0) throw new Error(`lsblk failed: ${ls.stderr.trim()}`);
   const devices = parseLsblk(ls.stdout);
@@ -159,15 +159,15 @@ export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanCo
   for (const dev of flatten(devices)) {
     if (!['disk', 'crypt'].includes(dev.type) && !dev.type.startsWith('raid')) continue;
     if (signatures[dev.path]) continue;
-    const w = await probe.run(['wipefs', '--no-act', '--json', dev.path]);
-    signatures[dev.path] = w.exitCode === 0 ? parseWipefs(w.stdout) : [{ type: `unreadable (wipefs: ${w.stderr.trim().split('\n')[0] ?? w.exitCode})`, offset: '?' }];
+    const wipefs = await probe.run(['wipefs', '--no-act', '--json', dev.path]);
+    signatures[dev.path] = wipefs.exitCode === 0 ? parseWipefs(wipefs.stdout) : [{ type: `unreadable (wipefs: ${wipefs.stderr.trim().split('\n')[0] ?? wipefs.exitCode})`, offset: '?' }];
   }
   const arrays: MdArray[] = [];
   for (const dev of flatten(devices).filter((x) => x.type.startsWith('raid'))) {
     if (arrays.some((a) => a.path === dev.path)) continue;
-    const r = await probe.run(['mdadm', '--detail', '--export', dev.path]);
-    if (r.exitCode !== 0) continue;
-    const ex = parseExport(r.stdout);
+    const detail = await probe.run(['mdadm', '--detail', '--export', dev.path]);
+    if (detail.exitCode !== 0) continue;
+    const ex = parseExport(detail.stdout);
     const sys = `/sys/block/${dev.path.replace('/dev/', '')}/md`;
     const read = async (f: string) => (await probe.readFile(`${sys}/${f}`))?.toString('utf8').trim();
     arrays.push({
@@ -188,10 +188,10 @@ export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanCo
     byId: await probe.links('/dev/disk/by-id'),
     signatures,
     arrays,
-    mdadmConf: d.raid ? await text(ctx.distro.mdadmConf) : undefined,
-    crypttab: d.luks ? await text('/etc/crypttab') : undefined,
-    mountUnit: await text(mountUnitPath(d.mount.path)),
-    mountPoint: await probe.stat(d.mount.path),
+    mdadmConf: disksSpec.raid ? await text(ctx.distro.mdadmConf) : undefined,
+    crypttab: disksSpec.luks ? await text('/etc/crypttab') : undefined,
+    mountUnit: await text(mountUnitPath(disksSpec.mount.path)),
+    mountPoint: await probe.stat(disksSpec.mount.path),
     passwd: await text('/etc/passwd'),
     group: await text('/etc/group'),
   };

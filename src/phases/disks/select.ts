@@ -95,44 +95,44 @@ function gib(bytes: number): string {
 
 const INSTANCE_STORE_MODELS = /Instance Storage|EC2 NVMe Instance|nvme_card|Local SSD/i;
 
-export function selectDisks(d: DisksSpec, obs: ObservedDisks): SelectedDisk[] {
-  const names = layoutNames(d);
+export function selectDisks(disksSpec: DisksSpec, obs: ObservedDisks): SelectedDisk[] {
+  const names = layoutNames(disksSpec);
   const disks = obs.devices.filter((x) => x.type === 'disk');
   const describe = (dev: BlockDevice): SelectedDisk => {
-    const state = classify(dev, obs, names, d.filesystem.type);
-    return { path: dev.path, stableName: stableName(dev.path, obs), sizeBytes: dev.sizeBytes, state, inUse: inUseReason(dev, d, obs) };
+    const state = classify(dev, obs, names, disksSpec.filesystem.type);
+    return { path: dev.path, stableName: stableName(dev.path, obs), sizeBytes: dev.sizeBytes, state, inUse: inUseReason(dev, disksSpec, obs) };
   };
 
-  if ('paths' in d.devices) {
+  if ('paths' in disksSpec.devices) {
     const missing: string[] = [];
     const chosen: SelectedDisk[] = [];
-    for (const p of d.devices.paths) {
-      const dev = disks.find((x) => x.path === resolvePath(p, obs));
-      if (!dev) missing.push(p);
+    for (const path of disksSpec.devices.paths) {
+      const dev = disks.find((x) => x.path === resolvePath(path, obs));
+      if (!dev) missing.push(path);
       else chosen.push(describe(dev));
     }
     if (missing.length > 0) throw new BosunError('E_REFUSED', `disks: ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not a disk on this host; nothing was changed`, { missing });
     return chosen;
   }
 
-  const m = d.devices.match;
+  const match = disksSpec.devices.match;
   const candidates = disks
     .filter((x) => !x.readOnly && x.sizeBytes > 0)
-    .filter((x) => m.kind === 'any' || (x.transport === 'nvme' && INSTANCE_STORE_MODELS.test(x.model ?? '')))
-    .filter((x) => m.minSizeGiB === undefined || x.sizeBytes >= m.minSizeGiB * 2 ** 30)
+    .filter((x) => match.kind === 'any' || (x.transport === 'nvme' && INSTANCE_STORE_MODELS.test(x.model ?? '')))
+    .filter((x) => match.minSizeGiB === undefined || x.sizeBytes >= match.minSizeGiB * 2 ** 30)
     .map(describe)
     // A disk in use (the root disk, a mounted scratch disk) is never a candidate.
     .filter((x) => !x.inUse)
     // An unused disk is a blank one or one that already holds this spec's layout (a reboot must find its own disks again).
-    .filter((x) => !m.unused || x.state.kind !== 'foreign')
+    .filter((x) => !match.unused || x.state.kind !== 'foreign')
     .sort((a, b) => (a.stableName < b.stableName ? -1 : a.stableName > b.stableName ? 1 : 0));
-  if (m.count !== undefined && candidates.length !== m.count) {
+  if (match.count !== undefined && candidates.length !== match.count) {
     throw new BosunError(
       'E_REFUSED',
-      `disks: the match rule wants exactly ${m.count} disk${m.count === 1 ? '' : 's'} but ${candidates.length} match${candidates.length === 1 ? 'es' : ''}${candidates.length ? ` (${candidates.map((c) => `${c.stableName} ${gib(c.sizeBytes)}`).join(', ')})` : ''}; nothing was changed`,
-      { wanted: m.count, found: candidates.map((c) => c.stableName) },
+      `disks: the match rule wants exactly ${match.count} disk${match.count === 1 ? '' : 's'} but ${candidates.length} match${candidates.length === 1 ? 'es' : ''}${candidates.length ? ` (${candidates.map((c) => `${c.stableName} ${gib(c.sizeBytes)}`).join(', ')})` : ''}; nothing was changed`,
+      { wanted: match.count, found: candidates.map((c) => c.stableName) },
     );
   }
-  if (candidates.length === 0) throw new BosunError('E_REFUSED', 'disks: no disk matches the rule; nothing was changed', { match: m });
+  if (candidates.length === 0) throw new BosunError('E_REFUSED', 'disks: no disk matches the rule; nothing was changed', { match: match });
   return candidates;
 }

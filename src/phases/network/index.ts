@@ -92,15 +92,15 @@ export async function observeNetwork(spec: NodeSpec, probe: HostProbe): Promise<
 }
 
 function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
-  const s = spec.network!.ipsec!;
-  const backend = backendFor(s);
-  if (s.auth === 'cert') return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
+  const ipsec = spec.network!.ipsec!;
+  const backend = backendFor(ipsec);
+  if (ipsec.auth === 'cert') return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
   const steps: Step[] = [];
   const conns = peerConns(spec);
-  for (const c of conns) {
-    for (const path of [backend.confPath(c), backend.secretsPath(c)]) {
-      const f = path.split('/').pop()!;
-      if (obs.foreign.includes(f)) throw new BosunError('E_REFUSED', `network: ${path} exists and was not written by bosun; leaving it untouched (move it away to let bosun manage the tunnel to ${c.peerNode}); nothing was changed`, { path });
+  for (const conn of conns) {
+    for (const path of [backend.confPath(conn), backend.secretsPath(conn)]) {
+      const fileName = path.split('/').pop()!;
+      if (obs.foreign.includes(fileName)) throw new BosunError('E_REFUSED', `network: ${path} exists and was not written by bosun; leaving it untouched (move it away to let bosun manage the tunnel to ${conn.peerNode}); nothing was changed`, { path });
     }
   }
 
@@ -119,24 +119,24 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   const changedConn = new Set<string>();
   let secretsChanged = false;
   const rotated = new Set<string>();
-  for (const c of conns) {
-    const confName = backend.confPath(c).split('/').pop()!;
-    const secName = backend.secretsPath(c).split('/').pop()!;
-    const conf = backend.renderConn(c, obs.ike.version);
+  for (const conn of conns) {
+    const confName = backend.confPath(conn).split('/').pop()!;
+    const secName = backend.secretsPath(conn).split('/').pop()!;
+    const conf = backend.renderConn(conn, obs.ike.version);
     if (obs.files[confName] !== conf) {
-      steps.push({ kind: 'write', phase: 'network', path: backend.confPath(c), mode: 0o644, content: conf, why: `${obs.files[confName] === undefined ? 'new peer' : 'changed peer'} ${c.peerNode}` });
-      changedConn.add(c.name);
+      steps.push({ kind: 'write', phase: 'network', path: backend.confPath(conn), mode: 0o644, content: conf, why: `${obs.files[confName] === undefined ? 'new peer' : 'changed peer'} ${conn.peerNode}` });
+      changedConn.add(conn.name);
     }
     // Sealed keys are compared by the marker of the sealed value they were written from.
-    const secrets = backend.renderSecrets(c);
-    if (c.psk && obs.files[secName] === sealedMarker(c.psk.secret.sealed)) {
+    const secrets = backend.renderSecrets(conn);
+    if (conn.psk && obs.files[secName] === sealedMarker(conn.psk.secret.sealed)) {
       // unchanged
     } else if (secrets.length > 0) {
-      steps.push({ kind: 'write', phase: 'network', path: backend.secretsPath(c), mode: 0o600, content: secrets, why: `pre-shared key for ${c.peerNode}` });
+      steps.push({ kind: 'write', phase: 'network', path: backend.secretsPath(conn), mode: 0o600, content: secrets, why: `pre-shared key for ${conn.peerNode}` });
       secretsChanged = true;
-      if (obs.files[secName] !== undefined) rotated.add(c.name);
+      if (obs.files[secName] !== undefined) rotated.add(conn.name);
     } else if (obs.files[secName] !== undefined) {
-      steps.push({ kind: 'remove', phase: 'network', path: backend.secretsPath(c), why: `no pre-shared key for ${c.peerNode} any more` });
+      steps.push({ kind: 'remove', phase: 'network', path: backend.secretsPath(conn), why: `no pre-shared key for ${conn.peerNode} any more` });
     }
   }
 
@@ -146,7 +146,7 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   const gone = [...new Set(owned)].filter((n) => !wanted.has(n)).sort();
   for (const name of gone) {
     if (obs.ike.loaded.includes(name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.remove(name), why: `${name.slice(6)} left the cluster` });
-    for (const f of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name)) steps.push({ kind: 'remove', phase: 'network', path: `${backend.dir}/${f}`, why: `${name.slice(6)} left the cluster` });
+    for (const fileName of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name)) steps.push({ kind: 'remove', phase: 'network', path: `${backend.dir}/${fileName}`, why: `${name.slice(6)} left the cluster` });
   }
 
 
@@ -163,15 +163,15 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   };
   const unload = backend.afterRemove?.();
   if (gone.length > 0 && unload) load(unload, `the daemon forgets the conn${gone.length === 1 ? '' : 's'} of ${gone.map((n) => n.slice(6)).join(', ')}`);
-  for (const c of conns) {
-    const loaded = obs.ike.loaded.includes(c.name);
-    if (!loaded) load(backend.add(c.name), `load the conn to ${c.peerNode}`);
-    else if (changedConn.has(c.name)) load(backend.replace(c.name), `reload the changed conn to ${c.peerNode}`);
-    const up = obs.ike.traffic[c.name] !== undefined && !changedConn.has(c.name);
-    if (backend.loadStarts && (!loaded || changedConn.has(c.name))) continue;
-    if (c.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(c.name), ...(backend.upOkExitCodes ? { okExitCodes: backend.upOkExitCodes } : {}), why: `this node initiates to ${c.peerNode} (the lower node id does)` });
-    else if (c.initiator && rotated.has(c.name))
-      steps.push({ kind: 'exec', phase: 'network', argv: backend.rekey(c.name), why: `new keys for the tunnel to ${c.peerNode} after the key change; its traffic keeps flowing on the current SA` });
+  for (const conn of conns) {
+    const loaded = obs.ike.loaded.includes(conn.name);
+    if (!loaded) load(backend.add(conn.name), `load the conn to ${conn.peerNode}`);
+    else if (changedConn.has(conn.name)) load(backend.replace(conn.name), `reload the changed conn to ${conn.peerNode}`);
+    const up = obs.ike.traffic[conn.name] !== undefined && !changedConn.has(conn.name);
+    if (backend.loadStarts && (!loaded || changedConn.has(conn.name))) continue;
+    if (conn.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(conn.name), ...(backend.upOkExitCodes ? { okExitCodes: backend.upOkExitCodes } : {}), why: `this node initiates to ${conn.peerNode} (the lower node id does)` });
+    else if (conn.initiator && rotated.has(conn.name))
+      steps.push({ kind: 'exec', phase: 'network', argv: backend.rekey(conn.name), why: `new keys for the tunnel to ${conn.peerNode} after the key change; its traffic keeps flowing on the current SA` });
   }
   return steps;
 }

@@ -24,19 +24,19 @@ export const libreswan: IpsecBackend = {
   },
   isSecretsFile: (fileName) => fileName.endsWith('.secrets'),
 
-  renderConn(c, version) {
+  renderConn(conn, version) {
     // libreswan 5 derives the address family from the addresses and calls these keywords obsolete.
     const v4 = version === undefined || Number(version.split('.')[0]) < 5;
     return [
-      `${OWNED_HEADER}: IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
-      `conn ${c.name}`,
+      `${OWNED_HEADER}: IPsec between ${conn.localNode} and ${conn.peerNode}. Edits are overwritten.`,
+      `conn ${conn.name}`,
       '\ttype=transport',
       '\tauthby=secret',
       ...(v4 ? ['\thostaddrfamily=ipv6', '\tclientaddrfamily=ipv6'] : []),
-      `\tleft=${c.localAddress}`,
-      `\tleftid=@${c.localNode}`,
-      `\tright=${c.peerAddress}`,
-      `\trightid=@${c.peerNode}`,
+      `\tleft=${conn.localAddress}`,
+      `\tleftid=@${conn.localNode}`,
+      `\tright=${conn.peerAddress}`,
+      `\trightid=@${conn.peerNode}`,
       '\tike=aes_gcm256-sha2_256;dh19',
       '\tesp=aes_gcm256',
       '\tikelifetime=8h',
@@ -46,20 +46,20 @@ export const libreswan: IpsecBackend = {
       '\tdpddelay=10',
       // The initiator restarts a tunnel whose peer stopped answering; the responder only
       // clears it and waits, so the two never initiate at once.
-      `\tdpdaction=${c.initiator ? 'restart' : 'clear'}`,
+      `\tdpdaction=${conn.initiator ? 'restart' : 'clear'}`,
       // A peer that is down is retried for ever, pluto backing off (0.5 s doubling) within each 30 s attempt, so a peer that comes back is found within about half a minute.
       '\tkeyingtries=%forever',
       '\tretransmit-timeout=30s',
       // The initiator keeps the tunnel up; the responder only accepts it.
-      `\tauto=${c.initiator ? 'start' : 'add'}`,
+      `\tauto=${conn.initiator ? 'start' : 'add'}`,
       '',
     ].join('\n');
   },
 
-  renderSecrets(c) {
-    if (!c.psk) return [];
+  renderSecrets(conn) {
+    if (!conn.psk) return [];
     // "0s" + base64 holds any bytes, so a PSK can never break out of its line.
-    return [`${OWNED_HEADER}. Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\n@${c.localNode} @${c.peerNode} : PSK 0s`, { ...c.psk, encoding: 'base64' }, '\n'];
+    return [`${OWNED_HEADER}. Root-only.\n# ${sealedMarker(conn.psk.secret.sealed)}\n@${conn.localNode} @${conn.peerNode} : PSK 0s`, { ...conn.psk, encoding: 'base64' }, '\n'];
   },
 
   prepare: { dir: NSS_DIR, file: 'cert9.db', argv: ['ipsec', 'initnss', '--nssdir', NSS_DIR], why: "create pluto's NSS database (keys and certificates) before pluto's first start" },

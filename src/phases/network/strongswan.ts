@@ -23,14 +23,14 @@ export const strongswan: IpsecBackend = {
   },
   isSecretsFile: (fileName) => fileName.endsWith('.secrets.conf'),
 
-  renderConn(c) {
+  renderConn(conn) {
     return [
-      `${OWNED_HEADER}: IPsec between ${c.localNode} and ${c.peerNode}. Edits are overwritten.`,
+      `${OWNED_HEADER}: IPsec between ${conn.localNode} and ${conn.peerNode}. Edits are overwritten.`,
       'connections {',
-      `\t${c.name} {`,
+      `\t${conn.name} {`,
       '\t\tversion = 2',
-      `\t\tlocal_addrs = ${c.localAddress}`,
-      `\t\tremote_addrs = ${c.peerAddress}`,
+      `\t\tlocal_addrs = ${conn.localAddress}`,
+      `\t\tremote_addrs = ${conn.peerAddress}`,
       '\t\tproposals = aes256gcm16-prfsha256-ecp256',
       '\t\trekey_time = 8h',
       '\t\tdpd_delay = 10s',
@@ -38,21 +38,21 @@ export const strongswan: IpsecBackend = {
       '\t\tkeyingtries = 0',
       '\t\tlocal {',
       '\t\t\tauth = psk',
-      `\t\t\tid = @${c.localNode}`,
+      `\t\t\tid = @${conn.localNode}`,
       '\t\t}',
       '\t\tremote {',
       '\t\t\tauth = psk',
-      `\t\t\tid = @${c.peerNode}`,
+      `\t\t\tid = @${conn.peerNode}`,
       '\t\t}',
       '\t\tchildren {',
-      `\t\t\t${c.name} {`,
+      `\t\t\t${conn.name} {`,
       '\t\t\t\tmode = transport',
       '\t\t\t\tesp_proposals = aes256gcm16-ecp256',
       '\t\t\t\trekey_time = 1h',
       // The initiator brings the tunnel up when the conn is loaded and again after a dead peer; the responder waits.
-      `\t\t\t\tstart_action = ${c.initiator ? 'start' : 'none'}`,
-      `\t\t\t\tdpd_action = ${c.initiator ? 'restart' : 'clear'}`,
-      `\t\t\t\tclose_action = ${c.initiator ? 'start' : 'none'}`,
+      `\t\t\t\tstart_action = ${conn.initiator ? 'start' : 'none'}`,
+      `\t\t\t\tdpd_action = ${conn.initiator ? 'restart' : 'clear'}`,
+      `\t\t\t\tclose_action = ${conn.initiator ? 'start' : 'none'}`,
       '\t\t\t}',
       '\t\t}',
       '\t}',
@@ -61,11 +61,11 @@ export const strongswan: IpsecBackend = {
     ].join('\n');
   },
 
-  renderSecrets(c) {
-    if (!c.psk) return [];
+  renderSecrets(conn) {
+    if (!conn.psk) return [];
     return [
-      `${OWNED_HEADER}. Root-only.\n# ${sealedMarker(c.psk.secret.sealed)}\nsecrets {\n\tike-${c.name} {\n\t\tid-local = @${c.localNode}\n\t\tid-peer = @${c.peerNode}\n\t\tsecret = 0s`,
-      { ...c.psk, encoding: 'base64' },
+      `${OWNED_HEADER}. Root-only.\n# ${sealedMarker(conn.psk.secret.sealed)}\nsecrets {\n\tike-${conn.name} {\n\t\tid-local = @${conn.localNode}\n\t\tid-peer = @${conn.peerNode}\n\t\tsecret = 0s`,
+      { ...conn.psk, encoding: 'base64' },
       '\n\t}\n}\n',
     ];
   },

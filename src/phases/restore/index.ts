@@ -84,60 +84,60 @@ function objectStorageSource(r: Omit<Extract<RestoreSpec, { from: 'object-storag
   };
 }
 
-export function planRestore(spec: NodeSpec, o: RestoreObserved): Step[] {
-  const r = spec.restore!;
+export function planRestore(spec: NodeSpec, observed: RestoreObserved): Step[] {
+  const restore = spec.restore!;
   // Sources whose completed restore satisfies the spec: the peer, or its object-storage fallback.
-  const fallback = r.from === 'peer' ? r.fallback : undefined;
-  const accepted = r.from === 'peer' ? [peerSource(r.peer), ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(r)];
-  const wantedBackup = r.from === 'peer' ? (fallback?.backup ?? 'latest') : r.backup;
-  const asked = r.from === 'peer' ? `a copy from peer ${r.peer}` : `backup ${r.backup} of ${sourceOf(r)}`;
-  if (o.marker === 'unreadable') {
-    throw new BosunError('E_REFUSED', `restore: ${join(o.target, MARKER_NAME)} is not a restore marker bosun wrote; refusing to restore over the data volume; nothing was changed`, { target: o.target });
+  const fallback = restore.from === 'peer' ? restore.fallback : undefined;
+  const accepted = restore.from === 'peer' ? [peerSource(restore.peer), ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(restore)];
+  const wantedBackup = restore.from === 'peer' ? (fallback?.backup ?? 'latest') : restore.backup;
+  const asked = restore.from === 'peer' ? `a copy from peer ${restore.peer}` : `backup ${restore.backup} of ${sourceOf(restore)}`;
+  if (observed.marker === 'unreadable') {
+    throw new BosunError('E_REFUSED', `restore: ${join(observed.target, MARKER_NAME)} is not a restore marker bosun wrote; refusing to restore over the data volume; nothing was changed`, { target: observed.target });
   }
-  if (o.marker) {
-    const m = o.marker;
-    const same = accepted.includes(m.source) && (m.source.startsWith('peer://') || wantedBackup === 'latest' || wantedBackup === m.backupId);
+  if (observed.marker) {
+    const restored = observed.marker;
+    const same = accepted.includes(restored.source) && (restored.source.startsWith('peer://') || wantedBackup === 'latest' || wantedBackup === restored.backupId);
     if (same) return [];
     throw new BosunError(
       'E_REFUSED',
-      `restore: the data volume ${o.target} already holds backup ${m.backupId} of ${m.source} (restored ${m.completedAt}), but the spec asks for ${asked}; bosun never restores over data (empty the volume to restore again); nothing was changed`,
-      { target: o.target, restored: m.backupId, wanted: wantedBackup },
+      `restore: the data volume ${observed.target} already holds backup ${restored.backupId} of ${restored.source} (restored ${restored.completedAt}), but the spec asks for ${asked}; bosun never restores over data (empty the volume to restore again); nothing was changed`,
+      { target: observed.target, restored: restored.backupId, wanted: wantedBackup },
     );
   }
-  if (o.foreign.length > 0 && !o.journal) {
+  if (observed.foreign.length > 0 && !observed.journal) {
     throw new BosunError(
       'E_REFUSED',
-      `restore: the data volume ${o.target} holds data that no bosun restore wrote (${o.foreign.slice(0, 3).join(', ')}${o.foreign.length > 3 ? ', …' : ''}); refusing to restore over it; nothing was changed`,
-      { target: o.target, entries: o.foreign.length },
+      `restore: the data volume ${observed.target} holds data that no bosun restore wrote (${observed.foreign.slice(0, 3).join(', ')}${observed.foreign.length > 3 ? ', …' : ''}); refusing to restore over it; nothing was changed`,
+      { target: observed.target, entries: observed.foreign.length },
     );
   }
-  const marker = join(o.target, MARKER_NAME);
-  if (r.from === 'peer') {
+  const marker = join(observed.target, MARKER_NAME);
+  if (restore.from === 'peer') {
     const plan = peerRestorePlan(spec)!;
-    const resumeNote = o.journal ? `continue the interrupted restore (${o.journal.chunksDone} of ${o.journal.chunks} chunks written; the peer is asked for the same snapshot): ` : '';
+    const resumeNote = observed.journal ? `continue the interrupted restore (${observed.journal.chunksDone} of ${observed.journal.chunks} chunks written; the peer is asked for the same snapshot): ` : '';
     const step: PeerRestoreStep = {
       kind: 'restore',
       phase: 'restore',
-      why: `${resumeNote || 'the data volume holds no restored data yet: '}${plan.method === 'command' ? `copy ${r.peer}'s data with the service's restore command` : `pull a consistent snapshot of ${r.peer}'s data volume over the mesh (TLS pinned to both host keys), verify every chunk`}, staged and moved into place only when complete${fallback ? `; if ${r.peer} cannot serve, restore backup ${fallback.backup} of s3://${fallback.bucket}/${fallback.prefix} instead` : ''}`,
+      why: `${resumeNote || 'the data volume holds no restored data yet: '}${plan.method === 'command' ? `copy ${restore.peer}'s data with the service's restore command` : `pull a consistent snapshot of ${restore.peer}'s data volume over the mesh (TLS pinned to both host keys), verify every chunk`}, staged and moved into place only when complete${fallback ? `; if ${restore.peer} cannot serve, restore backup ${fallback.backup} of s3://${fallback.bucket}/${fallback.prefix} instead` : ''}`,
       from: 'peer',
       method: plan.method,
-      peer: r.peer,
+      peer: restore.peer,
       peerAddress: plan.method === 'command' ? plan.peerAddress : plan.peer.host,
       ...(plan.method === 'snapshot' ? { port: plan.peer.port, peerKey: plan.peer.key } : { argv: plan.argv, ...(plan.timeoutSeconds !== undefined ? { timeoutSeconds: plan.timeoutSeconds } : {}) }),
       node: spec.node,
-      target: o.target,
+      target: observed.target,
       marker,
       ...(fallback ? { fallback: objectStorageSource(fallback, 'restore.fallback') } : {}),
     };
     return [step];
   }
-  const resume = o.journal ? `continue the interrupted restore of backup ${o.journal.backupId} (${o.journal.chunksDone} of ${o.journal.chunks} chunks written${o.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked): ` : '';
+  const resume = observed.journal ? `continue the interrupted restore of backup ${observed.journal.backupId} (${observed.journal.chunksDone} of ${observed.journal.chunks} chunks written${observed.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked): ` : '';
   const step: RestoreStep = {
     kind: 'restore',
     phase: 'restore',
-    why: `${resume || 'the data volume holds no restored data yet: '}restore ${sourceOf(r)} backup ${r.backup}: parallel ranged GETs, decrypt, decompress, verify every chunk, staged in ${join(o.target, STAGING_NAME)} and moved into place only after every byte verified`,
-    ...objectStorageSource(r),
-    target: o.target,
+    why: `${resume || 'the data volume holds no restored data yet: '}restore ${sourceOf(restore)} backup ${restore.backup}: parallel ranged GETs, decrypt, decompress, verify every chunk, staged in ${join(observed.target, STAGING_NAME)} and moved into place only after every byte verified`,
+    ...objectStorageSource(restore),
+    target: observed.target,
     marker,
   };
   return [step];
