@@ -15,18 +15,18 @@ export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanC
   if (spec.disks) {
     try {
       const obs = await observeDisks(spec, probe, ctx);
-      const h = disksHealth(spec, obs, await volumeUsage(probe, spec.disks.mount.path));
-      out.disks = h;
-      problems.push(...h.problems);
+      const health = disksHealth(spec, obs, await volumeUsage(probe, spec.disks.mount.path));
+      out.disks = health;
+      problems.push(...health.problems);
     } catch (e) {
       problems.push(`disks: cannot observe (${e instanceof Error ? e.message : String(e)})`);
     }
   }
   if (spec.network?.ipsec) {
     try {
-      const h = await networkHealth(spec, probe);
-      out.network = h;
-      problems.push(...h.problems);
+      const health = await networkHealth(spec, probe);
+      out.network = health;
+      problems.push(...health.problems);
     } catch (e) {
       problems.push(`network: cannot observe (${e instanceof Error ? e.message : String(e)})`);
     }
@@ -34,19 +34,19 @@ export async function collectHealth(spec: NodeSpec, probe: HostProbe, ctx: PlanC
   if (spec.auxiliary.length > 0) {
     // Each auxiliary agent's unit as systemd sees it; an enabled one that is not running is a problem.
     const agents: { name: string; unit: string; enabled: string; active: string }[] = [];
-    for (const a of spec.auxiliary) {
-      const state = await probe.unitState(a.unit).catch(() => ({ enabled: 'unknown', active: 'unknown' }));
-      agents.push({ name: a.name, unit: a.unit, enabled: state.enabled, active: state.active });
-      if (a.enabled && state.active !== 'active') problems.push(`auxiliary: ${a.name} (${a.unit}) is ${state.active}, expected active`);
-      if (!a.enabled && state.active === 'active') problems.push(`auxiliary: ${a.name} (${a.unit}) is running but disabled in the spec`);
+    for (const agent of spec.auxiliary) {
+      const state = await probe.unitState(agent.unit).catch(() => ({ enabled: 'unknown', active: 'unknown' }));
+      agents.push({ name: agent.name, unit: agent.unit, enabled: state.enabled, active: state.active });
+      if (agent.enabled && state.active !== 'active') problems.push(`auxiliary: ${agent.name} (${agent.unit}) is ${state.active}, expected active`);
+      if (!agent.enabled && state.active === 'active') problems.push(`auxiliary: ${agent.name} (${agent.unit}) is running but disabled in the spec`);
     }
     out.auxiliary = agents;
   }
   if (spec.container) {
     try {
-      const h = await containerHealth(spec, probe);
-      out.container = h;
-      problems.push(...h.problems);
+      const health = await containerHealth(spec, probe);
+      out.container = health;
+      problems.push(...health.problems);
     } catch (e) {
       problems.push(`container: cannot observe (${e instanceof Error ? e.message : String(e)})`);
     }

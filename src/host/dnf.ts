@@ -119,29 +119,29 @@ async function installedVersions(run: Runner, rpm: readonly string[], names: rea
   return out;
 }
 
-export async function refreshPackages(o: RefreshOptions): Promise<RefreshResult> {
-  const run = o.run ?? defaultRunner;
-  const sleep = o.sleep ?? ((ms) => new Promise<void>((r) => setTimeout(r, ms)));
-  const now = o.now ?? Date.now;
-  const random = o.random ?? Math.random;
-  const dnf = o.dnf ?? ['dnf'];
-  const rpm = o.rpm ?? ['rpm'];
+export async function refreshPackages(options: RefreshOptions): Promise<RefreshResult> {
+  const run = options.run ?? defaultRunner;
+  const sleep = options.sleep ?? ((ms) => new Promise<void>((r) => setTimeout(r, ms)));
+  const now = options.now ?? Date.now;
+  const random = options.random ?? Math.random;
+  const dnf = options.dnf ?? ['dnf'];
+  const rpm = options.rpm ?? ['rpm'];
   const started = now();
-  const deadline = started + o.deadlineMs;
-  let delay = o.initialDelayMs ?? 5_000;
-  const maxDelay = o.maxDelayMs ?? 60_000;
+  const deadline = started + options.deadlineMs;
+  let delay = options.initialDelayMs ?? 5_000;
+  const maxDelay = options.maxDelayMs ?? 60_000;
 
-  const before = await installedVersions(run, rpm, o.packages);
+  const before = await installedVersions(run, rpm, options.packages);
   for (let attempt = 1; ; attempt++) {
     const left = deadline - now();
-    const r = await run([...dnf, '-y', '--refresh', 'upgrade', ...o.packages], Math.max(1000, left));
-    const output = `${r.stdout}\n${r.stderr}`;
-    if (r.exitCode === 0) {
-      o.onAttempt?.({ attempt, exitCode: 0 });
-      const after = await installedVersions(run, rpm, o.packages);
+    const result = await run([...dnf, '-y', '--refresh', 'upgrade', ...options.packages], Math.max(1000, left));
+    const output = `${result.stdout}\n${result.stderr}`;
+    if (result.exitCode === 0) {
+      options.onAttempt?.({ attempt, exitCode: 0 });
+      const after = await installedVersions(run, rpm, options.packages);
       const updated: Updated[] = [];
       const unchanged: string[] = [];
-      for (const name of o.packages) {
+      for (const name of options.packages) {
         const to = after.get(name);
         if (to === undefined) continue;
         if (before.get(name) === to) unchanged.push(name);
@@ -149,18 +149,18 @@ export async function refreshPackages(o: RefreshOptions): Promise<RefreshResult>
       }
       return { updated, unchanged, attempts: attempt, durationMs: now() - started };
     }
-    const failure = classifyDnfFailure(r.exitCode, output);
+    const failure = classifyDnfFailure(result.exitCode, output);
     // Jitter spreads a fleet booting at once over the mirrors.
     const wait = Math.round(delay * (0.75 + random() * 0.5));
     const retry = failure.kind === 'transient' && now() + wait < deadline;
-    o.onAttempt?.({ attempt, exitCode: r.exitCode, failure, ...(retry ? { retryInMs: wait } : {}) });
+    options.onAttempt?.({ attempt, exitCode: result.exitCode, failure, ...(retry ? { retryInMs: wait } : {}) });
     if (!retry) {
-      const why = failure.kind === 'permanent' ? 'not retried' : `gave up: the ${Math.round(o.deadlineMs / 1000)} s deadline leaves no room for another try`;
-      throw new BosunError('E_PACKAGES', `package refresh of ${o.packages.join(', ')} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${failure.reason} (${failure.kind}; ${why})`, {
+      const why = failure.kind === 'permanent' ? 'not retried' : `gave up: the ${Math.round(options.deadlineMs / 1000)} s deadline leaves no room for another try`;
+      throw new BosunError('E_PACKAGES', `package refresh of ${options.packages.join(', ')} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${failure.reason} (${failure.kind}; ${why})`, {
         kind: failure.kind,
         reason: failure.reason,
         attempts: attempt,
-        exitCode: r.exitCode ?? null,
+        exitCode: result.exitCode ?? null,
       });
     }
     await sleep(wait);

@@ -33,7 +33,7 @@ export interface ExecOptions {
 export async function runCommand(argv: readonly string[], redactor: SecretScrubber, opts: ExecOptions = {}): Promise<ExecResult> {
   const [file, ...args] = argv;
   if (!file) throw new BosunError('E_EXEC', 'empty command');
-  const r = await execa(file, args, {
+  const execaResult = await execa(file, args, {
     input: opts.input,
     stdin: opts.input ? undefined : 'ignore',
     reject: false,
@@ -43,20 +43,20 @@ export async function runCommand(argv: readonly string[], redactor: SecretScrubb
     maxBuffer: 16 * 1024 * 1024,
   });
   const result: ExecResult = {
-    exitCode: r.exitCode ?? -1,
-    stdout: redactor.redact(String(r.stdout ?? '')),
-    stderr: redactor.redact(String(r.stderr ?? '')),
+    exitCode: execaResult.exitCode ?? -1,
+    stdout: redactor.redact(String(execaResult.stdout ?? '')),
+    stderr: redactor.redact(String(execaResult.stderr ?? '')),
   };
-  const ok = r.exitCode === 0 || (r.exitCode !== undefined && (opts.okExitCodes ?? []).includes(r.exitCode));
+  const ok = execaResult.exitCode === 0 || (execaResult.exitCode !== undefined && (opts.okExitCodes ?? []).includes(execaResult.exitCode));
   if (opts.check === false || ok) return result;
   const cmd = redactor.redact(argv.join(' '));
   let why: string;
-  if (r.timedOut) why = `timed out after ${opts.timeoutSeconds}s`;
-  else if (r.failed && r.exitCode === undefined) why = (r as { code?: string }).code === 'ENOENT' ? 'command not found' : `could not run (${redactor.redact(r.shortMessage ?? "")})`;
-  else if (r.signal) why = `killed by ${r.signal}`;
-  else why = `exited with ${r.exitCode}`;
+  if (execaResult.timedOut) why = `timed out after ${opts.timeoutSeconds}s`;
+  else if (execaResult.failed && execaResult.exitCode === undefined) why = (execaResult as { code?: string }).code === 'ENOENT' ? 'command not found' : `could not run (${redactor.redact(execaResult.shortMessage ?? "")})`;
+  else if (execaResult.signal) why = `killed by ${execaResult.signal}`;
+  else why = `exited with ${execaResult.exitCode}`;
   const tail = lastLines(result.stderr || result.stdout, 5);
-  throw new BosunError(r.timedOut ? 'E_TIMEOUT' : 'E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
+  throw new BosunError(execaResult.timedOut ? 'E_TIMEOUT' : 'E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
 }
 
 /** The lines of a tool's complaint worth quoting: the first ones (the reason, before any usage text) and the last ones. */
