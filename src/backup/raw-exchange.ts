@@ -181,12 +181,12 @@ export class Exchange implements AsyncIterableIterator<Uint8Array> {
     }
     let objectSize: number | undefined;
     if (this.range) {
-      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headers.get('content-range') ?? '');
-      if (status !== 206 || !m || Number(m[1]) !== this.range.start || Number(m[2]) - Number(m[1]) + 1 !== length) {
+      const contentRange = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headers.get('content-range') ?? '');
+      if (status !== 206 || !contentRange || Number(contentRange[1]) !== this.range.start || Number(contentRange[2]) - Number(contentRange[1]) + 1 !== length) {
         this.#fail(new TransportError('transient', `${this.what}: asked for bytes ${this.range.start}-${this.range.end}, got HTTP ${status} ${headers.get('content-range') ?? 'without Content-Range'}`));
         return false;
       }
-      if (m[3] !== '*') objectSize = Number(m[3]);
+      if (contentRange[3] !== '*') objectSize = Number(contentRange[3]);
     } else {
       objectSize = length;
     }

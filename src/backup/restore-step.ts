@@ -65,14 +65,14 @@ function progressRecorder(ctx: RestoreRunContext, source: string, backup: string
     ...extra,
     updatedAt: new Date().toISOString(),
   });
-  const save = (r: RestoreProgressRecord): Promise<void> => {
-    writing = writing.then(() => writeRestoreProgress(ctx.stateDir, r)).catch(() => undefined);
+  const save = (progressRecord: RestoreProgressRecord): Promise<void> => {
+    writing = writing.then(() => writeRestoreProgress(ctx.stateDir, progressRecord)).catch(() => undefined);
     return writing;
   };
   return {
-    onProgress: (p: Progress): void => {
-      last = p;
-      if (performance.now() - lastWrite < 2000 && p.phase !== 'done') return;
+    onProgress: (progress: Progress): void => {
+      last = progress;
+      if (performance.now() - lastWrite < 2000 && progress.phase !== 'done') return;
       lastWrite = performance.now();
       void save(record('running'));
     },
@@ -142,7 +142,7 @@ async function restoreStepFromPeer(step: PeerRestoreStep, ctx: RestoreRunContext
   await progress.running();
   try {
     if (step.method === 'command') {
-      const r = await restoreWithCommand({
+      const commandResult = await restoreWithCommand({
         argv: step.argv ?? [],
         peer: step.peer,
         peerAddress: step.peerAddress,
@@ -154,7 +154,7 @@ async function restoreStepFromPeer(step: PeerRestoreStep, ctx: RestoreRunContext
         logger: log,
         ...(step.timeoutSeconds !== undefined ? { timeoutSeconds: step.timeoutSeconds } : {}),
       });
-      log.info({ seconds: r.seconds }, `restore: the restore command copied ${step.peer}'s data in ${r.seconds.toFixed(1)} s`);
+      log.info({ seconds: commandResult.seconds }, `restore: the restore command copied ${step.peer}'s data in ${commandResult.seconds.toFixed(1)} s`);
       await progress.done('command', 0);
       return undefined;
     }

@@ -92,8 +92,8 @@ export class PeerTransport implements Transport {
       req.setTimeout(opts.timeoutMs ?? this.idleTimeoutMs, () => req.destroy(new TransportError('transient', `${what}: no answer for ${Math.round((opts.timeoutMs ?? this.idleTimeoutMs) / 1000)} s`)));
       // Nothing (not even the request line) is sent before the peer's key is checked:
       // a ClientRequest writes its headers only on end().
-      req.on('socket', (s) => {
-        const tls = s as TLSSocket;
+      req.on('socket', (socket) => {
+        const tls = socket as TLSSocket;
         const check = (): void => {
           try {
             this.#pin(tls);
@@ -260,36 +260,36 @@ function causeChain(e: unknown): unknown[] {
  * ranged GETs, every chunk verified, journal, staging and rename, marker.
  * Any failure is a PeerRestoreError saying whether a fallback makes sense.
  */
-export async function restoreFromPeer(o: PeerRestoreOptions): Promise<PeerRestoreResult> {
-  const credential = asCredential(o.identity);
-  o.redactor?.add(credential.key);
-  const who = label(o.peer);
-  const details = { peer: o.peer.name ?? o.peer.host, address: `${o.peer.host}:${o.peer.port}` };
-  const retry = o.retry ?? PEER_RETRY;
-  const log = o.logger?.child({ peer: o.peer.name ?? o.peer.host });
-  const concurrency = o.concurrency ?? 8;
-  const transport = new PeerTransport(o.peer, credential, { sockets: concurrency + 1 });
+export async function restoreFromPeer(options: PeerRestoreOptions): Promise<PeerRestoreResult> {
+  const credential = asCredential(options.identity);
+  options.redactor?.add(credential.key);
+  const who = label(options.peer);
+  const details = { peer: options.peer.name ?? options.peer.host, address: `${options.peer.host}:${options.peer.port}` };
+  const retry = options.retry ?? PEER_RETRY;
+  const log = options.logger?.child({ peer: options.peer.name ?? options.peer.host });
+  const concurrency = options.concurrency ?? 8;
+  const transport = new PeerTransport(options.peer, credential, { sockets: concurrency + 1 });
   try {
     let layout;
     try {
-      layout = await chooseLayout(o.target);
+      layout = await chooseLayout(options.target);
     } catch (e) {
       throw new PeerRestoreError(isBackupError(e) ? e.reason : 'target', 'target', false, e instanceof Error ? e.message : String(e), details, { cause: e });
     }
     const journal = await readJournal(layout.journal);
-    const reuse = o.reuseSnapshot ?? journal?.backupId;
-    const request: SnapshotRequest = { recipient: o.recipient, ...(reuse !== undefined ? { reuse } : {}) };
+    const reuse = options.reuseSnapshot ?? journal?.backupId;
+    const request: SnapshotRequest = { recipient: options.recipient, ...(reuse !== undefined ? { reuse } : {}) };
 
     let snap: SnapshotReply;
     try {
       snap = await withRetry(
         retry,
         async () => {
-          const res = await transport.send('POST', `${PEER_API}/snapshots`, { body: Buffer.from(JSON.stringify(request)), timeoutMs: o.snapshotTimeoutMs ?? 2 * 3600_000, ...(o.signal ? { signal: o.signal } : {}) });
+          const res = await transport.send('POST', `${PEER_API}/snapshots`, { body: Buffer.from(JSON.stringify(request)), timeoutMs: options.snapshotTimeoutMs ?? 2 * 3600_000, ...(options.signal ? { signal: options.signal } : {}) });
           const status = res.statusCode ?? 0;
           if (status === 200) {
             const parts: Buffer[] = [];
-            for await (const p of res as AsyncIterable<Buffer>) parts.push(p);
+            for await (const part of res as AsyncIterable<Buffer>) parts.push(part);
             return JSON.parse(Buffer.concat(parts).toString('utf8')) as SnapshotReply;
           }
           const msg = await errorText(res);
@@ -298,12 +298,12 @@ export async function restoreFromPeer(o: PeerRestoreOptions): Promise<PeerRestor
           if (status === 503) throw new TransportError('transient', `${who}: busy (${msg})`);
           throw new TransportError('fatal', `${who} answered HTTP ${status}: ${msg}`);
         },
-        { ...(o.signal ? { signal: o.signal } : {}), onRetry: (e, n, ms) => log?.warn({ err: e instanceof Error ? e.message : String(e), failures: n, delayMs: ms }, 'restore from peer: snapshot request failed, retrying') },
+        { ...(options.signal ? { signal: options.signal } : {}), onRetry: (e, n, ms) => log?.warn({ err: e instanceof Error ? e.message : String(e), failures: n, delayMs: ms }, 'restore from peer: snapshot request failed, retrying') },
       );
     } catch (e) {
       if (e instanceof PeerKeyError) throw new PeerRestoreError('key', 'auth', true, e.message, details, { cause: e });
       if (isBackupError(e)) throw new PeerRestoreError(e.reason, 'snapshot', true, e.message, details, { cause: e });
-      const aborted = o.signal?.aborted === true;
+      const aborted = options.signal?.aborted === true;
       const msg = e instanceof Error ? e.message : String(e);
       throw new PeerRestoreError('transport', 'connect', !aborted, `${who} is unreachable or stopped answering: ${msg}`, details, { cause: e });
     }
@@ -312,35 +312,35 @@ export async function restoreFromPeer(o: PeerRestoreOptions): Promise<PeerRestor
     let result: RestoreResult;
     try {
       result = await restoreFromObjectStorage({
-        ...o.restoreOptions,
+        ...options.restoreOptions,
         transport,
         backupId: snap.backupId,
-        target: o.target,
-        openDataKey: o.openDataKey,
+        target: options.target,
+        openDataKey: options.openDataKey,
         // The manifest must be signed by the very key the TLS session was pinned to.
-        verifyManifest: trustSigners([o.peer.key]),
+        verifyManifest: trustSigners([options.peer.key]),
         retry,
         concurrency,
-        ...(o.markerPath !== undefined ? { markerPath: o.markerPath } : {}),
-        ...(o.logger ? { logger: o.logger } : {}),
-        ...(o.redactor ? { redactor: o.redactor } : {}),
-        ...(o.onProgress ? { onProgress: o.onProgress } : {}),
-        ...(o.bandwidthLimit !== undefined ? { bandwidthLimit: o.bandwidthLimit } : {}),
-        ...(o.workers !== undefined ? { workers: o.workers } : {}),
-        ...(o.verifyFiles !== undefined ? { verifyFiles: o.verifyFiles } : {}),
-        ...(o.preserveOwner !== undefined ? { preserveOwner: o.preserveOwner } : {}),
-        ...(o.checkpointIntervalMs !== undefined ? { checkpointIntervalMs: o.checkpointIntervalMs } : {}),
-        ...(o.signal ? { signal: o.signal } : {}),
+        ...(options.markerPath !== undefined ? { markerPath: options.markerPath } : {}),
+        ...(options.logger ? { logger: options.logger } : {}),
+        ...(options.redactor ? { redactor: options.redactor } : {}),
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+        ...(options.bandwidthLimit !== undefined ? { bandwidthLimit: options.bandwidthLimit } : {}),
+        ...(options.workers !== undefined ? { workers: options.workers } : {}),
+        ...(options.verifyFiles !== undefined ? { verifyFiles: options.verifyFiles } : {}),
+        ...(options.preserveOwner !== undefined ? { preserveOwner: options.preserveOwner } : {}),
+        ...(options.checkpointIntervalMs !== undefined ? { checkpointIntervalMs: options.checkpointIntervalMs } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
       });
     } catch (e) {
       const chain = causeChain(e);
       const msg = e instanceof Error ? e.message : String(e);
       if (chain.some((c) => c instanceof PeerKeyError)) throw new PeerRestoreError('key', 'auth', true, `restore from ${who} failed: ${msg}`, details, { cause: e });
       const reason: BackupFailure = isBackupError(e) ? e.reason : 'transport';
-      const fallback = reason !== 'target' && o.signal?.aborted !== true;
+      const fallback = reason !== 'target' && options.signal?.aborted !== true;
       throw new PeerRestoreError(reason, reason === 'target' ? 'target' : 'transfer', fallback, `restore from ${who} failed: ${msg}`, { ...details, backupId: snap.backupId }, { cause: e });
     }
-    if (o.releaseSnapshot ?? true) {
+    if (options.releaseSnapshot ?? true) {
       try {
         const res = await transport.send('DELETE', `${PEER_API}/snapshots/${snap.backupId}`, { timeoutMs: 10_000 });
         res.resume();
@@ -348,7 +348,7 @@ export async function restoreFromPeer(o: PeerRestoreOptions): Promise<PeerRestor
         log?.warn({ err: e instanceof Error ? e.message : String(e) }, 'restore from peer: could not tell the peer to drop its snapshot (it keeps it until the next one)');
       }
     }
-    return { ...result, peer: o.peer.name ?? o.peer.host, snapshotReused: snap.reused, quiescedMs: snap.quiescedMs };
+    return { ...result, peer: options.peer.name ?? options.peer.host, snapshotReused: snap.reused, quiescedMs: snap.quiescedMs };
   } finally {
     transport.close();
   }

@@ -71,41 +71,41 @@ export interface CommandRestoreResult {
 const COMMAND_ID = 'command';
 
 /** Run a service's restore command into staging, then commit and mark the restore. */
-export async function restoreWithCommand(o: CommandRestoreOptions): Promise<CommandRestoreResult> {
+export async function restoreWithCommand(options: CommandRestoreOptions): Promise<CommandRestoreResult> {
   const started = performance.now();
-  const details = { peer: o.peer, address: o.peerAddress };
+  const details = { peer: options.peer, address: options.peerAddress };
   let layout;
   try {
-    layout = await chooseLayout(o.target);
+    layout = await chooseLayout(options.target);
   } catch (e) {
     throw new PeerRestoreError('target', 'target', false, e instanceof Error ? e.message : String(e), details, { cause: e });
   }
-  const argv = substituteRestoreCommand(o.argv, { peer: o.peer, peerAddress: o.peerAddress, target: layout.staging, ...(o.node !== undefined ? { node: o.node } : {}) });
+  const argv = substituteRestoreCommand(options.argv, { peer: options.peer, peerAddress: options.peerAddress, target: layout.staging, ...(options.node !== undefined ? { node: options.node } : {}) });
   const earlier = await readJournal(layout.journal);
   if (earlier?.backupId === COMMAND_ID && earlier.state === 'committing') {
-    o.logger?.info({ target: o.target }, 'restore command: finishing the commit of an earlier run');
+    options.logger?.info({ target: options.target }, 'restore command: finishing the commit of an earlier run');
   } else {
-    if (earlier) o.logger?.warn({ previous: earlier.backupId }, 'restore command: starting over (an interrupted copy cannot be continued)');
+    if (earlier) options.logger?.warn({ previous: earlier.backupId }, 'restore command: starting over (an interrupted copy cannot be continued)');
     await clearStaging(layout);
     await ensureStaging(layout);
-    if (o.owner) await chown(layout.staging, o.owner.uid, o.owner.gid);
+    if (options.owner) await chown(layout.staging, options.owner.uid, options.owner.gid);
     await writeJournal(layout.journal, { backupId: COMMAND_ID, manifestDigest: '', chunks: 0, done: '', state: 'fetching' });
-    o.logger?.info({ argv: o.redactor.redact(JSON.stringify(argv)), target: o.target }, 'restore command: running');
+    options.logger?.info({ argv: options.redactor.redact(JSON.stringify(argv)), target: options.target }, 'restore command: running');
     try {
-      await runCommand(argv, o.redactor, { timeoutSeconds: o.timeoutSeconds ?? 24 * 3600 });
+      await runCommand(argv, options.redactor, { timeoutSeconds: options.timeoutSeconds ?? 24 * 3600 });
     } catch (e) {
-      throw new PeerRestoreError('transport', 'transfer', true, `the restore command against ${o.peer} failed: ${e instanceof Error ? e.message : String(e)}`, details, { cause: e });
+      throw new PeerRestoreError('transport', 'transfer', true, `the restore command against ${options.peer} failed: ${e instanceof Error ? e.message : String(e)}`, details, { cause: e });
     }
-    await runCommand(['sync', '-f', layout.staging], o.redactor, { check: false }).catch(() => undefined);
+    await runCommand(['sync', '-f', layout.staging], options.redactor, { check: false }).catch(() => undefined);
     await writeJournal(layout.journal, { backupId: COMMAND_ID, manifestDigest: '', chunks: 0, done: '', state: 'committing' });
   }
   await commitLayout(layout);
-  if (o.markerPath) {
-    const marker = { ...o.markerExtra, method: 'command', peer: o.peer, target: o.target, completedAt: new Date().toISOString() };
-    await writeFileAtomic(o.markerPath, JSON.stringify(marker) + '\n', { mode: 0o644 });
+  if (options.markerPath) {
+    const marker = { ...options.markerExtra, method: 'command', peer: options.peer, target: options.target, completedAt: new Date().toISOString() };
+    await writeFileAtomic(options.markerPath, JSON.stringify(marker) + '\n', { mode: 0o644 });
   }
   await removeJournal(layout.journal).catch((e: unknown) => {
     if (errnoOf(e) !== 'ENOENT') throw e;
   });
-  return { target: o.target, argv, seconds: (performance.now() - started) / 1000 };
+  return { target: options.target, argv, seconds: (performance.now() - started) / 1000 };
 }

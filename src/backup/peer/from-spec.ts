@@ -41,21 +41,21 @@ export function peerRestorePlan(spec: NodeSpec): PeerRestorePlan | undefined {
 /** The PeerServer options of `spec.peerServe`, or undefined when this node serves no restores. */
 export function peerServerOptions(
   spec: NodeSpec,
-  o: { stateDir: string; credential: TlsCredential; logger?: Logger; redactor?: Redactor },
+  options: { stateDir: string; credential: TlsCredential; logger?: Logger; redactor?: Redactor },
 ): PeerServerOptions | undefined {
-  const s = spec.peerServe;
-  if (!s) return undefined;
+  const peerServe = spec.peerServe;
+  if (!peerServe) return undefined;
   if (!spec.disks) throw specError('peerServe', 'serving snapshots needs a data volume: add "disks"');
   const address = spec.network?.ipsec?.address;
   if (!address) throw specError('peerServe', 'snapshots are served on the mesh address only: add network.ipsec');
-  const hooks = s.hooks;
+  const hooks = peerServe.hooks;
   return {
     dataDir: spec.disks.mount.path,
-    spoolDir: s.spoolDir ?? join(o.stateDir, 'peer-spool'),
+    spoolDir: peerServe.spoolDir ?? join(options.stateDir, 'peer-spool'),
     host: address,
-    port: s.port ?? PEER_SNAPSHOT_PORT,
-    identity: o.credential,
-    allowedClients: s.clients.map((c) => c.hostKey),
+    port: peerServe.port ?? PEER_SNAPSHOT_PORT,
+    identity: options.credential,
+    allowedClients: peerServe.clients.map((c) => c.hostKey),
     hostLabel: spec.node,
     ...(hooks
       ? {
@@ -66,7 +66,7 @@ export function peerServerOptions(
           },
         }
       : {}),
-    ...(o.logger ? { logger: o.logger } : {}),
-    ...(o.redactor ? { redactor: o.redactor } : {}),
+    ...(options.logger ? { logger: options.logger } : {}),
+    ...(options.redactor ? { redactor: options.redactor } : {}),
   };
 }

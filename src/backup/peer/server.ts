@@ -329,17 +329,17 @@ export class PeerServer {
   }
 
   async #object(req: IncomingMessage, res: ServerResponse, key: string): Promise<void> {
-    const m = OBJECT_KEY.exec(key);
-    if (!m) return reply(res, 404, { error: 'no such object' });
-    const id = m[1]!;
+    const keyMatch = OBJECT_KEY.exec(key);
+    if (!keyMatch) return reply(res, 404, { error: 'no such object' });
+    const id = keyMatch[1]!;
     if ((await this.#meta(id)) === undefined) return reply(res, 404, { error: `snapshot ${id} is not in this peer's spool` });
     const spool = new DirTransport(join(this.#o.spoolDir, id));
     let range: { start: number; end: number } | undefined;
     const rh = req.headers.range;
     if (rh !== undefined) {
-      const r = /^bytes=(\d+)-(\d+)$/.exec(rh);
-      if (!r) return reply(res, 400, { error: 'only "bytes=<start>-<end>" ranges are served' });
-      range = { start: Number(r[1]), end: Number(r[2]) };
+      const rangeMatch = /^bytes=(\d+)-(\d+)$/.exec(rh);
+      if (!rangeMatch) return reply(res, 400, { error: 'only "bytes=<start>-<end>" ranges are served' });
+      range = { start: Number(rangeMatch[1]), end: Number(rangeMatch[2]) };
       if (range.end < range.start) return reply(res, 400, { error: 'empty range' });
     }
     this.#serving.set(id, (this.#serving.get(id) ?? 0) + 1);

@@ -27,56 +27,56 @@ function post(m: DigestOut): void {
   parentPort!.postMessage(m);
 }
 
-function verdict(s: State, index: number, ok: boolean, detail?: string): void {
-  s.done = true;
+function verdict(state: State, index: number, ok: boolean, detail?: string): void {
+  state.done = true;
   remaining--;
-  if (s.fd !== undefined) {
-    closeSync(s.fd);
-    s.fd = undefined;
+  if (state.fd !== undefined) {
+    closeSync(state.fd);
+    state.fd = undefined;
     open--;
   }
-  s.hash = undefined;
+  state.hash = undefined;
   post({ type: 'verdict', file: index, ok, ...(detail !== undefined ? { detail } : {}) });
 }
 
-function advance(s: State, index: number): void {
-  if (s.done) return;
-  const f = s.file;
-  const n = f.holes.length;
-  s.hash ??= createHash('sha256');
+function advance(state: State, index: number): void {
+  if (state.done) return;
+  const file = state.file;
+  const n = file.holes.length;
+  state.hash ??= createHash('sha256');
   try {
-    while (s.next < n && (f.holes[s.next] || s.landed.has(s.next))) {
-      const k = s.next;
-      const len = Math.min(chunkSize, f.size - k * chunkSize);
-      if (f.holes[k]) {
-        for (let left = len; left > 0; left -= zero.length) s.hash.update(zero.subarray(0, Math.min(left, zero.length)));
+    while (state.next < n && (file.holes[state.next] || state.landed.has(state.next))) {
+      const k = state.next;
+      const len = Math.min(chunkSize, file.size - k * chunkSize);
+      if (file.holes[k]) {
+        for (let left = len; left > 0; left -= zero.length) state.hash.update(zero.subarray(0, Math.min(left, zero.length)));
       } else {
-        if (s.fd === undefined) {
-          s.fd = openSync(f.path, constants.O_RDONLY | constants.O_NOFOLLOW);
+        if (state.fd === undefined) {
+          state.fd = openSync(file.path, constants.O_RDONLY | constants.O_NOFOLLOW);
           open++;
         }
         let got = 0;
         while (got < len) {
-          const r = readSync(s.fd, buf, got, len - got, k * chunkSize + got);
-          if (r === 0) throw new Error(`short read at byte ${k * chunkSize + got}`);
-          got += r;
+          const bytesRead = readSync(state.fd, buf, got, len - got, k * chunkSize + got);
+          if (bytesRead === 0) throw new Error(`short read at byte ${k * chunkSize + got}`);
+          got += bytesRead;
         }
-        s.hash.update(buf.subarray(0, len));
-        s.landed.delete(k);
+        state.hash.update(buf.subarray(0, len));
+        state.landed.delete(k);
       }
-      s.next++;
+      state.next++;
     }
   } catch (e) {
-    verdict(s, index, false, e instanceof Error ? e.message : String(e));
+    verdict(state, index, false, e instanceof Error ? e.message : String(e));
     return;
   }
-  if (s.next >= n) {
-    const ok = s.hash.digest('hex') === f.sha256;
-    verdict(s, index, ok);
-  } else if (s.fd !== undefined && open > 64) {
+  if (state.next >= n) {
+    const ok = state.hash.digest('hex') === file.sha256;
+    verdict(state, index, ok);
+  } else if (state.fd !== undefined && open > 64) {
     // Too many files half-read: let this one reopen when its next chunk lands.
-    closeSync(s.fd);
-    s.fd = undefined;
+    closeSync(state.fd);
+    state.fd = undefined;
     open--;
   }
 }
