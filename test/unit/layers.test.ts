@@ -42,7 +42,7 @@ const RECORDS: { file: string; imports: string; allowed: boolean }[] = [
 
 async function layerConfig(): Promise<Linter.Config[]> {
   const { layerRules } = (await import(pathToFileURL(join(repoRoot, 'test/eslint-layers.js')).href)) as { layerRules: Linter.Config[] };
-  return [{ files: ['**/*.ts'], languageOptions: { parser: tseslint.parser as Linter.Parser } }, ...layerRules];
+  return [{ files: ['**/*.ts'], languageOptions: { parser: tseslint.parser } }, ...layerRules];
 }
 
 async function restrictedImports(eslint: ESLint, file: string, specifier: string): Promise<string[]> {
