@@ -168,7 +168,7 @@ const COMMANDS: Record<string, Command> = {
       const { settings, stateDir } = await resolveState(values, true);
       // The daemon's modules (kafkajs, node-cron, the metrics server) load only here: every other
       // command, `bosun apply` at boot included, starts without them (seconds on a slow host).
-      const [{ Agent }, { HealthSchedule }, { serveMetrics }] = await Promise.all([import('./agent.js'), import('./health/schedule.js'), import('./health/metrics.js')]);
+      const [{ Agent }, { HealthSchedule }, { serveMetrics }] = await Promise.all([import('./daemon/agent.js'), import('./health/schedule.js'), import('./health/metrics.js')]);
       const redactor = new Redactor();
       const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
       const { identity, created } = await loadOrCreateIdentity(stateDir);
