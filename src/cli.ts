@@ -16,14 +16,11 @@ import { RecordingProbe } from './host/probe-record.js';
 import { loadOrCreateIdentity, readIdentity } from './identity/host-identity.js';
 import { publicKeyString, seal, x25519PublicFromString } from './identity/seal.js';
 import { createLogger } from './log.js';
-import { AGENT_VERSION } from './version.js';
-import { createNotifier } from './host/notify.js';
 import { planNode } from './phases/index.js';
 import { readLastGoodSpec } from './state/applied.js';
 import { lifecycleOf, readDecommissionRecord } from './state/decommission.js';
 import { readRestoreProgress } from './state/restore-progress.js';
 import { loadAgentSettings, loadNodeSpec, parseAgentSettings, parseJsonText, parseNodeSpec, type Problem } from './spec/validate.js';
-import type { NodeSpec } from './spec/node-spec.js';
 import type { AgentSettings } from './spec/agent-settings.js';
 
 const DEFAULT_SETTINGS = '/etc/bosun/agent.json';
@@ -168,61 +165,8 @@ const COMMANDS: Record<string, Command> = {
       const { settings, stateDir } = await resolveState(values, true);
       // The daemon's modules (kafkajs, node-cron, the metrics server) load only here: every other
       // command, `bosun apply` at boot included, starts without them (seconds on a slow host).
-      const [{ Agent }, { HealthSchedule }, { serveMetrics }] = await Promise.all([import('./daemon/agent.js'), import('./health/schedule.js'), import('./health/metrics.js')]);
-      const redactor = new Redactor();
-      const { logger, sink } = createLogger({ redactor, level: settings!.log.level });
-      const { identity, created } = await loadOrCreateIdentity(stateDir);
-      logger.info({ node: settings!.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created }, `bosun ${AGENT_VERSION} starting on node ${settings!.node}`);
-      // systemd: STATUS= while the boot phases run, READY=1 when they are done, WATCHDOG=1 while the loop is sound.
-      const notify = createNotifier({ onError: (m) => logger.warn(m) });
-      const START_EXTEND_USEC = String(15 * 60 * 1_000_000);
-      const probe = new LiveProbe(redactor);
-      const ctx = { distro: await detectDistro() };
-      let ready = false;
-      const onProgress = (text: string) => void notify.send(ready ? { STATUS: text } : { STATUS: text, EXTEND_TIMEOUT_USEC: START_EXTEND_USEC });
-      // Health rounds follow the applied spec's interval, and one runs right after every apply.
-      const health = new HealthSchedule(async () => {
-        const spec = agent.lastGood;
-        if (spec) await agent.report(await collectHealth(spec, probe, ctx));
-        else await agent.reportProgress();
-      }, (e) => logger.warn({ err: describeError(e) }, 'a health round failed'));
-      const onApplied = (spec: NodeSpec) => {
-        health.every(spec.health.intervalSeconds);
-        void health.runNow();
-      };
-      // READY=1 once the host the machine runs on is built, before the boot-time apply starts the machine
-      // (ordered after bosun.service: started before READY, each would wait for the other), or after the
-      // boot-time apply when it never gets that far (nothing to do, failed, no spec yet).
-      const sendReady = async (text: string) => {
-        if (ready) return;
-        ready = true;
-        await notify.ready(text);
-        logger.info({ watchdogMs: notify.watchdogMs ?? null, systemd: notify.enabled }, `ready: ${text}`);
-      };
-      const beforeServicePhases = () => sendReady('host built; starting the service machine');
-      const agent = new Agent({ settings: settings!, stateDir, identity, host: new Host({ redactor }), probe, ctx, logger, redactor, onProgress, onApplied, beforeServicePhases });
-      const stopWatchdog = notify.startWatchdog(
-        () => agent.healthy(),
-        () => logger.error('the main loop is not healthy; no longer feeding the systemd watchdog, which will restart bosun'),
-      );
-      await notify.status('starting: converging to the last good spec');
-      await agent.start();
-      if (ready) await notify.status(agent.summary());
-      else await sendReady(agent.summary());
-      const m = settings!.metrics;
-      const metrics = m ? await serveMetrics({ host: m.listen.slice(0, m.listen.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: Number(m.listen.slice(m.listen.lastIndexOf(':') + 1)) }, () => agent.metrics()) : undefined;
-      health.every(agent.lastGood?.health.intervalSeconds ?? 30);
-      await new Promise<void>((resolve) => {
-        process.once('SIGTERM', resolve);
-        process.once('SIGINT', resolve);
-      });
-      logger.info('stopping');
-      await notify.stopping('stopping');
-      stopWatchdog();
-      await health.stop();
-      metrics?.close();
-      await agent.stop();
-      return ExitCode.ok;
+      const { runDaemon } = await import('./daemon/run.js');
+      return runDaemon(settings!, stateDir);
     },
   },
 
