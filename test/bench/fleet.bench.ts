@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import kafkajs from 'kafkajs';
-import { Agent } from '../../src/agent.js';
+import { Agent } from '../../src/daemon/agent.js';
 import { startDesiredConsumer } from '../../src/bus/desired.js';
 import { signEnvelope } from '../../src/bus/envelope.js';
 import type { SignedReport } from '../../src/bus/reporter.js';

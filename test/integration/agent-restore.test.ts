@@ -1,4 +1,4 @@
-// The agent (src/agent.ts, in this process) against the real broker and the
+// The agent (src/daemon/agent.ts, in this process) against the real broker and the
 // real S3 service, with a spec whose only stage is a restore from object
 // storage, and a data volume too small for the backup: a 6 MiB tmpfs (a real
 // ENOSPC from the kernel) and a 12 MiB backup. What the control plane sees on
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import kafkajs, { type Consumer, type Producer } from 'kafkajs';
 import { pino } from 'pino';
-import { Agent } from '../../src/agent.js';
+import { Agent } from '../../src/daemon/agent.js';
 import type { BackupResult } from '../../src/backup/index.js';
 import { ed25519PublicFromString, signEnvelope } from '../../src/bus/envelope.js';
 import type { SignedReport } from '../../src/bus/reporter.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import kafkajs, { type Consumer, type Producer } from 'kafkajs';
-import { Agent } from '../../src/agent.js';
+import { Agent } from '../../src/daemon/agent.js';
 import { signEnvelope } from '../../src/bus/envelope.js';
 import { partitionFor } from '../../src/bus/murmur2.js';
 import type { SignedReport } from '../../src/bus/reporter.js';

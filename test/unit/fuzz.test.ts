@@ -347,7 +347,7 @@ describe('fuzz: the signed envelope', { timeout: 120_000 }, () => {
   const spec = example('node-b.json');
   const opts = { node: 'node-b', trusted, lastApplied: 0 };
 
-  /** What the agent does with a message (src/agent.ts): verify, and on refusal report it as an event. */
+  /** What the agent does with a message (src/daemon/intake.ts): verify, and on refusal report it as an event. */
   function receive(raw: Buffer | string | null): ReturnType<typeof verifyEnvelope> {
     const v = verifyEnvelope(raw, opts);
     if (v.ok) {

@@ -1,0 +1,86 @@
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { hostname } from 'node:os';
+import { BosunError, ExitCode, describeError } from '../errors.js';
+import { writeFileAtomic } from '../host/files.js';
+import { loadOrCreateIdentity } from '../identity/host-identity.js';
+import { publicKeyString, x25519PublicFromString } from '../identity/seal.js';
+import { createLogger } from '../log.js';
+import { Redactor } from '../secrets/redact.js';
+import { commonOptions, resolveState, stateOptions, storeFlags, usage, type Command, type Io, type OptionValues } from './common.js';
+
+export const backupCommand: Command = {
+  summary: 'make an encrypted, verified backup of a directory in object storage, or a backup key pair',
+  usage: 'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup keygen --out FILE [--json]',
+  help: [
+    'create: walks <dir>, cuts files into 4 MiB chunks, compresses (zstd) and encrypts (AES-256-GCM) each, uploads packs, then the',
+    'manifest, then latest.json (format: src/backup/FORMAT.md). The data key is fresh per backup and sealed to the recipient key.',
+    '  --to KEY        the backup key pair\'s public half (x25519:…, as printed by keygen)',
+    '  --key-file PEM  or take the public half from the private key file',
+    '  --sign          sign the manifest with this host\'s identity (a restore can require it with --trust)',
+    '  --prefix P      the backup set inside the bucket (e.g. pg-main/)',
+    '  --host LABEL    a label for the creating host in the manifest (default: agent.json node, else hostname)',
+    'Store: --endpoint/--region, else agent.json objectStorage, else AWS_ENDPOINT_URL / AWS_REGION; credentials from',
+    'agent.json objectStorage.credentialsFile, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Credentials are never printed.',
+    'Progress goes to stderr: a bar on a terminal, else a plain line every 5 s.',
+    'keygen: writes a new X25519 backup key pair\'s private half to FILE (0600, refuses to overwrite) and prints its public half.',
+  ].join('\n'),
+  options: { ...commonOptions, ...stateOptions, bucket: { type: 'string' }, prefix: { type: 'string' }, to: { type: 'string' }, 'key-file': { type: 'string' }, sign: { type: 'boolean' }, endpoint: { type: 'string' }, region: { type: 'string' }, host: { type: 'string' }, out: { type: 'string' }, verbose: { type: 'boolean', short: 'v' } },
+  async run({ values, positionals, io }) {
+    const [subcommand, ...rest] = positionals;
+    if (subcommand === 'keygen') {
+      if (rest.length > 0) throw usage('backup keygen takes no positional arguments');
+      return keygen(values, io);
+    }
+    if (subcommand !== 'create') throw usage('backup needs a subcommand: create or keygen');
+    if (rest.length !== 1) throw usage('backup create needs exactly one directory');
+    return create(rest[0]!, values, io);
+  },
+};
+
+async function keygen(values: OptionValues, io: Io): Promise<number> {
+  if (typeof values.out !== 'string') throw usage('backup keygen needs --out FILE for the private key');
+  const pair = generateKeyPairSync('x25519');
+  try {
+    await writeFileAtomic(values.out, pair.privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600, exclusive: true });
+  } catch (e) {
+    throw new BosunError('E_WRITE', `cannot write ${values.out}: ${(e as NodeJS.ErrnoException).code ?? describeError(e)} (keygen never overwrites a key)`);
+  }
+  const publicKey = publicKeyString('x25519', createPublicKey(pair.privateKey));
+  if (io.json) io.data({ publicKey, keyFile: values.out });
+  else io.out(publicKey);
+  return ExitCode.ok;
+}
+
+async function create(source: string, values: OptionValues, io: Io): Promise<number> {
+  if (typeof values.bucket !== 'string') throw usage('backup create needs --bucket');
+  if ((values.to === undefined) === (values['key-file'] === undefined)) throw usage('backup create needs exactly one of --to x25519:KEY or --key-file PEM');
+  // The backup library and the S3 client load only for the commands that use them.
+  const { ProgressPrinter, S3Transport, createBackup, createS3Client, formatBytes } = await import('../backup/index.js');
+  const { parseBackupKey, readPrivateFile, resolveStore } = await import('../backup/store.js');
+  const recipient = typeof values.to === 'string' ? x25519PublicFromString(values.to) : parseBackupKey(await readPrivateFile(values['key-file'] as string, 'backup key file'), 'backup key file').publicKey;
+  const { settings, stateDir } = await resolveState(values, false);
+  const redactor = new Redactor();
+  const store = await resolveStore(settings?.objectStorage, storeFlags(values), redactor);
+  const progress = new ProgressPrinter(process.stderr);
+  const { logger } = createLogger({ redactor, target: 'stderr', level: values.verbose ? 'info' : 'warn' });
+  const signer = values.sign ? (await loadOrCreateIdentity(stateDir)).identity : undefined;
+  const client = createS3Client(store);
+  try {
+    const backup = await createBackup({
+      source,
+      transport: new S3Transport({ client, bucket: values.bucket, prefix: (values.prefix as string | undefined) ?? '' }),
+      recipient,
+      ...(signer ? { signer } : {}),
+      host: (values.host as string | undefined) ?? settings?.node ?? hostname(),
+      logger,
+      onProgress: (update) => progress.update(update),
+    });
+    progress.clear();
+    if (io.json) io.data({ ok: true, ...backup });
+    else io.out(`backup ${backup.backupId}: ${backup.stats.files} files, ${formatBytes(backup.stats.bytes)} (${formatBytes(backup.stats.storedBytes)} stored in ${backup.stats.packs} packs) in ${backup.seconds.toFixed(1)}s`);
+    return ExitCode.ok;
+  } finally {
+    progress.clear();
+    client.destroy();
+  }
+}
