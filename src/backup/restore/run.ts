@@ -3,13 +3,13 @@ import { constants, fchmodSync, fchownSync, ftruncateSync, futimesSync } from 'n
 import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { writeFileAtomic } from '../host/files.js';
-import type { Logger } from '../log.js';
-import { BackupError, errnoOf, isBackupError } from './errors.js';
-import { runCommand } from '../host/exec.js';
-import { Redactor } from '../engine/redact.js';
-import { Semaphore } from './semaphore.js';
-import { ChunkWorkers, DigestChecker, SlotRing, defaultWorkerCount } from './workers/pool.js';
+import { writeFileAtomic } from '../../host/files.js';
+import type { Logger } from '../../log.js';
+import { BackupError, errnoOf, isBackupError } from '../errors.js';
+import { runCommand } from '../../host/exec.js';
+import { Redactor } from '../../engine/redact.js';
+import { Semaphore } from '../semaphore.js';
+import { ChunkWorkers, DigestChecker, SlotRing, defaultWorkerCount } from '../workers/pool.js';
 import {
   LATEST_KEY,
   RECORD_OVERHEAD,
@@ -25,16 +25,16 @@ import {
   type FileEntry,
   type ManifestBody,
   type ManifestHeader,
-} from './format.js';
-import { DoneSet, readJournal, removeJournal, writeJournal } from './journal.js';
-import { indexChunks, planRanges, type WorkRange } from './plan.js';
-import { ProgressTracker, formatBytes, type Progress } from './progress.js';
-import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.js';
-import { S3Transport } from './s3-transport.js';
-import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from './target.js';
-import { WRITE_PIECE } from './slice-writer.js';
-import { Throttle } from './throttle.js';
-import { TransportError, storeError, type Transport } from './transport.js';
+} from '../format.js';
+import { DoneSet, readJournal, removeJournal, writeJournal } from '../journal.js';
+import { indexChunks, planRanges, type WorkRange } from '../plan.js';
+import { ProgressTracker, formatBytes, type Progress } from '../progress.js';
+import { DEFAULT_RETRY, withRetry, type RetryPolicy } from '../retry.js';
+import { S3Transport } from '../s3-transport.js';
+import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from '../target.js';
+import { WRITE_PIECE } from '../slice-writer.js';
+import { Throttle } from '../throttle.js';
+import { TransportError, storeError, type Transport } from '../transport.js';
 
 /** What a manifest policy sees before any data is fetched. */
 export interface ManifestInfo {
