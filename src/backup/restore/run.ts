@@ -2,221 +2,24 @@ import { createHash } from 'node:crypto';
 import { constants, fchmodSync, fchownSync, ftruncateSync, futimesSync } from 'node:fs';
 import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { S3Client } from '@aws-sdk/client-s3';
 import { writeFileAtomic } from '../../host/files.js';
 import type { Logger } from '../../log.js';
-import { BackupError, errnoOf, isBackupError } from '../errors.js';
+import { BackupError, errnoOf } from '../errors.js';
 import { runCommand } from '../../host/exec.js';
 import { Redactor } from '../../engine/redact.js';
 import { Semaphore } from '../semaphore.js';
 import { ChunkWorkers, DigestChecker, SlotRing, defaultWorkerCount } from '../workers/pool.js';
-import {
-  LATEST_KEY,
-  RECORD_OVERHEAD,
-  LatestPointer,
-  MAX_MANIFEST_BYTES,
-  checkManifestSignature,
-  deriveKeys,
-  isBackupId,
-  manifestKey,
-  openManifestBody,
-  parseManifest,
-  type ChunkRef,
-  type FileEntry,
-  type ManifestBody,
-  type ManifestHeader,
-} from '../format.js';
+import { RECORD_OVERHEAD, type ChunkRef, type FileEntry, type ManifestBody } from '../format.js';
 import { DoneSet, readJournal, removeJournal, writeJournal } from '../journal.js';
 import { indexChunks, planRanges, type WorkRange } from '../plan.js';
-import { ProgressTracker, formatBytes, type Progress } from '../progress.js';
+import { ProgressTracker, formatBytes } from '../progress.js';
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from '../retry.js';
-import { S3Transport } from '../s3-transport.js';
 import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from '../target.js';
 import { WRITE_PIECE } from '../slice-writer.js';
 import { Throttle } from '../throttle.js';
 import { TransportError, storeError, type Transport } from '../transport.js';
-
-/** What a manifest policy sees before any data is fetched. */
-export interface ManifestInfo {
-  header: ManifestHeader;
-  /** the signature verified against header.signer (false: the manifest is unsigned) */
-  signed: boolean;
-}
-
-export type RestoreSource = { transport: Transport } | { client: S3Client; bucket: string; prefix?: string };
-
-export type RestoreOptions = RestoreSource & {
-  /** a backup id, or "latest" */
-  backupId: string;
-  /** the directory to restore into: missing, or empty (see target.ts) */
-  target: string;
-  /** open the sealed data key of the manifest (e.g. with the backup key pair); throw if it cannot */
-  openDataKey: (sealedDataKey: string, header: ManifestHeader) => Buffer | Promise<Buffer>;
-  /** accept or refuse a manifest (throw to refuse), e.g. trustSigners([...]); default: accept signed and unsigned */
-  verifyManifest?: (info: ManifestInfo) => void | Promise<void>;
-  logger?: Logger;
-  /** the data key is registered here, so no log line or error can carry it */
-  redactor?: Redactor;
-  onProgress?: (p: Progress) => void;
-  /** bytes per second over all downloads */
-  bandwidthLimit?: number;
-  /** ranged GETs in flight (default 8) */
-  concurrency?: number;
-  /** bytes per ranged GET at most (default 16 MiB) */
-  rangeSize?: number;
-  retry?: RetryPolicy;
-  /** set owner and group from the backup (default: when running as root) */
-  preserveOwner?: boolean;
-  /** write a JSON completion record here after the commit (before the journal goes, so a crash between the two only repeats the commit) */
-  markerPath?: string;
-  /** more fields for the completion record (e.g. where the backup came from) */
-  markerExtra?: Record<string, unknown>;
-  /**
-   * leave the target directory's own owner, mode and mtime as they are instead
-   * of taking the backup's (a data volume's mount point, whose owner and mode
-   * the spec sets); only matters when the target already exists
-   */
-  keepTargetMetadata?: boolean;
-  /** chunk-sized buffers shared by all downloads (default: concurrency): the main bound on memory */
-  slots?: number;
-  /**
-   * also read every restored file back and check its SHA-256 against the
-   * manifest (default false; like restic's restore --verify): proves what is on
-   * disk end to end, at the cost of reading and hashing every byte a second
-   * time. Every chunk is verified (GCM tag, length, SHA-256) before it is
-   * written either way.
-   */
-  verifyFiles?: boolean;
-  /** worker threads that decrypt, decompress and verify chunks (default: cores - 1, 1 to 4) */
-  workers?: number;
-  /** how often the journal is checkpointed (default 2000 ms) */
-  checkpointIntervalMs?: number;
-  /**
-   * start writing the restored data to disk after this many bytes are written,
-   * while later chunks download (syncfs of the staging tree in the background,
-   * one at a time); the sync before the commit then finds little left.
-   * Default 256 MiB; 0: only the final sync.
-   */
-  flushAheadBytes?: number;
-  /**
-   * create every file (empty) in the background while the first chunks
-   * download, two directories at a time, instead of each on its first write
-   * (default true)
-   */
-  precreateFiles?: boolean;
-  signal?: AbortSignal;
-};
-
-export interface RestoreResult {
-  backupId: string;
-  manifestDigest: string;
-  target: string;
-  /** logical bytes of all files */
-  bytes: number;
-  files: number;
-  /** bytes fetched from the store by this run */
-  transferredBytes: number;
-  /** chunks an interrupted earlier run had restored (and that read back intact) */
-  resumedChunks: number;
-  /** failed requests to the store that were retried (connection resets, 5xx, throttling, cut streams) */
-  retries: number;
-  seconds: number;
-}
-
-/** A manifest policy that requires a valid signature by one of the given Ed25519 keys ("ed25519:…"). */
-export function trustSigners(keys: readonly string[]): (info: ManifestInfo) => void {
-  return ({ header, signed }) => {
-    if (!signed || header.signer === undefined) throw new BackupError('key', `backup ${header.backupId} is not signed, and only signed backups are trusted`);
-    if (!keys.includes(header.signer)) throw new BackupError('key', `backup ${header.backupId} is signed by ${header.signer}, which is not a trusted key`);
-  };
-}
-
-function transportOf(o: RestoreSource): Transport {
-  return 'transport' in o ? o.transport : new S3Transport({ client: o.client, bucket: o.bucket, ...(o.prefix !== undefined ? { prefix: o.prefix } : {}) });
-}
-
-/** A whole small object (manifest, pointer) into memory, with retries; refuses anything over `limit`. */
-async function getWhole(t: Transport, key: string, limit: number, retry: RetryPolicy, signal?: AbortSignal): Promise<Buffer> {
-  return withRetry(retry, async () => {
-    const res = await t.get(key, undefined, signal);
-    if (res.objectSize !== undefined && res.objectSize > limit) throw new BackupError('format', `${t.describe(key)} is ${res.objectSize} bytes, more than a manifest may be`);
-    const parts: Buffer[] = [];
-    let n = 0;
-    for await (const p of res.body) {
-      n += p.length;
-      if (n > limit) throw new BackupError('format', `${t.describe(key)} is larger than a manifest may be`);
-      // A copy: the transport may reuse the piece's memory for the next one.
-      parts.push(Buffer.from(p));
-    }
-    if (res.objectSize !== undefined && n !== res.objectSize) throw new TransportError('transient', `${t.describe(key)}: got ${n} of ${res.objectSize} bytes`);
-    return Buffer.concat(parts, n);
-  }, signal ? { signal } : {});
-}
-
-export async function resolveBackupId(t: Transport, backupId: string, retry: RetryPolicy = DEFAULT_RETRY, signal?: AbortSignal): Promise<string> {
-  if (backupId !== 'latest') {
-    if (!isBackupId(backupId)) throw new BackupError('format', `"${backupId}" is not a backup id (expected e.g. 20250102T030405Z-1a2b3c4d, or "latest")`);
-    return backupId;
-  }
-  let raw: Buffer;
-  try {
-    raw = await getWhole(t, LATEST_KEY, 64 * 1024, retry, signal);
-  } catch (e) {
-    throw storeError(t, LATEST_KEY, e);
-  }
-  try {
-    return LatestPointer.parse(JSON.parse(raw.toString('utf8'))).backupId;
-  } catch {
-    throw new BackupError('format', `${t.describe(LATEST_KEY)} is not a bosun latest pointer`);
-  }
-}
-
-interface Opened {
-  header: ManifestHeader;
-  body: ManifestBody;
-  digest: string;
-  chunkKey: Buffer;
-}
-
-/**
- * Fetch, authenticate and open a manifest. Nothing on disk is touched, so a
- * wrong key or an untrusted signer fails before the target is looked at.
- */
-export async function openManifest(
-  t: Transport,
-  backupId: string,
-  openDataKey: RestoreOptions['openDataKey'],
-  opts: { verifyManifest?: RestoreOptions['verifyManifest']; retry?: RetryPolicy; signal?: AbortSignal; redactor?: Redactor } = {},
-): Promise<Opened> {
-  const key = manifestKey(backupId);
-  let bytes: Buffer;
-  try {
-    bytes = await getWhole(t, key, MAX_MANIFEST_BYTES, opts.retry ?? DEFAULT_RETRY, opts.signal);
-  } catch (e) {
-    throw storeError(t, key, e);
-  }
-  const sealed = parseManifest(bytes);
-  if (sealed.header.backupId !== backupId) throw new BackupError('integrity', `${t.describe(key)} names backup ${sealed.header.backupId}: it was moved or replaced`);
-  const signed = checkManifestSignature(sealed);
-  await opts.verifyManifest?.({ header: sealed.header, signed });
-  let dataKey: Buffer;
-  try {
-    dataKey = Buffer.from(await openDataKey(sealed.header.sealedDataKey, sealed.header));
-  } catch (e) {
-    throw new BackupError('key', `cannot open the data key of backup ${backupId}: it is sealed to ${sealed.header.recipient}, and the key given is not that key (or the sealed key was altered)`, { backupId, recipient: sealed.header.recipient }, { cause: e });
-  }
-  opts.redactor?.add(dataKey);
-  const keys = deriveKeys(dataKey, backupId);
-  dataKey.fill(0);
-  opts.redactor?.add(keys.chunk);
-  opts.redactor?.add(keys.manifest);
-  try {
-    const body = openManifestBody(sealed, keys.manifest);
-    return { header: sealed.header, body, digest: sealed.digest, chunkKey: keys.chunk };
-  } finally {
-    keys.manifest.fill(0);
-  }
-}
+import { openManifest, resolveBackupId, type OpenedManifest } from './manifest.js';
+import { transportOf, type RestoreOptions, type RestoreResult } from './options.js';
 
 function mtimeSeconds(ns: string): number {
   const n = BigInt(ns);
@@ -327,7 +130,7 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
 async function fetchAll(
   o: RestoreOptions,
   t: Transport,
-  m: Opened,
+  m: OpenedManifest,
   index: ReturnType<typeof indexChunks>,
   layout: TargetLayout,
   done: DoneSet,
@@ -873,4 +676,3 @@ async function applyRootMetadata(o: RestoreOptions, body: ManifestBody, dir: str
   await utimes(dir, mt, mt);
 }
 
-export { isBackupError };
