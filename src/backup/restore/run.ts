@@ -1,30 +1,23 @@
-import { createHash } from 'node:crypto';
-import { constants, fchmodSync, fchownSync, ftruncateSync, futimesSync } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { writeFileAtomic } from '../../host/files.js';
 import type { Logger } from '../../log.js';
 import { BackupError, errnoOf } from '../errors.js';
-import { runCommand } from '../../host/exec.js';
-import { Redactor } from '../../engine/redact.js';
 import { Semaphore } from '../semaphore.js';
 import { ChunkWorkers, DigestChecker, SlotRing, defaultWorkerCount } from '../workers/pool.js';
-import { RECORD_OVERHEAD, type ChunkRef, type FileEntry, type ManifestBody } from '../format.js';
-import { DoneSet, readJournal, removeJournal, writeJournal } from '../journal.js';
+import { RECORD_OVERHEAD, type ChunkRef, type FileEntry } from '../format.js';
+import { removeJournal } from '../journal.js';
 import { indexChunks, planRanges, type WorkRange } from '../plan.js';
 import { ProgressTracker, formatBytes } from '../progress.js';
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from '../retry.js';
-import { HandlePool, chooseLayout, clearStaging, commitLayout, ensureStaging, syncDir, type TargetLayout } from '../target.js';
-import { WRITE_PIECE } from '../slice-writer.js';
+import { HandlePool, chooseLayout, commitLayout, ensureStaging, type TargetLayout } from '../target.js';
 import { Throttle } from '../throttle.js';
 import { TransportError, storeError, type Transport } from '../transport.js';
+import { applyRootMetadata, finishFile, finishTree } from './finish.js';
 import { openManifest, resolveBackupId, type OpenedManifest } from './manifest.js';
 import { transportOf, type RestoreOptions, type RestoreResult } from './options.js';
-
-function mtimeSeconds(ns: string): number {
-  const n = BigInt(ns);
-  return Number(n / 1_000_000_000n) + Number(n % 1_000_000_000n) / 1e9;
-}
+import { RestoreJournal, recheckDone, resumeOrStart } from './resume.js';
+import { FlushAhead, PRECREATORS, createDirsAndSymlinks, precreate } from './staging.js';
+import { WrittenTracker, type FileTracker } from './tracker.js';
 
 /**
  * Restore a backup into `target`: many ranged GETs in flight, each streamed
@@ -68,34 +61,25 @@ export async function restoreFromObjectStorage(o: RestoreOptions): Promise<Resto
   log?.info({ target: o.target, layout: layout.mode, files: index.files.length, bytes: bytesTotal, storedBytes: header.stats.storedBytes, createdAt: header.createdAt, signer: header.signer ?? null }, 'restore: manifest verified');
 
   // Resume or start afresh.
-  const journal = await readJournal(layout.journal);
-  let done = new DoneSet(body.chunks.length);
-  let committing = false;
-  if (journal && journal.backupId === backupId && journal.manifestDigest === m.digest && journal.chunks === body.chunks.length) {
-    done = DoneSet.decode(body.chunks.length, journal.done);
-    committing = journal.state === 'committing';
-    log?.info({ doneChunks: done.count, chunks: body.chunks.length, committing }, 'restore: continuing an interrupted restore');
-  } else {
-    if (journal) log?.warn({ previous: journal.backupId }, 'restore: discarding an unfinished restore of another backup');
-    await clearStaging(layout);
-  }
-  const writeJ = (state: 'fetching' | 'committing'): Promise<void> =>
-    writeJournal(layout.journal, { backupId, manifestDigest: m.digest, chunks: body.chunks.length, done: done.encode(), state });
+  const resumed = await resumeOrStart(layout, backupId, m.digest, body.chunks.length, log);
+  const done = resumed.done;
+  let committing = resumed.committing;
+  const journal = new RestoreJournal(layout.journal, backupId, m.digest, done);
 
   let transferred = 0;
   let resumedChunks = committing ? done.count : 0;
   try {
     if (!committing) {
       await ensureStaging(layout);
-      await writeJ('fetching');
-      const fetched = await fetchAll({ ...o, retry }, t, m, index, layout, done, progress, signal, abort, log);
+      await journal.write('fetching');
+      const fetched = await fetchAll({ ...o, retry }, t, m, index, layout, journal, progress, signal, abort, log);
       transferred = fetched.transferred;
       resumedChunks = fetched.resumedChunks;
       progress.phase = 'finishing';
       log?.info({ transferred, finishedFiles: fetched.finalized.size }, 'restore: every chunk verified and written; setting metadata');
       await finishTree(o, body, index.files, fetched.finalized, layout, chunkSize);
       committing = true;
-      await writeJ('committing');
+      await journal.write('committing');
     }
     progress.phase = 'finishing';
     log?.debug({ layout: layout.mode }, 'restore: committing');
@@ -133,13 +117,14 @@ async function fetchAll(
   m: OpenedManifest,
   index: ReturnType<typeof indexChunks>,
   layout: TargetLayout,
-  done: DoneSet,
+  journal: RestoreJournal,
   progress: ProgressTracker,
   signal: AbortSignal,
   abort: AbortController,
   log: Logger | undefined,
 ): Promise<{ transferred: number; finalized: Set<number>; resumedChunks: number }> {
   const { header, body } = m;
+  const done = journal.done;
   const chunkSize = header.chunkSize;
   const retry = o.retry ?? DEFAULT_RETRY;
   const pool = new HandlePool();
@@ -152,15 +137,7 @@ async function fetchAll(
   };
 
   // Directories and symlinks first; files appear on their first write.
-  for (const e of body.entries) {
-    const p = join(layout.staging, e.path);
-    try {
-      if (e.type === 'dir' && e.path !== '.') await mkdir(p, { mode: 0o700 });
-      if (e.type === 'symlink') await symlink(e.target, p);
-    } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw err;
-    }
-  }
+  await createDirsAndSymlinks(body, layout.staging);
 
   // Files are created ahead of their data, in the background, one directory
   // at a time per creator. Creating a file is the costliest step of a small
@@ -209,7 +186,7 @@ async function fetchAll(
 
   // Chunks an interrupted run wrote are read back and checked before they count as done.
   if (done.count > 0) {
-    const lost = await recheckDone(body, index, done, pathOf, chunkSize);
+    const lost = await recheckDone(body, index, done, layout.staging, chunkSize);
     log?.info({ rechecked: done.count + lost, refetch: lost }, 'restore: checked the chunks an interrupted run wrote');
   }
   const resumedChunks = done.count;
@@ -233,9 +210,7 @@ async function fetchAll(
   const interval = o.checkpointIntervalMs ?? 2000;
   let lastCheckpoint = performance.now();
   let checkpointing: Promise<void> | undefined;
-  const checkpoint = async (): Promise<void> => {
-    await writeJournal(layout.journal, { backupId: header.backupId, manifestDigest: m.digest, chunks: done.size, done: done.encode(), state: 'fetching' });
-  };
+  const checkpoint = (): Promise<void> => journal.write('fetching');
   const maybeCheckpoint = (): void => {
     if (checkpointing || performance.now() - lastCheckpoint < interval) return;
     lastCheckpoint = performance.now();
@@ -246,30 +221,7 @@ async function fetchAll(
   let lastLog = performance.now();
   let transferred = 0;
 
-  // Write-back ahead: the kernel would leave a restore's data in the page cache
-  // until the final sync (a host with much memory keeps gigabytes dirty), and
-  // that sync would then wait for all of it with nothing else to do. A syncfs
-  // every flushAheadBytes writes it out while the next chunks download.
-  const flushEvery = o.flushAheadBytes ?? 256 * 1024 * 1024;
-  let sinceFlush = 0;
-  let flushing: Promise<void> | undefined;
-  let flushOff = flushEvery <= 0;
-  const maybeFlushAhead = (bytes: number): void => {
-    sinceFlush += bytes;
-    if (flushOff || flushing || sinceFlush < flushEvery) return;
-    sinceFlush = 0;
-    const t0 = performance.now();
-    flushing = syncfs(layout.staging)
-      .then(
-        () => log?.debug({ ms: Math.round(performance.now() - t0) }, 'restore: flushed ahead'),
-        (e: unknown) => {
-          // Only an optimisation: the final sync (with its fallback) still makes everything durable.
-          flushOff = true;
-          log?.info({ err: e instanceof Error ? e.message : String(e) }, 'restore: cannot flush ahead (sync -f); the data is synced once at the end');
-        },
-      )
-      .finally(() => (flushing = undefined));
-  };
+  const flushAhead = new FlushAhead(layout.staging, o.flushAheadBytes ?? 256 * 1024 * 1024, log);
 
   /** A write the chunk worker reports failed, as an error with its errno code (ENOSPC is reported as such). */
   const writeError = (r: { code?: string; message: string }, f: FileEntry): Error =>
@@ -322,7 +274,7 @@ async function fetchAll(
         }
         digests.written(s.file, s.ordinal);
         progress.add(plainLength);
-        maybeFlushAhead(plainLength);
+        flushAhead.wrote(plainLength);
       }
     } finally {
       ring.release(slot);
@@ -430,141 +382,9 @@ async function fetchAll(
   } finally {
     // The workers first: none may be writing to a descriptor when it is closed (and its number reused).
     await workers.close().catch(() => undefined);
-    await Promise.allSettled([pool.closeAll(), digests.close(), flushing, precreating]);
+    await Promise.allSettled([pool.closeAll(), digests.close(), flushAhead.running, precreating]);
   }
   return { transferred, finalized, resumedChunks };
-}
-
-/** Directories whose files are created at the same time, each by its own creator. */
-const PRECREATORS = 2;
-
-/** Create (empty, 0600) every file in `paths`, which are grouped by directory: `parallel` directories at a time. */
-async function precreate(paths: string[], parallel: number, signal: AbortSignal, log: Logger | undefined): Promise<void> {
-  const byDir: string[][] = [];
-  let last: string | undefined;
-  for (const p of paths) {
-    const dir = dirname(p);
-    if (dir !== last) byDir.push([]);
-    last = dir;
-    byDir.at(-1)!.push(p);
-  }
-  try {
-    await forEachLimited(byDir.length, parallel, async (d) => {
-      for (const p of byDir[d]!) {
-        if (signal.aborted) return;
-        await (await open(p, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)).close();
-      }
-    });
-  } catch (e) {
-    // Only an optimisation: the write that needs the file creates it, and reports any error.
-    log?.debug({ err: e instanceof Error ? e.message : String(e) }, 'restore: stopped creating files ahead');
-  }
-}
-
-/** What fetchAll tells as slices land, and hears back per file: the digest worker, or WrittenTracker. */
-interface FileTracker {
-  written(file: number, ordinal: number): void;
-  finish(): Promise<number>;
-  close(): Promise<void>;
-}
-
-/**
- * Without read-back verification: a file is done when every stored slice of it
- * is written. Each slice is reported once per run (resumed ones at the start,
- * the others as they are written), so a count per file is enough.
- */
-class WrittenTracker implements FileTracker {
-  readonly #left: Uint32Array;
-
-  constructor(
-    files: FileEntry[],
-    readonly onDone: (file: number, ok: boolean, detail: string | undefined) => void,
-  ) {
-    this.#left = Uint32Array.from(files, (f) => f.chunks.reduce((n, c) => (c === -1 ? n : n + 1), 0));
-    // Files with nothing stored (empty, or all holes) are done from the start.
-    queueMicrotask(() => this.#left.forEach((n, i) => n === 0 && this.onDone(i, true, undefined)));
-  }
-
-  written(file: number): void {
-    if (this.#left[file]! > 0 && --this.#left[file]! === 0) this.onDone(file, true, undefined);
-  }
-
-  finish(): Promise<number> {
-    return Promise.resolve(this.#left.filter((n) => n > 0).length);
-  }
-
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
-}
-
-/** Run `fn` on 0..count-1, at most `parallel` at a time, without making a promise per item up front. */
-async function forEachLimited(count: number, parallel: number, fn: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(parallel, count) }, async () => {
-      while (next < count) await fn(next++);
-    }),
-  );
-}
-
-/**
- * Read back every chunk the journal lists as written and compare it with its
- * SHA-256; a chunk that does not match (a power cut lost it, or the file was
- * touched) is taken off the list and fetched again. Returns how many were.
- */
-async function recheckDone(body: ManifestBody, index: ReturnType<typeof indexChunks>, done: DoneSet, pathOf: (f: FileEntry) => string, chunkSize: number): Promise<number> {
-  let lost = 0;
-  await forEachLimited(body.chunks.length, 4, async (c) => {
-    if (!done.has(c)) return;
-    const ref = body.chunks[c]!;
-    const buf = Buffer.allocUnsafe(ref[3]);
-    for (const s of index.targets.of(c)) {
-      let fh: FileHandle | undefined;
-      try {
-        fh = await open(pathOf(index.files[s.file]!), constants.O_RDONLY | constants.O_NOFOLLOW);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, s.ordinal * chunkSize);
-        if (bytesRead !== buf.length || createHash('sha256').update(buf).digest('hex') !== ref[5]) throw new Error('mismatch');
-      } catch {
-        done.delete(c);
-        lost++;
-        return;
-      } finally {
-        await fh?.close();
-      }
-    }
-  });
-  return lost;
-}
-
-/** syncfs(2) of the filesystem holding `dir`, through `sync -f`. */
-async function syncfs(dir: string): Promise<void> {
-  await runCommand(['sync', '-f', dir], new Redactor(), { timeoutSeconds: 600 });
-}
-
-/** Make everything written to the staging tree durable: syncfs, or fsync of every file and directory if that fails. */
-async function syncTree(staging: string): Promise<void> {
-  try {
-    await syncfs(staging);
-  } catch {
-    await fsyncTree(staging);
-  }
-}
-
-async function fsyncTree(dir: string): Promise<void> {
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) await fsyncTree(p);
-    else if (e.isFile()) {
-      const fh = await open(p, constants.O_RDONLY | constants.O_NOFOLLOW);
-      try {
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-    }
-  }
-  await syncDir(dir);
 }
 
 /** Fetch exactly one record again, into `into`. */
@@ -587,92 +407,3 @@ async function fetchExact(t: Transport, key: string, offset: number, packSize: n
     throw storeError(t, key, e);
   }
 }
-
-/**
- * Size (which also makes trailing holes), zeros where a non-sparse file had
- * them, owner, mode, mtime. Safe to repeat. The metadata calls are synchronous
- * on the descriptor: each is one short system call, cheaper than a promise and
- * a trip through the libuv thread pool (two to four per file).
- */
-async function finishFile(o: RestoreOptions, f: FileEntry, fh: FileHandle, chunkSize: number): Promise<void> {
-  // The last write already gave the file its size, unless the file ends in a hole.
-  if (f.chunks.length === 0 || f.chunks[f.chunks.length - 1] === -1) ftruncateSync(fh.fd, f.size);
-  if (!f.sparse && f.chunks.includes(-1)) {
-    const zero = Buffer.alloc(Math.min(chunkSize, WRITE_PIECE));
-    for (const [k, c] of f.chunks.entries()) {
-      if (c !== -1) continue;
-      const end = Math.min(f.size, (k + 1) * chunkSize);
-      for (let p = k * chunkSize; p < end; p += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - p), p);
-    }
-  }
-  // Files are created by this process: owned by it already when the backup says so.
-  if ((o.preserveOwner ?? process.getuid?.() === 0) && (f.uid !== process.getuid?.() || f.gid !== process.getgid?.())) fchownSync(fh.fd, f.uid, f.gid);
-  fchmodSync(fh.fd, f.mode);
-  const mt = mtimeSeconds(f.mtimeNs);
-  futimesSync(fh.fd, mt, mt);
-}
-
-async function finishPath(o: RestoreOptions, f: FileEntry, path: string, chunkSize: number): Promise<void> {
-  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
-  try {
-    await finishFile(o, f, fh, chunkSize);
-  } finally {
-    await fh.close();
-  }
-}
-
-/**
- * After the data: files not finished during the fetch (all of them after a
- * resume), hard links, then owner, mode and mtime of symlinks and
- * directories, deepest first so creating a child never bumps a directory's
- * restored mtime. All of it is safe to repeat after a crash.
- */
-async function finishTree(o: RestoreOptions, body: ManifestBody, files: FileEntry[], finalized: Set<number>, layout: TargetLayout, chunkSize: number): Promise<void> {
-  const owner = o.preserveOwner ?? process.getuid?.() === 0;
-  await forEachLimited(files.length, 8, async (i) => {
-    if (!finalized.has(i)) await finishPath(o, files[i]!, join(layout.staging, files[i]!.path), chunkSize);
-  });
-  for (const e of body.entries) {
-    if (e.type !== 'hardlink') continue;
-    const p = join(layout.staging, e.path);
-    const to = join(layout.staging, e.target);
-    try {
-      await link(to, p);
-    } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw err;
-      const [a, b] = await Promise.all([lstat(p), lstat(to)]);
-      if (a.ino !== b.ino) {
-        await unlink(p);
-        await link(to, p);
-      }
-    }
-  }
-  await forEachLimited(body.entries.length, 8, async (i) => {
-    const e = body.entries[i]!;
-    if (e.type !== 'symlink') return;
-    const p = join(layout.staging, e.path);
-    if (owner) await lchown(p, e.uid, e.gid);
-    const mt = mtimeSeconds(e.mtimeNs);
-    await lutimes(p, mt, mt);
-  });
-  const dirs = body.entries.filter((e) => e.type === 'dir');
-  for (const d of dirs.reverse()) {
-    if (d.path === '.' && layout.mode === 'into') continue;
-    const p = join(layout.staging, d.path);
-    if (owner) await lchown(p, d.uid, d.gid);
-    await chmod(p, d.mode);
-    const mt = mtimeSeconds(d.mtimeNs);
-    await utimes(p, mt, mt);
-  }
-  await syncTree(layout.staging);
-}
-
-async function applyRootMetadata(o: RestoreOptions, body: ManifestBody, dir: string): Promise<void> {
-  const root = body.entries[0];
-  if (root?.type !== 'dir') return;
-  if (o.preserveOwner ?? process.getuid?.() === 0) await lchown(dir, root.uid, root.gid);
-  await chmod(dir, root.mode);
-  const mt = mtimeSeconds(root.mtimeNs);
-  await utimes(dir, mt, mt);
-}
-
