@@ -30,7 +30,7 @@ export interface S3ClientOptions {
 
 /**
  * An S3 client set up for backups: retries are bosun's (one policy, which
- * resumes a cut download where it stopped, see restore.ts), so the SDK makes
+ * resumes a cut download where it stopped, see restore/downloads.ts), so the SDK makes
  * one attempt; CRC checksums are left to AES-GCM, which already authenticates
  * every byte; sockets are kept alive for the many ranged GETs of a restore.
  */

@@ -7,7 +7,7 @@ import type { Logger } from '../../log.js';
 import { BackupError, errnoOf, isBackupError, type BackupFailure } from '../errors.js';
 import { readJournal } from '../journal.js';
 import type { Progress } from '../progress.js';
-import { restoreFromObjectStorage, trustSigners, type RestoreOptions, type RestoreResult } from '../restore.js';
+import { restoreFromObjectStorage, trustSigners, type RestoreOptions, type RestoreResult } from '../restore/index.js';
 import { withRetry, type RetryPolicy } from '../retry.js';
 import { chooseLayout } from '../target.js';
 import { TransportError, type ByteRange, type GetResult, type Transport } from '../transport.js';
