@@ -1,0 +1,123 @@
+/** The upload side of a backup: records packed into fixed buffers, each full pack uploaded with retries. */
+import type { Logger } from '../log.js';
+import { packKey, type PackRef } from './format.js';
+import { withRetry, type RetryPolicy } from './retry.js';
+import { storeError, type Transport } from './transport.js';
+
+/**
+ * Copies records into the current pack and uploads each full pack, a few at a
+ * time. The packs are a fixed set of buffers (one filling, `concurrency`
+ * uploading), reused once their upload is done: memory stays flat however
+ * large the backup, and no 32 MiB buffer is left for the GC per pack.
+ */
+export class PackWriter {
+  readonly #free: Buffer[] = [];
+  readonly #waiting: Array<(b: Buffer | undefined) => void> = [];
+  #buffers = 0;
+  #current: Buffer | undefined;
+  #size = 0;
+  #index = 0;
+  /** add() calls run one after another: a pack's offsets are handed out in the order records land. */
+  #queue: Promise<unknown> = Promise.resolve();
+  readonly #refs: PackRef[] = [];
+  readonly #inflight = new Set<Promise<void>>();
+  #failure: Error | undefined;
+
+  constructor(
+    readonly transport: Transport,
+    readonly backupId: string,
+    readonly packSize: number,
+    readonly concurrency: number,
+    readonly retry: RetryPolicy,
+    readonly log: Logger | undefined,
+    readonly signal: AbortSignal | undefined,
+    /** the largest record add() is given (a pack may pass packSize by less than one record) */
+    readonly maxRecord: number,
+  ) {}
+
+  /** Copies `record` into the current pack; resolves with where it sits once it is there. */
+  add(record: Buffer): Promise<{ pack: number; offset: number }> {
+    const run = this.#queue.then(() => this.#add(record));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #add(record: Buffer): Promise<{ pack: number; offset: number }> {
+    if (this.#failure !== undefined) throw this.#failure;
+    if (record.length > this.maxRecord) throw new Error(`a record of ${record.length} bytes is larger than a pack slot of ${this.maxRecord}`);
+    this.#current ??= await this.#buffer();
+    // A failed upload wakes the waiters with no buffer.
+    if (this.#failure !== undefined || this.#current === undefined) throw this.#failure ?? new Error('no pack buffer');
+    const at = { pack: this.#index, offset: this.#size };
+    record.copy(this.#current, this.#size);
+    this.#size += record.length;
+    if (this.#size >= this.packSize) await this.#flush();
+    return at;
+  }
+
+  /** A free pack buffer: a new one while fewer than concurrency + 1 exist, else the next one an upload gives back. */
+  #buffer(): Promise<Buffer | undefined> {
+    const b = this.#free.pop();
+    if (b) return Promise.resolve(b);
+    if (this.#buffers < this.concurrency + 1) {
+      this.#buffers++;
+      return Promise.resolve(Buffer.allocUnsafe(this.packSize + this.maxRecord));
+    }
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  #giveBack(b: Buffer): void {
+    const next = this.#waiting.shift();
+    if (next) next(b);
+    else this.#free.push(b);
+  }
+
+  async #flush(): Promise<void> {
+    const buf = this.#current;
+    if (buf === undefined || this.#size === 0) return;
+    const body = buf.subarray(0, this.#size);
+    const key = packKey(this.backupId, this.#index);
+    this.#refs.push({ key, size: body.length });
+    this.#current = undefined;
+    this.#size = 0;
+    this.#index++;
+    while (this.#inflight.size >= this.concurrency) await Promise.race(this.#inflight);
+    if (this.#failure !== undefined) throw this.#failure;
+    const p: Promise<void> = putRetrying(this.transport, key, body, this.retry, this.signal, this.log)
+      .then(
+        // Only a finished upload gives its buffer back: a failed one may still be read by the transport.
+        () => this.#giveBack(buf),
+        (e: unknown) => {
+          this.#failure ??= e instanceof Error ? e : new Error(String(e));
+          for (const w of this.#waiting.splice(0)) w(undefined);
+        },
+      )
+      .finally(() => this.#inflight.delete(p));
+    this.#inflight.add(p);
+  }
+
+  async finish(): Promise<PackRef[]> {
+    await this.#queue;
+    await this.#flush();
+    await Promise.all(this.#inflight);
+    if (this.#failure !== undefined) throw this.#failure;
+    return this.#refs;
+  }
+
+  async abandon(): Promise<void> {
+    await Promise.allSettled(this.#inflight);
+  }
+}
+
+/** Upload one object, retrying transient failures; a failure for good is a BackupError naming the object. */
+export async function putRetrying(t: Transport, key: string, body: Buffer, retry: RetryPolicy, signal: AbortSignal | undefined, log?: Logger): Promise<void> {
+  try {
+    await withRetry(retry, () => t.put(key, body, signal), {
+      ...(signal ? { signal } : {}),
+      onRetry: (e, n, ms) =>
+        log?.warn({ object: t.describe(key), failures: n, delayMs: ms, err: e instanceof Error ? e.message : String(e) }, 'backup: upload failed, retrying'),
+    });
+  } catch (e) {
+    throw storeError(t, key, e);
+  }
+}
