@@ -47,7 +47,12 @@ export function journalPriority(level: number): { priority: number; method: keyo
  * Journal field names are upper-case letters, digits and underscores and must
  * not start with an underscore (those are trusted fields journald sets itself).
  */
-export function toJournalFields(record: Record<string, unknown>): { message: string; priority: number; method: keyof JournaldBinding; fields: Record<string, string> } {
+export function toJournalFields(record: Record<string, unknown>): {
+  message: string;
+  priority: number;
+  method: keyof JournaldBinding;
+  fields: Record<string, string>;
+} {
   const { level, msg, time: _time, pid: _pid, hostname: _hostname, ...rest } = record;
   const { priority, method } = journalPriority(typeof level === 'number' ? level : 30);
   const fields: Record<string, string> = {};

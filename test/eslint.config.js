@@ -40,7 +40,9 @@ export default tseslint.config(
     // Plain-JS helper scripts run under Node.
     files: ['**/*.js', '**/*.mjs'],
     languageOptions: {
-      globals: Object.fromEntries(['process', 'Buffer', 'URL', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'console'].map((g) => [g, 'readonly'])),
+      globals: Object.fromEntries(
+        ['process', 'Buffer', 'URL', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'console'].map((g) => [g, 'readonly']),
+      ),
     },
   },
 );

@@ -41,7 +41,10 @@ export function isBackupId(s: string): boolean {
 }
 /** Sortable by time: 20250102T030405Z-1a2b3c4d */
 export function newBackupId(now = new Date()): string {
-  const t = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const t = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `${t}-${randomBytes(4).toString('hex')}`;
 }
 
@@ -217,7 +220,11 @@ export function openChunkInto(key: Buffer, backupId: string, record: Buffer, id:
 
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
 const Uint = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
-const Id = z.number().int().min(0).max(2 ** 32);
+const Id = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 32);
 const MtimeNs = z.string().regex(/^-?[0-9]{1,20}$/);
 const Mode = z.number().int().min(0).max(0o7777);
 
@@ -226,7 +233,12 @@ const Mode = z.number().int().min(0).max(0o7777);
  * segments (the root itself is '.'). Checked again on restore so a manifest
  * can never name a file outside the target.
  */
-export const EntryPath = z.string().refine((p) => p === '.' || (p.length > 0 && !p.includes('\0') && p.split('/').every((s) => s !== '' && s !== '.' && s !== '..')), 'expected a relative path without ., .. or empty segments');
+export const EntryPath = z
+  .string()
+  .refine(
+    (p) => p === '.' || (p.length > 0 && !p.includes('\0') && p.split('/').every((s) => s !== '' && s !== '.' && s !== '..')),
+    'expected a relative path without ., .. or empty segments',
+  );
 
 export const DirEntry = z.strictObject({ type: z.literal('dir'), path: EntryPath, mode: Mode, uid: Id, gid: Id, mtimeNs: MtimeNs });
 export const FileEntry = z.strictObject({
@@ -295,7 +307,11 @@ export const ManifestHeader = z.strictObject({
   sealedDataKey: z.string(),
   /** Ed25519 key that signed this manifest, if it is signed */
   signer: z.string().optional(),
-  chunkSize: z.number().int().min(4096).max(1 << 30),
+  chunkSize: z
+    .number()
+    .int()
+    .min(4096)
+    .max(1 << 30),
   cipher: z.literal('aes-256-gcm'),
   compression: z.literal('zstd'),
   hash: z.literal('sha256'),
@@ -364,7 +380,12 @@ export function parseManifest(bytes: Buffer): SealedManifest {
     if (e instanceof z.ZodError) {
       // The first three issues, as for the body: a header with every field wrong must not make a page-long message.
       const more = e.issues.length > 3 ? `; and ${e.issues.length - 3} more` : '';
-      const fmt = e.issues.find((i) => i.path[0] === 'format') ? 'unknown format version' : e.issues.slice(0, 3).map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') + more;
+      const fmt = e.issues.find((i) => i.path[0] === 'format')
+        ? 'unknown format version'
+        : e.issues
+            .slice(0, 3)
+            .map((i) => `${i.path.join('.')}: ${i.message}`)
+            .join('; ') + more;
       throw formatError(`header: ${fmt}`);
     }
     throw formatError('header is not JSON');
@@ -390,7 +411,8 @@ export function checkManifestSignature(m: SealedManifest): boolean {
   const match = /^ed25519:([A-Za-z0-9_-]{43})$/.exec(m.header.signer);
   if (!match) throw new BackupError('integrity', 'manifest signer is not an ed25519 key');
   const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: match[1]! }, format: 'jwk' });
-  if (!edVerify(null, m.signed, key, m.signature)) throw new BackupError('integrity', `manifest signature does not verify against its signer ${m.header.signer}: the manifest was altered`);
+  if (!edVerify(null, m.signed, key, m.signature))
+    throw new BackupError('integrity', `manifest signature does not verify against its signer ${m.header.signer}: the manifest was altered`);
   return true;
 }
 
@@ -403,7 +425,10 @@ export function openManifestBody(m: SealedManifest, manifestKeyBytes: Buffer): M
   try {
     plain = Buffer.concat([d.update(m.sealedBody.subarray(NONCE_LEN, m.sealedBody.length - TAG_LEN)), d.final()]);
   } catch {
-    throw new BackupError('integrity', `manifest of backup ${m.header.backupId} fails authentication: it was altered, or its header does not belong to its body`);
+    throw new BackupError(
+      'integrity',
+      `manifest of backup ${m.header.backupId} fails authentication: it was altered, or its header does not belong to its body`,
+    );
   }
   let raw: unknown;
   try {
@@ -412,7 +437,13 @@ export function openManifestBody(m: SealedManifest, manifestKeyBytes: Buffer): M
     throw formatError('body does not decode');
   }
   const parsed = ManifestBody.safeParse(raw);
-  if (!parsed.success) throw formatError(`body: ${parsed.error.issues.slice(0, 3).map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!parsed.success)
+    throw formatError(
+      `body: ${parsed.error.issues
+        .slice(0, 3)
+        .map((i) => `${i.path.join('.')}: ${i.message}`)
+        .join('; ')}`,
+    );
   checkManifestStructure(m.header, parsed.data);
   return parsed.data;
 }

@@ -4,7 +4,16 @@
  * back by restoreFromObjectStorage, which a restore phase calls as a library.
  */
 export { createBackup, type BackupResult, type CreateBackupOptions, type ManifestSigner } from './create.js';
-export { restoreFromObjectStorage, resolveBackupId, openManifest, trustSigners, type ManifestInfo, type RestoreOptions, type RestoreResult, type RestoreSource } from './restore/index.js';
+export {
+  restoreFromObjectStorage,
+  resolveBackupId,
+  openManifest,
+  trustSigners,
+  type ManifestInfo,
+  type RestoreOptions,
+  type RestoreResult,
+  type RestoreSource,
+} from './restore/index.js';
 export { BackupError, isBackupError, type BackupFailure } from './errors.js';
 export { S3Transport, createS3Client, type S3ClientOptions, type S3Location } from './s3-transport.js';
 export { TransportError, type ByteRange, type GetResult, type Transport, type TransportFailure } from './transport.js';

@@ -31,7 +31,10 @@ export class DoneSet {
   readonly bits: Uint8Array;
   #count = 0;
 
-  constructor(readonly size: number, bits?: Uint8Array) {
+  constructor(
+    readonly size: number,
+    bits?: Uint8Array,
+  ) {
     this.bits = new Uint8Array(Math.ceil(size / 8));
     if (bits && bits.length === this.bits.length) {
       this.bits.set(bits);

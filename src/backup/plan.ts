@@ -79,7 +79,12 @@ export function indexChunks(body: ManifestBody): RestoreIndex {
  * few large requests, not one per chunk, and a chunk already restored (after a
  * resume) is not fetched again. Chunks no file uses are skipped.
  */
-export function planRanges(chunks: readonly ChunkRef[], isUsed: (chunk: number) => boolean, isDone: (chunk: number) => boolean, maxRangeBytes: number): WorkRange[] {
+export function planRanges(
+  chunks: readonly ChunkRef[],
+  isUsed: (chunk: number) => boolean,
+  isDone: (chunk: number) => boolean,
+  maxRangeBytes: number,
+): WorkRange[] {
   const order = chunks.map((_, i) => i).filter((i) => !isDone(i) && isUsed(i));
   order.sort((a, b) => chunks[a]![0] - chunks[b]![0] || chunks[a]![1] - chunks[b]![1]);
   const out: WorkRange[] = [];

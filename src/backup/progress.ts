@@ -113,7 +113,8 @@ export function renderProgressLine(p: Progress, width = 80): string {
 /** One line without the bar, for logs and pipes: "restore 42% 430 MiB / 1.0 GiB 312 MiB/s ETA 0:02". */
 export function renderProgressPlain(p: Progress): string {
   const pct = p.bytesTotal > 0 ? Math.min(100, Math.floor((p.bytesDone / p.bytesTotal) * 100)) : p.phase === 'done' ? 100 : 0;
-  const eta = p.phase === 'done' ? `done in ${formatDuration(p.elapsedSeconds)}` : p.etaSeconds === undefined ? 'ETA --:--' : `ETA ${formatDuration(p.etaSeconds)}`;
+  const eta =
+    p.phase === 'done' ? `done in ${formatDuration(p.elapsedSeconds)}` : p.etaSeconds === undefined ? 'ETA --:--' : `ETA ${formatDuration(p.etaSeconds)}`;
   return `${p.operation} ${pct}% ${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)} ${formatBytes(p.rate)}/s ${eta}`;
 }
 

@@ -183,7 +183,12 @@ export class Exchange implements AsyncIterableIterator<Uint8Array> {
     if (this.range) {
       const contentRange = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headers.get('content-range') ?? '');
       if (status !== 206 || !contentRange || Number(contentRange[1]) !== this.range.start || Number(contentRange[2]) - Number(contentRange[1]) + 1 !== length) {
-        this.#fail(new TransportError('transient', `${this.what}: asked for bytes ${this.range.start}-${this.range.end}, got HTTP ${status} ${headers.get('content-range') ?? 'without Content-Range'}`));
+        this.#fail(
+          new TransportError(
+            'transient',
+            `${this.what}: asked for bytes ${this.range.start}-${this.range.end}, got HTTP ${status} ${headers.get('content-range') ?? 'without Content-Range'}`,
+          ),
+        );
         return false;
       }
       if (contentRange[3] !== '*') objectSize = Number(contentRange[3]);

@@ -76,7 +76,14 @@ export class RawS3Reader {
     const conn = new Connection(buf, (onread) => {
       if (protocol === 'http:') return netConnect({ host, port: this.#port, onread, noDelay: true });
       // tls.connect takes onread too (node >= 15.1); its type does not say so.
-      const opts: ConnectionOptions & { onread: typeof onread } = { host, port: this.#port, onread, ...(isIP(host) ? {} : { servername: host }), ALPNProtocols: ['http/1.1'], ...(this.#o.tls?.ca ? { ca: this.#o.tls.ca } : {}) };
+      const opts: ConnectionOptions & { onread: typeof onread } = {
+        host,
+        port: this.#port,
+        onread,
+        ...(isIP(host) ? {} : { servername: host }),
+        ALPNProtocols: ['http/1.1'],
+        ...(this.#o.tls?.ca ? { ca: this.#o.tls.ca } : {}),
+      };
       return tlsConnect(opts);
     });
     await new Promise<void>((resolve, reject) => {
@@ -92,9 +99,13 @@ export class RawS3Reader {
         } else resolve();
       };
       const ok = (): void => done();
-      const bad = (e: NodeJS.ErrnoException): void => done(new TransportError('transient', `${what}: cannot connect to ${this.#hostHeader} (${e.code ?? e.name})`));
+      const bad = (e: NodeJS.ErrnoException): void =>
+        done(new TransportError('transient', `${what}: cannot connect to ${this.#hostHeader} (${e.code ?? e.name})`));
       const aborted = (): void => done(new TransportError('fatal', `${what}: aborted`));
-      const timer = setTimeout(() => done(new TransportError('transient', `${what}: cannot connect to ${this.#hostHeader} (timed out)`)), this.#o.connectTimeoutMs ?? 10_000);
+      const timer = setTimeout(
+        () => done(new TransportError('transient', `${what}: cannot connect to ${this.#hostHeader} (timed out)`)),
+        this.#o.connectTimeoutMs ?? 10_000,
+      );
       conn.socket.once(protocol === 'https:' ? 'secureConnect' : 'connect', ok);
       conn.socket.once('error', bad);
       signal?.addEventListener('abort', aborted, { once: true });
@@ -143,7 +154,13 @@ export class RawS3Reader {
       const reused = this.#take();
       const conn = reused ?? (await this.#connect(what, signal));
       const ex = new Exchange(conn, reused !== undefined, what, range, this.#release, this.#o.readTimeoutMs ?? 60_000, signal, (ms) => (this.#offsetMs = ms));
-      const headers = this.#signer.signGet(this.#hostHeader, path, range ? { range: `bytes=${range.start}-${range.end}` } : {}, creds, new Date(Date.now() + this.#offsetMs));
+      const headers = this.#signer.signGet(
+        this.#hostHeader,
+        path,
+        range ? { range: `bytes=${range.start}-${range.end}` } : {},
+        creds,
+        new Date(Date.now() + this.#offsetMs),
+      );
       let req = `GET ${path} HTTP/1.1\r\nhost: ${this.#hostHeader}\r\n`;
       for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
       req += 'user-agent: bosun\r\n\r\n';

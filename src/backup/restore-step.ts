@@ -41,7 +41,10 @@ export async function runRestoreStep(step: RestoreStep, ctx: RestoreRunContext):
     return await restoreStepFromPeer(step, ctx);
   } catch (e) {
     if (!(step.fallback && isPeerRestoreError(e) && e.fallback)) throw e;
-    ctx.logger.warn({ phase: 'restore', peer: step.peer, stage: e.stage, reason: ctx.redactor.redact(describeError(e)) }, `restore: peer ${step.peer} cannot serve (${e.stage}); restoring backup ${step.fallback.backup} of s3://${step.fallback.bucket}/${step.fallback.prefix} instead`);
+    ctx.logger.warn(
+      { phase: 'restore', peer: step.peer, stage: e.stage, reason: ctx.redactor.redact(describeError(e)) },
+      `restore: peer ${step.peer} cannot serve (${e.stage}); restoring backup ${step.fallback.backup} of s3://${step.fallback.bucket}/${step.fallback.prefix} instead`,
+    );
     return restoreStepFromObjectStorage({ kind: 'restore', phase: 'restore', why: step.why, ...step.fallback, target: step.target, marker: step.marker }, ctx);
   }
 }
@@ -87,7 +90,12 @@ async function restoreStepFromObjectStorage(step: ObjectStorageRestoreStep, ctx:
   const { parseBackupKey, resolveStore } = await import('./store.js');
   const root = ctx.root ?? '';
   const source = `s3://${step.bucket}/${step.prefix}`;
-  const credentials = step.credentials ? { accessKeyId: open(ctx, step.credentials.accessKeyId).toString('utf8').trim(), secretAccessKey: open(ctx, step.credentials.secretAccessKey).toString('utf8').trim() } : undefined;
+  const credentials = step.credentials
+    ? {
+        accessKeyId: open(ctx, step.credentials.accessKeyId).toString('utf8').trim(),
+        secretAccessKey: open(ctx, step.credentials.secretAccessKey).toString('utf8').trim(),
+      }
+    : undefined;
   const store = await resolveStore(ctx.objectStorage, credentials ? { credentials } : {}, ctx.redactor);
   let openDataKey: (sealed: string) => Buffer;
   if (step.backupKey) {
@@ -159,7 +167,11 @@ async function restoreStepFromPeer(step: PeerRestoreStep, ctx: RestoreRunContext
       return undefined;
     }
     const id = ctx.identity;
-    if (!id) throw new BosunError('E_SECRET', 'restore: restoring from a peer needs this host\'s identity (its keys authenticate it to the peer and open the snapshot)');
+    if (!id)
+      throw new BosunError(
+        'E_SECRET',
+        "restore: restoring from a peer needs this host's identity (its keys authenticate it to the peer and open the snapshot)",
+      );
     const result = await restoreFromPeer({
       peer: { host: step.peerAddress, port: step.port!, key: step.peerKey!, name: step.peer },
       identity: await hostTlsCredential(ctx.stateDir, step.node),

@@ -144,7 +144,13 @@ export class S3Transport implements Transport {
   async put(key: string, body: Buffer, signal?: AbortSignal): Promise<void> {
     try {
       await this.#client.send(
-        new PutObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key, Body: body, ContentLength: body.length, ContentType: 'application/octet-stream' }),
+        new PutObjectCommand({
+          Bucket: this.#bucket,
+          Key: this.#prefix + key,
+          Body: body,
+          ContentLength: body.length,
+          ContentType: 'application/octet-stream',
+        }),
         signal ? { abortSignal: signal } : {},
       );
     } catch (e) {

@@ -30,7 +30,10 @@ export function objectPath(basePath: string, bucket: string, key: string): strin
 
 /** 20150830T123600Z */
 export function amzDate(d: Date): string {
-  return d.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
+  return d
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
 }
 
 export class SigV4Signer {

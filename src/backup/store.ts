@@ -25,7 +25,12 @@ export interface StoreOverrides {
 
 const CredentialsFile = z.strictObject({ accessKeyId: z.string().min(1), secretAccessKey: z.string().min(1) });
 
-export async function resolveStore(settings: ObjectStorageSettings | undefined, over: StoreOverrides, redactor: Redactor, env: NodeJS.ProcessEnv = process.env): Promise<S3ClientOptions> {
+export async function resolveStore(
+  settings: ObjectStorageSettings | undefined,
+  over: StoreOverrides,
+  redactor: Redactor,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<S3ClientOptions> {
   const endpoint = over.endpoint ?? settings?.endpoint ?? (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined);
   const region = over.region ?? settings?.region ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1');
   let credentials = over.credentials;
@@ -46,7 +51,8 @@ export async function resolveStore(settings: ObjectStorageSettings | undefined, 
 export async function readCredentialsFile(path: string): Promise<{ accessKeyId: string; secretAccessKey: string }> {
   const st = await stat(path).catch(() => undefined);
   if (!st) throw new BosunError('E_SECRET', `object storage credentials file ${path} does not exist or cannot be read`);
-  if ((st.mode & 0o077) !== 0) throw new BosunError('E_SECRET', `object storage credentials file ${path} is readable by others (mode 0${(st.mode & 0o777).toString(8)}); make it 0600`);
+  if ((st.mode & 0o077) !== 0)
+    throw new BosunError('E_SECRET', `object storage credentials file ${path} is readable by others (mode 0${(st.mode & 0o777).toString(8)}); make it 0600`);
   const raw = await readFileIfExists(path);
   let parsed: unknown;
   try {
@@ -70,7 +76,8 @@ export function parseBackupKey(pem: Buffer, what: string): { privateKey: KeyObje
   } catch {
     throw new BosunError('E_SECRET', `${what} is not a PEM private key`);
   }
-  if (privateKey.asymmetricKeyType !== 'x25519') throw new BosunError('E_SECRET', `${what} holds an ${privateKey.asymmetricKeyType ?? 'unknown'} key; a backup key is X25519 (bosun backup keygen)`);
+  if (privateKey.asymmetricKeyType !== 'x25519')
+    throw new BosunError('E_SECRET', `${what} holds an ${privateKey.asymmetricKeyType ?? 'unknown'} key; a backup key is X25519 (bosun backup keygen)`);
   const publicKey = createPublicKey(privateKey);
   return { privateKey, publicKey, open: (sealed) => openSealed(privateKey, publicKey, sealed) };
 }

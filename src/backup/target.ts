@@ -68,7 +68,11 @@ export async function chooseLayout(target: string): Promise<TargetLayout> {
   const names = await readdir(target);
   const foreign = names.filter((n) => !IGNORABLE.has(n));
   if (foreign.length > 0) {
-    throw new BackupError('target', `restore target ${target} is not empty (it holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); bosun restores only into a missing or empty directory and never overwrites data`, { target, entries: foreign.length });
+    throw new BackupError(
+      'target',
+      `restore target ${target} is not empty (it holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); bosun restores only into a missing or empty directory and never overwrites data`,
+      { target, entries: foreign.length },
+    );
   }
   return asInto;
 }

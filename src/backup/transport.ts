@@ -91,6 +91,7 @@ export function httpFailure(status: number | undefined, code: string, what: stri
   if (code === 'NoSuchKey' || code === 'NotFound' || status === 404) return new TransportError('not-found', `${what} does not exist`, status);
   if (code === 'InvalidRange' || status === 416) return new TransportError('range', `${what}: the requested range starts past its end`, status);
   if (code === 'AbortError') return new TransportError('fatal', `${what}: aborted`, status);
-  if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) return new TransportError('fatal', `${what}: ${code} (HTTP ${status})`, status);
+  if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429)
+    return new TransportError('fatal', `${what}: ${code} (HTTP ${status})`, status);
   return new TransportError('transient', `${what}: ${code}${status !== undefined ? ` (HTTP ${status})` : ''}`, status);
 }

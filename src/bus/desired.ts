@@ -55,7 +55,11 @@ function onePartitionAssigner(topic: string, partition: number): PartitionAssign
       // One member per node. Should a second agent with the same node id join, only one gets the partition.
       return members.map((m, i) => ({
         memberId: m.memberId,
-        memberAssignment: AssignerProtocol.MemberAssignment.encode({ version: 1, assignment: i === 0 ? { [topic]: [partition] } : {}, userData: Buffer.alloc(0) }),
+        memberAssignment: AssignerProtocol.MemberAssignment.encode({
+          version: 1,
+          assignment: i === 0 ? { [topic]: [partition] } : {},
+          userData: Buffer.alloc(0),
+        }),
       }));
     },
     protocol({ topics }) {
@@ -112,43 +116,48 @@ async function startConsumer(options: DesiredConsumerOptions): Promise<DesiredCo
   let newest: DesiredMessage | undefined;
   let live = highWatermark === 0n;
   const log = options.logger.child({ component: 'desired', partition });
-  log.info({ topic: options.topic, partitions, catchUpTo: highWatermark.toString() }, `reading partition ${partition} of ${options.topic} for node ${options.node}`);
+  log.info(
+    { topic: options.topic, partitions, catchUpTo: highWatermark.toString() },
+    `reading partition ${partition} of ${options.topic} for node ${options.node}`,
+  );
   const stop = async (): Promise<void> => {
     // Bounded: during a broker outage kafkajs's disconnect waits for the broker to come back.
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([consumer.disconnect().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, options.stopWaitMs ?? 10_000)))]).finally(() => clearTimeout(timer));
+    await Promise.race([consumer.disconnect().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, options.stopWaitMs ?? 10_000)))]).finally(() =>
+      clearTimeout(timer),
+    );
     options.sockets?.closeAll();
   };
   try {
     await consumer.run({
-    autoCommit: false,
-    eachBatchAutoResolve: true,
-    eachBatch: async (payload) => {
-      const { batch } = payload;
-      for (const message of batch.messages) {
-        stats.messages += 1;
-        stats.bytes += (message.value?.length ?? 0) + (message.key?.length ?? 0);
-        const next = BigInt(message.offset) + 1n;
-        if (message.key?.toString('utf8') === options.node) {
-          stats.ownMessages += 1;
-          newest = { value: message.value, offset: message.offset, partition: batch.partition, live };
-          if (live) {
-            await options.onMessage(newest);
-            newest = undefined;
+      autoCommit: false,
+      eachBatchAutoResolve: true,
+      eachBatch: async (payload) => {
+        const { batch } = payload;
+        for (const message of batch.messages) {
+          stats.messages += 1;
+          stats.bytes += (message.value?.length ?? 0) + (message.key?.length ?? 0);
+          const next = BigInt(message.offset) + 1n;
+          if (message.key?.toString('utf8') === options.node) {
+            stats.ownMessages += 1;
+            newest = { value: message.value, offset: message.offset, partition: batch.partition, live };
+            if (live) {
+              await options.onMessage(newest);
+              newest = undefined;
+            }
+          }
+          if (!live && next >= highWatermark) {
+            live = true;
+            log.info({ read: stats.messages }, `caught up on partition ${partition} after ${stats.messages} messages`);
+            if (newest) {
+              await options.onMessage({ ...newest, live: true });
+              newest = undefined;
+            }
           }
         }
-        if (!live && next >= highWatermark) {
-          live = true;
-          log.info({ read: stats.messages }, `caught up on partition ${partition} after ${stats.messages} messages`);
-          if (newest) {
-            await options.onMessage({ ...newest, live: true });
-            newest = undefined;
-          }
-        }
-      }
-      await payload.heartbeat();
-    },
-  });
+        await payload.heartbeat();
+      },
+    });
   } catch (e) {
     await stop();
     throw e;

@@ -27,7 +27,12 @@ export interface Envelope {
 
 export function signEnvelope(spec: unknown, keyId: string, privateKey: KeyObject): Envelope {
   const payload = Buffer.from(JSON.stringify(spec));
-  return { format: ENVELOPE_FORMAT, keyId, payload: payload.toString('base64url'), signature: sign(null, Buffer.concat([DOMAIN, payload]), privateKey).toString('base64url') };
+  return {
+    format: ENVELOPE_FORMAT,
+    keyId,
+    payload: payload.toString('base64url'),
+    signature: sign(null, Buffer.concat([DOMAIN, payload]), privateKey).toString('base64url'),
+  };
 }
 
 export function ed25519PublicFromString(s: string): KeyObject {
@@ -65,7 +70,14 @@ export function verifyEnvelope(raw: Buffer | string | null, opts: { node: string
   const json = parseJsonText(text);
   if (!json.ok) return refuse({ reason: 'malformed', message: 'the envelope is not JSON' });
   const env = json.value as Partial<Envelope>;
-  if (typeof env !== 'object' || env === null || env.format !== ENVELOPE_FORMAT || typeof env.keyId !== 'string' || typeof env.payload !== 'string' || typeof env.signature !== 'string') {
+  if (
+    typeof env !== 'object' ||
+    env === null ||
+    env.format !== ENVELOPE_FORMAT ||
+    typeof env.keyId !== 'string' ||
+    typeof env.payload !== 'string' ||
+    typeof env.signature !== 'string'
+  ) {
     return refuse({ reason: 'malformed', message: `not a ${ENVELOPE_FORMAT} envelope` });
   }
   const trusted = opts.trusted.find((k) => k.id === env.keyId);
@@ -83,7 +95,12 @@ export function verifyEnvelope(raw: Buffer | string | null, opts: { node: string
   const body = parseJsonText(payload.toString('utf8'));
   if (!body.ok) return refuse({ reason: 'invalid-spec', message: 'the signed payload is not JSON', problems: body.problems });
   const spec = parseNodeSpec(body.value);
-  if (!spec.ok) return refuse({ reason: 'invalid-spec', message: `the signed spec is invalid (${spec.problems.length} problem${spec.problems.length === 1 ? '' : 's'})`, problems: spec.problems });
+  if (!spec.ok)
+    return refuse({
+      reason: 'invalid-spec',
+      message: `the signed spec is invalid (${spec.problems.length} problem${spec.problems.length === 1 ? '' : 's'})`,
+      problems: spec.problems,
+    });
   if (spec.value.node !== opts.node) return refuse({ reason: 'wrong-node', message: `the spec is for node ${spec.value.node}, not ${opts.node}` });
   if (opts.lastApplied !== undefined && spec.value.version <= opts.lastApplied) {
     return refuse({ reason: 'stale-version', message: `version ${spec.value.version} is not newer than version ${opts.lastApplied}, already applied` });

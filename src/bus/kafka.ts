@@ -35,7 +35,9 @@ export class SocketTracker {
   #closed = false;
 
   readonly factory: ISocketFactory = ({ host, port, ssl, onConnect }) => {
-    const socket = ssl ? tls.connect({ host, port, ...(net.isIP(host) ? {} : { servername: host }), ...ssl }, onConnect) : net.connect({ host, port }, onConnect);
+    const socket = ssl
+      ? tls.connect({ host, port, ...(net.isIP(host) ? {} : { servername: host }), ...ssl }, onConnect)
+      : net.connect({ host, port }, onConnect);
     socket.setKeepAlive(true, 60_000);
     if (this.#closed) {
       // kafkajs attaches its handlers right after this returns; the error reaches them as a failed connect.

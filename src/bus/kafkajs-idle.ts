@@ -50,17 +50,21 @@ let patched = false;
 export function fixKafkajsIdleSpin(): boolean {
   if (patched) return true;
   const RequestQueue = RequestQueueModule as { prototype: QueueInternals } | undefined;
-  if (typeof RequestQueue?.prototype?.scheduleCheckPendingRequests !== 'function' || typeof RequestQueue.prototype.scheduleRequestTimeoutCheck !== 'function') return false;
+  if (typeof RequestQueue?.prototype?.scheduleCheckPendingRequests !== 'function' || typeof RequestQueue.prototype.scheduleRequestTimeoutCheck !== 'function')
+    return false;
   // kafkajs's own check, at a coarser interval (see above).
   RequestQueue.prototype.scheduleRequestTimeoutCheck = function (this: QueueInternals): void {
     if (!this.enforceRequestTimeout) return;
     this.destroy();
-    this.requestTimeoutIntervalId = setInterval(() => {
-      this.inflight.forEach((request) => {
-        if (Date.now() - request.sentAt > request.requestTimeout) request.timeoutRequest();
-      });
-      if (!this.isConnected()) this.destroy();
-    }, Math.min(this.requestTimeout, REQUEST_TIMEOUT_CHECK_MS));
+    this.requestTimeoutIntervalId = setInterval(
+      () => {
+        this.inflight.forEach((request) => {
+          if (Date.now() - request.sentAt > request.requestTimeout) request.timeoutRequest();
+        });
+        if (!this.isConnected()) this.destroy();
+      },
+      Math.min(this.requestTimeout, REQUEST_TIMEOUT_CHECK_MS),
+    );
   };
   RequestQueue.prototype.scheduleCheckPendingRequests = function (this: QueueInternals): void {
     if (this.throttleCheckTimeoutId || this.pending.length === 0) return;

@@ -111,7 +111,12 @@ export class Reporter {
     if (this.#stopped) return;
     try {
       if (!this.#producer) {
-        const producer = this.#o.kafka.producer({ createPartitioner: kafkajs.Partitioners.DefaultPartitioner, allowAutoTopicCreation: false, idempotent: false, retry: { retries: 2 } });
+        const producer = this.#o.kafka.producer({
+          createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
+          allowAutoTopicCreation: false,
+          idempotent: false,
+          retry: { retries: 2 },
+        });
         // Kept before connecting, so a connect that stalls is disconnected like any other failed producer.
         this.#producer = producer;
         await this.#deadline(producer.connect(), 'connecting');
@@ -126,19 +131,34 @@ export class Reporter {
       while (this.#events.length > 0) {
         const batch = this.#events.slice(0, 100);
         if (this.#dropped > 0) batch.unshift({ node: this.#o.node, kind: 'events-dropped', count: this.#dropped, at: new Date().toISOString() });
-        await this.#deadline(this.#producer.send({ topic: this.#o.topics.events, messages: batch.map((e) => ({ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, e)) })) }), 'sending events');
+        await this.#deadline(
+          this.#producer.send({
+            topic: this.#o.topics.events,
+            messages: batch.map((e) => ({ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, e)) })),
+          }),
+          'sending events',
+        );
         this.#events.splice(0, Math.min(100, this.#events.length));
         this.sent.events += batch.length;
         this.#dropped = 0;
       }
       if (this.#pendingStatus !== undefined) {
         const body = this.#pendingStatus;
-        await this.#deadline(this.#producer.send({ topic: this.#o.topics.status, messages: [{ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, body)) }] }), 'sending the status');
+        await this.#deadline(
+          this.#producer.send({
+            topic: this.#o.topics.status,
+            messages: [{ key: this.#o.node, value: JSON.stringify(signReport(this.#o.node, this.#o.identity, body)) }],
+          }),
+          'sending the status',
+        );
         if (this.#pendingStatus === body) this.#pendingStatus = undefined;
         this.sent.status += 1;
       }
     } catch (e) {
-      this.#o.logger.warn({ component: 'reporter', queued: this.queued }, `cannot reach Kafka to report (${e instanceof Error ? e.message : String(e)}); keeping reports and retrying`);
+      this.#o.logger.warn(
+        { component: 'reporter', queued: this.queued },
+        `cannot reach Kafka to report (${e instanceof Error ? e.message : String(e)}); keeping reports and retrying`,
+      );
       if (e instanceof StalledError) this.producers.stalled += 1;
       const producer = this.#producer;
       this.#producer = undefined;

@@ -40,7 +40,10 @@ export const applyCommand: Command = {
     });
     if (io.json) io.data({ ok: true, ...outcome });
     else {
-      const done = outcome.result === 'unchanged' ? 'nothing to do' : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at phase ${outcome.resumedAt})` : ''}`;
+      const done =
+        outcome.result === 'unchanged'
+          ? 'nothing to do'
+          : `${outcome.steps} steps applied${outcome.resumedAt !== undefined ? ` (resumed at phase ${outcome.resumedAt})` : ''}`;
       const decommissioned = outcome.decommission ? `; decommissioned, safe to delete: ${outcome.decommission.safeToDelete ? 'yes' : 'no'}` : '';
       io.out(`version ${outcome.specVersion}: ${done}${decommissioned}`);
     }

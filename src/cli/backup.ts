@@ -10,21 +10,35 @@ import { commonOptions, resolveState, stateOptions, storeFlags, usage, type Comm
 
 export const backupCommand: Command = {
   summary: 'make an encrypted, verified backup of a directory in object storage, or a backup key pair',
-  usage: 'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup keygen --out FILE [--json]',
+  usage:
+    'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup keygen --out FILE [--json]',
   help: [
     'create: walks <dir>, cuts files into 4 MiB chunks, compresses (zstd) and encrypts (AES-256-GCM) each, uploads packs, then the',
     'manifest, then latest.json (format: src/backup/FORMAT.md). The data key is fresh per backup and sealed to the recipient key.',
-    '  --to KEY        the backup key pair\'s public half (x25519:…, as printed by keygen)',
+    "  --to KEY        the backup key pair's public half (x25519:…, as printed by keygen)",
     '  --key-file PEM  or take the public half from the private key file',
-    '  --sign          sign the manifest with this host\'s identity (a restore can require it with --trust)',
+    "  --sign          sign the manifest with this host's identity (a restore can require it with --trust)",
     '  --prefix P      the backup set inside the bucket (e.g. pg-main/)',
     '  --host LABEL    a label for the creating host in the manifest (default: agent.json node, else hostname)',
     'Store: --endpoint/--region, else agent.json objectStorage, else AWS_ENDPOINT_URL / AWS_REGION; credentials from',
     'agent.json objectStorage.credentialsFile, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Credentials are never printed.',
     'Progress goes to stderr: a bar on a terminal, else a plain line every 5 s.',
-    'keygen: writes a new X25519 backup key pair\'s private half to FILE (0600, refuses to overwrite) and prints its public half.',
+    "keygen: writes a new X25519 backup key pair's private half to FILE (0600, refuses to overwrite) and prints its public half.",
   ].join('\n'),
-  options: { ...commonOptions, ...stateOptions, bucket: { type: 'string' }, prefix: { type: 'string' }, to: { type: 'string' }, 'key-file': { type: 'string' }, sign: { type: 'boolean' }, endpoint: { type: 'string' }, region: { type: 'string' }, host: { type: 'string' }, out: { type: 'string' }, verbose: { type: 'boolean', short: 'v' } },
+  options: {
+    ...commonOptions,
+    ...stateOptions,
+    bucket: { type: 'string' },
+    prefix: { type: 'string' },
+    to: { type: 'string' },
+    'key-file': { type: 'string' },
+    sign: { type: 'boolean' },
+    endpoint: { type: 'string' },
+    region: { type: 'string' },
+    host: { type: 'string' },
+    out: { type: 'string' },
+    verbose: { type: 'boolean', short: 'v' },
+  },
   async run({ values, positionals, io }) {
     const [subcommand, ...rest] = positionals;
     if (subcommand === 'keygen') {
@@ -57,7 +71,10 @@ async function create(source: string, values: OptionValues, io: Io): Promise<num
   // The backup library and the S3 client load only for the commands that use them.
   const { ProgressPrinter, S3Transport, createBackup, createS3Client, formatBytes } = await import('../backup/index.js');
   const { parseBackupKey, readPrivateFile, resolveStore } = await import('../backup/store.js');
-  const recipient = typeof values.to === 'string' ? x25519PublicFromString(values.to) : parseBackupKey(await readPrivateFile(values['key-file'] as string, 'backup key file'), 'backup key file').publicKey;
+  const recipient =
+    typeof values.to === 'string'
+      ? x25519PublicFromString(values.to)
+      : parseBackupKey(await readPrivateFile(values['key-file'] as string, 'backup key file'), 'backup key file').publicKey;
   const { settings, stateDir } = await resolveState(values, false);
   const redactor = new Redactor();
   const store = await resolveStore(settings?.objectStorage, storeFlags(values), redactor);
@@ -77,7 +94,10 @@ async function create(source: string, values: OptionValues, io: Io): Promise<num
     });
     progress.clear();
     if (io.json) io.data({ ok: true, ...backup });
-    else io.out(`backup ${backup.backupId}: ${backup.stats.files} files, ${formatBytes(backup.stats.bytes)} (${formatBytes(backup.stats.storedBytes)} stored in ${backup.stats.packs} packs) in ${backup.seconds.toFixed(1)}s`);
+    else
+      io.out(
+        `backup ${backup.backupId}: ${backup.stats.files} files, ${formatBytes(backup.stats.bytes)} (${formatBytes(backup.stats.storedBytes)} stored in ${backup.stats.packs} packs) in ${backup.seconds.toFixed(1)}s`,
+      );
     return ExitCode.ok;
   } finally {
     progress.clear();

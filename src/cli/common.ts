@@ -70,5 +70,8 @@ export async function resolveState(values: Record<string, unknown>, settingsRequ
 
 /** The store flags of backup create and restore (--endpoint, --region), for resolveStore. */
 export function storeFlags(values: Record<string, unknown>): { endpoint?: string; region?: string } {
-  return { ...(typeof values.endpoint === 'string' ? { endpoint: values.endpoint } : {}), ...(typeof values.region === 'string' ? { region: values.region } : {}) };
+  return {
+    ...(typeof values.endpoint === 'string' ? { endpoint: values.endpoint } : {}),
+    ...(typeof values.region === 'string' ? { region: values.region } : {}),
+  };
 }

@@ -5,7 +5,7 @@ import { commonOptions, resolveState, stateOptions, type Command } from './commo
 export const identityCommand: Command = {
   summary: "print this host's public keys, making them on first use",
   usage: 'bosun identity [--state-dir DIR] [--json]',
-  help: 'The x25519 key is what the control plane seals secrets to (bosun seal --to ...); the ed25519 key verifies this host\'s reports.',
+  help: "The x25519 key is what the control plane seals secrets to (bosun seal --to ...); the ed25519 key verifies this host's reports.",
   options: { ...commonOptions, ...stateOptions },
   async run({ values, io }) {
     const { stateDir } = await resolveState(values, false);

@@ -31,7 +31,13 @@ export const planCommand: Command = {
     const probe = recordTo ? new RecordingProbe(base) : base;
     const steps = await planNode(spec, probe, { distro });
     if (probe instanceof RecordingProbe) await writeFileAtomic(recordTo!, JSON.stringify(probe.recording()), { mode: 0o600 });
-    const header = { node: spec.node, cluster: spec.cluster, version: spec.version, distro: distro.id, observed: values.blank ? ('blank' as const) : ('host' as const) };
+    const header = {
+      node: spec.node,
+      cluster: spec.cluster,
+      version: spec.version,
+      distro: distro.id,
+      observed: values.blank ? ('blank' as const) : ('host' as const),
+    };
     if (io.json) io.data(planToJson(header, steps));
     else io.out(renderPlanText(header, steps, values.content === true).trimEnd());
     return ExitCode.ok;

@@ -8,11 +8,11 @@ export const restoreCommand: Command = {
   summary: 'restore a backup from object storage into a missing or empty directory: verified, resumable',
   usage: 'bosun restore <target> --bucket B [--prefix P] [--backup ID|latest] (--key-file PEM | --identity) [--bandwidth-limit MiB/s] [--marker FILE] [--json]',
   help: [
-    'Fetches with many ranged GETs in flight, decrypts, decompresses and checks every chunk\'s SHA-256 before writing it. Writes into a',
+    "Fetches with many ranged GETs in flight, decrypts, decompresses and checks every chunk's SHA-256 before writing it. Writes into a",
     'staging directory (.<name>.bosun-restore beside a missing target, <target>/.bosun-restore in an empty one) and moves it into',
     'place only when every byte verified. Killed, it continues where it stopped when run again with the same arguments.',
-    '  --key-file PEM         the backup key pair\'s private half (bosun backup keygen); must be 0600',
-    '  --identity             the backup is sealed to this host\'s own key (state dir identity)',
+    "  --key-file PEM         the backup key pair's private half (bosun backup keygen); must be 0600",
+    "  --identity             the backup is sealed to this host's own key (state dir identity)",
     '  --backup ID            a backup id, or latest (default)',
     '  --bandwidth-limit N    at most N MiB/s over all downloads',
     '  --concurrency N        ranged GETs in flight (default 8)',
@@ -82,7 +82,9 @@ export const restoreCommand: Command = {
       else {
         const resumed = restored.resumedChunks > 0 ? `, continuing an interrupted restore (${restored.resumedChunks} chunks were already in place)` : '';
         const retried = restored.retries > 0 ? `; ${restored.retries} failed requests to the store were retried` : '';
-        io.out(`restored backup ${restored.backupId} into ${restored.target}: ${restored.files} files, ${formatBytes(restored.bytes)} in ${restored.seconds.toFixed(1)}s (${formatBytes(restored.bytes / Math.max(restored.seconds, 1e-3))}/s)${resumed}${retried}`);
+        io.out(
+          `restored backup ${restored.backupId} into ${restored.target}: ${restored.files} files, ${formatBytes(restored.bytes)} in ${restored.seconds.toFixed(1)}s (${formatBytes(restored.bytes / Math.max(restored.seconds, 1e-3))}/s)${resumed}${retried}`,
+        );
       }
       return ExitCode.ok;
     } catch (e) {
@@ -104,7 +106,8 @@ function restoreLimits(values: OptionValues): { bandwidthMiB: number | undefined
   const concurrency = positiveNumber(values.concurrency, '--concurrency');
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency > 64)) throw usage('--concurrency is a whole number from 1 to 64');
   const trust = (values.trust as unknown as string[] | undefined) ?? [];
-  for (const key of trust) if (!/^ed25519:[A-Za-z0-9_-]{43}$/.test(key)) throw usage(`--trust expects an Ed25519 key as printed by bosun identity (ed25519:…), not "${key}"`);
+  for (const key of trust)
+    if (!/^ed25519:[A-Za-z0-9_-]{43}$/.test(key)) throw usage(`--trust expects an Ed25519 key as printed by bosun identity (ed25519:…), not "${key}"`);
   return { bandwidthMiB, concurrency, trust };
 }
 

@@ -17,7 +17,13 @@ export const statusCommand: Command = {
   async run({ values, io }) {
     const { settings, stateDir } = await resolveState(values, false);
     const journal = new Journal(stateDir);
-    const [applied, inProgress, identity, restore, decommission] = await Promise.all([readApplied(stateDir), journal.read(), readIdentity(stateDir), readRestoreProgress(stateDir), readDecommissionRecord(stateDir)]);
+    const [applied, inProgress, identity, restore, decommission] = await Promise.all([
+      readApplied(stateDir),
+      journal.read(),
+      readIdentity(stateDir),
+      readRestoreProgress(stateDir),
+      readDecommissionRecord(stateDir),
+    ]);
     const { formatBytes } = await import('../backup/progress.js');
     let health: Record<string, unknown> | null = null;
     if (values.health) {
@@ -43,7 +49,9 @@ export const statusCommand: Command = {
       io.out(`applied:     ${applied ? `version ${applied.specVersion} at ${applied.appliedAt} (${applied.steps} steps)` : 'nothing yet'}`);
       if (status.inProgress) {
         const apply = status.inProgress;
-        io.out(`in progress: version ${apply.specVersion}${apply.phase ? `, phase ${apply.phase} step ${apply.step} of ${apply.steps}` : ''}${apply.interrupted ? ' (interrupted)' : ''}${apply.lastError ? `, failed: ${apply.lastError.message}` : ''}`);
+        io.out(
+          `in progress: version ${apply.specVersion}${apply.phase ? `, phase ${apply.phase} step ${apply.step} of ${apply.steps}` : ''}${apply.interrupted ? ' (interrupted)' : ''}${apply.lastError ? `, failed: ${apply.lastError.message}` : ''}`,
+        );
       }
       if (restore) io.out(`restore:     ${restoreLine(restore, formatBytes)}`);
       if (values.health) printHealth(io, health);

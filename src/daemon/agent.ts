@@ -44,8 +44,23 @@ export class Agent {
     const event = (body: Record<string, unknown>) => this.#reporter!.event(body);
     this.#peers = new PeerServing({ stateDir, logger, redactor, signal, event });
     this.#loop = new ApplyLoop(options, { counters: this.counters, signal, peers: this.#peers, event, publishStatus: () => this.reportProgress() });
-    this.#intake = new DesiredIntake({ settings, stateDir, logger, counters: this.counters, event, isNews: (spec) => this.#loop.isNews(spec), want: (spec) => this.#loop.want(spec) });
-    this.#consumers = new ConsumerSupervisor({ settings, logger, counters: this.counters, signal, onMessage: (message) => this.#intake.handle(message), watchdogSeconds: options.watchdogSeconds });
+    this.#intake = new DesiredIntake({
+      settings,
+      stateDir,
+      logger,
+      counters: this.counters,
+      event,
+      isNews: (spec) => this.#loop.isNews(spec),
+      want: (spec) => this.#loop.want(spec),
+    });
+    this.#consumers = new ConsumerSupervisor({
+      settings,
+      logger,
+      counters: this.counters,
+      signal,
+      onMessage: (message) => this.#intake.handle(message),
+      watchdogSeconds: options.watchdogSeconds,
+    });
     this.#status = new HostStatus({ node: settings.node, identity: options.identity, stateDir, applyState: this.#loop, counters: this.counters });
   }
 

@@ -129,7 +129,8 @@ export class ApplyLoop implements ApplyState {
   /** One line on where this host stands, for systemd's STATUS=. */
   summary(): string {
     const last = this.#lastApply;
-    if (last?.result === 'failed') return `version ${last.version} failed (${last.error?.code ?? 'error'}); keeping version ${this.#lastGood?.version ?? 'none'}; retrying`;
+    if (last?.result === 'failed')
+      return `version ${last.version} failed (${last.error?.code ?? 'error'}); keeping version ${this.#lastGood?.version ?? 'none'}; retrying`;
     if (this.#lastGood) return `version ${this.#lastGood.version} applied; following desired state`;
     return 'nothing applied yet; waiting for the first desired state';
   }
@@ -177,7 +178,19 @@ export class ApplyLoop implements ApplyState {
     };
     try {
       const { stateDir, host, probe, ctx, identity, logger, beforeServicePhases, settings } = options;
-      const outcome = await applyNode({ spec, stateDir, host, probe, ctx, identity, logger, planner, onProgress, ...(boot && beforeServicePhases ? { beforeServicePhases } : {}), ...(settings.objectStorage ? { objectStorage: settings.objectStorage } : {}) });
+      const outcome = await applyNode({
+        spec,
+        stateDir,
+        host,
+        probe,
+        ctx,
+        identity,
+        logger,
+        planner,
+        onProgress,
+        ...(boot && beforeServicePhases ? { beforeServicePhases } : {}),
+        ...(settings.objectStorage ? { objectStorage: settings.objectStorage } : {}),
+      });
       await this.#applied(spec, outcome, stages);
     } catch (e) {
       await this.#failed(spec, e);
@@ -194,12 +207,29 @@ export class ApplyLoop implements ApplyState {
     await this.#links.peers.sync(spec);
     this.#lastApply = { version: spec.version, result: outcome.result, at: new Date().toISOString() };
     this.#retryDelay = this.#options.retrySeconds ?? 5;
-    await event({ kind: 'applied', version: spec.version, result: outcome.result, steps: outcome.steps, stages, resumedAt: outcome.resumedAt, durationMs: outcome.durationMs, timings: outcome.timings });
+    await event({
+      kind: 'applied',
+      version: spec.version,
+      result: outcome.result,
+      steps: outcome.steps,
+      stages,
+      resumedAt: outcome.resumedAt,
+      durationMs: outcome.durationMs,
+      timings: outcome.timings,
+    });
     if (outcome.decommission) {
       const first = this.#decommission?.state !== 'decommissioned';
       this.#decommission = outcome.decommission;
       // A replay reports the same status, but the event announces the retirement once.
-      if (first) await event({ kind: 'decommissioned', version: spec.version, safeToDelete: outcome.decommission.safeToDelete, finishedAt: outcome.decommission.finishedAt, erase: outcome.decommission.erase, evidence: outcome.decommission.evidence });
+      if (first)
+        await event({
+          kind: 'decommissioned',
+          version: spec.version,
+          safeToDelete: outcome.decommission.safeToDelete,
+          finishedAt: outcome.decommission.finishedAt,
+          erase: outcome.decommission.erase,
+          evidence: outcome.decommission.evidence,
+        });
     }
     this.#options.onApplied?.(spec);
   }
@@ -210,15 +240,24 @@ export class ApplyLoop implements ApplyState {
     const code = isBosunError(error) ? error.code : 'E_EXEC';
     const message = this.#options.redactor.redact(describeError(error));
     const details = isBosunError(error) ? error.details : {};
-    this.#lastApply = { version: spec.version, result: 'failed', at: new Date().toISOString(), error: { code, message, phase: details.phase, step: details.step } };
+    this.#lastApply = {
+      version: spec.version,
+      result: 'failed',
+      at: new Date().toISOString(),
+      error: { code, message, phase: details.phase, step: details.step },
+    };
     const log = this.#options.logger.child({ specVersion: spec.version });
-    log.error({ errorCode: code }, `applying version ${spec.version} failed: ${message}; the host keeps its last good state (version ${this.#lastGood?.version ?? 'none'}); retrying in ${this.#retryDelay}s`);
+    log.error(
+      { errorCode: code },
+      `applying version ${spec.version} failed: ${message}; the host keeps its last good state (version ${this.#lastGood?.version ?? 'none'}); retrying in ${this.#retryDelay}s`,
+    );
     if (spec.decommission) this.#decommission = await readDecommissionRecord(this.#options.stateDir).catch(() => this.#decommission);
     if (code === 'E_DECOMMISSIONED') {
       // Like any refused desired state: reported once, never retried; the host stays as it is.
       counters.refused += 1;
       await event({ kind: 'refused', reason: 'decommissioned', message, version: spec.version });
-    } else await event({ kind: 'apply-failed', version: spec.version, code, message, phase: details.phase, step: details.step, retryInSeconds: this.#retryDelay });
+    } else
+      await event({ kind: 'apply-failed', version: spec.version, code, message, phase: details.phase, step: details.step, retryInSeconds: this.#retryDelay });
     if (!signal.aborted && !FINAL_FAILURES.has(code)) this.#retryLater();
   }
 

@@ -61,7 +61,14 @@ export class DesiredIntake {
       await this.#markSeen(message);
       counters.refused += 1;
       logger.warn({ reason: refusal.reason, offset: message.offset }, `refused a desired state: ${refusal.message}; nothing changed`);
-      await this.#options.event({ kind: 'refused', reason: refusal.reason, message: refusal.message, offset: message.offset, partition: message.partition, ...('problems' in refusal ? { problems: refusal.problems } : {}) });
+      await this.#options.event({
+        kind: 'refused',
+        reason: refusal.reason,
+        message: refusal.message,
+        offset: message.offset,
+        partition: message.partition,
+        ...('problems' in refusal ? { problems: refusal.problems } : {}),
+      });
       return;
     }
     if (!this.#options.isNews(verified.spec)) {

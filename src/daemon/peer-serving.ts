@@ -36,7 +36,8 @@ export class PeerServing {
   async sync(spec: NodeSpec): Promise<void> {
     const { logger, redactor, stateDir } = this.#options;
     // A node being retired serves no one: its data volume is going away.
-    const key = spec.peerServe && !spec.decommission ? canonicalJson({ serve: spec.peerServe, address: spec.network?.ipsec?.address, data: spec.disks?.mount.path }) : '';
+    const key =
+      spec.peerServe && !spec.decommission ? canonicalJson({ serve: spec.peerServe, address: spec.network?.ipsec?.address, data: spec.disks?.mount.path }) : '';
     if ((this.#server?.key ?? '') === key) return;
     await this.#server?.stop().catch(() => undefined);
     this.#server = undefined;
@@ -48,7 +49,10 @@ export class PeerServing {
       const server = new PeerServer(options);
       const at = await server.start();
       this.#server = { key, stop: () => server.stop() };
-      logger.info({ port: at.port }, `serving data volume snapshots to ${spec.peerServe!.clients.map((client) => client.node).join(', ')} on [${at.host}]:${at.port}`);
+      logger.info(
+        { port: at.port },
+        `serving data volume snapshots to ${spec.peerServe!.clients.map((client) => client.node).join(', ')} on [${at.host}]:${at.port}`,
+      );
     } catch (e) {
       const message = redactor.redact(describeError(e));
       logger.error(`cannot serve snapshots to peers: ${message}`);

@@ -27,17 +27,23 @@ export async function runDaemon(settings: AgentSettings, stateDir: string): Prom
   const redactor = new Redactor();
   const { logger, sink } = createLogger({ redactor, level: settings.log.level });
   const { identity, created } = await loadOrCreateIdentity(stateDir);
-  logger.info({ node: settings.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created }, `bosun ${AGENT_VERSION} starting on node ${settings.node}`);
+  logger.info(
+    { node: settings.node, sealingKey: identity.sealingKey, signingKey: identity.signingKey, logSink: sink, identityCreated: created },
+    `bosun ${AGENT_VERSION} starting on node ${settings.node}`,
+  );
   const notify = createNotifier({ onError: (message) => logger.warn(message) });
   const readiness = new Readiness(notify, logger);
   const probe = new LiveProbe(redactor);
   const ctx = { distro: await detectDistro() };
   // Health rounds follow the applied spec's interval, and one runs right after every apply.
-  const health = new HealthSchedule(async () => {
-    const spec = agent.lastGood;
-    if (spec) await agent.report(await collectHealth(spec, probe, ctx));
-    else await agent.reportProgress();
-  }, (e) => logger.warn({ err: describeError(e) }, 'a health round failed'));
+  const health = new HealthSchedule(
+    async () => {
+      const spec = agent.lastGood;
+      if (spec) await agent.report(await collectHealth(spec, probe, ctx));
+      else await agent.reportProgress();
+    },
+    (e) => logger.warn({ err: describeError(e) }, 'a health round failed'),
+  );
   const onApplied = (spec: NodeSpec) => {
     health.every(spec.health.intervalSeconds);
     void health.runNow();

@@ -104,7 +104,12 @@ export class HostStatus {
       gauge('bosun_reports_queued', 'events waiting for the broker', queuedEvents ?? 0),
       ...(health ? [gauge('bosun_health_ok', '1 if the last health round found no problem', health.ok ? 1 : 0)] : []),
       ...(health?.disks?.array ? [gauge('bosun_raid_degraded_members', 'RAID members missing', health.disks.array.degraded)] : []),
-      ...(health?.disks?.usage ? [gauge('bosun_volume_size_bytes', 'data volume size', health.disks.usage.sizeBytes), gauge('bosun_volume_used_bytes', 'data volume bytes used', health.disks.usage.usedBytes)] : []),
+      ...(health?.disks?.usage
+        ? [
+            gauge('bosun_volume_size_bytes', 'data volume size', health.disks.usage.sizeBytes),
+            gauge('bosun_volume_used_bytes', 'data volume bytes used', health.disks.usage.usedBytes),
+          ]
+        : []),
     ];
   }
 }

@@ -124,10 +124,15 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   await hooks.admit?.(spec);
   const applied = await journal.readApplied();
   if (applied && spec.version < applied.specVersion) {
-    throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} is older than version ${applied.specVersion}, already applied; versions only grow`, { version: spec.version, applied: applied.specVersion });
+    throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} is older than version ${applied.specVersion}, already applied; versions only grow`, {
+      version: spec.version,
+      applied: applied.specVersion,
+    });
   }
   if (applied && spec.version === applied.specVersion && applied.specDigest !== digest) {
-    throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} was already applied with different content; a changed spec needs a new version`, { version: spec.version });
+    throw new BosunError('E_STALE_VERSION', `spec version ${spec.version} was already applied with different content; a changed spec needs a new version`, {
+      version: spec.version,
+    });
   }
 
   let state = await journal.read();
@@ -137,7 +142,10 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     state.runs += 1;
     if (state.bootId !== undefined && state.bootId !== bootId && state.donePhases.length > 0) {
       // What finished stages made at runtime (assembled arrays, open volumes, mounts) did not survive the restart.
-      log.warn({ donePhases: state.donePhases }, 'the host restarted since this apply began: every stage is observed and run again (they only redo what is missing)');
+      log.warn(
+        { donePhases: state.donePhases },
+        'the host restarted since this apply began: every stage is observed and run again (they only redo what is missing)',
+      );
       state.donePhases = [];
       delete state.current;
     }
@@ -150,7 +158,10 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     );
   } else {
     if (state) {
-      log.warn({ abandoned: state.specVersion }, `abandoning the unfinished apply of version ${state.specVersion}${state.current ? ` at phase ${state.current.phase}` : ''}; planning version ${spec.version} afresh from the host as it is now`);
+      log.warn(
+        { abandoned: state.specVersion },
+        `abandoning the unfinished apply of version ${state.specVersion}${state.current ? ` at phase ${state.current.phase}` : ''}; planning version ${spec.version} afresh from the host as it is now`,
+      );
       await journal.discard();
     }
     const now = new Date().toISOString();
@@ -164,7 +175,9 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
   for (const phase of remaining) firstPlans.set(phase, await planner.plan(spec, phase));
   const pending = remaining.filter((p) => firstPlans.get(p)!.some((s) => s.kind === 'pending'));
   if (pending.length > 0) {
-    throw new BosunError('E_NOT_IMPLEMENTED', `the plan needs phases bosun cannot run yet: ${pending.join(', ')}; nothing was changed (see \`bosun plan\`)`, { phases: pending });
+    throw new BosunError('E_NOT_IMPLEMENTED', `the plan needs phases bosun cannot run yet: ${pending.join(', ')}; nothing was changed (see \`bosun plan\`)`, {
+      phases: pending,
+    });
   }
   const timings: ApplyTimings = { planMs: Math.round(performance.now() - planStarted), phases: [] };
   const total = [...firstPlans.values()].reduce((n, s) => n + s.length, 0);
@@ -198,7 +211,10 @@ async function applyLocked(req: ApplyRequest): Promise<Omit<ApplyOutcome, 'durat
     await journal.write(state);
     timing.ms = Math.round(performance.now() - phaseStarted);
     timings.phases.push(timing);
-    log.info({ phase, ms: timing.ms, planMs: timing.planMs, stepMs: timing.stepMs, steps: timing.steps }, `${phase}: ${timing.steps} steps in ${timing.ms} ms (${timing.stepMs} ms in the steps)`);
+    log.info(
+      { phase, ms: timing.ms, planMs: timing.planMs, stepMs: timing.stepMs, steps: timing.steps },
+      `${phase}: ${timing.steps} steps in ${timing.ms} ms (${timing.stepMs} ms in the steps)`,
+    );
   }
   const record = await journal.complete(state, spec);
   const finished = await hooks.finished?.(spec);

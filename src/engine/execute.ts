@@ -68,7 +68,12 @@ function contentOf(content: Content, ctx: StepContext): Buffer {
 }
 
 async function runExec(step: ExecStep, ctx: StepContext): Promise<void> {
-  const run = () => ctx.host.exec(step.argv, { input: step.stdin === undefined ? undefined : contentOf(step.stdin, ctx), timeoutSeconds: step.timeoutSeconds ?? EXEC_STEP_TIMEOUT_SECONDS, okExitCodes: step.okExitCodes });
+  const run = () =>
+    ctx.host.exec(step.argv, {
+      input: step.stdin === undefined ? undefined : contentOf(step.stdin, ctx),
+      timeoutSeconds: step.timeoutSeconds ?? EXEC_STEP_TIMEOUT_SECONDS,
+      okExitCodes: step.okExitCodes,
+    });
   if (step.retryForSeconds === undefined) {
     await run();
     return;
@@ -79,7 +84,13 @@ async function runExec(step: ExecStep, ctx: StepContext): Promise<void> {
       await run();
       return;
     } catch (e) {
-      if (Date.now() + 2000 > deadline) throw new BosunError(isBosunError(e) ? e.code : 'E_EXEC', `still failing after ${step.retryForSeconds}s: ${describeError(e)}`, isBosunError(e) ? e.details : {}, { cause: e });
+      if (Date.now() + 2000 > deadline)
+        throw new BosunError(
+          isBosunError(e) ? e.code : 'E_EXEC',
+          `still failing after ${step.retryForSeconds}s: ${describeError(e)}`,
+          isBosunError(e) ? e.details : {},
+          { cause: e },
+        );
       await new Promise((resolve) => setTimeout(resolve, 2000));
     }
   }
@@ -88,7 +99,16 @@ async function runExec(step: ExecStep, ctx: StepContext): Promise<void> {
 async function runRefresh(step: RefreshStep, ctx: StepContext): Promise<void> {
   const { logger } = ctx;
   const result = await ctx.host.refreshPackages(step.packages, step.deadlineSeconds, (attempt) => {
-    if (attempt.failure) logger.warn({ attempt: attempt.attempt, exitCode: attempt.exitCode ?? null, kind: attempt.failure.kind }, `dnf attempt ${attempt.attempt} failed: ${attempt.failure.reason}${attempt.retryInMs !== undefined ? `; retrying in ${Math.round(attempt.retryInMs / 1000)}s` : ''}`);
+    if (attempt.failure)
+      logger.warn(
+        { attempt: attempt.attempt, exitCode: attempt.exitCode ?? null, kind: attempt.failure.kind },
+        `dnf attempt ${attempt.attempt} failed: ${attempt.failure.reason}${attempt.retryInMs !== undefined ? `; retrying in ${Math.round(attempt.retryInMs / 1000)}s` : ''}`,
+      );
   });
-  logger.info({ updated: result.updated, unchanged: result.unchanged, attempts: result.attempts }, result.updated.length === 0 ? `packages already the newest: ${result.unchanged.join(', ') || '(none installed)'}` : `updated ${result.updated.map((u) => `${u.name} ${u.from ?? '(new)'} -> ${u.to}`).join(', ')}`);
+  logger.info(
+    { updated: result.updated, unchanged: result.unchanged, attempts: result.attempts },
+    result.updated.length === 0
+      ? `packages already the newest: ${result.unchanged.join(', ') || '(none installed)'}`
+      : `updated ${result.updated.map((u) => `${u.name} ${u.from ?? '(new)'} -> ${u.to}`).join(', ')}`,
+  );
 }

@@ -56,7 +56,9 @@ export function describeStep(step: Step): string {
 /** "backup latest of s3://bucket/prefix", "a snapshot of peer node-a ([fd00::a]:7433)" */
 export function restoreSource(step: RestoreStep): string {
   if (step.from === 'peer') {
-    return step.method === 'command' ? `peer ${step.peer} (${step.peerAddress}) with the command ${JSON.stringify(step.argv ?? [])}` : `a snapshot of peer ${step.peer} ([${step.peerAddress}]:${step.port})`;
+    return step.method === 'command'
+      ? `peer ${step.peer} (${step.peerAddress}) with the command ${JSON.stringify(step.argv ?? [])}`
+      : `a snapshot of peer ${step.peer} ([${step.peerAddress}]:${step.port})`;
   }
   return `backup ${step.backup} of s3://${step.bucket}/${step.prefix}`;
 }
@@ -77,7 +79,6 @@ function sha(s: string): string {
   return createHash('sha256').update(s).digest('hex').slice(0, 12);
 }
 
-
 export interface PlanHeader {
   node: string;
   cluster: string;
@@ -91,19 +92,31 @@ export function renderPlanText(header: PlanHeader, steps: readonly Step[], showC
   const out: string[] = [];
   // Planners return steps in boot order, so a phase's first step says where it stands.
   const phases = [...new Set(steps.map((step) => step.phase))];
-  out.push(`bosun plan for node ${header.node} of cluster ${header.cluster}, spec version ${header.version} (${header.distro}, ${header.observed === 'blank' ? 'as for a blank host' : 'from what this host has now'})`);
-  out.push(`${steps.length} step${steps.length === 1 ? '' : 's'} in ${phases.length} phase${phases.length === 1 ? '' : 's'}; secrets are shown as <redacted:...>`);
+  out.push(
+    `bosun plan for node ${header.node} of cluster ${header.cluster}, spec version ${header.version} (${header.distro}, ${header.observed === 'blank' ? 'as for a blank host' : 'from what this host has now'})`,
+  );
+  out.push(
+    `${steps.length} step${steps.length === 1 ? '' : 's'} in ${phases.length} phase${phases.length === 1 ? '' : 's'}; secrets are shown as <redacted:...>`,
+  );
   let n = 0;
   for (const phase of phases) {
     const ps = steps.filter((s) => s.phase === phase);
     const pending = ps.find((s) => s.kind === 'pending');
     out.push('');
-    out.push(pending && pending.kind === 'pending' ? `${phase}  [NOT IMPLEMENTED YET (issue #${pending.issue}): shows what it will do; apply refuses it]` : phase);
+    out.push(
+      pending && pending.kind === 'pending' ? `${phase}  [NOT IMPLEMENTED YET (issue #${pending.issue}): shows what it will do; apply refuses it]` : phase,
+    );
     for (const s of ps) {
       n += 1;
       out.push(`  ${String(n).padStart(3)}. ${describeStep(s)}`);
       if (s.kind !== 'pending') out.push(`       why: ${s.why}`);
-      if (showContents && s.kind === 'write') out.push(...showContent(s.content).replace(/\n$/, '').split('\n').map((l) => `       | ${l}`));
+      if (showContents && s.kind === 'write')
+        out.push(
+          ...showContent(s.content)
+            .replace(/\n$/, '')
+            .split('\n')
+            .map((l) => `       | ${l}`),
+        );
     }
   }
   if (steps.length === 0) out.push('', 'nothing to do: the host matches the spec');
@@ -118,7 +131,14 @@ export function planToJson(header: PlanHeader, steps: readonly Step[]): unknown 
       const base = { n: i + 1, phase: step.phase, kind: step.kind, why: step.why };
       switch (step.kind) {
         case 'exec':
-          return { ...base, argv: step.argv, ...(step.stdin !== undefined ? { stdin: showContent(step.stdin) } : {}), ...(step.timeoutSeconds ? { timeoutSeconds: step.timeoutSeconds } : {}), ...(step.destructive ? { destructive: true } : {}), ...(step.retryForSeconds !== undefined ? { retryForSeconds: step.retryForSeconds } : {}) };
+          return {
+            ...base,
+            argv: step.argv,
+            ...(step.stdin !== undefined ? { stdin: showContent(step.stdin) } : {}),
+            ...(step.timeoutSeconds ? { timeoutSeconds: step.timeoutSeconds } : {}),
+            ...(step.destructive ? { destructive: true } : {}),
+            ...(step.retryForSeconds !== undefined ? { retryForSeconds: step.retryForSeconds } : {}),
+          };
         case 'unit':
           return { ...base, argv: stepArgv(step) };
         case 'write':
@@ -157,7 +177,9 @@ export function planToJson(header: PlanHeader, steps: readonly Step[]): unknown 
             marker: step.marker,
             ...(step.bandwidthLimitMiBps ? { bandwidthLimitMiBps: step.bandwidthLimitMiBps } : {}),
             backupKey: step.backupKey ? `<redacted:${step.backupKey.label}>` : 'host identity',
-            ...(step.credentials ? { credentials: `<redacted:${step.credentials.accessKeyId.label}>, <redacted:${step.credentials.secretAccessKey.label}>` } : {}),
+            ...(step.credentials
+              ? { credentials: `<redacted:${step.credentials.accessKeyId.label}>, <redacted:${step.credentials.secretAccessKey.label}>` }
+              : {}),
           };
       }
     }),

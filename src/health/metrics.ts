@@ -14,7 +14,12 @@ export function renderMetrics(samples: readonly Sample[]): string {
       out.push(`# HELP ${s.name} ${s.help}`, `# TYPE ${s.name} ${s.type}`);
       seen.add(s.name);
     }
-    const labels = s.labels && Object.keys(s.labels).length > 0 ? `{${Object.entries(s.labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',')}}` : '';
+    const labels =
+      s.labels && Object.keys(s.labels).length > 0
+        ? `{${Object.entries(s.labels)
+            .map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`)
+            .join(',')}}`
+        : '';
     out.push(`${s.name}${labels} ${Number.isFinite(s.value) ? s.value : 'NaN'}`);
   }
   return out.join('\n') + '\n';

@@ -30,18 +30,50 @@ interface Rule {
 // on some other repository cannot be cured by waiting.
 const RULES: Rule[] = [
   { kind: 'permanent', re: /No match for argument:\s*(\S+)/, reason: (m) => `no such package: ${m[1]}` },
-  { kind: 'permanent', re: /Package (\S+) available, but not installed|Packages for argument '([^']+)' available, but not installed/, reason: (m) => `not installed, so not upgraded: ${m[1] ?? m[2]}` },
-  { kind: 'permanent', re: /needs (\d+\s*[KMG]i?B) (?:more space )?on the (\S+) filesystem|At least (\d+\s*[KMG]i?B) more space needed on the (\S+) filesystem/, reason: (m) => `disk full: ${m[1] ?? m[3]} more needed on ${m[2] ?? m[4]}` },
+  {
+    kind: 'permanent',
+    re: /Package (\S+) available, but not installed|Packages for argument '([^']+)' available, but not installed/,
+    reason: (m) => `not installed, so not upgraded: ${m[1] ?? m[2]}`,
+  },
+  {
+    kind: 'permanent',
+    re: /needs (\d+\s*[KMG]i?B) (?:more space )?on the (\S+) filesystem|At least (\d+\s*[KMG]i?B) more space needed on the (\S+) filesystem/,
+    reason: (m) => `disk full: ${m[1] ?? m[3]} more needed on ${m[2] ?? m[4]}`,
+  },
   { kind: 'permanent', re: /No space left on device|\[Errno 28\]/, reason: 'disk full: no space left on device' },
-  { kind: 'permanent', re: /Problem( \d+)?: [^\n]*|conflicts with file from package|but none of the providers can be installed|nothing provides /, reason: (m) => `dependency conflict: ${m[0].replace(/^Problem( \d+)?: /, '').trim()}` },
-  { kind: 'permanent', re: /GPG check FAILED|Public key for \S+ is not installed|signature check failed|is not signed/i, reason: 'package signature check failed' },
+  {
+    kind: 'permanent',
+    re: /Problem( \d+)?: [^\n]*|conflicts with file from package|but none of the providers can be installed|nothing provides /,
+    reason: (m) => `dependency conflict: ${m[0].replace(/^Problem( \d+)?: /, '').trim()}`,
+  },
+  {
+    kind: 'permanent',
+    re: /GPG check FAILED|Public key for \S+ is not installed|signature check failed|is not signed/i,
+    reason: 'package signature check failed',
+  },
   { kind: 'transient', re: /Curl error \(28\)|Timeout was reached|Operation too slow|timed out/i, reason: 'mirror timeout' },
   { kind: 'transient', re: /Curl error \(56\)|Connection reset by peer|Recv failure/, reason: 'connection reset' },
-  { kind: 'transient', re: /Curl error \((6|7|35|52|55|92)\)|Couldn't resolve host|Could not resolve host|Couldn't connect to server|Failed to connect/, reason: 'mirror unreachable' },
+  {
+    kind: 'transient',
+    re: /Curl error \((6|7|35|52|55|92)\)|Couldn't resolve host|Could not resolve host|Couldn't connect to server|Failed to connect/,
+    reason: 'mirror unreachable',
+  },
   { kind: 'transient', re: /Status code: (5\d\d)/, reason: (m) => `mirror error (HTTP ${m[1]})` },
-  { kind: 'transient', re: /Failed to download metadata for repo '([^']+)'|Cannot download repomd\.xml|Errors during downloading metadata for repository '([^']+)'|Librepo error|All mirrors were tried|Cannot prepare internal mirrorlist/, reason: (m) => `metadata download failed${m[1] ?? m[2] ? ` for ${m[1] ?? m[2]}` : ''}` },
-  { kind: 'transient', re: /Error downloading packages|Cannot download (\S+\.rpm)|Downloading error|Checksum doesn't match|checksum mismatch|Interrupted by header callback/i, reason: 'package download failed' },
-  { kind: 'transient', re: /Failed to obtain rpm transaction lock|Waiting for process with pid \d+ to finish|another (transaction|copy) is (in progress|running)/i, reason: 'another package transaction holds the lock' },
+  {
+    kind: 'transient',
+    re: /Failed to download metadata for repo '([^']+)'|Cannot download repomd\.xml|Errors during downloading metadata for repository '([^']+)'|Librepo error|All mirrors were tried|Cannot prepare internal mirrorlist/,
+    reason: (m) => `metadata download failed${(m[1] ?? m[2]) ? ` for ${m[1] ?? m[2]}` : ''}`,
+  },
+  {
+    kind: 'transient',
+    re: /Error downloading packages|Cannot download (\S+\.rpm)|Downloading error|Checksum doesn't match|checksum mismatch|Interrupted by header callback/i,
+    reason: 'package download failed',
+  },
+  {
+    kind: 'transient',
+    re: /Failed to obtain rpm transaction lock|Waiting for process with pid \d+ to finish|another (transaction|copy) is (in progress|running)/i,
+    reason: 'another package transaction holds the lock',
+  },
 ];
 
 /** Tell a failed dnf run that a retry may cure from one it cannot. */
@@ -155,13 +187,18 @@ export async function refreshPackages(options: RefreshOptions): Promise<RefreshR
     const retry = failure.kind === 'transient' && now() + wait < deadline;
     options.onAttempt?.({ attempt, exitCode: result.exitCode, failure, ...(retry ? { retryInMs: wait } : {}) });
     if (!retry) {
-      const why = failure.kind === 'permanent' ? 'not retried' : `gave up: the ${Math.round(options.deadlineMs / 1000)} s deadline leaves no room for another try`;
-      throw new BosunError('E_PACKAGES', `package refresh of ${options.packages.join(', ')} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${failure.reason} (${failure.kind}; ${why})`, {
-        kind: failure.kind,
-        reason: failure.reason,
-        attempts: attempt,
-        exitCode: result.exitCode ?? null,
-      });
+      const why =
+        failure.kind === 'permanent' ? 'not retried' : `gave up: the ${Math.round(options.deadlineMs / 1000)} s deadline leaves no room for another try`;
+      throw new BosunError(
+        'E_PACKAGES',
+        `package refresh of ${options.packages.join(', ')} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${failure.reason} (${failure.kind}; ${why})`,
+        {
+          kind: failure.kind,
+          reason: failure.reason,
+          attempts: attempt,
+          exitCode: result.exitCode ?? null,
+        },
+      );
     }
     await sleep(wait);
     delay = Math.min(delay * 2, maxDelay);

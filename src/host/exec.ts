@@ -52,16 +52,23 @@ export async function runCommand(argv: readonly string[], redactor: SecretScrubb
   const cmd = redactor.redact(argv.join(' '));
   let why: string;
   if (execaResult.timedOut) why = `timed out after ${opts.timeoutSeconds}s`;
-  else if (execaResult.failed && execaResult.exitCode === undefined) why = (execaResult as { code?: string }).code === 'ENOENT' ? 'command not found' : `could not run (${redactor.redact(execaResult.shortMessage ?? "")})`;
+  else if (execaResult.failed && execaResult.exitCode === undefined)
+    why = (execaResult as { code?: string }).code === 'ENOENT' ? 'command not found' : `could not run (${redactor.redact(execaResult.shortMessage ?? '')})`;
   else if (execaResult.signal) why = `killed by ${execaResult.signal}`;
   else why = `exited with ${execaResult.exitCode}`;
   const tail = lastLines(result.stderr || result.stdout, 5);
-  throw new BosunError(execaResult.timedOut ? 'E_TIMEOUT' : 'E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, { argv: redactor.redact(JSON.stringify(argv)), exitCode: result.exitCode });
+  throw new BosunError(execaResult.timedOut ? 'E_TIMEOUT' : 'E_EXEC', `${cmd}: ${why}${tail ? `: ${tail}` : ''}`, {
+    argv: redactor.redact(JSON.stringify(argv)),
+    exitCode: result.exitCode,
+  });
 }
 
 /** The lines of a tool's complaint worth quoting: the first ones (the reason, before any usage text) and the last ones. */
 function lastLines(text: string, n: number): string {
-  const lines = text.trim().split('\n').filter((l) => l.trim() !== '');
+  const lines = text
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim() !== '');
   if (lines.length <= n + 2) return lines.join(' | ');
   return [...lines.slice(0, 2), '…', ...lines.slice(-n)].join(' | ');
 }

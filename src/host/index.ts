@@ -40,7 +40,13 @@ export class Host<Scrubber extends SecretScrubber = SecretScrubber> {
   async waitForPath(path: string, timeoutSeconds: number): Promise<void> {
     const deadline = Date.now() + timeoutSeconds * 1000;
     for (;;) {
-      if (await access(this.root + path).then(() => true, () => false)) return;
+      if (
+        await access(this.root + path).then(
+          () => true,
+          () => false,
+        )
+      )
+        return;
       if (Date.now() > deadline) throw new BosunError('E_TIMEOUT', `${path} did not appear within ${timeoutSeconds}s`, { path });
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -53,7 +59,9 @@ export class Host<Scrubber extends SecretScrubber = SecretScrubber> {
    */
   refreshPackages(packages: readonly string[], deadlineSeconds: number, onAttempt?: (a: AttemptReport) => void): Promise<RefreshResult> {
     const underSystemd = process.env.INVOCATION_ID !== undefined;
-    const dnf = underSystemd ? ['systemd-run', '--quiet', '--wait', '--pipe', '--collect', '--service-type=exec', '-p', 'KillMode=mixed', '--', 'dnf'] : ['dnf'];
+    const dnf = underSystemd
+      ? ['systemd-run', '--quiet', '--wait', '--pipe', '--collect', '--service-type=exec', '-p', 'KillMode=mixed', '--', 'dnf']
+      : ['dnf'];
     return refreshPackages({ packages, deadlineMs: deadlineSeconds * 1000, dnf, ...(onAttempt ? { onAttempt } : {}) });
   }
 

@@ -46,7 +46,11 @@ export interface NotifierOptions {
 
 /** Text for STATUS=: one line, no control characters, bounded. */
 export function statusText(text: string): string {
-  const oneLine = [...text].map((c) => (c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f ? ' ' : c)).join('').replace(/ {2,}/g, ' ').trim();
+  const oneLine = [...text]
+    .map((c) => (c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f ? ' ' : c))
+    .join('')
+    .replace(/ {2,}/g, ' ')
+    .trim();
   return oneLine.length > 200 ? `${oneLine.slice(0, 197)}...` : oneLine;
 }
 
@@ -77,7 +81,9 @@ export function createNotifier(opts: NotifierOptions = {}): Notifier {
         if (!reported) {
           reported = true;
           const err = e as { shortMessage?: string; stderr?: string; message?: string };
-          opts.onError?.(`cannot notify systemd (${command} ${args.map((a) => a.split('=')[0]).join(' ')}): ${(err.stderr || err.shortMessage || err.message || String(e)).trim()}`);
+          opts.onError?.(
+            `cannot notify systemd (${command} ${args.map((a) => a.split('=')[0]).join(' ')}): ${(err.stderr || err.shortMessage || err.message || String(e)).trim()}`,
+          );
         }
       }
     });

@@ -46,7 +46,12 @@ export class RecordingProbe implements HostProbe {
   }
 
   readFile(path: string): Promise<Buffer | undefined> {
-    return this.record('readFile', [path], () => this.inner.readFile(path), (b) => (b === undefined ? null : { base64: b.toString('base64') }));
+    return this.record(
+      'readFile',
+      [path],
+      () => this.inner.readFile(path),
+      (b) => (b === undefined ? null : { base64: b.toString('base64') }),
+    );
   }
 
   unitState(unit: string): Promise<{ enabled: string; active: string }> {
@@ -66,7 +71,12 @@ export class RecordingProbe implements HostProbe {
   }
 
   stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined> {
-    return this.record('stat', [path], () => this.inner.stat(path), (s) => s ?? null);
+    return this.record(
+      'stat',
+      [path],
+      () => this.inner.stat(path),
+      (s) => s ?? null,
+    );
   }
 
   recording(): ProbeRecording {

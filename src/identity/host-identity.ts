@@ -69,6 +69,10 @@ function parseKey(path: string, pem: Buffer, type: string): KeyObject {
     if (key.asymmetricKeyType !== type) throw new Error('wrong type');
     return key;
   } catch {
-    throw new BosunError('E_IDENTITY', `identity key ${path} is not a valid ${type} private key; refusing to replace it (move it away only if every secret sealed to it can be re-sealed)`, { path });
+    throw new BosunError(
+      'E_IDENTITY',
+      `identity key ${path} is not a valid ${type} private key; refusing to replace it (move it away only if every secret sealed to it can be re-sealed)`,
+      { path },
+    );
   }
 }

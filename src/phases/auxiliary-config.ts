@@ -33,7 +33,14 @@ export function telegrafConfig(t: Telegraf, spec: Pick<NodeSpec, 'cluster' | 'no
     '    source = "bosun"',
   ];
   if (t.serviceMetrics.length > 0) {
-    lines.push('', '[[inputs.prometheus]]', `  urls = [${t.serviceMetrics.map(tomlString).join(', ')}]`, '  metric_version = 2', '  [inputs.prometheus.tags]', '    source = "service"');
+    lines.push(
+      '',
+      '[[inputs.prometheus]]',
+      `  urls = [${t.serviceMetrics.map(tomlString).join(', ')}]`,
+      '  metric_version = 2',
+      '  [inputs.prometheus.tags]',
+      '    source = "service"',
+    );
   }
   if (t.units.length > 0) lines.push('', '[[inputs.systemd_units]]', `  pattern = ${tomlString(t.units.join(' '))}`);
   return lines.join('\n') + '\n';

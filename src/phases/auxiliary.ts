@@ -34,7 +34,13 @@ export const auxiliaryPhase: Phase<Map<string, ObservedAgent>> = {
     // The agents' units come from packages: one reload before the first enable makes sure systemd has read them
     // (bosun's enable does not reload; see systemctlArgv).
     const first = steps.findIndex((s) => s.kind === 'unit' && s.action === 'enable-now');
-    if (first >= 0) steps.splice(first, 0, { kind: 'unit', phase: 'auxiliary', action: 'daemon-reload', why: "systemd must have read the agents' units before they are enabled" });
+    if (first >= 0)
+      steps.splice(first, 0, {
+        kind: 'unit',
+        phase: 'auxiliary',
+        action: 'daemon-reload',
+        why: "systemd must have read the agents' units before they are enabled",
+      });
     return steps;
   },
 };
@@ -44,13 +50,21 @@ function planAgent(a: AuxiliaryAgent, seen: ObservedAgent, spec: NodeSpec): Step
   const isEnabled = seen.enabled === 'enabled';
   const isActive = seen.active === 'active';
   if (!a.enabled) {
-    if (isEnabled || isActive) steps.push({ kind: 'exec', phase: 'auxiliary', argv: ['systemctl', 'disable', '--now', a.unit], why: `${a.name} is disabled in the spec` });
+    if (isEnabled || isActive)
+      steps.push({ kind: 'exec', phase: 'auxiliary', argv: ['systemctl', 'disable', '--now', a.unit], why: `${a.name} is disabled in the spec` });
     return steps;
   }
   const content = auxiliaryConfigContent(a, spec);
   const configChanged = a.config !== undefined && content !== undefined && (seen.config === undefined || !seen.config.equals(Buffer.from(content)));
   if (a.config && content !== undefined && configChanged) {
-    steps.push({ kind: 'write', phase: 'auxiliary', path: a.config.path, mode: parseInt(a.config.mode, 8), content, why: `${a.name} configuration ${seen.config === undefined ? 'is missing' : 'differs from the spec'}` });
+    steps.push({
+      kind: 'write',
+      phase: 'auxiliary',
+      path: a.config.path,
+      mode: parseInt(a.config.mode, 8),
+      content,
+      why: `${a.name} configuration ${seen.config === undefined ? 'is missing' : 'differs from the spec'}`,
+    });
   }
   if (!isEnabled || !isActive) {
     steps.push({ kind: 'unit', phase: 'auxiliary', action: 'enable-now', unit: a.unit, why: `${a.name} must be enabled and running` });

@@ -3,7 +3,13 @@ import type { ApplyHooks } from '../engine/apply.js';
 import type { Step } from '../engine/step.js';
 import type { HostProbe } from '../host/probe.js';
 import type { NodeSpec } from '../spec/node-spec.js';
-import { assertNotDecommissioned, markDecommissioning, readDecommissionRecord, writeDecommissionRecord, type DecommissionRecord } from '../state/decommission.js';
+import {
+  assertNotDecommissioned,
+  markDecommissioning,
+  readDecommissionRecord,
+  writeDecommissionRecord,
+  type DecommissionRecord,
+} from '../state/decommission.js';
 import { machineUnit } from './container/render.js';
 import { computeLayers } from './disks/layers.js';
 import { mountUnitName, mountUnitPath } from './disks/mount.js';
@@ -61,7 +67,6 @@ export interface ObservedDecommission {
   peerSpool?: string;
 }
 
-
 /** Keyslots in `cryptsetup luksDump` output (LUKS2: "Keyslots:" then "  0: luks2"; LUKS1: "Key Slot 0: ENABLED"). */
 export function countKeyslots(dump: string): number {
   const luks1 = dump.match(/^Key Slot \d+: ENABLED/gm);
@@ -112,9 +117,15 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
       if (disksSpec.luks) {
         const device = await luksDevice(spec, probe, ctx);
         const dump = await probe.run(['cryptsetup', 'luksDump', device]);
-        disks.luks = { device, name: disksSpec.luks.name, open: (await probe.stat(`/dev/mapper/${disksSpec.luks.name}`)) !== undefined, ...(dump.exitCode === 0 ? { keyslots: countKeyslots(dump.stdout) } : {}) };
+        disks.luks = {
+          device,
+          name: disksSpec.luks.name,
+          open: (await probe.stat(`/dev/mapper/${disksSpec.luks.name}`)) !== undefined,
+          ...(dump.exitCode === 0 ? { keyslots: countKeyslots(dump.stdout) } : {}),
+        };
       }
-      if (disksSpec.luks && 'keyFile' in disksSpec.luks.key && (await probe.stat(disksSpec.luks.key.keyFile)) !== undefined) disks.keyFile = disksSpec.luks.key.keyFile;
+      if (disksSpec.luks && 'keyFile' in disksSpec.luks.key && (await probe.stat(disksSpec.luks.key.keyFile)) !== undefined)
+        disks.keyFile = disksSpec.luks.key.keyFile;
     }
     obs.disks = disks;
   }
@@ -153,7 +164,8 @@ export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Ste
   // 'activating', while the volume is erased. `systemctl stop` cancels it, and is a no-op otherwise.
   const enabled = (state: string): boolean => state === 'enabled' || state === 'enabled-runtime';
   const container = obs.container;
-  if (container && (active(container.active) || enabled(container.enabled))) unit('stop', container.unit, `stop machine ${spec.container!.name}: the node is being retired`);
+  if (container && (active(container.active) || enabled(container.enabled)))
+    unit('stop', container.unit, `stop machine ${spec.container!.name}: the node is being retired`);
   if (container && enabled(container.enabled)) unit('disable', container.unit, `machine ${spec.container!.name} must not start again at boot`);
   for (const agent of obs.auxiliary) {
     if (active(agent.active) || enabled(agent.enabled)) unit('stop', agent.unit, `stop the auxiliary agent ${agent.unit}`);
@@ -164,7 +176,8 @@ export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Ste
   const ipsec = obs.ipsec;
   if (ipsec) {
     for (const name of ipsec.loaded) add({ argv: ipsec.backend.remove(name), why: `leave the mesh: unload the conn to ${name.slice(6)}` });
-    for (const fileName of ipsec.files) steps.push({ kind: 'remove', phase: 'decommission', path: `${ipsec.backend.dir}/${fileName}`, why: `leave the mesh: delete bosun's ${fileName}` });
+    for (const fileName of ipsec.files)
+      steps.push({ kind: 'remove', phase: 'decommission', path: `${ipsec.backend.dir}/${fileName}`, why: `leave the mesh: delete bosun's ${fileName}` });
     const unload = ipsec.backend.afterRemove?.();
     if (unload && ipsec.running && ipsec.files.length > 0) add({ argv: unload, why: 'the IKE daemon forgets the deleted conns' });
     if (ipsec.policyEnabled) unit('disable', POLICY_UNIT, 'the drop policy for peers must not load at boot');
@@ -184,14 +197,24 @@ export function planDecommission(spec: NodeSpec, obs: ObservedDecommission): Ste
     if (disks.mounted) unit('stop', mu, `unmount the data volume at ${disks.mountPath}`);
     if (disks.mountUnitFile) {
       steps.push({ kind: 'remove', phase: 'decommission', path: mountUnitPath(disks.mountPath), why: 'the data volume must not be mounted again' });
-      unit('daemon-reload', undefined, unitsChanged ? 'systemd forgets the mount unit and the units bosun disabled or removed' : 'systemd forgets the mount unit');
+      unit(
+        'daemon-reload',
+        undefined,
+        unitsChanged ? 'systemd forgets the mount unit and the units bosun disabled or removed' : 'systemd forgets the mount unit',
+      );
     }
     const luks = disks.luks;
     if (luks?.open) add({ argv: ['cryptsetup', 'close', luks.name], why: `close the LUKS mapping /dev/mapper/${luks.name}`, timeoutSeconds: 120 });
     if (erase === 'crypto' && luks && (luks.keyslots ?? 0) > 0) {
-      add({ argv: ['cryptsetup', 'luksErase', '--batch-mode', luks.device], why: `crypto-erase: destroy all ${luks.keyslots} keyslot${luks.keyslots === 1 ? '' : 's'} of ${luks.device}; its data can never be read again`, destructive: true, timeoutSeconds: 120 });
+      add({
+        argv: ['cryptsetup', 'luksErase', '--batch-mode', luks.device],
+        why: `crypto-erase: destroy all ${luks.keyslots} keyslot${luks.keyslots === 1 ? '' : 's'} of ${luks.device}; its data can never be read again`,
+        destructive: true,
+        timeoutSeconds: 120,
+      });
     }
-    if (erase === 'crypto' && disks.keyFile) steps.push({ kind: 'remove', phase: 'decommission', path: disks.keyFile, why: 'the LUKS key file is key material' });
+    if (erase === 'crypto' && disks.keyFile)
+      steps.push({ kind: 'remove', phase: 'decommission', path: disks.keyFile, why: 'the LUKS key file is key material' });
   }
   return steps;
 }
@@ -247,7 +270,8 @@ export async function recordDecommission(spec: NodeSpec, stateDir: string, probe
   if (previous?.state === 'decommissioned' && previous.safeToDelete) return previous;
   const rec = await verifyDecommission(spec, probe, ctx);
   await writeDecommissionRecord(stateDir, rec);
-  if (!rec.safeToDelete) throw new BosunError('E_DECOMMISSION_UNVERIFIED', `decommission ran but did not verify: ${rec.problems.join('; ')}`, { problems: rec.problems });
+  if (!rec.safeToDelete)
+    throw new BosunError('E_DECOMMISSION_UNVERIFIED', `decommission ran but did not verify: ${rec.problems.join('; ')}`, { problems: rec.problems });
   return rec;
 }
 

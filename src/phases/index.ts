@@ -17,7 +17,15 @@ import type { Phase, PlanContext } from './types.js';
  * before container: the service must find its data in place when it first
  * starts.
  */
-export const PHASES: readonly Phase<unknown>[] = [packagesPhase, ...diskStages, networkPhase, restorePhase, containerPhase, auxiliaryPhase, decommissionPhase] as Phase<unknown>[];
+export const PHASES: readonly Phase<unknown>[] = [
+  packagesPhase,
+  ...diskStages,
+  networkPhase,
+  restorePhase,
+  containerPhase,
+  auxiliaryPhase,
+  decommissionPhase,
+] as Phase<unknown>[];
 
 /**
  * Phases that start units ordered after bosun.service: every systemd-nspawn@

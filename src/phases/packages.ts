@@ -16,7 +16,16 @@ export const packagesPhase: Phase<undefined> = {
     if (refresh.length === 0) return [];
     const deadlineSeconds = spec.packages?.deadlineSeconds ?? 600;
     // dnf (the target): one step that retries transient failures until the deadline.
-    if (ctx.distro.id === 'fedora') return [{ kind: 'refresh', phase: 'packages', packages: refresh, deadlineSeconds, why: `bring ${refresh.join(', ')} to the newest version before the service starts` }];
+    if (ctx.distro.id === 'fedora')
+      return [
+        {
+          kind: 'refresh',
+          phase: 'packages',
+          packages: refresh,
+          deadlineSeconds,
+          why: `bring ${refresh.join(', ')} to the newest version before the service starts`,
+        },
+      ];
     return ctx.distro.refreshPackages(refresh).map((argv) => ({
       kind: 'exec',
       phase: 'packages',

@@ -65,7 +65,10 @@ export const AgentSettings = z.strictObject({
   objectStorage: ObjectStorageSettings.optional(),
   /** Prometheus text endpoint for the local metrics agent; loopback only */
   metrics: z
-    .union([z.literal(false), z.strictObject({ listen: z.string().regex(/^(127\.\d+\.\d+\.\d+|\[::1\]):\d{1,5}$/, 'expected a loopback host:port such as 127.0.0.1:9559') })])
+    .union([
+      z.literal(false),
+      z.strictObject({ listen: z.string().regex(/^(127\.\d+\.\d+\.\d+|\[::1\]):\d{1,5}$/, 'expected a loopback host:port such as 127.0.0.1:9559') }),
+    ])
     .default({ listen: '127.0.0.1:9559' }),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') }).default({ level: 'info' }),
 });

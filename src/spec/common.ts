@@ -24,10 +24,7 @@ export const Port = z.number().int().min(1).max(65535);
 export const FileMode = z.string().regex(/^0?[0-7]{3,4}$/, 'expected an octal mode such as "0750"');
 
 /** A user or group: a name, or a numeric id. */
-export const Principal = z.union([
-  z.string().regex(/^[a-z_][a-z0-9_-]{0,31}\$?$/, 'expected a user or group name'),
-  z.number().int().min(0).max(4294967294),
-]);
+export const Principal = z.union([z.string().regex(/^[a-z_][a-z0-9_-]{0,31}\$?$/, 'expected a user or group name'), z.number().int().min(0).max(4294967294)]);
 
 /**
  * A secret in a spec is never plaintext: it is sealed to the host's X25519 key

@@ -26,10 +26,7 @@ const DeviceMatch = z.strictObject({
   unused: z.boolean().default(true),
 });
 
-export const DiskSelection = z.union([
-  z.strictObject({ paths: z.array(AbsolutePath).min(1).max(64) }),
-  z.strictObject({ match: DeviceMatch }),
-]);
+export const DiskSelection = z.union([z.strictObject({ paths: z.array(AbsolutePath).min(1).max(64) }), z.strictObject({ match: DeviceMatch })]);
 
 export const RaidSpec = z.strictObject({
   level: z.literal([0, 1, 10]),
@@ -52,7 +49,10 @@ export const LuksSpec = z.strictObject({
 
 export const FilesystemSpec = z.strictObject({
   type: z.enum(['xfs', 'ext4']),
-  label: z.string().regex(/^[A-Za-z0-9_-]{1,12}$/, 'expected at most 12 letters, digits, "-" or "_"').optional(),
+  label: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,12}$/, 'expected at most 12 letters, digits, "-" or "_"')
+    .optional(),
   mountOptions: z.array(z.string().regex(/^[A-Za-z0-9_=.,:-]+$/)).default(['noatime']),
 });
 
@@ -118,7 +118,8 @@ export const IpsecSpec = z
     const seenAddrs = new Set<string>([s.address]);
     s.peers.forEach((p, i) => {
       if (seenNodes.has(p.node)) ctx.addIssue({ code: 'custom', path: ['peers', i, 'node'], message: `peer ${p.node} is listed twice` });
-      if (seenAddrs.has(p.address)) ctx.addIssue({ code: 'custom', path: ['peers', i, 'address'], message: 'address is used twice (by another peer or by this node)' });
+      if (seenAddrs.has(p.address))
+        ctx.addIssue({ code: 'custom', path: ['peers', i, 'address'], message: 'address is used twice (by another peer or by this node)' });
       seenNodes.add(p.node);
       seenAddrs.add(p.address);
       if (s.auth === 'psk' && !p.psk) ctx.addIssue({ code: 'custom', path: ['peers', i, 'psk'], message: 'required when auth is "psk"' });
@@ -164,8 +165,14 @@ export const ContainerSpec = z
     }),
     limits: z
       .strictObject({
-        memoryMax: z.string().regex(/^[0-9]+[KMGT]?$/, 'expected bytes with an optional K, M, G or T suffix').optional(),
-        cpuQuota: z.string().regex(/^[1-9][0-9]*%$/, 'expected a percentage such as "200%"').optional(),
+        memoryMax: z
+          .string()
+          .regex(/^[0-9]+[KMGT]?$/, 'expected bytes with an optional K, M, G or T suffix')
+          .optional(),
+        cpuQuota: z
+          .string()
+          .regex(/^[1-9][0-9]*%$/, 'expected a percentage such as "200%"')
+          .optional(),
         ioWeight: z.number().int().min(1).max(10000).optional(),
         tasksMax: z.number().int().min(1).optional(),
       })
@@ -193,31 +200,54 @@ export const ContainerSpec = z
   })
   .superRefine((container, ctx) => {
     const net = container.network;
-    if (net.mode === 'host' && net.ports.length > 0) ctx.addIssue({ code: 'custom', path: ['network', 'ports'], message: 'ports are published only from a private network; with "host" the service is on the host\'s ports already' });
-    if (net.mode === 'private' && container.name.length > 12) ctx.addIssue({ code: 'custom', path: ['name'], message: 'at most 12 characters with a private network (the host side of its link is "ve-<name>", 15 characters at most)' });
+    if (net.mode === 'host' && net.ports.length > 0)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network', 'ports'],
+        message: 'ports are published only from a private network; with "host" the service is on the host\'s ports already',
+      });
+    if (net.mode === 'private' && container.name.length > 12)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['name'],
+        message: 'at most 12 characters with a private network (the host side of its link is "ve-<name>", 15 characters at most)',
+      });
     const seen = new Set<string>();
     net.ports.forEach((port, i) => {
       const k = `${port.protocol}:${port.host}`;
-      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['network', 'ports', i, 'host'], message: `${port.protocol} port ${port.host} is published twice` });
+      if (seen.has(k))
+        ctx.addIssue({ code: 'custom', path: ['network', 'ports', i, 'host'], message: `${port.protocol} port ${port.host} is published twice` });
       seen.add(k);
     });
-    const mounts: [string, string | undefined][] = [['dataMountPoint', container.dataMountPoint], ['config', container.config?.mountPoint]];
+    const mounts: [string, string | undefined][] = [
+      ['dataMountPoint', container.dataMountPoint],
+      ['config', container.config?.mountPoint],
+    ];
     for (const [field, mountPoint] of mounts) {
-      if (mountPoint !== undefined && mountPoint.replace(/\/+$/, '') === '') ctx.addIssue({ code: 'custom', path: field === 'config' ? ['config', 'mountPoint'] : [field], message: 'cannot be the container\'s root' });
+      if (mountPoint !== undefined && mountPoint.replace(/\/+$/, '') === '')
+        ctx.addIssue({ code: 'custom', path: field === 'config' ? ['config', 'mountPoint'] : [field], message: "cannot be the container's root" });
     }
     if (container.config && container.dataMountPoint) {
       const configDir = container.config.mountPoint.replace(/\/+$/, '') + '/';
       const dataDir = container.dataMountPoint.replace(/\/+$/, '') + '/';
-      if (configDir.startsWith(dataDir) || dataDir.startsWith(configDir)) ctx.addIssue({ code: 'custom', path: ['config', 'mountPoint'], message: 'the config directory and the data volume cannot sit inside each other' });
+      if (configDir.startsWith(dataDir) || dataDir.startsWith(configDir))
+        ctx.addIssue({ code: 'custom', path: ['config', 'mountPoint'], message: 'the config directory and the data volume cannot sit inside each other' });
     }
     if (!container.config) return;
     for (const [file, configFile] of Object.entries(container.config.files)) {
       for (const [key, value] of Object.entries(configFile.settings)) {
-        if (!ConfigKey.test(key)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'expected a key of letters, digits, "_", "." or "-"' });
-        if (typeof value === 'string' && hasControl(value)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'control characters (such as a newline) are not allowed in a value' });
+        if (!ConfigKey.test(key))
+          ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'settings', key], message: 'expected a key of letters, digits, "_", "." or "-"' });
+        if (typeof value === 'string' && hasControl(value))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['config', 'files', file, 'settings', key],
+            message: 'control characters (such as a newline) are not allowed in a value',
+          });
       }
       configFile.required.forEach((key, i) => {
-        if (!(key in configFile.settings)) ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'required', i], message: 'marked required but this file has no such setting' });
+        if (!(key in configFile.settings))
+          ctx.addIssue({ code: 'custom', path: ['config', 'files', file, 'required', i], message: 'marked required but this file has no such setting' });
       });
     }
     for (const [file, overrides] of Object.entries(container.config.overrides)) {
@@ -229,7 +259,8 @@ export const ContainerSpec = z
       for (const [key, value] of Object.entries(overrides)) {
         const path = ['config', 'overrides', file, key];
         if (!ConfigKey.test(key)) ctx.addIssue({ code: 'custom', path, message: 'expected a key of letters, digits, "_", "." or "-"' });
-        if (typeof value === 'string' && hasControl(value)) ctx.addIssue({ code: 'custom', path, message: 'control characters (such as a newline) are not allowed in a value' });
+        if (typeof value === 'string' && hasControl(value))
+          ctx.addIssue({ code: 'custom', path, message: 'control characters (such as a newline) are not allowed in a value' });
         if (!base.required.includes(key)) continue;
         if (value === null) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot remove it' });
         else if (value !== base.settings[key]) ctx.addIssue({ code: 'custom', path, message: 'required by the platform: an override cannot change it' });
@@ -250,7 +281,9 @@ export const ObjectStorageRestore = z.strictObject({
 });
 
 /** "ed25519:<base64url>", a host's identity key as `bosun identity` prints it */
-export const Ed25519Key = z.string().regex(/^ed25519:[A-Za-z0-9_-]{43}$/, 'expected an Ed25519 host key as printed by `bosun identity` (ed25519:<43 base64url characters>)');
+export const Ed25519Key = z
+  .string()
+  .regex(/^ed25519:[A-Za-z0-9_-]{43}$/, 'expected an Ed25519 host key as printed by `bosun identity` (ed25519:<43 base64url characters>)');
 
 /** the default port of an agent's snapshot server on the mesh */
 export const PEER_SNAPSHOT_PORT = 7433;
@@ -265,7 +298,12 @@ const CommandArgv = z
     argv.forEach((arg, i) => {
       for (const m of arg.matchAll(/\{\{|\}\}|\{([A-Za-z]*)\}|[{}]/g)) {
         if (m[0] === '{{' || m[0] === '}}') continue;
-        if (m[1] === undefined || !RESTORE_PLACEHOLDERS.has(m[1])) ctx.addIssue({ code: 'custom', path: [i], message: `unknown placeholder ${m[0]}: expected {peer}, {peerAddress}, {target} or {node} ({{ and }} for literal braces)` });
+        if (m[1] === undefined || !RESTORE_PLACEHOLDERS.has(m[1]))
+          ctx.addIssue({
+            code: 'custom',
+            path: [i],
+            message: `unknown placeholder ${m[0]}: expected {peer}, {peerAddress}, {target} or {node} ({{ and }} for literal braces)`,
+          });
       }
     });
   });
@@ -287,7 +325,12 @@ export const PeerRestore = z.strictObject({
   command: z
     .strictObject({
       argv: CommandArgv,
-      timeoutSeconds: z.number().int().min(1).max(7 * 86400).optional(),
+      timeoutSeconds: z
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 86400)
+        .optional(),
     })
     .optional(),
   /** when the peer cannot serve: fail, or restore from object storage instead */
@@ -353,8 +396,10 @@ export const AuxiliaryAgent = z
   })
   .superRefine((a, ctx) => {
     if (a.template && !a.config) ctx.addIssue({ code: 'custom', path: ['config'], message: 'a template needs config.path: where to write what it makes' });
-    if (a.template && a.config?.content !== undefined) ctx.addIssue({ code: 'custom', path: ['config', 'content'], message: 'give either config.content or a template, not both' });
-    if (!a.template && a.config && a.config.content === undefined) ctx.addIssue({ code: 'custom', path: ['config', 'content'], message: 'expected the file content (or a template)' });
+    if (a.template && a.config?.content !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['config', 'content'], message: 'give either config.content or a template, not both' });
+    if (!a.template && a.config && a.config.content === undefined)
+      ctx.addIssue({ code: 'custom', path: ['config', 'content'], message: 'expected the file content (or a template)' });
   });
 
 export const HealthSpec = z.strictObject({
@@ -397,20 +442,28 @@ export const NodeSpec = z
       ctx.addIssue({ code: 'custom', path: ['decommission', 'confirmNode'], message: `must equal "node" (${s.node}) to decommission this host` });
     }
     if (s.decommission?.erase === 'crypto' && !s.disks?.luks) {
-      ctx.addIssue({ code: 'custom', path: ['decommission', 'erase'], message: 'cannot crypto-erase an unencrypted volume; use erase: none to decommission without erasing' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['decommission', 'erase'],
+        message: 'cannot crypto-erase an unencrypted volume; use erase: none to decommission without erasing',
+      });
     }
     s.network?.ipsec?.peers.forEach((p, i) => {
       if (p.node === s.node) ctx.addIssue({ code: 'custom', path: ['network', 'ipsec', 'peers', i, 'node'], message: 'a node cannot be its own peer' });
     });
     if (s.restore && !s.disks) ctx.addIssue({ code: 'custom', path: ['restore'], message: 'restore needs a data volume: add "disks"' });
-    if (s.restore?.from === 'peer' && s.restore.peer === s.node) ctx.addIssue({ code: 'custom', path: ['restore', 'peer'], message: 'a node cannot restore from itself' });
-    if (s.restore?.from === 'peer' && s.restore.method === 'command' && !s.restore.command) ctx.addIssue({ code: 'custom', path: ['restore', 'command'], message: 'required when method is "command"' });
-    if (s.restore?.from === 'peer' && s.restore.method !== 'command' && s.restore.command) ctx.addIssue({ code: 'custom', path: ['restore', 'method'], message: 'a restore command is only run with method "command"' });
+    if (s.restore?.from === 'peer' && s.restore.peer === s.node)
+      ctx.addIssue({ code: 'custom', path: ['restore', 'peer'], message: 'a node cannot restore from itself' });
+    if (s.restore?.from === 'peer' && s.restore.method === 'command' && !s.restore.command)
+      ctx.addIssue({ code: 'custom', path: ['restore', 'command'], message: 'required when method is "command"' });
+    if (s.restore?.from === 'peer' && s.restore.method !== 'command' && s.restore.command)
+      ctx.addIssue({ code: 'custom', path: ['restore', 'method'], message: 'a restore command is only run with method "command"' });
     if (s.peerServe && !s.disks) ctx.addIssue({ code: 'custom', path: ['peerServe'], message: 'serving snapshots needs a data volume: add "disks"' });
     s.peerServe?.clients.forEach((c, i) => {
       if (c.node === s.node) ctx.addIssue({ code: 'custom', path: ['peerServe', 'clients', i, 'node'], message: 'a node cannot serve restores to itself' });
     });
-    if (s.container?.dataMountPoint && !s.disks) ctx.addIssue({ code: 'custom', path: ['container', 'dataMountPoint'], message: 'needs a data volume: add "disks"' });
+    if (s.container?.dataMountPoint && !s.disks)
+      ctx.addIssue({ code: 'custom', path: ['container', 'dataMountPoint'], message: 'needs a data volume: add "disks"' });
     const names = new Set<string>();
     s.auxiliary.forEach((a, i) => {
       if (names.has(a.name)) ctx.addIssue({ code: 'custom', path: ['auxiliary', i, 'name'], message: `auxiliary agent ${a.name} is listed twice` });

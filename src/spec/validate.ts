@@ -50,9 +50,16 @@ export function toProblems(error: z.ZodError): Problem[] {
         if (best && best.length > 0 && depth(best) > issue.path.length) {
           problems.push(...toProblems({ issues: best } as unknown as z.ZodError));
         } else {
-          const expected = [...new Set(issue.errors.flatMap((b) => b.filter((i) => i.code === 'invalid_type' && i.path.length === 0).map((i) => (i as { expected: string }).expected)))];
+          const expected = [
+            ...new Set(
+              issue.errors.flatMap((b) => b.filter((i) => i.code === 'invalid_type' && i.path.length === 0).map((i) => (i as { expected: string }).expected)),
+            ),
+          ];
           const generic = issue.message === 'Invalid input';
-          problems.push({ path, message: !generic ? lowerFirst(issue.message) : expected.length > 0 ? `expected ${expected.join(' or ')}` : 'does not match any allowed shape' });
+          problems.push({
+            path,
+            message: !generic ? lowerFirst(issue.message) : expected.length > 0 ? `expected ${expected.join(' or ')}` : 'does not match any allowed shape',
+          });
         }
         break;
       }
@@ -162,7 +169,10 @@ async function loadFile<T>(file: string, parse: (v: unknown) => ParseResult<T>, 
   const json = parseJsonText(text);
   const r = json.ok ? parse(json.value) : json;
   if (!r.ok) {
-    throw new BosunError(code, `${what} ${file} is invalid (${r.problems.length} problem${r.problems.length === 1 ? '' : 's'})`, { file, problems: r.problems });
+    throw new BosunError(code, `${what} ${file} is invalid (${r.problems.length} problem${r.problems.length === 1 ? '' : 's'})`, {
+      file,
+      problems: r.problems,
+    });
   }
   return r.value;
 }

@@ -32,7 +32,11 @@ export function readApplied(stateDir: string): Promise<AppliedRecord | undefined
 }
 
 /** An apply finished: the spec first, then the record that names it, so the record never points at a spec that is not there. */
-export async function recordApplied(stateDir: string, applied: Pick<AppliedRecord, 'specVersion' | 'specDigest' | 'steps'>, spec: unknown): Promise<AppliedRecord> {
+export async function recordApplied(
+  stateDir: string,
+  applied: Pick<AppliedRecord, 'specVersion' | 'specDigest' | 'steps'>,
+  spec: unknown,
+): Promise<AppliedRecord> {
   const record: AppliedRecord = { format: 1, ...applied, appliedAt: new Date().toISOString() };
   await writeFileAtomic(lastGoodSpecPath(stateDir), JSON.stringify(spec, null, 2) + '\n', { mode: 0o600 });
   await writeFileAtomic(appliedRecordPath(stateDir), JSON.stringify(record, null, 2) + '\n', { mode: 0o600 });

@@ -45,7 +45,10 @@ export interface Lifecycle {
 }
 
 export async function readDecommissionRecord(stateDir: string): Promise<DecommissionRecord | undefined> {
-  const record = await readJsonFile<DecommissionRecord>(join(stateDir, DECOMMISSION_FILE), 'this host may have been decommissioned: inspect it before anything else');
+  const record = await readJsonFile<DecommissionRecord>(
+    join(stateDir, DECOMMISSION_FILE),
+    'this host may have been decommissioned: inspect it before anything else',
+  );
   return record?.state === 'decommissioned' || record?.state === 'decommissioning' ? record : undefined;
 }
 
@@ -84,7 +87,16 @@ export async function assertNotDecommissioned(spec: NodeSpec, stateDir: string):
 
 /** The lifecycle part of a status report. */
 export function lifecycleOf(record: DecommissionRecord | undefined, wanted: NodeSpec | undefined): Lifecycle {
-  if (record) return { state: record.state === 'decommissioned' && record.safeToDelete ? 'decommissioned' : 'decommissioning', safeToDelete: record.safeToDelete, specVersion: record.specVersion, finishedAt: record.finishedAt, erase: record.erase, evidence: record.evidence, problems: record.problems };
+  if (record)
+    return {
+      state: record.state === 'decommissioned' && record.safeToDelete ? 'decommissioned' : 'decommissioning',
+      safeToDelete: record.safeToDelete,
+      specVersion: record.specVersion,
+      finishedAt: record.finishedAt,
+      erase: record.erase,
+      evidence: record.evidence,
+      problems: record.problems,
+    };
   if (wanted?.decommission) return { state: 'decommissioning', safeToDelete: false, specVersion: wanted.version };
   return { state: 'serving', safeToDelete: false };
 }

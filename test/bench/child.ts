@@ -36,7 +36,11 @@ export interface BenchChildConfig {
 const cfg = JSON.parse(process.argv[2] ?? '{}') as BenchChildConfig;
 const priv = createPrivateKey(readFileSync(cfg.keyFile));
 const pub = createPublicKey(priv);
-const client = createS3Client({ endpoint: cfg.endpoint, region: cfg.region, credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } });
+const client = createS3Client({
+  endpoint: cfg.endpoint,
+  region: cfg.region,
+  credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
+});
 const transport = new S3Transport({ client, bucket: cfg.bucket, prefix: cfg.prefix, ...(cfg.directGets !== undefined ? { directGets: cfg.directGets } : {}) });
 const started = performance.now();
 // BOSUN_BENCH_MEMTRACE=FILE: sample this process's memory every 200 ms and
@@ -73,7 +77,14 @@ try {
     });
   }
   const u = process.resourceUsage();
-  process.stdout.write(JSON.stringify({ result, seconds: (performance.now() - started) / 1000, maxRssBytes: u.maxRSS * 1024, cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6 }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      result,
+      seconds: (performance.now() - started) / 1000,
+      maxRssBytes: u.maxRSS * 1024,
+      cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6,
+    }) + '\n',
+  );
 } finally {
   client.destroy();
   if (sampler && memtrace) {
@@ -83,9 +94,21 @@ try {
     const at = (f: number): number => mib(samples[Math.floor((samples.length - 1) * f)]?.rss ?? 0);
     const line = {
       mode: cfg.mode,
-      peakMiB: { t: peak.t, rss: mib(peak.rss), heapTotal: mib(peak.heapTotal), heapUsed: mib(peak.heapUsed), external: mib(peak.external), arrayBuffers: mib(peak.arrayBuffers), native: mib(peak.rss - peak.heapTotal - peak.external) },
+      peakMiB: {
+        t: peak.t,
+        rss: mib(peak.rss),
+        heapTotal: mib(peak.heapTotal),
+        heapUsed: mib(peak.heapUsed),
+        external: mib(peak.external),
+        arrayBuffers: mib(peak.arrayBuffers),
+        native: mib(peak.rss - peak.heapTotal - peak.external),
+      },
       rssMiBAt: { '10%': at(0.1), '25%': at(0.25), '50%': at(0.5), '75%': at(0.75), '100%': at(1) },
-      maxMiB: { heapTotal: mib(Math.max(...samples.map((x) => x.heapTotal))), external: mib(Math.max(...samples.map((x) => x.external))), arrayBuffers: mib(Math.max(...samples.map((x) => x.arrayBuffers))) },
+      maxMiB: {
+        heapTotal: mib(Math.max(...samples.map((x) => x.heapTotal))),
+        external: mib(Math.max(...samples.map((x) => x.external))),
+        arrayBuffers: mib(Math.max(...samples.map((x) => x.arrayBuffers))),
+      },
     };
     appendFileSync(memtrace, JSON.stringify(line) + '\n');
   }

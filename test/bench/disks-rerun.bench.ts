@@ -38,7 +38,11 @@ async function guest(vm: Vm, argv: string[], stdin?: string): Promise<string> {
 }
 
 rmSync(labRunDir(NAME), { recursive: true, force: true });
-const lab = await startLab({ name: NAME, nodes: [{ name: 'bench-a', disks: [512, 512].map((sizeMiB) => ({ sizeMiB })) }], onProgress: (l) => out(`[lab] ${l}`) });
+const lab = await startLab({
+  name: NAME,
+  nodes: [{ name: 'bench-a', disks: [512, 512].map((sizeMiB) => ({ sizeMiB })) }],
+  onProgress: (l) => out(`[lab] ${l}`),
+});
 try {
   const vm = lab.vm('bench-a');
   const { sealingKey } = JSON.parse(await guest(vm, [...GUEST_BOSUN, 'identity', '--json'])) as { sealingKey: string };
@@ -105,7 +109,11 @@ try {
   // Natively: what a whole `bosun plan` process costs in CPU (start-up, module loading, parse,
   // plan) against bare `node -e 0`, alternated, from the kernel's accounting via GNU time.
   const cpuOf = (argv: string[]) => {
-    const r = execFileSync('/usr/bin/time', ['-f', '%U %S', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] }).toString().trim().split('\n').pop()!;
+    const r = execFileSync('/usr/bin/time', ['-f', '%U %S', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] })
+      .toString()
+      .trim()
+      .split('\n')
+      .pop()!;
     const [u, sy] = r.split(' ').map(Number) as [number, number];
     return (u + sy) * 1000;
   };
@@ -121,9 +129,15 @@ try {
   out('');
   out(`disks phase, RAID1 + LUKS2 + xfs on 2 x 512 MiB virtio disks (${RERUNS} re-runs in the VM, ${REPLAYS} native replays)`);
   out(`  first apply on blank disks (TCG):            ${first.steps} steps, engine ${r1(first.durationMs / 1000)} s`);
-  out(`  re-run, nothing to do (TCG): engine median   ${median(engine)} ms; whole \`bosun apply\` command ${median(commandWall)} ms (node start-up alone ${median(nodeStart)} ms)`);
-  out(`  re-run questions to the host:                ${recording.entries.length} (${runs.length} commands: ${[...new Set(runs.map((e) => (e.op === 'run' ? (e.args[0] as string[])[0] : 'systemctl')))].join(', ')}), tools' wall ${r1(toolMs)} ms (TCG)`);
-  out(`  re-run, agent's own observe + plan, native:  median ${median(wall).toFixed(3)} ms wall, ${((cpu.user + cpu.system) / REPLAYS / 1000).toFixed(3)} ms CPU per re-run`);
+  out(
+    `  re-run, nothing to do (TCG): engine median   ${median(engine)} ms; whole \`bosun apply\` command ${median(commandWall)} ms (node start-up alone ${median(nodeStart)} ms)`,
+  );
+  out(
+    `  re-run questions to the host:                ${recording.entries.length} (${runs.length} commands: ${[...new Set(runs.map((e) => (e.op === 'run' ? (e.args[0] as string[])[0] : 'systemctl')))].join(', ')}), tools' wall ${r1(toolMs)} ms (TCG)`,
+  );
+  out(
+    `  re-run, agent's own observe + plan, native:  median ${median(wall).toFixed(3)} ms wall, ${((cpu.user + cpu.system) / REPLAYS / 1000).toFixed(3)} ms CPU per re-run`,
+  );
   out(`  whole \`bosun plan\` process, native CPU:    median ${median(cliCpu)} ms (bare \`node -e 0\`: ${median(bareCpu)} ms)`);
   out(`  ratio re-run engine / blank engine (TCG):    ${r1((median(engine) / first.durationMs) * 100)} %`);
   out(

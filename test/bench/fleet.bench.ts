@@ -49,7 +49,13 @@ await admin.createTopics({
 });
 const cp = generateKeyPairSync('ed25519');
 const trusted = [{ id: 'cp', publicKey: publicKeyString('ed25519', cp.publicKey) }];
-const spec = (node: string, version: number) => ({ apiVersion: 'bosun/v1', cluster: 'bench', node, version, auxiliary: [{ name: 'telegraf', unit: 'telegraf.service', config: { path: '/etc/telegraf/bosun.conf', content: `v${version}\n` } }] });
+const spec = (node: string, version: number) => ({
+  apiVersion: 'bosun/v1',
+  cluster: 'bench',
+  node,
+  version,
+  auxiliary: [{ name: 'telegraf', unit: 'telegraf.service', config: { path: '/etc/telegraf/bosun.conf', content: `v${version}\n` } }],
+});
 const producer = kafka.producer();
 await producer.connect();
 
@@ -57,7 +63,8 @@ await producer.connect();
 let t = Date.now();
 for (let i = 0; i < KEYS; i += 2000) {
   const messages = [];
-  for (let j = i; j < Math.min(KEYS, i + 2000); j++) messages.push({ key: `node-${j}`, value: JSON.stringify(signEnvelope(spec(`node-${j}`, 1), 'cp', cp.privateKey)) });
+  for (let j = i; j < Math.min(KEYS, i + 2000); j++)
+    messages.push({ key: `node-${j}`, value: JSON.stringify(signEnvelope(spec(`node-${j}`, 1), 'cp', cp.privateKey)) });
   await producer.send({ topic: topics.desired, messages });
 }
 out(`fleet: produced ${KEYS} desired states over ${PARTITIONS} partitions in ${((Date.now() - t) / 1000).toFixed(1)} s`);
@@ -69,10 +76,23 @@ for (const node of ['node-17', 'node-4242', `node-${KEYS - 1}`]) {
   t = Date.now();
   while (!found && Date.now() - t < 120_000) await new Promise((r) => setTimeout(r, 50));
   reads.push({ ...c.stats });
-  out(`fleet: ${node} found its spec after reading ${c.stats.messages} messages (${(c.stats.bytes / 1024).toFixed(0)} KiB) of ${KEYS}; N/partitions = ${Math.round(KEYS / PARTITIONS)}; ${Date.now() - t} ms`);
+  out(
+    `fleet: ${node} found its spec after reading ${c.stats.messages} messages (${(c.stats.bytes / 1024).toFixed(0)} KiB) of ${KEYS}; N/partitions = ${Math.round(KEYS / PARTITIONS)}; ${Date.now() - t} ms`,
+  );
   await c.stop();
 }
-out(`fleet: median messages read per agent ${pct(reads.map((r) => r.messages), 50)} = ${(pct(reads.map((r) => r.messages), 50) / (KEYS / PARTITIONS)).toFixed(2)} x N/partitions`);
+out(
+  `fleet: median messages read per agent ${pct(
+    reads.map((r) => r.messages),
+    50,
+  )} = ${(
+    pct(
+      reads.map((r) => r.messages),
+      50,
+    ) /
+    (KEYS / PARTITIONS)
+  ).toFixed(2)} x N/partitions`,
+);
 
 // 2. N agents, config change latency.
 const dir = await mkdtemp(join(tmpdir(), 'bosun-bench-'));
@@ -85,7 +105,19 @@ for (let i = 0; i < AGENTS; i++) {
   if (!settings.ok) throw new Error('settings');
   const redactor = new Redactor();
   const { identity } = await loadOrCreateIdentity(join(dir, node));
-  agents.push(new Agent({ settings: settings.value, stateDir: join(dir, node), identity, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, redactor, planner }));
+  agents.push(
+    new Agent({
+      settings: settings.value,
+      stateDir: join(dir, node),
+      identity,
+      host: new Host({ redactor }),
+      probe: new BlankProbe(),
+      ctx: { distro: DISTROS.fedora },
+      logger,
+      redactor,
+      planner,
+    }),
+  );
 }
 await Promise.all(agents.map((a) => a.start()));
 const applied = new Map<string, number>();
@@ -113,14 +145,29 @@ for (let i = 0; i < AGENTS; i++) {
 t = Date.now();
 while (applied.size < AGENTS && Date.now() - t < 120_000) await new Promise((r) => setTimeout(r, 100));
 const lat = [...applied.entries()].map(([n, at]) => at - sentAt.get(n)!);
-out(`fleet: config change produce -> applied status, ${lat.length}/${AGENTS} agents: p50 ${pct(lat, 50)} ms, p99 ${pct(lat, 99)} ms, max ${Math.max(...lat)} ms`);
+out(
+  `fleet: config change produce -> applied status, ${lat.length}/${AGENTS} agents: p50 ${pct(lat, 50)} ms, p99 ${pct(lat, 99)} ms, max ${Math.max(...lat)} ms`,
+);
 await watcher.disconnect();
 await Promise.all(agents.map((a) => a.stop()));
 
 // 3. Idle RSS and CPU of a real daemon.
 const settingsFile = join(dir, 'agent.json');
-await writeFile(settingsFile, JSON.stringify({ node: 'node-idle', stateDir: join(dir, 'idle'), kafka: { brokers: env.kafkaBrokers }, topics, trustedKeys: trusted, metrics: { listen: '127.0.0.1:0' } }));
-const child = spawn(process.execPath, [join(repoRoot, 'dist/src/cli.js'), 'run', '--settings', settingsFile], { stdio: 'ignore', env: { ...process.env, JOURNAL_STREAM: '' } });
+await writeFile(
+  settingsFile,
+  JSON.stringify({
+    node: 'node-idle',
+    stateDir: join(dir, 'idle'),
+    kafka: { brokers: env.kafkaBrokers },
+    topics,
+    trustedKeys: trusted,
+    metrics: { listen: '127.0.0.1:0' },
+  }),
+);
+const child = spawn(process.execPath, [join(repoRoot, 'dist/src/cli.js'), 'run', '--settings', settingsFile], {
+  stdio: 'ignore',
+  env: { ...process.env, JOURNAL_STREAM: '' },
+});
 await new Promise((r) => setTimeout(r, 15_000));
 const cpu = async () => {
   const f = (await readFile(`/proc/${child.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
@@ -134,7 +181,9 @@ for (let i = 0; i < IDLE; i += 5) {
   rssSamples.push(await rss());
 }
 const c1 = await cpu();
-out(`fleet: idle daemon over ${IDLE} s: RSS median ${pct(rssSamples, 50).toFixed(1)} MB (max ${Math.max(...rssSamples).toFixed(1)} MB), CPU ${(((c1 - c0) / IDLE) * 100).toFixed(2)} % of a core`);
+out(
+  `fleet: idle daemon over ${IDLE} s: RSS median ${pct(rssSamples, 50).toFixed(1)} MB (max ${Math.max(...rssSamples).toFixed(1)} MB), CPU ${(((c1 - c0) / IDLE) * 100).toFixed(2)} % of a core`,
+);
 child.kill('SIGTERM');
 await new Promise((r) => child.on('exit', r));
 

@@ -11,5 +11,8 @@ export function productNodeFlags(): string[] {
   const line = script.split('\n').find((l) => /^exec \/usr\/bin\/node /.test(l));
   if (!line) throw new Error('rpm/bosun.sh has no "exec /usr/bin/node ..." line to take the node flags from');
   const words = line.split(/\s+/).slice(2);
-  return words.slice(0, words.findIndex((w) => !w.startsWith('--')));
+  return words.slice(
+    0,
+    words.findIndex((w) => !w.startsWith('--')),
+  );
 }

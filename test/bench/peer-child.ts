@@ -34,4 +34,7 @@ const result = await restoreFromPeer({
   ...(cfg.workers !== undefined ? { workers: cfg.workers } : {}),
 });
 const u = process.resourceUsage();
-process.stdout.write(JSON.stringify({ result, seconds: (performance.now() - started) / 1000, maxRssBytes: u.maxRSS * 1024, cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6 }) + '\n');
+process.stdout.write(
+  JSON.stringify({ result, seconds: (performance.now() - started) / 1000, maxRssBytes: u.maxRSS * 1024, cpuSeconds: (u.userCPUTime + u.systemCPUTime) / 1e6 }) +
+    '\n',
+);

@@ -58,7 +58,7 @@ function args(): { size: number; runs: number; concurrency?: number; dir: string
 async function generate(root: string, size: number): Promise<{ files: number; bytes: number }> {
   const words = 'select insert update delete from where order by group the quick brown fox jumps over lazy dog id name value timestamp error'.split(' ');
   const parts: string[] = [];
-  for (let n = 0; n < 16 * MiB; ) {
+  for (let n = 0; n < 16 * MiB;) {
     const w = `${words[Math.floor(Math.random() * words.length)]} ${Math.floor(Math.random() * 100000)}${Math.random() < 0.1 ? '\n' : ' '}`;
     parts.push(w);
     n += w.length;
@@ -148,8 +148,12 @@ function measure(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<
 }
 
 /** The peer server child: listening port, and its peak RSS once stopped. */
-async function startServer(cfg: PeerServerChildConfig): Promise<{ port: number; child: ChildProcess; stop: () => Promise<{ maxRssBytes: number; cpuSeconds: number }> }> {
-  const child = spawn(process.execPath, [...productNodeFlags(), join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startServer(
+  cfg: PeerServerChildConfig,
+): Promise<{ port: number; child: ChildProcess; stop: () => Promise<{ maxRssBytes: number; cpuSeconds: number }> }> {
+  const child = spawn(process.execPath, [...productNodeFlags(), join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const port = await new Promise<number>((resolve, reject) => {
@@ -187,7 +191,11 @@ async function main(): Promise<void> {
   if (!env.s5cmd) throw new Error('s5cmd not found: run BOSUN_SERVICES_S5CMD=1 bash test/services/up (it builds s5cmd and records its path)');
   const work = await mkdtemp(join(o.dir, 'bosun-peer-bench-'));
   const prefix = `bosun-peer-bench/${Date.now().toString(36)}/`;
-  const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+  const client = createS3Client({
+    endpoint: env.s3.endpoint,
+    region: env.s3.region,
+    credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+  });
   const s5env = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, AWS_REGION: env.s3.region };
   const s5 = (...a: string[]): string[] => [env.s5cmd!, '--endpoint-url', env.s3.endpoint, ...a];
   const childJs = join(repoRoot, 'dist/test/bench/child.js');
@@ -232,11 +240,21 @@ async function main(): Promise<void> {
       keyFile: sealingKeyFile,
       ...(o.concurrency !== undefined ? { concurrency: o.concurrency } : {}),
     };
-    const created = await measure([process.execPath, ...productNodeFlags(), childJs, JSON.stringify({ ...s3base, mode: 'create', source: src } satisfies BenchChildConfig)]);
+    const created = await measure([
+      process.execPath,
+      ...productNodeFlags(),
+      childJs,
+      JSON.stringify({ ...s3base, mode: 'create', source: src } satisfies BenchChildConfig),
+    ]);
     const backupId = (JSON.parse(created.stdout) as { result: { backupId: string } }).result.backupId;
     out(`  bosun backup create to MinIO: ${created.seconds.toFixed(2)} s, ${rate(ds.bytes, created.seconds)}`);
 
-    server = await startServer({ dataDir: src, spoolDir: join(work, 'spool'), keyFile: serverKeyFile, allowedClients: [publicKeyString('ed25519', clientEd.publicKey)] });
+    server = await startServer({
+      dataDir: src,
+      spoolDir: join(work, 'spool'),
+      keyFile: serverKeyFile,
+      allowedClients: [publicKeyString('ed25519', clientEd.publicKey)],
+    });
     const peerCfg = (target: string): PeerBenchChildConfig => ({
       host: '127.0.0.1',
       port: server!.port,
@@ -261,11 +279,20 @@ async function main(): Promise<void> {
           const m = await measure([process.execPath, ...productNodeFlags(), peerChildJs, JSON.stringify(peerCfg(dst))]);
           const r = JSON.parse(m.stdout) as { result: { seconds: number; quiescedMs: number } };
           peer.push({ ...m, transferSeconds: r.result.seconds, snapshotSeconds: r.result.quiescedMs / 1000 });
-          out(`  peer restore   #${i + 1}: ${m.seconds.toFixed(2)} s end to end (${rate(ds.bytes, m.seconds)}); snapshot ${(r.result.quiescedMs / 1000).toFixed(2)} s, transfer ${r.result.seconds.toFixed(2)} s (${rate(ds.bytes, r.result.seconds)}); client peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${m.cpuSeconds.toFixed(1)} s`);
+          out(
+            `  peer restore   #${i + 1}: ${m.seconds.toFixed(2)} s end to end (${rate(ds.bytes, m.seconds)}); snapshot ${(r.result.quiescedMs / 1000).toFixed(2)} s, transfer ${r.result.seconds.toFixed(2)} s (${rate(ds.bytes, r.result.seconds)}); client peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${m.cpuSeconds.toFixed(1)} s`,
+          );
         } else if (who === 's3') {
-          const m = await measure([process.execPath, ...productNodeFlags(), childJs, JSON.stringify({ ...s3base, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)]);
+          const m = await measure([
+            process.execPath,
+            ...productNodeFlags(),
+            childJs,
+            JSON.stringify({ ...s3base, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig),
+          ]);
           s3.push(m);
-          out(`  MinIO restore  #${i + 1}: ${m.seconds.toFixed(2)} s (${rate(ds.bytes, m.seconds)}); peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${m.cpuSeconds.toFixed(1)} s`);
+          out(
+            `  MinIO restore  #${i + 1}: ${m.seconds.toFixed(2)} s (${rate(ds.bytes, m.seconds)}); peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${m.cpuSeconds.toFixed(1)} s`,
+          );
         } else {
           const m = await measure(s5('cp', `s3://${env.s3.bucket}/${prefix}raw/*`, `${dst}/`), s5env);
           s5runs.push(m);
@@ -286,10 +313,16 @@ async function main(): Promise<void> {
     out('');
     out(`bosun peer bench, ${formatBytes(ds.bytes)} in ${ds.files} files, medians of ${o.runs} runs (load average ${l1!.toFixed(1)} / ${l5!.toFixed(1)}):`);
     out(`  peer restore, end to end   ${peerMed.toFixed(2)} s  ${rate(ds.bytes, peerMed)}  (fresh snapshot each run: quiesced ${snapMed.toFixed(2)} s)`);
-    out(`  peer restore, transfer     ${transferMed.toFixed(2)} s  ${rate(ds.bytes, transferMed)}  client peak RSS ${formatBytes(Math.max(...peer.map((m) => m.maxRssBytes)))} (max), server peak RSS ${formatBytes(srv.maxRssBytes)}`);
-    out(`  MinIO restore (reference)  ${s3Med.toFixed(2)} s  ${rate(ds.bytes, s3Med)}  peak RSS ${formatBytes(Math.max(...s3.map((m) => m.maxRssBytes)))} (max)`);
+    out(
+      `  peer restore, transfer     ${transferMed.toFixed(2)} s  ${rate(ds.bytes, transferMed)}  client peak RSS ${formatBytes(Math.max(...peer.map((m) => m.maxRssBytes)))} (max), server peak RSS ${formatBytes(srv.maxRssBytes)}`,
+    );
+    out(
+      `  MinIO restore (reference)  ${s3Med.toFixed(2)} s  ${rate(ds.bytes, s3Med)}  peak RSS ${formatBytes(Math.max(...s3.map((m) => m.maxRssBytes)))} (max)`,
+    );
     out(`  s5cmd cp raw (reference)   ${s5Med.toFixed(2)} s  ${rate(ds.bytes, s5Med)}`);
-    out(`  peer transfer rate / MinIO restore rate = ${(s3Med / transferMed).toFixed(2)}; / s5cmd rate = ${(s5Med / transferMed).toFixed(2)}; end to end / MinIO restore = ${(s3Med / peerMed).toFixed(2)}`);
+    out(
+      `  peer transfer rate / MinIO restore rate = ${(s3Med / transferMed).toFixed(2)}; / s5cmd rate = ${(s5Med / transferMed).toFixed(2)}; end to end / MinIO restore = ${(s3Med / peerMed).toFixed(2)}`,
+    );
     out(
       JSON.stringify({
         bench: 'peer-restore',

@@ -54,20 +54,38 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
-type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets' | 'flushAheadBytes' | 'precreateFiles'>> & { code?: string; arenas?: number; semi?: number; flag?: string };
+type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets' | 'flushAheadBytes' | 'precreateFiles'>> & {
+  code?: string;
+  arenas?: number;
+  semi?: number;
+  flag?: string;
+};
 
 function parseVariant(v: string): Variant {
   const out: Record<string, number | boolean | string> = {};
   for (const kv of v.split(',')) {
     const eq = kv.indexOf('=');
     const [k, val] = eq < 0 ? [kv, undefined] : [kv.slice(0, eq), kv.slice(eq + 1)];
-    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'directGets', 'flushAheadBytes', 'precreateFiles', 'code', 'arenas', 'semi', 'flag'].includes(k)) throw new Error(`--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, directGets, flushAheadBytes, precreateFiles, code, arenas, semi, flag)`);
+    if (!['workers', 'concurrency', 'slots', 'verifyFiles', 'directGets', 'flushAheadBytes', 'precreateFiles', 'code', 'arenas', 'semi', 'flag'].includes(k))
+      throw new Error(
+        `--variant: unknown setting ${k} (workers, concurrency, slots, verifyFiles, directGets, flushAheadBytes, precreateFiles, code, arenas, semi, flag)`,
+      );
     out[k] = k === 'code' || k === 'flag' ? (val ?? '') : k === 'verifyFiles' || k === 'directGets' || k === 'precreateFiles' ? val !== 'false' : Number(val);
   }
   return out;
 }
 
-function args(): { size: number; runs: number; workers?: number; concurrency?: number; slots?: number; verifyFiles: boolean; dir: string; keep: boolean; variants: Variant[] } {
+function args(): {
+  size: number;
+  runs: number;
+  workers?: number;
+  concurrency?: number;
+  slots?: number;
+  verifyFiles: boolean;
+  dir: string;
+  keep: boolean;
+  variants: Variant[];
+} {
   const a = process.argv.slice(2);
   const variants = a.flatMap((x, i) => (x === '--variant' && a[i + 1] ? [parseVariant(a[i + 1]!)] : []));
   const get = (name: string): string | undefined => {
@@ -94,7 +112,10 @@ function args(): { size: number; runs: number; workers?: number; concurrency?: n
 
 /** A deterministic-enough pseudo-random source that is fast (randomBytes for "random" data). */
 function textSource(): Buffer {
-  const words = 'select insert update delete from where order by group the quick brown fox jumps over lazy dog id name value timestamp error warning info debug user account balance'.split(' ');
+  const words =
+    'select insert update delete from where order by group the quick brown fox jumps over lazy dog id name value timestamp error warning info debug user account balance'.split(
+      ' ',
+    );
   const parts: string[] = [];
   let n = 0;
   while (n < 16 * MiB) {
@@ -227,7 +248,11 @@ async function main(): Promise<void> {
   if (!env.s5cmd) throw new Error('s5cmd not found: run BOSUN_SERVICES_S5CMD=1 bash test/services/up (it builds s5cmd and records its path)');
   const work = await mkdtemp(join(o.dir, 'bosun-bench-'));
   const prefix = `bosun-bench/${Date.now().toString(36)}/`;
-  const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+  const client = createS3Client({
+    endpoint: env.s3.endpoint,
+    region: env.s3.region,
+    credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+  });
   // The store's credentials and region, as s5cmd and bosun's CLI read them from the environment.
   const storeEnv = { ...process.env, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, AWS_REGION: env.s3.region };
   const s5 = (...a: string[]): string[] => [env.s5cmd!, '--endpoint-url', env.s3.endpoint, ...a];
@@ -276,7 +301,9 @@ async function main(): Promise<void> {
       const m = await measure([process.execPath, ...nodeFlags, childJs, JSON.stringify({ ...base, mode: 'create', source: src } satisfies BenchChildConfig)]);
       const r = JSON.parse(m.stdout) as { result: { backupId: string; stats: { storedBytes: number } } };
       creates.push({ seconds: m.seconds, rss: m.maxRssBytes, cpu: m.cpuSeconds ?? 0, stored: r.result.stats.storedBytes, backupId: r.result.backupId });
-      out(`  bosun backup create #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s`);
+      out(
+        `  bosun backup create #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s`,
+      );
       // Only the last backup is restored: drop the earlier ones so a big run does not fill the disk.
       if (i > 0) await deletePrefix(`${prefix}bosun/backups/${creates[i - 1]!.backupId}/`);
     }
@@ -287,7 +314,10 @@ async function main(): Promise<void> {
     const bosunRuns: Measured[] = [];
     const s5synced: number[] = [];
     const variantRuns: Measured[][] = o.variants.map(() => []);
-    const label = (v: Variant): string => Object.entries(v).map(([k, x]) => `${k}=${String(x)}`).join(',');
+    const label = (v: Variant): string =>
+      Object.entries(v)
+        .map(([k, x]) => `${k}=${String(x)}`)
+        .join(',');
     for (let i = 0; i < o.runs; i++) {
       const who: Array<'s5cmd' | 'bosun' | number> = ['s5cmd', 'bosun', ...o.variants.map((_, k) => k)];
       // Rotate the order run by run so every one of them sees the same machine on average.
@@ -305,23 +335,54 @@ async function main(): Promise<void> {
           s5runs.push(m);
           s5synced.push(m.seconds + synced.seconds);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
-          out(`  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`);
+          out(
+            `  s5cmd cp download #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio} (+ sync ${synced.seconds.toFixed(2)} s)`,
+          );
         } else {
           const { code, arenas, semi, flag, ...v } = w === 'bosun' ? {} : o.variants[w]!;
           const js = code !== undefined ? join(code, 'test/bench/child.js') : childJs;
           // arenas=N: the restore runs with glibc's MALLOC_ARENA_MAX=N (fewer malloc arenas for its threads).
           const childEnv = arenas !== undefined ? { ...process.env, MALLOC_ARENA_MAX: String(arenas) } : process.env;
-          const semiFlags = semi === undefined ? nodeFlags : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
+          const semiFlags =
+            semi === undefined
+              ? nodeFlags
+              : [...nodeFlags.filter((f) => !f.startsWith('--max-semi-space-size=')), ...(semi > 0 ? [`--max-semi-space-size=${semi}`] : [])];
           const flags = flag ? [...semiFlags, flag] : semiFlags;
           const m =
             w === 'bosun'
               ? // The product command, as /usr/bin/bosun runs it.
-                await measure([process.execPath, ...nodeFlags, cliJs, 'restore', dst, '--bucket', env.s3.bucket, '--prefix', `${prefix}bosun/`, '--backup', backupId, '--key-file', keyFile, '--endpoint', env.s3.endpoint, '--region', env.s3.region], storeEnv)
-              : await measure([process.execPath, ...flags, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)], childEnv);
+                await measure(
+                  [
+                    process.execPath,
+                    ...nodeFlags,
+                    cliJs,
+                    'restore',
+                    dst,
+                    '--bucket',
+                    env.s3.bucket,
+                    '--prefix',
+                    `${prefix}bosun/`,
+                    '--backup',
+                    backupId,
+                    '--key-file',
+                    keyFile,
+                    '--endpoint',
+                    env.s3.endpoint,
+                    '--region',
+                    env.s3.region,
+                  ],
+                  storeEnv,
+                )
+              : await measure(
+                  [process.execPath, ...flags, js, JSON.stringify({ ...base, ...v, mode: 'restore', target: dst, backupId } satisfies BenchChildConfig)],
+                  childEnv,
+                );
           const m1 = await minioCpu();
           (w === 'bosun' ? bosunRuns : variantRuns[w]!).push(m);
           const minio = m0 !== undefined && m1 !== undefined ? `, MinIO CPU ${(m1 - m0).toFixed(1)} s` : '';
-          out(`  bosun restore${w === 'bosun' ? '' : ` [${label(o.variants[w]!)}]`} #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`);
+          out(
+            `  bosun restore${w === 'bosun' ? '' : ` [${label(o.variants[w]!)}]`} #${i + 1}: ${m.seconds.toFixed(2)} s, ${rate(ds.bytes, m.seconds)}, peak RSS ${formatBytes(m.maxRssBytes)}, CPU ${(m.cpuSeconds ?? 0).toFixed(1)} s${minio}`,
+          );
         }
         await rm(dst, { recursive: true, force: true });
       }
@@ -333,15 +394,25 @@ async function main(): Promise<void> {
     const ratio = s5Med / bosunMed;
     const [l1, l5] = loadavg();
     out('');
-    out(`bosun bench, ${formatBytes(ds.bytes)} in ${ds.files} files, medians of ${o.runs} runs, file read-back verification ${o.verifyFiles ? 'on' : 'off'} (load average ${l1!.toFixed(1)} / ${l5!.toFixed(1)}):`);
-    out(`  backup create   ${createMed.toFixed(2)} s  ${rate(ds.bytes, createMed)}  peak RSS ${formatBytes(median(creates.map((c) => c.rss)))}  stored ${formatBytes(stored)} (${(ds.bytes / stored).toFixed(2)}:1)`);
+    out(
+      `bosun bench, ${formatBytes(ds.bytes)} in ${ds.files} files, medians of ${o.runs} runs, file read-back verification ${o.verifyFiles ? 'on' : 'off'} (load average ${l1!.toFixed(1)} / ${l5!.toFixed(1)}):`,
+    );
+    out(
+      `  backup create   ${createMed.toFixed(2)} s  ${rate(ds.bytes, createMed)}  peak RSS ${formatBytes(median(creates.map((c) => c.rss)))}  stored ${formatBytes(stored)} (${(ds.bytes / stored).toFixed(2)}:1)`,
+    );
     out(`  s5cmd cp        ${s5Med.toFixed(2)} s  ${rate(ds.bytes, s5Med)}  peak RSS ${formatBytes(median(s5runs.map((m) => m.maxRssBytes)))}`);
-    out(`  bosun restore   ${bosunMed.toFixed(2)} s  ${rate(ds.bytes, bosunMed)}  peak RSS ${formatBytes(Math.max(...bosunRuns.map((m) => m.maxRssBytes)))} (max)  CPU ${median(bosunRuns.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`);
+    out(
+      `  bosun restore   ${bosunMed.toFixed(2)} s  ${rate(ds.bytes, bosunMed)}  peak RSS ${formatBytes(Math.max(...bosunRuns.map((m) => m.maxRssBytes)))} (max)  CPU ${median(bosunRuns.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`,
+    );
     out(`  s5cmd cp + sync ${median(s5synced).toFixed(2)} s  ${rate(ds.bytes, median(s5synced))}  (data on disk, as bosun's restore leaves it)`);
-    out(`  restore rate / s5cmd rate = ${ratio.toFixed(2)}; / (s5cmd + sync) rate = ${(median(s5synced) / bosunMed).toFixed(2)}  (target >= 0.90; peak RSS target < 300 MB)`);
+    out(
+      `  restore rate / s5cmd rate = ${ratio.toFixed(2)}; / (s5cmd + sync) rate = ${(median(s5synced) / bosunMed).toFixed(2)}  (target >= 0.90; peak RSS target < 300 MB)`,
+    );
     for (const [k, v] of o.variants.entries()) {
       const med = median(variantRuns[k]!.map((m) => m.seconds));
-      out(`  variant [${label(v)}]: ${med.toFixed(2)} s  ${rate(ds.bytes, med)}  / s5cmd rate = ${(s5Med / med).toFixed(2)}  peak RSS ${formatBytes(Math.max(...variantRuns[k]!.map((m) => m.maxRssBytes)))} (max)  CPU ${median(variantRuns[k]!.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`);
+      out(
+        `  variant [${label(v)}]: ${med.toFixed(2)} s  ${rate(ds.bytes, med)}  / s5cmd rate = ${(s5Med / med).toFixed(2)}  peak RSS ${formatBytes(Math.max(...variantRuns[k]!.map((m) => m.maxRssBytes)))} (max)  CPU ${median(variantRuns[k]!.map((m) => m.cpuSeconds ?? 0)).toFixed(1)} s`,
+      );
     }
     out(
       JSON.stringify({
@@ -357,7 +428,11 @@ async function main(): Promise<void> {
         createMaxRssBytes: creates.map((c) => c.rss),
         storedBytes: stored,
         ratio,
-        variants: o.variants.map((v, k) => ({ ...v, restoreSeconds: variantRuns[k]!.map((m) => m.seconds), maxRssBytes: variantRuns[k]!.map((m) => m.maxRssBytes) })),
+        variants: o.variants.map((v, k) => ({
+          ...v,
+          restoreSeconds: variantRuns[k]!.map((m) => m.seconds),
+          maxRssBytes: variantRuns[k]!.map((m) => m.maxRssBytes),
+        })),
         verifyFiles: o.verifyFiles,
         loadavg: [l1, l5],
       }),

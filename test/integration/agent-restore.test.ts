@@ -93,7 +93,10 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
   function decode(raw: Buffer | null, signer: string): Received {
     const r = JSON.parse(raw!.toString()) as SignedReport;
     const payload = Buffer.from(r.payload, 'base64url');
-    assert.ok(verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(signer), Buffer.from(r.signature, 'base64url')), 'report signature');
+    assert.ok(
+      verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(signer), Buffer.from(r.signature, 'base64url')),
+      'report signature',
+    );
     return { at: Date.now(), body: JSON.parse(payload.toString()) as Record<string, unknown>, raw: raw!.toString() };
   }
 
@@ -121,7 +124,11 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
     producer = kafka.producer();
     await producer.connect();
-    watcher = await createTopicsAndWatch(kafka, topics, { desiredPartitions: 3, groupId: `watch-${run}`, onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value, identity.signingKey)) });
+    watcher = await createTopicsAndWatch(kafka, topics, {
+      desiredPartitions: 3,
+      groupId: `watch-${run}`,
+      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value, identity.signingKey)),
+    });
   });
 
   after(async () => {
@@ -149,7 +156,10 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     const stateDir = join(work, 'state');
     const redactor = new Redactor();
     // As createLogger makes it (every line through the redactor last), but into memory.
-    const logger = pino({ level: 'info', base: { pid: process.pid }, hooks: { streamWrite: (s: string) => redactor.redact(s) } }, { write: (l: string) => void lines.push(l) });
+    const logger = pino(
+      { level: 'info', base: { pid: process.pid }, hooks: { streamWrite: (s: string) => redactor.redact(s) } },
+      { write: (l: string) => void lines.push(l) },
+    );
     const settings = parseAgentSettings({
       node,
       stateDir,
@@ -168,7 +178,18 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
       plan: (s, stage) => planPhase(s, stage, probe, ctx, reuse),
       changed: () => reuse.clear(),
     };
-    agent = new Agent({ settings: settings.value, stateDir, identity, host: new Host({ redactor, root }), probe, ctx, logger, redactor, planner, retrySeconds: RETRY_SECONDS });
+    agent = new Agent({
+      settings: settings.value,
+      stateDir,
+      identity,
+      host: new Host({ redactor, root }),
+      probe,
+      ctx,
+      logger,
+      redactor,
+      planner,
+      retrySeconds: RETRY_SECONDS,
+    });
     await agent.start();
 
     // A first good version without a restore: the last good spec the failure must leave alone.
@@ -194,7 +215,12 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     assert.equal(f.retryInSeconds, RETRY_SECONDS);
 
     // The status says so: the apply failed, the host stays at version 1, the restore's progress record failed with ENOSPC.
-    type Status = { appliedVersion: number | null; wantedVersion: number | null; lastApply: { version: number; result: string; error?: { code: string; message: string } } | null; restore: { state: string; error?: string; target: string } | null };
+    type Status = {
+      appliedVersion: number | null;
+      wantedVersion: number | null;
+      lastApply: { version: number; result: string; error?: { code: string; message: string } } | null;
+      restore: { state: string; error?: string; target: string } | null;
+    };
     const failedStatus = () => statuses.map((s) => s.body as unknown as Status).find((s) => s.lastApply?.result === 'failed' && s.lastApply.version === 2);
     await waitFor('a status reporting the failure', () => failedStatus() !== undefined, 15_000);
     const st = failedStatus()!;
@@ -209,7 +235,11 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     // Nothing looks restored: no marker, nothing on the volume but the staging area and its journal; the last good spec untouched.
     assert.equal(existsSync(join(vol, '.bosun-restored.json')), false, 'marked restored after ENOSPC');
     const left = await readdir(vol);
-    assert.deepEqual(left.filter((n) => !n.startsWith('.bosun-restore')), [], `on the volume: ${left.join(', ')}`);
+    assert.deepEqual(
+      left.filter((n) => !n.startsWith('.bosun-restore')),
+      [],
+      `on the volume: ${left.join(', ')}`,
+    );
     assert.ok(left.includes('.bosun-restore.journal'), 'the restore journal is kept for the retry');
     assert.equal(await readFile(join(stateDir, 'applied.json'), 'utf8'), appliedBefore, 'applied.json changed');
     assert.equal(await readFile(join(stateDir, 'spec.json'), 'utf8'), specBefore, 'the last good spec changed');

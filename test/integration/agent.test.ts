@@ -47,27 +47,52 @@ describe('agent control loop (real Kafka)', () => {
     phases: () => ['auxiliary'],
     plan: (spec) => {
       applies.push(spec.version);
-      return Promise.resolve([{ kind: 'write', phase: 'auxiliary', path: join(dir, 'applied-version'), mode: 0o644, content: String(spec.version), why: 'test marker' }]);
+      return Promise.resolve([
+        { kind: 'write', phase: 'auxiliary', path: join(dir, 'applied-version'), mode: 0o644, content: String(spec.version), why: 'test marker' },
+      ]);
     },
   };
 
   const spec = (version: number, extra: Record<string, unknown> = {}) => ({ apiVersion: 'bosun/v1', cluster: 'pg-main', node, version, ...extra });
-  const send = (key: string, value: unknown) => producer.send({ topic: topics.desired, messages: [{ key, value: typeof value === 'string' ? value : JSON.stringify(value) }] });
+  const send = (key: string, value: unknown) =>
+    producer.send({ topic: topics.desired, messages: [{ key, value: typeof value === 'string' ? value : JSON.stringify(value) }] });
 
   function decode(raw: Buffer | null, signer?: string): Record<string, unknown> {
     const r = JSON.parse(raw!.toString()) as SignedReport;
     const payload = Buffer.from(r.payload, 'base64url');
-    if (signer) assert.ok(verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(signer), Buffer.from(r.signature, 'base64url')), 'report signature');
+    if (signer)
+      assert.ok(
+        verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(signer), Buffer.from(r.signature, 'base64url')),
+        'report signature',
+      );
     return JSON.parse(payload.toString()) as Record<string, unknown>;
   }
 
   async function startAgent(watchdogSeconds?: number): Promise<Agent> {
-    const settings = parseAgentSettings({ node, stateDir: join(dir, 'state'), kafka: { brokers: env.kafkaBrokers }, topics, trustedKeys: [{ id: 'cp-1', publicKey: publicKeyString('ed25519', cp.publicKey) }] });
+    const settings = parseAgentSettings({
+      node,
+      stateDir: join(dir, 'state'),
+      kafka: { brokers: env.kafkaBrokers },
+      topics,
+      trustedKeys: [{ id: 'cp-1', publicKey: publicKeyString('ed25519', cp.publicKey) }],
+    });
     assert.ok(settings.ok);
     const redactor = new Redactor();
     const { logger } = createLogger({ redactor, target: 'stderr', level: 'warn' });
     const { identity } = await loadOrCreateIdentity(join(dir, 'state'));
-    const agent = new Agent({ settings: settings.value, stateDir: join(dir, 'state'), identity, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, redactor, planner, retrySeconds: 1, watchdogSeconds });
+    const agent = new Agent({
+      settings: settings.value,
+      stateDir: join(dir, 'state'),
+      identity,
+      host: new Host({ redactor }),
+      probe: new BlankProbe(),
+      ctx: { distro: DISTROS.fedora },
+      logger,
+      redactor,
+      planner,
+      retrySeconds: 1,
+      watchdogSeconds,
+    });
     await agent.start();
     return agent;
   }
@@ -78,7 +103,11 @@ describe('agent control loop (real Kafka)', () => {
     kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
     producer = kafka.producer();
     await producer.connect();
-    watcher = await createTopicsAndWatch(kafka, topics, { desiredPartitions: PARTITIONS, groupId: `watch-${run}`, onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value)) });
+    watcher = await createTopicsAndWatch(kafka, topics, {
+      desiredPartitions: PARTITIONS,
+      groupId: `watch-${run}`,
+      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value)),
+    });
   });
 
   after(async () => {
@@ -109,9 +138,15 @@ describe('agent control loop (real Kafka)', () => {
       await send(node, signEnvelope(spec(2, { node: 'node-zz' }), 'cp-1', cp.privateKey));
       await send(node, signEnvelope(spec(2, { disks: { raid: { level: 5 } } }), 'cp-1', cp.privateKey));
       await waitFor('five refusals', () => events.filter((e) => e.kind === 'refused').length >= 5, 30_000);
-      assert.deepEqual(events.filter((e) => e.kind === 'refused').map((e) => e.reason), ['malformed', 'unknown-key', 'bad-signature', 'wrong-node', 'invalid-spec']);
+      assert.deepEqual(
+        events.filter((e) => e.kind === 'refused').map((e) => e.reason),
+        ['malformed', 'unknown-key', 'bad-signature', 'wrong-node', 'invalid-spec'],
+      );
       const invalid = events.find((e) => e.reason === 'invalid-spec') as { problems: { path: string }[] };
-      assert.ok(invalid.problems.some((p) => p.path === 'disks.devices'), JSON.stringify(invalid.problems));
+      assert.ok(
+        invalid.problems.some((p) => p.path === 'disks.devices'),
+        JSON.stringify(invalid.problems),
+      );
       assert.equal(await readFile(join(dir, 'applied-version'), 'utf8'), '1', 'nothing changed');
       assert.deepEqual(applies, [1]);
 
@@ -161,7 +196,9 @@ describe('agent control loop (real Kafka)', () => {
     const orig = planner.plan.bind(planner);
     planner.plan = (s) => {
       applies.push(s.version);
-      return Promise.resolve([{ kind: 'write', phase: 'auxiliary', path: join(failing, 'f'), mode: 0o644, content: 'x', why: 'blocked by a file where a directory should be' }]);
+      return Promise.resolve([
+        { kind: 'write', phase: 'auxiliary', path: join(failing, 'f'), mode: 0o644, content: 'x', why: 'blocked by a file where a directory should be' },
+      ]);
     };
     try {
       await send(node, signEnvelope(spec(3), 'cp-1', cp.privateKey));
@@ -169,7 +206,11 @@ describe('agent control loop (real Kafka)', () => {
       const f = events.find((e) => e.kind === 'apply-failed')!;
       assert.equal(f.code, 'E_WRITE');
       assert.match(String(f.message), /cannot write .*not-a-dir\/f: (ENOTDIR|EEXIST)/);
-      await waitFor('a status that shows the failure and the last good version', () => statuses.some((s) => (s.lastApply as { result?: string } | null)?.result === 'failed' && s.appliedVersion === 2), 30_000);
+      await waitFor(
+        'a status that shows the failure and the last good version',
+        () => statuses.some((s) => (s.lastApply as { result?: string } | null)?.result === 'failed' && s.appliedVersion === 2),
+        30_000,
+      );
       planner.plan = orig;
       await waitFor('the retry to succeed', () => statuses.some((s) => s.appliedVersion === 3), 30_000);
     } finally {
@@ -194,7 +235,11 @@ describe('agent control loop (real Kafka)', () => {
       await waitFor('the apply of version 4 to begin', () => planning, 30_000);
       const since = statuses.length;
       await agent.reportProgress();
-      await waitFor('a status sent while version 4 applies', () => statuses.length > since && statuses.slice(since).some((s) => s.applying !== null && s.applying !== undefined), 30_000);
+      await waitFor(
+        'a status sent while version 4 applies',
+        () => statuses.length > since && statuses.slice(since).some((s) => s.applying !== null && s.applying !== undefined),
+        30_000,
+      );
       const during = statuses.slice(since).find((s) => s.applying)!;
       const a = during.applying as { version: number; since: string; step: string };
       assert.equal(a.version, 4);
@@ -248,7 +293,11 @@ describe('agent control loop (real Kafka)', () => {
       sh('up');
       brokerDown = false;
       const refusedBefore = agent.counters.refused;
-      await waitFor('the status reported after the broker-less boot to arrive', () => statuses.some((s) => (s.health as { marker?: string } | undefined)?.marker === 'after-boot-without-broker'), 90_000);
+      await waitFor(
+        'the status reported after the broker-less boot to arrive',
+        () => statuses.some((s) => (s.health as { marker?: string } | undefined)?.marker === 'after-boot-without-broker'),
+        90_000,
+      );
       await waitFor('the event of the boot-time apply made without the broker', () => appliedEvents() > appliedEventsBefore, 30_000);
       await send(node, signEnvelope(spec(5), 'cp-1', cp.privateKey));
       await waitFor('the spec sent after the outage to be applied', () => statuses.some((s) => s.appliedVersion === 5), 120_000);

@@ -27,7 +27,11 @@ export interface ChildConfig {
 const cfg = JSON.parse(process.argv[2] ?? '{}') as ChildConfig;
 const priv = createPrivateKey(readFileSync(cfg.keyFile));
 const pub = createPublicKey(priv);
-const client = createS3Client({ endpoint: cfg.endpoint, region: cfg.region, credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } });
+const client = createS3Client({
+  endpoint: cfg.endpoint,
+  region: cfg.region,
+  credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
+});
 try {
   const result = await restoreFromObjectStorage({
     transport: new S3Transport({ client, bucket: cfg.bucket, prefix: cfg.prefix }),

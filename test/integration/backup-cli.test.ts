@@ -43,7 +43,14 @@ describe('bosun backup create / bosun restore against MinIO', { timeout: 300_000
   before(async () => {
     env = await requireServices();
     work = await mkdtemp(join(tmpdir(), 'bosun-cli-backup-'));
-    s3env = { AWS_ENDPOINT_URL: env.s3.endpoint, AWS_REGION: env.s3.region, AWS_ACCESS_KEY_ID: env.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey, BOSUN_SETTINGS: '', BOSUN_STATE_DIR: join(work, 'state') };
+    s3env = {
+      AWS_ENDPOINT_URL: env.s3.endpoint,
+      AWS_REGION: env.s3.region,
+      AWS_ACCESS_KEY_ID: env.s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey,
+      BOSUN_SETTINGS: '',
+      BOSUN_STATE_DIR: join(work, 'state'),
+    };
     keyFile = join(work, 'backup-key.pem');
     const kg = await bosun(['backup', 'keygen', '--out', keyFile, '--json']);
     assert.equal(kg.code, 0, kg.stderr);
@@ -93,7 +100,12 @@ describe('bosun backup create / bosun restore against MinIO', { timeout: 300_000
     const creds = join(work, 's3.json');
     await writeFile(creds, JSON.stringify({ accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey }), { mode: 0o600 });
     const settings = join(work, 'agent.json');
-    const settingsBody = { node: 'cli-test', kafka: { brokers: ['127.0.0.1:1'] }, trustedKeys: [{ id: 'k', publicKey: `ed25519:${'A'.repeat(43)}` }], objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, credentialsFile: creds } };
+    const settingsBody = {
+      node: 'cli-test',
+      kafka: { brokers: ['127.0.0.1:1'] },
+      trustedKeys: [{ id: 'k', publicKey: `ed25519:${'A'.repeat(43)}` }],
+      objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, credentialsFile: creds },
+    };
     await writeFile(settings, JSON.stringify(settingsBody));
     const noEnv = { AWS_ENDPOINT_URL: '', AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '', BOSUN_SETTINGS: settings };
     const c = await bosun(['backup', 'create', src, '--bucket', env.s3.bucket, '--prefix', prefix('settings'), '--key-file', keyFile], noEnv);
@@ -121,7 +133,21 @@ describe('bosun backup create / bosun restore against MinIO', { timeout: 300_000
     const chunks = (JSON.parse(c.stdout) as { stats: { chunks: number } }).stats.chunks;
     const target = join(work, 'killed');
     const journal = join(work, '.killed.bosun-restore.journal');
-    const args = [cliPath, 'restore', target, '--bucket', env.s3.bucket, '--prefix', prefix('kill'), '--key-file', keyFile, '--bandwidth-limit', '2', '--concurrency', '2'];
+    const args = [
+      cliPath,
+      'restore',
+      target,
+      '--bucket',
+      env.s3.bucket,
+      '--prefix',
+      prefix('kill'),
+      '--key-file',
+      keyFile,
+      '--bandwidth-limit',
+      '2',
+      '--concurrency',
+      '2',
+    ];
     const child = spawn(process.execPath, args, { env: { ...process.env, ...s3env, JOURNAL_STREAM: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -172,7 +198,11 @@ describe('bosun backup create / bosun restore against MinIO', { timeout: 300_000
     assert.equal(existsSync(target), false);
     assert.equal(existsSync(join(work, '.wk-restored.bosun-restore')), false);
 
-    const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    const client = createS3Client({
+      endpoint: env.s3.endpoint,
+      region: env.s3.region,
+      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+    });
     try {
       await client.send(new DeleteObjectCommand({ Bucket: env.s3.bucket, Key: `${prefix('wk')}backups/${id}/packs/000000.pack` }));
     } finally {

@@ -15,7 +15,16 @@ import { Writable } from 'node:stream';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { pino, type Logger } from 'pino';
-import { BackupError, createBackup, createS3Client, restoreFromObjectStorage, S3Transport, trustSigners, type BackupResult, type RestoreResult } from '../../src/backup/index.js';
+import {
+  BackupError,
+  createBackup,
+  createS3Client,
+  restoreFromObjectStorage,
+  S3Transport,
+  trustSigners,
+  type BackupResult,
+  type RestoreResult,
+} from '../../src/backup/index.js';
 import { parseManifest } from '../../src/backup/format.js';
 import { DoneSet } from '../../src/backup/journal.js';
 import { openSealed, publicKeyString } from '../../src/identity/seal.js';
@@ -158,9 +167,14 @@ class ErroringProxy {
   }
 }
 
-function runChild(cfg: ChildConfig, onSpawn?: (kill: () => void) => void): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+function runChild(
+  cfg: ChildConfig,
+  onSpawn?: (kill: () => void) => void,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/backup-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/backup-child.js'), JSON.stringify(cfg)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -210,7 +224,12 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
 
   const objectKey = (name: string, key: string): string => `bosun-it/${RUN}/${name}/${key}`;
   /** An S3 client for the test MinIO, through a proxy on `port`. */
-  const clientVia = (port: number): S3Client => createS3Client({ endpoint: `http://127.0.0.1:${port}`, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+  const clientVia = (port: number): S3Client =>
+    createS3Client({
+      endpoint: `http://127.0.0.1:${port}`,
+      region: env.s3.region,
+      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+    });
   const getObject = async (key: string): Promise<Buffer> => {
     const r = await s3.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: key }));
     return Buffer.from(await r.Body!.transformToByteArray());
@@ -228,7 +247,11 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       setupError = err instanceof Error ? err : new Error(String(err));
       return;
     }
-    s3 = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    s3 = createS3Client({
+      endpoint: env.s3.endpoint,
+      region: env.s3.region,
+      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+    });
     work = await mkdtemp(join(tmpdir(), 'bosun-backup-it-'));
     source = join(work, 'source');
     await makeTree(source);
@@ -343,8 +366,14 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     await rm(target, { recursive: true });
 
     const stranger = publicKeyString('ed25519', generateKeyPairSync('ed25519').publicKey);
-    await assert.rejects(restore('signed', target, { verifyManifest: trustSigners([stranger]) }), (e: unknown) => e instanceof BackupError && e.reason === 'key' && /not a trusted key/.test(e.message));
-    await assert.rejects(restore('tree', target, { verifyManifest: trustSigners([signingKey]) }), (e: unknown) => e instanceof BackupError && /not signed/.test(e.message));
+    await assert.rejects(
+      restore('signed', target, { verifyManifest: trustSigners([stranger]) }),
+      (e: unknown) => e instanceof BackupError && e.reason === 'key' && /not a trusted key/.test(e.message),
+    );
+    await assert.rejects(
+      restore('tree', target, { verifyManifest: trustSigners([signingKey]) }),
+      (e: unknown) => e instanceof BackupError && /not signed/.test(e.message),
+    );
     assert.equal(existsSync(target), false);
     await rm(small, { recursive: true });
   });
@@ -380,7 +409,10 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       const bad = Buffer.from(original);
       bad[1000]! ^= 0xff;
       await putObject(pack0(), bad);
-      await expectFailure('integrity', new RegExp(`corrupt data in s3://${env.s3.bucket}/.*/packs/000000\\.pack at bytes 0-\\d+ .*fetching it twice more.*belongs to one`));
+      await expectFailure(
+        'integrity',
+        new RegExp(`corrupt data in s3://${env.s3.bucket}/.*/packs/000000\\.pack at bytes 0-\\d+ .*fetching it twice more.*belongs to one`),
+      );
     });
 
     it('a truncated pack', async () => {
@@ -410,7 +442,14 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     const client = clientVia(port);
     const target = join(work, 'through-proxy');
     try {
-      const r = await restoreFromObjectStorage({ transport: transport('tree', client), backupId: first.backupId, target, openDataKey: openKey(recipient), retry: FAST_RETRY, concurrency: 4 });
+      const r = await restoreFromObjectStorage({
+        transport: transport('tree', client),
+        backupId: first.backupId,
+        target,
+        openDataKey: openKey(recipient),
+        retry: FAST_RETRY,
+        concurrency: 4,
+      });
       assert.ok(proxy.resets >= 5, `only ${proxy.resets} resets`);
       assert.equal(r.resumedChunks, 0);
       assertSameTree(await describeTree(target), expected);
@@ -427,7 +466,14 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     const client = clientVia(port);
     const target = join(work, 'through-erroring-proxy');
     try {
-      const r = await restoreFromObjectStorage({ transport: transport('tree', client), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY, concurrency: 4 });
+      const r = await restoreFromObjectStorage({
+        transport: transport('tree', client),
+        backupId: 'latest',
+        target,
+        openDataKey: openKey(recipient),
+        retry: FAST_RETRY,
+        concurrency: 4,
+      });
       // The pointer, the manifest and the packs each met an error first.
       assert.ok(proxy.errors500 >= 2 && proxy.errors503 >= 2, `injected ${proxy.errors500} × 500, ${proxy.errors503} × 503`);
       assert.ok(proxy.slowed >= 1, 'no response was slowed');
@@ -435,7 +481,9 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       assert.equal(r.retries, proxy.injected);
       assert.equal(r.resumedChunks, 0);
       assertSameTree(await describeTree(target), expected);
-      process.stderr.write(`[it] store errors: ${proxy.errors500} × 500, ${proxy.errors503} × 503, ${proxy.slowed} responses held ${proxy.slowMs} ms; restore ${r.seconds.toFixed(1)} s, ${r.retries} retries\n`);
+      process.stderr.write(
+        `[it] store errors: ${proxy.errors500} × 500, ${proxy.errors503} × 503, ${proxy.slowed} responses held ${proxy.slowMs} ms; restore ${r.seconds.toFixed(1)} s, ${r.retries} retries\n`,
+      );
     } finally {
       client.destroy();
       await proxy.close();
@@ -472,7 +520,11 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     try {
       await assert.rejects(
         backup(source, 'uploads-down', { transport: transport('uploads-down', client), packSize: MiB, uploadConcurrency: 2 }),
-        (e: unknown) => e instanceof BackupError && e.reason === 'transport' && /gave up after retries/.test(e.message) && (/pack/.test(e.message) || assert.fail(`does not name the pack: ${e.message}`)),
+        (e: unknown) =>
+          e instanceof BackupError &&
+          e.reason === 'transport' &&
+          /gave up after retries/.test(e.message) &&
+          (/pack/.test(e.message) || assert.fail(`does not name the pack: ${e.message}`)),
       );
       const listed = await s3.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: objectKey('uploads-down', '') }));
       assert.deepEqual(listed.Contents ?? [], [], 'nothing reached the store, least of all latest.json');
@@ -491,7 +543,11 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     try {
       await assert.rejects(
         restoreFromObjectStorage({ transport: transport('tree', client), backupId: 'latest', target, openDataKey: openKey(recipient), retry: FAST_RETRY }),
-        (e: unknown) => e instanceof BackupError && e.reason === 'transport' && /gave up after retries/.test(e.message) && (e.message.includes('latest') || assert.fail(`does not name the object: ${e.message}`)),
+        (e: unknown) =>
+          e instanceof BackupError &&
+          e.reason === 'transport' &&
+          /gave up after retries/.test(e.message) &&
+          (e.message.includes('latest') || assert.fail(`does not name the object: ${e.message}`)),
       );
       assert.equal(proxy.errors503, FAST_RETRY.attempts, 'one request per attempt, then it gives up');
       assert.equal(existsSync(target), false);
@@ -522,7 +578,10 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       });
       assert.equal(existsSync(marker), false, 'marked restored after ENOSPC');
       // Nothing that looks like a complete tree: only the staging area and its journal.
-      assert.deepEqual((await readdir(vol)).filter((n) => !n.startsWith('.bosun-restore')), []);
+      assert.deepEqual(
+        (await readdir(vol)).filter((n) => !n.startsWith('.bosun-restore')),
+        [],
+      );
       // Room made (the volume grown), the next run completes and marks it.
       execFileSync('mount', ['-o', 'remount,size=32m', vol]);
       const r = await restore('enospc', vol, { markerPath: marker });
@@ -606,7 +665,9 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     await restore('tree', target, { logger });
     await rm(target, { recursive: true });
     let message = '';
-    await restore('tree', target, { logger, openDataKey: openKey(generateKeyPairSync('x25519')) }).catch((e: unknown) => (message = e instanceof Error ? `${e.message} ${JSON.stringify(e)}` : String(e)));
+    await restore('tree', target, { logger, openDataKey: openKey(generateKeyPairSync('x25519')) }).catch(
+      (e: unknown) => (message = e instanceof Error ? `${e.message} ${JSON.stringify(e)}` : String(e)),
+    );
     const all = lines.join('') + message;
     assert.ok(lines.length > 3, 'the restore logged');
     for (const secret of [dataKey.toString('hex'), dataKey.toString('base64'), dataKey.toString('base64url'), env.s3.secretAccessKey]) {

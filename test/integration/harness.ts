@@ -22,7 +22,11 @@ export function runTopics(run: string): RunTopics {
  * compacted), then starts a consumer that hands every status and event
  * value, from the beginning, to `onReport`. The caller disconnects it.
  */
-export async function createTopicsAndWatch(kafka: kafkajs.Kafka, topics: RunTopics, o: { desiredPartitions: number; groupId: string; onReport: (kind: 'status' | 'event', value: Buffer | null) => void }): Promise<Consumer> {
+export async function createTopicsAndWatch(
+  kafka: kafkajs.Kafka,
+  topics: RunTopics,
+  o: { desiredPartitions: number; groupId: string; onReport: (kind: 'status' | 'event', value: Buffer | null) => void },
+): Promise<Consumer> {
   const admin = kafka.admin();
   await admin.connect();
   try {
@@ -51,7 +55,11 @@ export async function createTopicsAndWatch(kafka: kafkajs.Kafka, topics: RunTopi
 
 /** `bosun backup create` of `source` into the test MinIO under `prefix`, sealed to `recipient`, in 1 MiB chunks. */
 export async function backupToMinio(env: ServiceEnv, source: string, prefix: string, recipient: KeyObject): Promise<BackupResult> {
-  const client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+  const client = createS3Client({
+    endpoint: env.s3.endpoint,
+    region: env.s3.region,
+    credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+  });
   try {
     return await createBackup({ source, transport: new S3Transport({ client, bucket: env.s3.bucket, prefix }), recipient, chunkSize: 1024 * 1024 });
   } finally {

@@ -23,20 +23,26 @@ describe('kafkajs idle timers', { timeout: 90_000 }, () => {
   let consumer: Consumer | undefined;
   after(async () => consumer?.disconnect());
 
-  it("an idle consumer group member creates a handful of timers a second, not a thousand", async (t) => {
+  it('an idle consumer group member creates a handful of timers a second, not a thousand', async (t) => {
     const run = randomBytes(4).toString('hex');
     const topic = `bosun-it-idle-${run}`;
     const cp = generateKeyPairSync('ed25519');
-    const parsed = parseAgentSettings({ node: 'idle', stateDir: '/nonexistent', kafka: { brokers: env.kafkaBrokers }, topics: { desired: topic, status: `${topic}.s`, events: `${topic}.e` }, trustedKeys: [{ id: 'cp', publicKey: publicKeyString('ed25519', cp.publicKey) }] });
+    const parsed = parseAgentSettings({
+      node: 'idle',
+      stateDir: '/nonexistent',
+      kafka: { brokers: env.kafkaBrokers },
+      topics: { desired: topic, status: `${topic}.s`, events: `${topic}.e` },
+      trustedKeys: [{ id: 'cp', publicKey: publicKeyString('ed25519', cp.publicKey) }],
+    });
     assert.ok(parsed.ok);
     const { logger } = createLogger({ redactor: new Redactor(), target: 'stderr', level: 'error' });
     // Every interval kafkajs arms from here on, with its period (its per-connection request-timeout check was 100 ms).
     const intervals: number[] = [];
     const realSetInterval = globalThis.setInterval;
-    globalThis.setInterval = ((fn: () => void, ms?: number) => {
+    globalThis.setInterval = (fn: () => void, ms?: number) => {
       intervals.push(ms ?? 0);
       return realSetInterval(fn, ms);
-    });
+    };
     t.after(() => void (globalThis.setInterval = realSetInterval));
     const kafka = await createKafka(parsed.value, logger);
     assert.equal(fixKafkajsIdleSpin(), true, "kafkajs's request queue has the method the fix replaces");

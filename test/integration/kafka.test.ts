@@ -226,7 +226,13 @@ describe('Kafka (real broker)', { timeout: 180_000 }, () => {
     });
     await producer.connect();
     try {
-      await producer.send({ topic: compacted, messages: [{ key: 'k', value: 'v1' }, { key: 'k', value: 'v2' }] });
+      await producer.send({
+        topic: compacted,
+        messages: [
+          { key: 'k', value: 'v1' },
+          { key: 'k', value: 'v2' },
+        ],
+      });
       expectingErrors = true;
       await assert.rejects(producer.send({ topic: compacted, messages: [{ key: null, value: 'no key' }] }), (err: unknown) => {
         assert.equal(errorType(err), 'INVALID_RECORD', `a keyless record on a compacted topic: ${String(err)}`);

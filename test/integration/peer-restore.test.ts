@@ -86,12 +86,23 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
   it('round-trips a tree with every kind of file, hooks around the read, in parallel over TLS', async () => {
     await rm(hookLog, { force: true });
     // Over IPv6 loopback, as on the mesh.
-    const s = await startServer({ host: '::1', dataDir: data, spoolDir: join(dir, 'spool-rt'), keyFile: server.keyFile, allowedClients: [client.edKey], hooks, chunkSize: CHUNK, packSize: 256 * 1024 });
+    const s = await startServer({
+      host: '::1',
+      dataDir: data,
+      spoolDir: join(dir, 'spool-rt'),
+      keyFile: server.keyFile,
+      allowedClients: [client.edKey],
+      hooks,
+      chunkSize: CHUNK,
+      packSize: 256 * 1024,
+    });
     try {
       assert.equal(s.key, server.edKey);
       const target = join(dir, 'rt');
       const marker = join(dir, 'rt.restored.json');
-      const r = await restoreFromPeer(options(s, target, { markerPath: marker, concurrency: 4, peer: { host: '::1', port: s.port, key: server.edKey, name: 'node-a' } }));
+      const r = await restoreFromPeer(
+        options(s, target, { markerPath: marker, concurrency: 4, peer: { host: '::1', port: s.port, key: server.edKey, name: 'node-a' } }),
+      );
       assert.equal(r.snapshotReused, false);
       assert.ok(r.bytes > 30 * MiB, `bytes ${r.bytes}`);
       assert.deepEqual(await hookRuns(), ['quiesce', 'release']);
@@ -102,7 +113,10 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
       const m = JSON.parse(await readFile(marker, 'utf8')) as { backupId: string };
       assert.equal(m.backupId, r.backupId);
       // The client released the snapshot: the spool is empty again.
-      assert.deepEqual((await readdir(join(dir, 'spool-rt'))).filter((n) => !n.startsWith('.')), []);
+      assert.deepEqual(
+        (await readdir(join(dir, 'spool-rt'))).filter((n) => !n.startsWith('.')),
+        [],
+      );
       // Pulled in parallel: several ranged GETs at once, over several TLS connections.
       await s.kill();
       const stats = JSON.parse(s.stderr().trim().split('\n').at(-1)!) as { connections: number; gets: number; maxConcurrentGets: number };
@@ -124,10 +138,16 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
         const e = await expectPeerError(restoreFromPeer(options(s, target)));
         assert.equal(e.stage, 'snapshot');
         assert.equal(e.fallback, true);
-        assert.match(e.message, new RegExp(`peer node-a .*could not make a snapshot: ${name === 'quiesce' ? 'quiesce hook failed.*cannot freeze' : 'snapshot of .* failed'}`));
+        assert.match(
+          e.message,
+          new RegExp(`peer node-a .*could not make a snapshot: ${name === 'quiesce' ? 'quiesce hook failed.*cannot freeze' : 'snapshot of .* failed'}`),
+        );
         assert.deepEqual(await hookRuns(), ['quiesce', 'release'], name);
         assert.equal(existsSync(target), false);
-        assert.deepEqual((await readdir(dir)).filter((n) => n.includes(`fail-${name}`) && !n.startsWith('spool')), []);
+        assert.deepEqual(
+          (await readdir(dir)).filter((n) => n.includes(`fail-${name}`) && !n.startsWith('spool')),
+          [],
+        );
       } finally {
         await s.kill();
       }
@@ -166,7 +186,15 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
     await mkdir(big);
     for (let i = 0; i < 6; i++) await writeFile(join(big, `seg${i}`), randomBytes(4 * MiB));
     const spool = join(dir, 'spool-kill');
-    const cfg: PeerServerChildConfig = { dataDir: big, spoolDir: spool, keyFile: server.keyFile, allowedClients: [client.edKey], hooks, chunkSize: CHUNK, packSize: 2 * MiB };
+    const cfg: PeerServerChildConfig = {
+      dataDir: big,
+      spoolDir: spool,
+      keyFile: server.keyFile,
+      allowedClients: [client.edKey],
+      hooks,
+      chunkSize: CHUNK,
+      packSize: 2 * MiB,
+    };
     const s1 = await startServer(cfg);
     const target = join(dir, 'killed');
     let killed: Promise<void> | undefined;
@@ -205,7 +233,14 @@ describe('restore from a peer (two processes, TLS on loopback)', () => {
 
   it('detects a corrupt chunk served by the peer: integrity error, no target', async () => {
     const spool = join(dir, 'spool-corrupt');
-    const s = await startServer({ dataDir: data, spoolDir: spool, keyFile: server.keyFile, allowedClients: [client.edKey], chunkSize: CHUNK, packSize: 4 * MiB });
+    const s = await startServer({
+      dataDir: data,
+      spoolDir: spool,
+      keyFile: server.keyFile,
+      allowedClients: [client.edKey],
+      chunkSize: CHUNK,
+      packSize: 4 * MiB,
+    });
     try {
       const first = await restoreFromPeer(options(s, join(dir, 'corrupt-a'), { releaseSnapshot: false }));
       const packDir = join(spool, first.backupId, 'backups', first.backupId, 'packs');

@@ -36,7 +36,9 @@ export interface ServerChild {
 const children = new Set<ChildProcess>();
 
 export async function startServer(cfg: PeerServerChildConfig): Promise<ServerChild> {
-  const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(repoRoot, 'dist/test/integration/peer-server-child.js'), JSON.stringify(cfg)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.add(child);
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

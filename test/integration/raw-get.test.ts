@@ -45,7 +45,11 @@ describe('direct ranged GETs against MinIO', { timeout: 120_000 }, () => {
 
   before(async () => {
     env = await requireServices();
-    client = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey } });
+    client = createS3Client({
+      endpoint: env.s3.endpoint,
+      region: env.s3.region,
+      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
+    });
     for (const k of keys) await client.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: RUN + k, Body: data }));
   });
 
@@ -59,7 +63,11 @@ describe('direct ranged GETs against MinIO', { timeout: 120_000 }, () => {
     const direct = new S3Transport({ client, bucket: env.s3.bucket, prefix: RUN });
     const sdk = new S3Transport({ client, bucket: env.s3.bucket, prefix: RUN, directGets: false });
     for (const k of keys) {
-      for (const range of [{ start: 0, end: data.length - 1 }, { start: 1_000_001, end: 2_500_000 }, { start: data.length - 1, end: data.length - 1 }]) {
+      for (const range of [
+        { start: 0, end: data.length - 1 },
+        { start: 1_000_001, end: 2_500_000 },
+        { start: data.length - 1, end: data.length - 1 },
+      ]) {
         const a = await direct.get(k, range);
         const b = await sdk.get(k, range);
         assert.equal(a.objectSize, data.length);
@@ -78,14 +86,18 @@ describe('direct ranged GETs against MinIO', { timeout: 120_000 }, () => {
     const secret = `wrong-${randomUUID()}`;
     const bad = createS3Client({ endpoint: env.s3.endpoint, region: env.s3.region, credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: secret } });
     try {
-      const e = await rejectsWith(new S3Transport({ client: bad, bucket: env.s3.bucket, prefix: RUN }).get(keys[0]!, { start: 0, end: 9 }), 'fatal', /SignatureDoesNotMatch \(HTTP 403\)/);
+      const e = await rejectsWith(
+        new S3Transport({ client: bad, bucket: env.s3.bucket, prefix: RUN }).get(keys[0]!, { start: 0, end: 9 }),
+        'fatal',
+        /SignatureDoesNotMatch \(HTTP 403\)/,
+      );
       assert.ok(!e.message.includes(secret), 'the secret is not in the message');
     } finally {
       bad.destroy();
     }
   });
 
-  it('signs by the store\'s clock after the store says this host\'s clock is off', async () => {
+  it("signs by the store's clock after the store says this host's clock is off", async () => {
     const url = new URL(env.s3.endpoint);
     // As if this host's clock were an hour behind: the first GET is refused, the next is signed by MinIO's clock.
     const r = new RawS3Reader({
@@ -96,7 +108,11 @@ describe('direct ranged GETs against MinIO', { timeout: 120_000 }, () => {
       clockOffsetMs: -3600_000,
     });
     try {
-      await rejectsWith(r.get(RUN + keys[0]!, { start: 0, end: 99 }, 'obj'), 'transient', /RequestTimeTooSkewed \(HTTP 403; signing by the store's clock from now on\)/);
+      await rejectsWith(
+        r.get(RUN + keys[0]!, { start: 0, end: 99 }, 'obj'),
+        'transient',
+        /RequestTimeTooSkewed \(HTTP 403; signing by the store's clock from now on\)/,
+      );
       assert.ok((await collect(await r.get(RUN + keys[0]!, { start: 0, end: 99 }, 'obj'))).equals(data.subarray(0, 100)));
     } finally {
       r.close();
@@ -113,7 +129,10 @@ describe('direct ranged GETs against MinIO', { timeout: 120_000 }, () => {
 });
 
 /** A loopback HTTP (or TLS) server whose answer to each request is scripted; counts connections and requests. */
-function scripted(answer: (s: Socket, n: number, head: string) => void, tlsOptions?: { key: string; cert: string }): Promise<{ port: number; stats: { connections: number; requests: number }; close: () => Promise<void> }> {
+function scripted(
+  answer: (s: Socket, n: number, head: string) => void,
+  tlsOptions?: { key: string; cert: string },
+): Promise<{ port: number; stats: { connections: number; requests: number }; close: () => Promise<void> }> {
   const stats = { connections: 0, requests: 0 };
   const sockets = new Set<Socket>();
   const onSocket = (s: Socket): void => {
@@ -158,13 +177,23 @@ function partial(s: Socket, head: string, extra = ''): void {
 }
 
 function reader(port: number, o: Partial<RawGetOptions> = {}): RawS3Reader {
-  return new RawS3Reader({ endpoint: { protocol: 'http:', hostname: '127.0.0.1', port, path: '' }, region: 'us-east-1', bucket: 'b', credentials: () => Promise.resolve({ accessKeyId: 'id', secretAccessKey: 'secret' }), ...o });
+  return new RawS3Reader({
+    endpoint: { protocol: 'http:', hostname: '127.0.0.1', port, path: '' },
+    region: 'us-east-1',
+    bucket: 'b',
+    credentials: () => Promise.resolve({ accessKeyId: 'id', secretAccessKey: 'secret' }),
+    ...o,
+  });
 }
 
 type Stats = { connections: number; requests: number };
 
 /** A scripted server and a reader of it, both closed when `fn` is done. */
-async function withScripted(answer: (s: Socket, n: number, head: string) => void, o: Partial<RawGetOptions>, fn: (r: RawS3Reader, stats: Stats) => Promise<void>): Promise<void> {
+async function withScripted(
+  answer: (s: Socket, n: number, head: string) => void,
+  o: Partial<RawGetOptions>,
+  fn: (r: RawS3Reader, stats: Stats) => Promise<void>,
+): Promise<void> {
   const srv = await scripted(answer);
   const r = reader(srv.port, o);
   try {
@@ -187,9 +216,13 @@ describe('direct ranged GETs: protocol cases (scripted server on loopback)', { t
       },
       {},
       async (r, stats) => {
-        for (let i = 0; i < 4; i++) assert.equal((await collect(await r.get('k/x y', { start: i, end: i + 9 }, 'obj'))).toString(), BODY.subarray(i, i + 10).toString());
+        for (let i = 0; i < 4; i++)
+          assert.equal((await collect(await r.get('k/x y', { start: i, end: i + 9 }, 'obj'))).toString(), BODY.subarray(i, i + 10).toString());
         assert.match(heads[0]!, /^GET \/b\/k\/x%20y HTTP\/1\.1\r\n/);
-        assert.match(heads[0]!, /\r\nauthorization: AWS4-HMAC-SHA256 Credential=id\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature=[0-9a-f]{64}/);
+        assert.match(
+          heads[0]!,
+          /\r\nauthorization: AWS4-HMAC-SHA256 Credential=id\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature=[0-9a-f]{64}/,
+        );
         assert.ok(!heads.join('').includes('secret'));
         // The third GET went out on the closed connection first (the server saw its head), then again on a new one.
         assert.equal(stats.connections, 2, 'one connection for the first two GETs, a second after the server closed the first');
@@ -268,7 +301,13 @@ describe('direct ranged GETs: protocol cases (scripted server on loopback)', { t
     const { privateKey } = generateKeyPairSync('ed25519');
     const cred = tlsCredential(privateKey, 'localhost');
     const srv = await scripted((s, _n, head) => partial(s, head), { key: cred.key, cert: cred.cert });
-    const r = new RawS3Reader({ endpoint: { protocol: 'https:', hostname: 'localhost', port: srv.port, path: '' }, region: 'us-east-1', bucket: 'b', credentials: () => Promise.resolve({ accessKeyId: 'id', secretAccessKey: 'secret' }), tls: { ca: cred.cert } });
+    const r = new RawS3Reader({
+      endpoint: { protocol: 'https:', hostname: 'localhost', port: srv.port, path: '' },
+      region: 'us-east-1',
+      bucket: 'b',
+      credentials: () => Promise.resolve({ accessKeyId: 'id', secretAccessKey: 'secret' }),
+      tls: { ca: cred.cert },
+    });
     try {
       assert.equal((await collect(await r.get('k', { start: 3, end: 20 }, 'obj'))).toString(), BODY.subarray(3, 21).toString());
       assert.equal((await collect(await r.get('k', { start: 0, end: 35 }, 'obj'))).toString(), BODY.toString());

@@ -30,13 +30,18 @@ describe('reporter (real Kafka)', () => {
   let dir: string;
   const statuses: Record<string, unknown>[] = [];
   const events: Record<string, unknown>[] = [];
-  const decode = (raw: Buffer | null) => JSON.parse(Buffer.from((JSON.parse(raw!.toString()) as SignedReport).payload, 'base64url').toString()) as Record<string, unknown>;
+  const decode = (raw: Buffer | null) =>
+    JSON.parse(Buffer.from((JSON.parse(raw!.toString()) as SignedReport).payload, 'base64url').toString()) as Record<string, unknown>;
 
   before(async () => {
     env = await requireServices();
     dir = await mkdtemp(join(tmpdir(), 'bosun-reporter-'));
     const kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
-    watcher = await createTopicsAndWatch(kafka, topics, { desiredPartitions: 1, groupId: `watch-${run}`, onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value)) });
+    watcher = await createTopicsAndWatch(kafka, topics, {
+      desiredPartitions: 1,
+      groupId: `watch-${run}`,
+      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value)),
+    });
   });
 
   after(async () => {
@@ -50,10 +55,22 @@ describe('reporter (real Kafka)', () => {
     const pid = Number(readFileSync(pidFile, 'utf8').trim());
     const { identity } = await loadOrCreateIdentity(join(dir, 'state'));
     const lines: string[] = [];
-    const { logger } = createLogger({ redactor: new Redactor(), target: 'journald', loadJournald: () => new Proxy({}, { get: () => (msg: string) => lines.push(msg) }) as never });
+    const { logger } = createLogger({
+      redactor: new Redactor(),
+      target: 'journald',
+      loadJournald: () => new Proxy({}, { get: () => (msg: string) => lines.push(msg) }) as never,
+    });
     // The client's own timeouts are longer than stallMs, so it is the reporter's limit that ends the wait.
     const sockets = new SocketTracker();
-    const kafka = new Kafka({ clientId: 'bosun-reporter-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING, requestTimeout: 20_000, connectionTimeout: 20_000, retry: { retries: 0 }, socketFactory: sockets.factory });
+    const kafka = new Kafka({
+      clientId: 'bosun-reporter-test',
+      brokers: env.kafkaBrokers,
+      logLevel: logLevel.NOTHING,
+      requestTimeout: 20_000,
+      connectionTimeout: 20_000,
+      retry: { retries: 0 },
+      socketFactory: sockets.factory,
+    });
     const reporter = new Reporter({ kafka, sockets, node: 'node-r', identity, topics, logger, waitMs: 1_000, stallMs: 3_000 });
     let paused = false;
     try {
@@ -67,13 +84,20 @@ describe('reporter (real Kafka)', () => {
       await reporter.event({ kind: 'during-pause' });
       assert.ok(Date.now() - t0 < 3_000, 'event() returns after waitMs even though the broker does not answer');
       await waitFor('the stalled send to be given up', () => reporter.producers.stalled >= 1, 20_000);
-      assert.ok(lines.some((l) => /cannot reach Kafka to report \(sending events took over 3 s; giving up this producer\)/.test(l)), lines.join('\n'));
+      assert.ok(
+        lines.some((l) => /cannot reach Kafka to report \(sending events took over 3 s; giving up this producer\)/.test(l)),
+        lines.join('\n'),
+      );
       await reporter.status({ marker: 'during' });
       assert.equal(reporter.queued.events, 1, 'the event stays queued');
       process.kill(pid, 'SIGCONT');
       paused = false;
 
-      await waitFor('the queued event and the newest status', () => events.some((e) => e.kind === 'during-pause') && statuses.some((s) => s.marker === 'during'), 60_000);
+      await waitFor(
+        'the queued event and the newest status',
+        () => events.some((e) => e.kind === 'during-pause') && statuses.some((s) => s.marker === 'during'),
+        60_000,
+      );
       assert.ok(reporter.producers.connected >= 2, 'a new producer was made after the stall');
       assert.deepEqual(reporter.queued, { status: false, events: 0, dropped: 0 });
       assert.equal(events.filter((e) => e.kind === 'during-pause').length >= 1, true);

@@ -159,12 +159,19 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     assert.equal(step.fallback?.bucket, env.s3.bucket);
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    await runRestoreStep(step, { identity, redactor: new Redactor(), logger, stateDir: join(work, 'state'), root: fallbackRoot, objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, forcePathStyle: true } });
+    await runRestoreStep(step, {
+      identity,
+      redactor: new Redactor(),
+      logger,
+      stateDir: join(work, 'state'),
+      root: fallbackRoot,
+      objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, forcePathStyle: true },
+    });
     const marker = JSON.parse(await readFile(join(fallbackRoot, MOUNT, '.bosun-restored.json'), 'utf8')) as Record<string, unknown>;
     assert.equal(marker.source, `s3://${env.s3.bucket}/${prefix}`, 'restored from the fallback');
     assert.deepEqual(await readFile(join(fallbackRoot, MOUNT, 'base/f1')), await readFile(join(work, 'src/base/f1')));
     assert.match(lines.join(''), /peer phase-b cannot serve \(connect\); restoring backup latest/);
-    assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], 'the fallback\'s marker satisfies the peer spec');
+    assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], "the fallback's marker satisfies the peer spec");
   });
   it('the peer dies mid-transfer (SIGKILL): the phase falls back to object storage, and the volume ends up holding exactly the backup', async () => {
     const killRoot = join(work, 'root-peer-killed');
@@ -175,7 +182,15 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     await mkdir(join(peerData, 'base'), { recursive: true });
     for (let i = 0; i < 12; i++) await writeFile(join(peerData, 'base', `p${i}`), randomBytes(8 * MiB));
     const peerHost = await makeHost(work, 'peer');
-    const server = await startServer({ dataDir: peerData, spoolDir: join(work, 'peer-spool'), keyFile: peerHost.keyFile, allowedClients: [identity.signingKey], host: '::1', chunkSize: MiB, packSize: 2 * MiB });
+    const server = await startServer({
+      dataDir: peerData,
+      spoolDir: join(work, 'peer-spool'),
+      keyFile: peerHost.keyFile,
+      allowedClients: [identity.signingKey],
+      host: '::1',
+      chunkSize: MiB,
+      packSize: 2 * MiB,
+    });
     const os = spec().restore;
     if (os?.from !== 'object-storage') return assert.fail();
     const { from: _from, ...fallback } = os;
@@ -204,7 +219,14 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     })();
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
-    await runRestoreStep(step, { identity, redactor: new Redactor(), logger, stateDir: join(work, 'state'), root: killRoot, objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, forcePathStyle: true } });
+    await runRestoreStep(step, {
+      identity,
+      redactor: new Redactor(),
+      logger,
+      stateDir: join(work, 'state'),
+      root: killRoot,
+      objectStorage: { endpoint: env.s3.endpoint, region: env.s3.region, forcePathStyle: true },
+    });
     await watcher;
     assert.ok(killedAtBytes > 0 && killedAtBytes < 96 * MiB, `the peer was killed part-way (${killedAtBytes} bytes had landed)`);
     const log = lines.join('');
@@ -216,7 +238,7 @@ describe('restore phase step against MinIO', { timeout: 300_000 }, () => {
     got.delete('.');
     want.delete('.');
     assertSameTree(got, want);
-    assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], 'the fallback\'s marker satisfies the peer spec');
+    assert.deepEqual(restorePhase.plan(r.value, await restorePhase.observe(r.value, probe, ctx), ctx), [], "the fallback's marker satisfies the peer spec");
   });
 });
 

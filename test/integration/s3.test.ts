@@ -70,9 +70,7 @@ describe('S3 (real MinIO)', { timeout: 180_000 }, () => {
   });
 
   it('uploads an object in 3 parts (2 x 5 MiB+) with multipart upload', { timeout: 120_000 }, async () => {
-    const { UploadId } = await s3.send(
-      new CreateMultipartUploadCommand({ Bucket: env.s3.bucket, Key: key, ContentType: 'application/octet-stream' }),
-    );
+    const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket: env.s3.bucket, Key: key, ContentType: 'application/octet-stream' }));
     assert.ok(UploadId, 'CreateMultipartUpload returned no UploadId');
     try {
       const done: CompletedPart[] = [];
@@ -90,9 +88,7 @@ describe('S3 (real MinIO)', { timeout: 180_000 }, () => {
         assert.ok(res.ETag, `part ${i + 1} has no ETag`);
         done.push({ PartNumber: i + 1, ETag: res.ETag });
       }
-      const res = await s3.send(
-        new CompleteMultipartUploadCommand({ Bucket: env.s3.bucket, Key: key, UploadId, MultipartUpload: { Parts: done } }),
-      );
+      const res = await s3.send(new CompleteMultipartUploadCommand({ Bucket: env.s3.bucket, Key: key, UploadId, MultipartUpload: { Parts: done } }));
       uploaded = true;
       // A multipart ETag is "<md5 of part md5s>-<part count>".
       assert.match(res.ETag ?? '', /-3"?$/);

@@ -65,7 +65,18 @@ export async function makeTree(root: string): Promise<void> {
   await chmod(join(root, 'shared'), 0o2770);
   await chmod(root, 0o750);
   let i = 0;
-  for (const p of ['docs/readme.txt', 'docs/empty', 'data/big.bin', 'data/compressible.log', 'data/dup1', 'data/dup2', 'data/zeros.bin', 'data/sparse.img', 'data/script.sh', 'ro/frozen']) {
+  for (const p of [
+    'docs/readme.txt',
+    'docs/empty',
+    'data/big.bin',
+    'data/compressible.log',
+    'data/dup1',
+    'data/dup2',
+    'data/zeros.bin',
+    'data/sparse.img',
+    'data/script.sh',
+    'ro/frozen',
+  ]) {
     await utimes(join(root, p), T0 + i, T0 + 1000 + i++);
   }
   for (const p of ['link-rel', 'dangling', 'owned-link']) await lutimes(join(root, p), T0, T0 + 50 + i++);
@@ -103,7 +114,14 @@ export async function describeTree(root: string, skip: readonly string[] = []): 
       const names = inodes.get(st.ino) ?? [];
       names.push(rel);
       inodes.set(st.ino, names);
-      out.set(rel, { type: 'file', ...base, size: Number(st.size), sha256: createHash('sha256').update(await readFile(abs)).digest('hex') });
+      out.set(rel, {
+        type: 'file',
+        ...base,
+        size: Number(st.size),
+        sha256: createHash('sha256')
+          .update(await readFile(abs))
+          .digest('hex'),
+      });
     } else if (st.isSymbolicLink()) {
       out.set(rel, { type: 'symlink', ...base, mode: 0, target: await readlink(abs) });
     }
@@ -122,4 +140,3 @@ export function assertSameTree(actual: Map<string, Described>, expected: Map<str
     assert.deepEqual({ ...a, mtimeUs: 0n }, { ...e, mtimeUs: 0n }, p);
   }
 }
-

@@ -41,7 +41,9 @@ async function sh(script: string, timeoutMs = 120_000): Promise<string> {
 }
 
 async function unitProps(): Promise<Record<string, string>> {
-  const out = await sh('systemctl show bosun.service -p ActiveState -p SubState -p StatusText -p NRestarts -p MainPID -p WatchdogUSec -p Result -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic');
+  const out = await sh(
+    'systemctl show bosun.service -p ActiveState -p SubState -p StatusText -p NRestarts -p MainPID -p WatchdogUSec -p Result -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic',
+  );
   return Object.fromEntries(keyValueLines(out));
 }
 
@@ -65,9 +67,20 @@ function spec(version: number, collectors: string): Record<string, unknown> {
     cluster: 'lab',
     node: 'a',
     version,
-    disks: { devices: { paths: ['/dev/disk/by-id/virtio-bosun-disk1'] }, luks: { name: 'data', key: luksKey }, filesystem: { type: 'ext4' }, mount: { path: '/var/lib/bosun/data', mode: '0755' } },
+    disks: {
+      devices: { paths: ['/dev/disk/by-id/virtio-bosun-disk1'] },
+      luks: { name: 'data', key: luksKey },
+      filesystem: { type: 'ext4' },
+      mount: { path: '/var/lib/bosun/data', mode: '0755' },
+    },
     container: demoContainer(18080, 'boot'),
-    auxiliary: [{ name: 'node-exporter', unit: 'prometheus-node-exporter.service', config: { path: '/etc/default/prometheus-node-exporter', content: exporterArgs(collectors), mode: '0644' } }],
+    auxiliary: [
+      {
+        name: 'node-exporter',
+        unit: 'prometheus-node-exporter.service',
+        config: { path: '/etc/default/prometheus-node-exporter', content: exporterArgs(collectors), mode: '0644' },
+      },
+    ],
   };
 }
 
@@ -87,10 +100,18 @@ describe('boot through the RPM and bosun.service', () => {
     // The guest runs the host's node binary from /usr/local/bin; the package's /usr/bin/bosun runs /usr/bin/node, as on Fedora.
     await sh(`ln -sf /usr/local/bin/node /usr/bin/node && rpm -i --nodeps --force-debian /opt/bosun/${relative(repoRoot(), rpmFile)}`, 300_000);
     const { publicKey } = generateKeyPairSync('ed25519');
-    const settings = { node: 'a', stateDir: '/var/lib/bosun', kafka: { brokers: [`${GUEST_HOST_ADDRESS}:19094`] }, topics: { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' }, trustedKeys: [{ id: 'lab', publicKey: publicKeyString('ed25519', publicKey) }] };
+    const settings = {
+      node: 'a',
+      stateDir: '/var/lib/bosun',
+      kafka: { brokers: [`${GUEST_HOST_ADDRESS}:19094`] },
+      topics: { desired: 'bosun.desired', status: 'bosun.status', events: 'bosun.events' },
+      trustedKeys: [{ id: 'lab', publicKey: publicKeyString('ed25519', publicKey) }],
+    };
     await vm.exec(['sh', '-c', 'cat > /etc/bosun/agent.json'], { stdin: JSON.stringify(settings) });
     luksKey = (await sealTo(vm, luksPlain))[0]!;
-    await sh(`mkdir -p /etc/systemd/system/bosun.service.d && printf '[Service]\\nWatchdogSec=${WATCHDOG_SEC}s\\n' > /etc/systemd/system/bosun.service.d/lab.conf`);
+    await sh(
+      `mkdir -p /etc/systemd/system/bosun.service.d && printf '[Service]\\nWatchdogSec=${WATCHDOG_SEC}s\\n' > /etc/systemd/system/bosun.service.d/lab.conf`,
+    );
   });
 
   after(async () => {
@@ -128,11 +149,22 @@ describe('boot through the RPM and bosun.service', () => {
     // stage finds it started, or starts it itself when nothing had queued it), and the apply finishes after it.
     const journal = await sh('journalctl -b -u bosun --no-pager -o cat');
     const at = (re: RegExp) => journal.split('\n').findIndex((l) => re.test(l));
-    const [open, ready, container, applied] = [at(/cryptsetup open/), at(/^ready: host built; starting the service machine/), at(/^container[ :]/), at(/^version 1 applied/)];
-    assert.ok(open >= 0 && ready > open && container > ready && applied > container, `open ${open} < ready ${ready} < container ${container} < applied ${applied}\n${journal}`);
+    const [open, ready, container, applied] = [
+      at(/cryptsetup open/),
+      at(/^ready: host built; starting the service machine/),
+      at(/^container[ :]/),
+      at(/^version 1 applied/),
+    ];
+    assert.ok(
+      open >= 0 && ready > open && container > ready && applied > container,
+      `open ${open} < ready ${ready} < container ${container} < applied ${applied}\n${journal}`,
+    );
     assert.doesNotMatch(journal, /luksFormat|mkfs/);
     assert.ok(!journal.includes(luksPlain) && !journal.includes(luksPlain.slice(0, 24)), 'the LUKS key is not in the journal');
-    assert.equal(await sh(`for i in $(seq 120); do systemctl is-active -q ${MACHINE} && break; sleep 1; done; systemctl is-active ${MACHINE}`, 180_000), 'active');
+    assert.equal(
+      await sh(`for i in $(seq 120); do systemctl is-active -q ${MACHINE} && break; sleep 1; done; systemctl is-active ${MACHINE}`, 180_000),
+      'active',
+    );
     // and the service in it answers its health check, as bosun's own health round sees it
     let health: unknown;
     for (let i = 0; i < 60; i++) {
@@ -155,7 +187,10 @@ describe('boot through the RPM and bosun.service', () => {
     const before = await unitProps();
     const t = Date.now();
     await sh(`kill -9 ${before.MainPID}`);
-    const p = await waitFor('bosun restarted and READY', (q) => q.NRestarts === '1' && q.ActiveState === 'active' && q.SubState === 'running' && q.MainPID !== before.MainPID);
+    const p = await waitFor(
+      'bosun restarted and READY',
+      (q) => q.NRestarts === '1' && q.ActiveState === 'active' && q.SubState === 'running' && q.MainPID !== before.MainPID,
+    );
     figures.restartToReadySeconds = Math.round((Date.now() - t) / 1000);
     assert.match(p.StatusText!, /version 1 applied/);
     const journal = await sh(`journalctl -b _SYSTEMD_UNIT=bosun.service _PID=${p.MainPID} --no-pager -o cat`);
@@ -179,9 +214,27 @@ describe('boot through the RPM and bosun.service', () => {
     assert.equal(changed.exitCode, 0, changed.stdout + changed.stderr);
     assert.notEqual(await sh('systemctl show -p MainPID --value prometheus-node-exporter'), pid1, 'changed config: restarted');
     // dnf runs outside bosun's sandbox the way Host.refreshPackages starts it: output and exit code come back.
-    const escaped = await vm.exec(['systemd-run', '--quiet', '--wait', '--pipe', '--collect', '--service-type=exec', '-p', 'KillMode=mixed', '--', 'sh', '-c', 'echo from-transient-unit; touch /usr/bosun-rw-check && rm /usr/bosun-rw-check; exit 3'], { timeoutMs: 120_000 });
+    const escaped = await vm.exec(
+      [
+        'systemd-run',
+        '--quiet',
+        '--wait',
+        '--pipe',
+        '--collect',
+        '--service-type=exec',
+        '-p',
+        'KillMode=mixed',
+        '--',
+        'sh',
+        '-c',
+        'echo from-transient-unit; touch /usr/bosun-rw-check && rm /usr/bosun-rw-check; exit 3',
+      ],
+      { timeoutMs: 120_000 },
+    );
     assert.deepEqual([escaped.exitCode, escaped.stdout.trim()], [3, 'from-transient-unit'], escaped.stderr);
-    const metrics = await sh(`node -e "fetch('http://127.0.0.1:9100/metrics').then(r => r.text()).then(t => console.log(t.split('\\n').filter(l => /^node_(load1|memory_MemTotal_bytes) /.test(l)).join(' ')))"`);
+    const metrics = await sh(
+      `node -e "fetch('http://127.0.0.1:9100/metrics').then(r => r.text()).then(t => console.log(t.split('\\n').filter(l => /^node_(load1|memory_MemTotal_bytes) /.test(l)).join(' ')))"`,
+    );
     assert.match(metrics, /node_load1 .*node_memory_MemTotal_bytes|node_memory_MemTotal_bytes .*node_load1/);
   });
 });

@@ -30,7 +30,9 @@ export async function labCommand(args: string[], out: Writable): Promise<number>
       const { lab } = await labUp({ name: NAME, command: null, out });
       if (existsSync(tmp)) writeFileSync(startedFile, readFileSync(tmp));
       const ok = await runControlPlane(lab, labRunDir(NAME), out);
-      out.write(`[lab] the cluster keeps running; see it with 'node dist/test/lab/cli.js exec node-a -- journalctl -u bosun-lab-agent-run -f', stop it with 'bosun lab down'\n`);
+      out.write(
+        `[lab] the cluster keeps running; see it with 'node dist/test/lab/cli.js exec node-a -- journalctl -u bosun-lab-agent-run -f', stop it with 'bosun lab down'\n`,
+      );
       return ok ? 0 : 1;
     }
     case 'down': {

@@ -42,7 +42,10 @@ async function apply(spec: unknown): Promise<Applied> {
   const w = await vm.exec(['sh', '-c', 'cat > /root/spec.json'], { stdin: JSON.stringify(spec) });
   assert.equal(w.exitCode, 0);
   const r = await vm.exec([...GUEST_BOSUN, 'apply', '/root/spec.json', '--json'], { timeoutMs: 600_000 });
-  const lines = r.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { time: number; phase?: string; msg: string });
+  const lines = r.stderr
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { time: number; phase?: string; msg: string });
   const first = lines.find((l) => l.phase === 'container');
   const done = lines.find((l) => /^version \d+ applied$/.test(l.msg));
   return {
@@ -84,7 +87,13 @@ const spec = (version: number, change: { greeting?: string; memoryMax?: string; 
     network: { mode: 'private', ports: [{ host: 18080, container: 8080 }] },
     config: {
       mountPoint: '/etc/demo',
-      files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting: 'hello', version: String(version) }, required: ['port', 'admin_port'] } },
+      files: {
+        'demo.conf': {
+          format: 'conf',
+          settings: { port: 8080, admin_port: 9090, greeting: 'hello', version: String(version) },
+          required: ['port', 'admin_port'],
+        },
+      },
       overrides: change.greeting ? { 'demo.conf': { greeting: change.greeting } } : {},
     },
     dataMountPoint: '/var/lib/demo',
@@ -129,7 +138,10 @@ describe('container phase in a VM', { timeout: 30 * 60_000 }, () => {
       assert.match(await sh('cat /var/lib/bosun/data/starts'), /pid \d+/, 'the service recorded its start in the data volume');
       // Of the host's filesystems it sees exactly its image, its config and its data (and nspawn's
       // /run/host/os-release, the host's OS name, which every nspawn machine gets).
-      const real = (await sh(`${IN} findmnt -rn -o TARGET,FSTYPE`)).split('\n').map((l) => l.split(' ')).filter(([, t]) => t === 'ext4' || t === 'xfs');
+      const real = (await sh(`${IN} findmnt -rn -o TARGET,FSTYPE`))
+        .split('\n')
+        .map((l) => l.split(' '))
+        .filter(([, t]) => t === 'ext4' || t === 'xfs');
       assert.deepEqual([...new Set(real.map(([m]) => m).filter((m) => m !== '/run/host/os-release'))].sort(), ['/', '/etc/demo', '/var/lib/demo']);
       assert.match(await sh(`${IN} findmnt -n -o OPTIONS /etc/demo`), /^ro,/);
 
@@ -138,7 +150,11 @@ describe('container phase in a VM', { timeout: 30 * 60_000 }, () => {
       assert.equal(answer?.greeting, 'hello');
       assert.equal(await demo(9090), undefined, 'the admin port is not published');
       assert.equal(await demo(8080), undefined, 'the container port is not the host port');
-      assert.match(await sh(`${IN} node -e "fetch('http://127.0.0.1:9090/').then((r) => r.json()).then((j) => console.log(j.greeting))"`), /hello/, 'the admin port does listen inside');
+      assert.match(
+        await sh(`${IN} node -e "fetch('http://127.0.0.1:9090/').then((r) => r.json()).then((j) => console.log(j.greeting))"`),
+        /hello/,
+        'the admin port does listen inside',
+      );
 
       const st = await vm.exec([...GUEST_BOSUN, 'status', '--health', '--json']);
       assert.equal(st.exitCode, 0, st.stderr);
@@ -161,7 +177,10 @@ describe('container phase in a VM', { timeout: 30 * 60_000 }, () => {
       assert.doesNotMatch(r.stderr, /systemctl restart/);
       figures.configReloadAgentMs = r.out.durationMs;
       const now = await demo(18080);
-      assert.deepEqual([now?.pid, now?.started, now?.reloads, now?.greeting, now?.version], [before?.pid, before?.started, (before?.reloads ?? 0) + 1, 'hi', '2']);
+      assert.deepEqual(
+        [now?.pid, now?.started, now?.reloads, now?.greeting, now?.version],
+        [before?.pid, before?.started, (before?.reloads ?? 0) + 1, 'hi', '2'],
+      );
       assert.equal(await sh('machinectl show demo --property=Leader --value'), leader, 'the machine was not restarted');
       assert.match(await sh('cat /etc/bosun/container/demo/demo.conf'), /^greeting = 'hi'$/m);
     }));

@@ -61,7 +61,8 @@ async function guestOk(vm: Vm, argv: string[], stdin?: string): Promise<string> 
 export function describeReport(r: Report): string {
   const b = r.body;
   if (r.topic === 'events') {
-    if (b.kind === 'applied') return `applied version ${b.version} (${b.steps} steps, stages ${(b.stages as string[]).join(' ')}${b.durationMs !== undefined ? `, ${b.durationMs} ms` : ''})`;
+    if (b.kind === 'applied')
+      return `applied version ${b.version} (${b.steps} steps, stages ${(b.stages as string[]).join(' ')}${b.durationMs !== undefined ? `, ${b.durationMs} ms` : ''})`;
     if (b.kind === 'apply-failed') return `apply of version ${b.version} failed: ${b.message}`;
     return `${b.kind}: ${b.reason ?? ''} ${b.message ?? ''}`;
   }
@@ -151,7 +152,14 @@ export class ControlPlane {
 
   /** Writes /etc/bosun/agent.json (plus extra settings), reads the VM's identity, starts `bosun run` as a transient unit. */
   async startAgent(vm: Vm, extra: Record<string, unknown> = {}): Promise<AgentIdentity> {
-    const settings = { node: vm.name, stateDir: '/var/lib/bosun', kafka: { brokers: [this.guestKafka] }, topics: LAB_TOPICS, trustedKeys: [{ id: CONTROL_PLANE_KEY_ID, publicKey: this.publicKey }], ...extra };
+    const settings = {
+      node: vm.name,
+      stateDir: '/var/lib/bosun',
+      kafka: { brokers: [this.guestKafka] },
+      topics: LAB_TOPICS,
+      trustedKeys: [{ id: CONTROL_PLANE_KEY_ID, publicKey: this.publicKey }],
+      ...extra,
+    };
     await guestOk(vm, ['sh', '-c', 'mkdir -p /etc/bosun && cat > /etc/bosun/agent.json'], JSON.stringify(settings, null, 2));
     const ids = JSON.parse(await guestOk(vm, [...GUEST_BOSUN, 'identity', '--json'])) as { sealingKey: string; signingKey: string };
     await vm.exec(['systemctl', 'stop', 'bosun-lab-agent-run.service'], { timeoutMs: 60_000 });
@@ -172,7 +180,10 @@ export class ControlPlane {
 
   /** Signs spec and publishes it on bosun.desired under its node id. */
   async publish(spec: Record<string, any>): Promise<void> {
-    await this.producer.send({ topic: LAB_TOPICS.desired, messages: [{ key: String(spec.node), value: JSON.stringify(signEnvelope(spec as never, CONTROL_PLANE_KEY_ID, this.key)) }] });
+    await this.producer.send({
+      topic: LAB_TOPICS.desired,
+      messages: [{ key: String(spec.node), value: JSON.stringify(signEnvelope(spec as never, CONTROL_PLANE_KEY_ID, this.key)) }],
+    });
     this.out?.write(`[lab] published version ${spec.version} for ${spec.node}\n`);
   }
 
@@ -231,9 +242,13 @@ export class ControlPlane {
 }
 
 /** Shortcuts for predicates over reports. */
-export const isEvent = (node: string, kind: string, version?: number) => (r: Report) => r.topic === 'events' && r.node === node && r.body.kind === kind && (version === undefined || r.body.version === version);
+export const isEvent = (node: string, kind: string, version?: number) => (r: Report) =>
+  r.topic === 'events' && r.node === node && r.body.kind === kind && (version === undefined || r.body.version === version);
 export const isHealthy = (node: string, version?: number) => (r: Report) =>
-  r.topic === 'status' && r.node === node && (r.body.health as { ok?: boolean } | undefined)?.ok === true && (version === undefined || r.body.appliedVersion === version);
+  r.topic === 'status' &&
+  r.node === node &&
+  (r.body.health as { ok?: boolean } | undefined)?.ok === true &&
+  (version === undefined || r.body.appliedVersion === version);
 
 /** An example spec (examples/<node>.json) read as plain JSON. */
 export async function readExample(node: string): Promise<Record<string, any>> {
@@ -261,12 +276,25 @@ export async function runControlPlane(lab: Lab, runDir: string, out: Writable, t
       const example = await readExample(node);
       const spec: Record<string, any> = { apiVersion: 'bosun/v1', cluster: example.cluster, node, version };
       for (const s of LAB_SECTIONS) spec[s] = example[s];
-      spec.disks = { ...example.disks, devices: { paths: ['/dev/disk/by-id/virtio-bosun-disk1', '/dev/disk/by-id/virtio-bosun-disk2'] }, luks: { ...example.disks.luks, key: cp.seal(node, randomBytes(64).toString('base64')) } };
-      spec.network.ipsec.peers = (spec.network.ipsec.peers as { node: string }[]).filter((p) => names.includes(p.node)).map((p) => ({ ...p, psk: cp.seal(node, psk(node, p.node)) }));
+      spec.disks = {
+        ...example.disks,
+        devices: { paths: ['/dev/disk/by-id/virtio-bosun-disk1', '/dev/disk/by-id/virtio-bosun-disk2'] },
+        luks: { ...example.disks.luks, key: cp.seal(node, randomBytes(64).toString('base64')) },
+      };
+      spec.network.ipsec.peers = (spec.network.ipsec.peers as { node: string }[])
+        .filter((p) => names.includes(p.node))
+        .map((p) => ({ ...p, psk: cp.seal(node, psk(node, p.node)) }));
       await cp.publish(spec);
     }
     const done = (n: string) => (r: Report) => isEvent(n, 'applied', version)(r) || isEvent(n, 'apply-failed', version)(r);
-    const results = await Promise.all(names.map((n) => cp.waitFor(`${n} to apply version ${version}`, done(n), timeoutMs, since).then((r) => r.body.kind as string, () => 'no answer')));
+    const results = await Promise.all(
+      names.map((n) =>
+        cp.waitFor(`${n} to apply version ${version}`, done(n), timeoutMs, since).then(
+          (r) => r.body.kind as string,
+          () => 'no answer',
+        ),
+      ),
+    );
     out.write(`[lab] ${names.map((n, i) => `${n}: ${results[i]}`).join(', ')} after ${Math.round((Date.now() - since) / 1000)} s\n`);
     return results.every((r) => r === 'applied');
   } finally {

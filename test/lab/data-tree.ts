@@ -31,7 +31,12 @@ export async function hostSums(root: string): Promise<string> {
   await walk('');
   files.sort((a, b) => (Buffer.from(`./${a}`) < Buffer.from(`./${b}`) ? -1 : 1));
   const lines: string[] = [];
-  for (const f of files) lines.push(`${createHash('sha256').update(await readFile(join(root, f))).digest('hex')}  ./${f}`);
+  for (const f of files)
+    lines.push(
+      `${createHash('sha256')
+        .update(await readFile(join(root, f)))
+        .digest('hex')}  ./${f}`,
+    );
   return lines.join('\n');
 }
 
@@ -64,7 +69,8 @@ export async function makeEveryKind(src: string): Promise<void> {
   await chmod(join(src, 'base/16384/2619'), 0o600);
   await chmod(join(src, 'PG_VERSION'), 0o640);
   await chmod(join(src, 'sparse.img'), 0o4755);
-  for (const p of ['base', 'base/16384', 'base/16384/2619', 'base/16384/text', 'pg_wal', 'pg_wal/000000010000000000000001', 'PG_VERSION', 'sparse.img']) await chown(join(src, p), 1234, 1234);
+  for (const p of ['base', 'base/16384', 'base/16384/2619', 'base/16384/text', 'pg_wal', 'pg_wal/000000010000000000000001', 'PG_VERSION', 'sparse.img'])
+    await chown(join(src, p), 1234, 1234);
   await chmod(src, 0o700);
 }
 
@@ -90,7 +96,11 @@ export async function hostListing(root: string): Promise<string> {
         await walk(p);
       } else if (st.isSymbolicLink()) lines.push(`l ${p} ${own} -> ${await readlink(join(root, p))}`);
       else if (st.isFile()) {
-        lines.push(`f ${p} ${(st.mode & 0o7777).toString(8)} ${own} ${st.size} ${createHash('sha256').update(await readFile(join(root, p))).digest('hex')}`);
+        lines.push(
+          `f ${p} ${(st.mode & 0o7777).toString(8)} ${own} ${st.size} ${createHash('sha256')
+            .update(await readFile(join(root, p)))
+            .digest('hex')}`,
+        );
         if (st.nlink > 1) {
           const first = inodes.get(st.ino);
           if (first === undefined) inodes.set(st.ino, p);

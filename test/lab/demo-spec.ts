@@ -11,7 +11,10 @@ export function demoContainer(hostPort: number, greeting: string): Record<string
     service: { unit: 'demo.service', onConfigChange: 'reload', health: ['/usr/local/bin/node', '/usr/local/lib/bosun-lab/demo/health.mjs'] },
     limits: { memoryMax: '256M', cpuQuota: '100%', ioWeight: 200, tasksMax: 200 },
     network: { mode: 'private', ports: [{ host: hostPort, container: 8080 }] },
-    config: { mountPoint: '/etc/demo', files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting, version: '1' }, required: ['port', 'admin_port'] } } },
+    config: {
+      mountPoint: '/etc/demo',
+      files: { 'demo.conf': { format: 'conf', settings: { port: 8080, admin_port: 9090, greeting, version: '1' }, required: ['port', 'admin_port'] } },
+    },
     dataMountPoint: '/var/lib/demo',
   };
 }

@@ -90,8 +90,15 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       const plan = await vm.exec([...GUEST_BOSUN, 'plan', '/root/spec.json', '--json']);
       assert.equal(plan.exitCode, 0, plan.stderr);
       const steps = (JSON.parse(plan.stdout) as { steps: { argv?: string[]; destructive?: boolean }[] }).steps;
-      assert.deepEqual(steps.filter((s) => s.destructive), [], 'nothing is formatted after a reboot');
-      assert.ok(steps.some((s) => s.argv?.join(' ').startsWith('cryptsetup open')), 'the volume is opened again');
+      assert.deepEqual(
+        steps.filter((s) => s.destructive),
+        [],
+        'nothing is formatted after a reboot',
+      );
+      assert.ok(
+        steps.some((s) => s.argv?.join(' ').startsWith('cryptsetup open')),
+        'the volume is opened again',
+      );
       const after = await apply(raid1Spec(key));
       assert.equal(after.code, 0, after.stderr);
       figures.afterRebootApplyMs = after.ms;
@@ -106,7 +113,10 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
       assert.equal(st.exitCode, 0, st.stderr);
       const health = (JSON.parse(st.stdout) as { health: { ok: boolean; problems: string[] } }).health;
       assert.equal(health.ok, false);
-      assert.ok(health.problems.some((p) => /array data is degraded: 1 of 2 members missing/.test(p)), JSON.stringify(health));
+      assert.ok(
+        health.problems.some((p) => /array data is degraded: 1 of 2 members missing/.test(p)),
+        JSON.stringify(health),
+      );
       const spec = JSON.parse(await sh('cat /root/spec.json')) as unknown;
       const r = await apply(spec);
       assert.equal(r.code, 0, r.stderr);
@@ -117,7 +127,13 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
   it('refuses a disk that holds a filesystem bosun did not make, and leaves it untouched', () =>
     guarded('foreign', async () => {
       await sh('mkfs.ext4 -q -F -L someones /dev/vdd');
-      const r = await apply({ apiVersion: 'bosun/v1', cluster: 'lab', node: 'disks-a', version: 50, disks: { devices: { paths: [DISK(3)] }, filesystem: { type: 'xfs' }, mount: { path: '/srv/other' } } });
+      const r = await apply({
+        apiVersion: 'bosun/v1',
+        cluster: 'lab',
+        node: 'disks-a',
+        version: 50,
+        disks: { devices: { paths: [DISK(3)] }, filesystem: { type: 'xfs' }, mount: { path: '/srv/other' } },
+      });
       assert.equal(r.code, 6, r.stderr);
       assert.match(r.stderr, /virtio-bosun-disk3 holds ext4, which bosun did not make; leaving it untouched/);
       assert.equal(await sh('blkid -s TYPE -s LABEL -o value /dev/vdd | tr "\\n" " "'), 'someones ext4');
@@ -131,7 +147,12 @@ describe('disks phase in a VM', { timeout: 45 * 60_000 }, () => {
         cluster: 'lab',
         node: 'disks-a',
         version: 1,
-        disks: { devices: { paths: [1, 2, 3, 4].map(DISK) }, raid: { level: 10, name: 'data' }, filesystem: { type: 'ext4' }, mount: { path: '/srv/data', mode: '0700' } },
+        disks: {
+          devices: { paths: [1, 2, 3, 4].map(DISK) },
+          raid: { level: 10, name: 'data' },
+          filesystem: { type: 'ext4' },
+          mount: { path: '/srv/data', mode: '0700' },
+        },
       });
       assert.equal(r.code, 0, r.stderr);
       assert.match(await sh('cat /proc/mdstat'), /active raid10( vd[b-e]\[\d\]){4}/);

@@ -7,7 +7,21 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, ftruncateSync } from 'node:fs';
+import {
+  accessSync,
+  closeSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+  ftruncateSync,
+} from 'node:fs';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -194,9 +208,7 @@ export async function ensureImage(opts: { build?: boolean; onProgress?: (line: s
     child.on('close', (c) => resolve({ code: c, stdout: out, stderr: err }));
   });
   if (code !== 0) {
-    throw new LabError(
-      `lab: no guest image: ${script} ${args.join(' ')} exited ${code}` + `\n${stderr.trim().split('\n').slice(-25).join('\n')}`,
-    );
+    throw new LabError(`lab: no guest image: ${script} ${args.join(' ')} exited ${code}` + `\n${stderr.trim().split('\n').slice(-25).join('\n')}`);
   }
   const dir = stdout.trim().split('\n').pop() ?? '';
   const image = readImage(dir);
@@ -321,7 +333,8 @@ export class Vm {
     const [addr, prefix] = (spec.ipv6 ?? `${LAN_PREFIX}${(index + 1).toString(16)}`).split('/');
     this.ipv6 = addr as string;
     this.ipv6Prefix = prefix === undefined ? 64 : Number(prefix);
-    if (Buffer.byteLength(this.agentSocket) > 100) throw new LabError(`lab: socket path too long for a unix socket (${this.agentSocket}); set BOSUN_LAB_CACHE to a shorter directory`);
+    if (Buffer.byteLength(this.agentSocket) > 100)
+      throw new LabError(`lab: socket path too long for a unix socket (${this.agentSocket}); set BOSUN_LAB_CACHE to a shorter directory`);
     this.#channel = new AgentChannel(this.agentSocket, this.name);
   }
 
@@ -342,9 +355,13 @@ export class Vm {
   async #prepareDisks(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     if (!existsSync(this.overlay)) {
-      const r = spawnSync(requireTool('qemu-img', 'qemu-utils'), ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', this.#cfg.image.rootImage, this.overlay], {
-        encoding: 'utf8',
-      });
+      const r = spawnSync(
+        requireTool('qemu-img', 'qemu-utils'),
+        ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', this.#cfg.image.rootImage, this.overlay],
+        {
+          encoding: 'utf8',
+        },
+      );
       if (r.status !== 0) throw new LabError(`${this.name}: qemu-img create failed: ${r.stderr || r.error?.message}`);
     }
     (this.#cfg.spec.disks ?? []).forEach((d, i) => {
@@ -377,30 +394,49 @@ export class Vm {
       .map((f) => `,guestfwd=tcp:${GUEST_HOST_ADDRESS}:${f.guestPort}-cmd:socat STDIO TCP:${f.hostAddress ?? '127.0.0.1'}:${f.hostPort}`)
       .join('');
     const args = [
-      '-name', `${lab.name}/${spec.name}`,
-      '-machine', 'q35,accel=tcg',
+      '-name',
+      `${lab.name}/${spec.name}`,
+      '-machine',
+      'q35,accel=tcg',
       // qemu64, not max: TCG emulates the AVX/AVX2 paths that glibc, the kernel and V8
       // pick on `max` more slowly than the SSE2 ones; on qemu64 a guest boots ~20 %
       // faster and node runs ~15 % faster (docs/reliability.md, "Lab CPU model and CI time").
       // The price: no AES-NI in the guest (dm-crypt, ESP and OpenSSL use generic
       // AES, ~1/3 the rate); the lab moves little data through them. BOSUN_LAB_CPU overrides.
-      '-cpu', process.env.BOSUN_LAB_CPU ?? 'qemu64',
-      '-m', String(spec.memoryMiB ?? 1024),
-      '-smp', String(spec.cpus ?? 1),
-      '-nodefaults', '-no-user-config', '-display', 'none',
-      '-chardev', `file,id=serial,path=${this.serialLog},append=on`,
-      '-serial', 'chardev:serial',
-      '-kernel', image.kernel,
-      '-initrd', image.initrd,
-      '-append', cmdline,
+      '-cpu',
+      process.env.BOSUN_LAB_CPU ?? 'qemu64',
+      '-m',
+      String(spec.memoryMiB ?? 1024),
+      '-smp',
+      String(spec.cpus ?? 1),
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-chardev',
+      `file,id=serial,path=${this.serialLog},append=on`,
+      '-serial',
+      'chardev:serial',
+      '-kernel',
+      image.kernel,
+      '-initrd',
+      image.initrd,
+      '-append',
+      cmdline,
       // eth0: host services only (restrict=on: nothing else leaves the VM this way)
-      '-netdev', `user,id=host,restrict=on,net=10.0.2.0/24,host=10.0.2.2${fwd}`,
-      '-device', `virtio-net-pci,netdev=host,mac=${mac(0)},romfile=`,
+      '-netdev',
+      `user,id=host,restrict=on,net=10.0.2.0/24,host=10.0.2.2${fwd}`,
+      '-device',
+      `virtio-net-pci,netdev=host,mac=${mac(0)},romfile=`,
       // eth1: the private link, a UDP socket pair with the hub on loopback
-      '-netdev', `dgram,id=lan,local.type=inet,local.host=127.0.0.1,local.port=${lanLocalPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${lanHubPort}`,
-      '-device', `virtio-net-pci,netdev=lan,mac=${mac(1)},romfile=`,
-      '-drive', `file=${this.overlay},if=none,id=root,format=qcow2,cache=writeback,discard=unmap`,
-      '-device', 'virtio-blk-pci,drive=root,serial=bosun-root',
+      '-netdev',
+      `dgram,id=lan,local.type=inet,local.host=127.0.0.1,local.port=${lanLocalPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${lanHubPort}`,
+      '-device',
+      `virtio-net-pci,netdev=lan,mac=${mac(1)},romfile=`,
+      '-drive',
+      `file=${this.overlay},if=none,id=root,format=qcow2,cache=writeback,discard=unmap`,
+      '-device',
+      'virtio-blk-pci,drive=root,serial=bosun-root',
     ];
     this.disks.forEach((path, i) => {
       // raw + cache=unsafe: a power cut (kill -9 of qemu) keeps every write qemu made; there is no metadata to corrupt.
@@ -408,11 +444,16 @@ export class Vm {
       args.push('-device', `virtio-blk-pci,drive=disk${i + 1},serial=bosun-disk${i + 1}`);
     });
     args.push(
-      '-device', 'virtio-serial-pci',
-      '-chardev', `socket,id=agent,path=${this.agentSocket},server=on,wait=off`,
-      '-device', 'virtserialport,chardev=agent,name=bosun.agent',
-      '-device', 'virtio-rng-pci',
-      '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
+      '-device',
+      'virtio-serial-pci',
+      '-chardev',
+      `socket,id=agent,path=${this.agentSocket},server=on,wait=off`,
+      '-device',
+      'virtserialport,chardev=agent,name=bosun.agent',
+      '-device',
+      'virtio-rng-pci',
+      '-qmp',
+      `unix:${this.qmpSocket},server=on,wait=off`,
     );
     if (lab.shareRepo) args.push('-virtfs', `local,path=${repoRoot()},mount_tag=bosun,security_model=none,readonly=on`);
     return args;
@@ -505,7 +546,9 @@ export class Vm {
     for (;;) {
       if (!this.running) throw this.#bootFailure(`qemu ${this.#exitInfo ?? 'stopped'} while booting`);
       if (Date.now() > deadline) {
-        throw this.#bootFailure(`the guest agent did not answer within ${timeoutMs / 1000} s of power-on (last: ${lastError}; qemu pid ${this.#pid} still running)`);
+        throw this.#bootFailure(
+          `the guest agent did not answer within ${timeoutMs / 1000} s of power-on (last: ${lastError}; qemu pid ${this.#pid} still running)`,
+        );
       }
       try {
         const pong = await this.#channel.ping(2000);
@@ -541,21 +584,30 @@ export class Vm {
       const jobs = await this.#channel.exec({ argv: ['systemctl', 'list-jobs', '--no-legend', '--plain'], timeoutMs: 30_000 });
       // JOB UNIT TYPE STATE: the boot is stuck on the machine's volume when the only jobs running are device
       // waits and a machine's start is among the jobs waiting (with whatever is ordered after it).
-      const listed = jobs.stdout.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 4) as [string, string, string, string][];
+      const listed = jobs.stdout
+        .split('\n')
+        .map((l) => l.trim().split(/\s+/))
+        .filter((f) => f.length >= 4) as [string, string, string, string][];
       const units = listed.map((f) => f[1]);
       const running = listed.filter((f) => f[3] === 'running').map((f) => f[1]);
-      this.bootJobLooks.push(`${Math.round((Date.now() - started) / 1000)} s: ${listed.map((f) => `${f[1]}/${f[3]}`).join(' ') || `(none; exit ${jobs.exitCode})`}`);
+      this.bootJobLooks.push(
+        `${Math.round((Date.now() - started) / 1000)} s: ${listed.map((f) => `${f[1]}/${f[3]}`).join(' ') || `(none; exit ${jobs.exitCode})`}`,
+      );
       if (jobs.exitCode === 0 && running.length > 0 && running.every((u) => u.endsWith('.device')) && units.some((u) => u.startsWith('systemd-nspawn@'))) {
         waitsForBosun = true;
         break;
       }
-      if (Date.now() > deadline) throw this.#bootFailure(`boot did not finish within ${timeoutMs / 1000} s of power-on; jobs left: ${units.join(' ') || jobs.stderr.trim()}`);
+      if (Date.now() > deadline)
+        throw this.#bootFailure(`boot did not finish within ${timeoutMs / 1000} s of power-on; jobs left: ${units.join(' ') || jobs.stderr.trim()}`);
     }
     const r = settled ?? (await this.#channel.exec({ argv: ['systemctl', 'is-system-running'], timeoutMs: 30_000 }));
     const state = r.stdout.trim();
     if (state === 'degraded' || (state === 'starting' && waitsForBosun)) {
       const failed = await this.#channel.exec({ argv: ['systemctl', '--failed', '--no-legend', '--plain'], timeoutMs: 30_000 });
-      this.failedUnits = failed.stdout.split('\n').map((l) => l.split(/\s+/)[0] ?? '').filter((u) => u !== '');
+      this.failedUnits = failed.stdout
+        .split('\n')
+        .map((l) => l.split(/\s+/)[0] ?? '')
+        .filter((u) => u !== '');
     } else if (state === 'running') {
       this.failedUnits = [];
     } else {
@@ -565,7 +617,10 @@ export class Vm {
     // test would only fail much later on a timeout.
     const net = await this.#channel.exec({ argv: ['systemctl', 'is-active', 'bosun-lab-net.service'], timeoutMs: 30_000 });
     if (net.stdout.trim() !== 'active') {
-      const why = await this.#channel.exec({ argv: ['sh', '-c', 'systemctl status --no-pager -n 20 bosun-lab-net.service 2>&1 | tail -n 25'], timeoutMs: 30_000 });
+      const why = await this.#channel.exec({
+        argv: ['sh', '-c', 'systemctl status --no-pager -n 20 bosun-lab-net.service 2>&1 | tail -n 25'],
+        timeoutMs: 30_000,
+      });
       throw this.#bootFailure(`the guest network (bosun-lab-net.service) is '${net.stdout.trim()}' after boot:\n${why.stdout.trim()}`);
     }
     this.bootTimesMs.push(Date.now() - started);
@@ -669,7 +724,11 @@ export class Vm {
       }
     };
     await grab('journal.txt', ['journalctl', '-b', '--no-pager', '-o', 'short-monotonic']);
-    await grab('boots.txt', ['sh', '-c', 'journalctl --list-boots --no-pager; echo; systemctl --failed --no-pager; echo; cat /proc/mdstat; echo; ip -d addr; echo; ip xfrm state']);
+    await grab('boots.txt', [
+      'sh',
+      '-c',
+      'journalctl --list-boots --no-pager; echo; systemctl --failed --no-pager; echo; cat /proc/mdstat; echo; ip -d addr; echo; ip xfrm state',
+    ]);
     for (const [src, name] of [
       [this.serialLog, 'serial.log'],
       [this.qemuLog, 'qemu.log'],
@@ -747,7 +806,8 @@ export class Lab {
     this.artifactsDir = join(labCacheDir(), 'artifacts');
     this.forwards = (opts.forwards ?? DEFAULT_FORWARDS).map((f) => (typeof f === 'number' ? { guestPort: f, hostPort: f } : f));
     for (const f of this.forwards) {
-      if (f.hostAddress !== undefined && !/^127\.|^localhost$/.test(f.hostAddress)) throw new LabError(`lab: forwards may only lead to loopback, not ${f.hostAddress}`);
+      if (f.hostAddress !== undefined && !/^127\.|^localhost$/.test(f.hostAddress))
+        throw new LabError(`lab: forwards may only lead to loopback, not ${f.hostAddress}`);
     }
     this.shareRepo = opts.shareRepo ?? true;
     // 600 s: a disks-test guest rebooting beside two other busy guests on two cores took more than 300 s to
@@ -946,7 +1006,10 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
   if (opts.nodes.length === 0) throw new LabError('lab: no nodes');
   requireTool('qemu-system-x86_64', 'qemu-system-x86');
   if (opts.shareRepo ?? true) assertBundleFresh();
-  const image = opts.image !== undefined ? readImage(opts.image) : await ensureImage({ build: opts.buildImage ?? true, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
+  const image =
+    opts.image !== undefined
+      ? readImage(opts.image)
+      : await ensureImage({ build: opts.buildImage ?? true, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
   requireTool('qemu-system-x86_64', 'qemu-system-x86');
   await assertNotRunning(name);
   const dir = labRunDir(name);

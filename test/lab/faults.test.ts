@@ -155,7 +155,14 @@ function specFor({ key, psk, s3Id, s3Secret, backupKey }: Secrets, version = 1, 
         peers: [{ node: 'faults-0', address: 'fd00:b05:0:1::99', psk }],
       },
     },
-    restore: { from: 'object-storage', bucket: services.s3.bucket, prefix: PREFIX, backup: 'latest', credentials: { accessKeyId: s3Id, secretAccessKey: s3Secret }, backupKey },
+    restore: {
+      from: 'object-storage',
+      bucket: services.s3.bucket,
+      prefix: PREFIX,
+      backup: 'latest',
+      credentials: { accessKeyId: s3Id, secretAccessKey: s3Secret },
+      backupKey,
+    },
     container: demoContainer(PORT, 'hello from faults-a'),
   };
 }
@@ -204,13 +211,18 @@ function checkJournal(j: JournalView | undefined | { unreadable: string }, order
   assert.ok(!('unreadable' in j), `${where}: the journal is not JSON after the cut: ${JSON.stringify(j)}`);
   assert.equal(j.format, 2, where);
   assert.equal(j.specVersion, 1, where);
-  assert.deepEqual(j.donePhases, order.slice(0, j.donePhases.length), `${where}: finished stages ${JSON.stringify(j.donePhases)} are not a prefix of ${JSON.stringify(order)}`);
+  assert.deepEqual(
+    j.donePhases,
+    order.slice(0, j.donePhases.length),
+    `${where}: finished stages ${JSON.stringify(j.donePhases)} are not a prefix of ${JSON.stringify(order)}`,
+  );
   assert.ok((j.stepsDone ?? -1) >= 0 && (j.runs ?? 0) >= 1, `${where}: counters ${JSON.stringify({ stepsDone: j.stepsDone, runs: j.runs })}`);
   if (j.current) {
     assert.ok(order.includes(j.current.phase) && !j.donePhases.includes(j.current.phase), `${where}: current stage ${j.current.phase}`);
     assert.ok(j.current.next >= 0 && j.current.next <= j.current.steps.length, `${where}: next ${j.current.next} of ${j.current.steps.length}`);
     if (j.current.inFlight !== undefined) assert.equal(j.current.inFlight, j.current.next, where);
-    for (const s of j.current.steps) assert.ok(s.phase === j.current.phase || j.current.phase.startsWith(`${s.phase}/`), `${where}: a step of ${s.phase} in stage ${j.current.phase}`);
+    for (const s of j.current.steps)
+      assert.ok(s.phase === j.current.phase || j.current.phase.startsWith(`${s.phase}/`), `${where}: a step of ${s.phase} in stage ${j.current.phase}`);
   }
 }
 
@@ -236,14 +248,39 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
     sourceListing = await hostListing(src);
     const backupKey = generateKeyPairSync('x25519');
     const s3 = services.s3;
-    const created = await run(process.execPath, [join(repoRoot(), 'dist/src/cli.js'), 'backup', 'create', src, '--bucket', s3.bucket, '--prefix', PREFIX, '--to', publicKeyString('x25519', backupKey.publicKey), '--endpoint', s3.endpoint, '--region', s3.region, '--json'], {
-      env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
-    });
+    const created = await run(
+      process.execPath,
+      [
+        join(repoRoot(), 'dist/src/cli.js'),
+        'backup',
+        'create',
+        src,
+        '--bucket',
+        s3.bucket,
+        '--prefix',
+        PREFIX,
+        '--to',
+        publicKeyString('x25519', backupKey.publicKey),
+        '--endpoint',
+        s3.endpoint,
+        '--region',
+        s3.region,
+        '--json',
+      ],
+      {
+        env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
+      },
+    );
     backupId = (JSON.parse(created.stdout) as { backupId: string }).backupId;
     assert.ok(backupId, created.stdout);
     const s3Port = Number(new URL(s3.endpoint).port || 80);
     // Boots after a cut wait for pluto too (the mesh is enabled): allow twice the driver's default on a busy machine.
-    lab = await startLab({ name: LAB, nodes: [{ name: NODE, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], ipv6: 'fd00:b05:0:1::a/64' }], forwards: [{ guestPort: s3Port, hostPort: s3Port }], bootTimeoutMs: 600_000 });
+    lab = await startLab({
+      name: LAB,
+      nodes: [{ name: NODE, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], ipv6: 'fd00:b05:0:1::a/64' }],
+      forwards: [{ guestPort: s3Port, hostPort: s3Port }],
+      bootTimeoutMs: 600_000,
+    });
     vm = lab.vm(NODE);
     // The object store's address comes from agent.json, as on a real host; credentials and keys are sealed in the spec.
     // (kafka and trustedKeys are required settings; `bosun apply` never talks to Kafka.)
@@ -256,7 +293,14 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
     const w = await vm.exec(['sh', '-c', 'mkdir -p /etc/bosun && cat > /etc/bosun/agent.json'], { stdin: JSON.stringify(settings) });
     assert.equal(w.exitCode, 0, w.stderr);
     luksKey = randomBytes(64).toString('base64');
-    const sealed = await sealTo(vm, luksKey, randomBytes(32).toString('base64url'), s3.accessKeyId, s3.secretAccessKey, backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
+    const sealed = await sealTo(
+      vm,
+      luksKey,
+      randomBytes(32).toString('base64url'),
+      s3.accessKeyId,
+      s3.secretAccessKey,
+      backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+    );
     secrets = { key: sealed[0]!, psk: sealed[1]!, s3Id: sealed[2]!, s3Secret: sealed[3]!, backupKey: sealed[4]! };
     const parsed = parseNodeSpec(specFor(secrets));
     assert.ok(parsed.ok, JSON.stringify(parsed));
@@ -327,7 +371,8 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
         assert.equal(resumed, left !== undefined && !('unreadable' in left), `seed ${seed}: resumes exactly when a journal was left`);
         if (before.md) assert.doesNotMatch(r.stderr, /mdadm --create/, `seed ${seed}: the array made before the cut is kept`);
         if (before.luks) assert.doesNotMatch(r.stderr, /luksFormat/, `seed ${seed}: the LUKS volume made before the cut is kept`);
-        if (left && !('unreadable' in left) && left.donePhases.some((p) => /^disks\/(fs|filesystem)/.test(p))) assert.doesNotMatch(r.stderr, /mkfs/, `seed ${seed}: the filesystem made before the cut is kept`);
+        if (left && !('unreadable' in left) && left.donePhases.some((p) => /^disks\/(fs|filesystem)/.test(p)))
+          assert.doesNotMatch(r.stderr, /mkfs/, `seed ${seed}: the filesystem made before the cut is kept`);
         if (baseline) assert.doesNotMatch(r.stderr, /mdadm --create|luksFormat|mkfs/, `seed ${seed}: nothing is formatted on a built node`);
 
         const ids = await layerIds();
@@ -342,14 +387,22 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
         assert.equal(applied.specVersion, 1);
         // Restore and container: the volume holds exactly the backup (and the marker), restored once, and the service answers.
         // Every file kind (modes, owners, symlinks, hard link, sparse file) as on the host; the demo service's own files and the test's marker aside.
-        assert.equal(await guestSh(vm, guestListing(MOUNT, ['starts', 'last-reload', 'marker'])), sourceListing, `seed ${seed}: the data volume holds exactly the backup`);
+        assert.equal(
+          await guestSh(vm, guestListing(MOUNT, ['starts', 'last-reload', 'marker'])),
+          sourceListing,
+          `seed ${seed}: the data volume holds exactly the backup`,
+        );
         const sparseKiB = Number(await guestSh(vm, `du -k ${MOUNT}/sparse.img | cut -f1`));
         assert.ok(sparseKiB < 8 * 1024, `seed ${seed}: sparse.img takes ${sparseKiB} KiB: its holes were filled`);
         assert.equal(await guestSh(vm, `stat -c '%u:%g %a' ${MOUNT}`), '0:0 755', `seed ${seed}: the mount point keeps the owner and mode the spec gives it`);
         const restored = JSON.parse(await guestSh(vm, `cat ${MOUNT}/.bosun-restored.json`)) as Record<string, unknown>;
         assert.equal(restored.backupId, backupId, `seed ${seed}: the restore's completion marker names the backup`);
         assert.equal(restored.source, `s3://${services.s3.bucket}/${PREFIX}`);
-        assert.equal(await guestSh(vm, `ls -A ${MOUNT} | grep -cE '^\\.bosun-restore(\\.journal)?$' || true`), '0', `seed ${seed}: no restore staging or journal left`);
+        assert.equal(
+          await guestSh(vm, `ls -A ${MOUNT} | grep -cE '^\\.bosun-restore(\\.journal)?$' || true`),
+          '0',
+          `seed ${seed}: no restore staging or journal left`,
+        );
         if (baseline) assert.doesNotMatch(r.stderr, /restore s3:\/\/|restore: manifest verified/, `seed ${seed}: a restored volume is not restored again`);
         assert.equal(await demoGreeting(), 'hello from faults-a', `seed ${seed}: the service answers`);
 
@@ -365,7 +418,11 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
           assert.equal(again.code, 0, again.stderr);
           assert.equal(again.out.result, 'unchanged', 'converged: a further apply has nothing to do');
           const status = await guestStatus<{ restore: { state: string; percent: number; backupId: string } }>();
-          assert.deepEqual([status.restore.state, status.restore.percent, status.restore.backupId], ['done', 100, backupId], 'bosun status reports the restore');
+          assert.deepEqual(
+            [status.restore.state, status.restore.percent, status.restore.backupId],
+            ['done', 100, backupId],
+            'bosun status reports the restore',
+          );
           // Secrets never reach output, logs or the state dir's readable files.
           const everything = `${r.stderr}\n${again.stderr}\n${await guestSh(vm, 'cat /var/lib/bosun/restore-progress.json; journalctl -b --no-pager | tail -n 3000')}`;
           assert.ok(!everything.includes(services.s3.secretAccessKey), 'the S3 secret key leaked');
@@ -392,7 +449,8 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
       } catch (err) {
         roundFailed = true;
         const where = lab ? await lab.collectJournals(`faults-seed-${seed}`).catch((e: unknown) => `(collecting journals failed: ${String(e)})`) : '(no lab)';
-        if (err instanceof Error) err.message = `[seed ${seed}, round ${round + 1}; rerun with BOSUN_FAULT_SEEDS=${SEEDS.slice(0, round + 1).join(',')}] ${err.message}\n[lab] journals and serial logs: ${where}`;
+        if (err instanceof Error)
+          err.message = `[seed ${seed}, round ${round + 1}; rerun with BOSUN_FAULT_SEEDS=${SEEDS.slice(0, round + 1).join(',')}] ${err.message}\n[lab] journals and serial logs: ${where}`;
         throw err;
       }
     });
@@ -404,7 +462,14 @@ describe('power cuts at random points while a node builds itself', { timeout: 60
     assert.ok(!roundFailed && baseline, 'not run: a power-cut round before it failed, so there is no converged node to retire');
     const t0 = Date.now();
     const status = () =>
-      guestStatus<{ lifecycle: { state: string; safeToDelete: boolean; finishedAt?: string; evidence?: { luks: { keyslots: number | null }[]; dataVolumeMounted: boolean } } }>();
+      guestStatus<{
+        lifecycle: {
+          state: string;
+          safeToDelete: boolean;
+          finishedAt?: string;
+          evidence?: { luks: { keyslots: number | null }[]; dataVolumeMounted: boolean };
+        };
+      }>();
     const opens = async () => (await vm.exec(['sh', '-c', `cryptsetup open --test-passphrase --key-file=- ${MD}`], { stdin: luksKey })).exitCode;
     await guestSh(vm, `nsenter --target "$(machinectl show demo --property=Leader --value)" --all -- sh -c 'echo precious > /var/lib/demo/precious'`);
     assert.equal(await guestSh(vm, `cat ${MOUNT}/precious`), 'precious');

@@ -25,7 +25,8 @@ export function journalGuard(prefix: string, lab: () => Lab | undefined): (label
 /** Agent lines that say nothing about a failure (kafkajs debug chatter). */
 const NOISE = /kafka: Response |kafka: Request /;
 /** Kernel and systemd lines that explain a dead or stuck guest. */
-const TROUBLE = /Out of memory|oom-kill|Killed process|BUG:|Call Trace|segfault|I\/O error|hung_task|blocked for more than|Main process exited|Failed with result|code=(exited|killed|dumped)/;
+const TROUBLE =
+  /Out of memory|oom-kill|Killed process|BUG:|Call Trace|segfault|I\/O error|hung_task|blocked for more than|Main process exited|Failed with result|code=(exited|killed|dumped)/;
 
 /** IKE daemon lines that explain a missing SA: a peer found dead, an SA deleted or (re)established. */
 const IKE = / (pluto|charon|charon-systemd)\[\d+\]: .*(DPD|liveness|dead|delet|establish|retransmit|timeout|restart|initiat)/i;
@@ -35,9 +36,15 @@ const cut = (line: string, n = 300) => (line.length > n ? `${line.slice(0, n)} â
 
 /** Writes <dir>/digest.txt: the failure's message (its first lines), then per guest its last agent lines, its last IKE events and any kernel/unit trouble. */
 export async function writeDigest(dir: string, label: string, err: unknown): Promise<void> {
-  const message = (err instanceof Error ? err.message : String(err)).split('\n').slice(0, 24).map((l) => cut(l));
+  const message = (err instanceof Error ? err.message : String(err))
+    .split('\n')
+    .slice(0, 24)
+    .map((l) => cut(l));
   const out = [`== lab failure digest: ${label} (${new Date().toISOString()})`, ...message.map((l) => `  ${l}`)];
-  const vms = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  const vms = (await readdir(dir, { withFileTypes: true }))
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort();
   for (const vm of vms) {
     const journal = await readFile(join(dir, vm, 'journal.txt'), 'utf8').catch(() => '');
     const lines = journal.split('\n');

@@ -59,7 +59,12 @@ export async function applyIn(vm: Vm, spec: unknown, extra: string[] = []): Prom
   await writeSpec(vm, spec);
   const t = Date.now();
   const r = await vm.exec([...GUEST_BOSUN, 'apply', SPEC_PATH, '--json', ...extra], { timeoutMs: 600_000 });
-  return { code: r.exitCode ?? -1, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {}, stderr: `${r.stderr}\n${r.stdout}`, ms: Date.now() - t };
+  return {
+    code: r.exitCode ?? -1,
+    out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : {},
+    stderr: `${r.stderr}\n${r.stdout}`,
+    ms: Date.now() - t,
+  };
 }
 
 /** The guest's apply journal: undefined when there is none; `{ unreadable }` when it is not JSON. */
@@ -81,7 +86,15 @@ export function describeJournalPoint(j: JournalView | undefined): string {
   if (!cur) return `between stages (done: ${j.donePhases.join(', ') || 'none'})`;
   if (cur.inFlight === undefined && cur.next >= cur.steps.length) return `${cur.phase}: all ${cur.steps.length} steps done, stage not yet marked finished`;
   const step = cur.steps[cur.inFlight ?? cur.next];
-  const what = !step ? 'end of stage' : step.argv ? step.argv.slice(0, 3).join(' ') : step.path ? `${step.kind} ${step.path}` : step.unit ? `${step.action ?? step.kind} ${step.unit}` : step.kind;
+  const what = !step
+    ? 'end of stage'
+    : step.argv
+      ? step.argv.slice(0, 3).join(' ')
+      : step.path
+        ? `${step.kind} ${step.path}`
+        : step.unit
+          ? `${step.action ?? step.kind} ${step.unit}`
+          : step.kind;
   return `${cur.phase} step ${(cur.inFlight ?? cur.next) + 1}/${cur.steps.length}${cur.inFlight !== undefined ? ' (running)' : ''}: ${what}`;
 }
 
@@ -110,12 +123,10 @@ export async function applyThenCut(
   const t0 = Date.now();
   let finished = false;
   let log = '';
-  const running = vm
-    .exec([...GUEST_BOSUN, 'apply', SPEC_PATH], { timeoutMs: 600_000, onOutput: (_fd, data) => (log += data.toString('utf8')) })
-    .then(
-      () => (finished = true),
-      () => undefined,
-    );
+  const running = vm.exec([...GUEST_BOSUN, 'apply', SPEC_PATH], { timeoutMs: 600_000, onOutput: (_fd, data) => (log += data.toString('utf8')) }).then(
+    () => (finished = true),
+    () => undefined,
+  );
   let seen: JournalView | undefined;
   const deadline = t0 + (opts.deadlineMs ?? 300_000);
   for (;;) {

@@ -216,7 +216,8 @@ export class Hub implements HubControl {
 
   #onFrame(from: Member, frame: Buffer, address: string, port: number): void {
     if (this.#closed || address !== LOOPBACK) return;
-    if (from.vmPort === 0) from.vmPort = port; // not attached explicitly: learn it
+    if (from.vmPort === 0)
+      from.vmPort = port; // not attached explicitly: learn it
     else if (port !== from.vmPort) return; // a stale qemu, or something else on loopback
     for (const l of this.#listeners) l(from.node, frame);
     const dropped = from.cut;

@@ -96,7 +96,11 @@ async function waitPair(x: Node, y: Node, deadlineMs: number): Promise<number> {
 interface Health {
   ok: boolean;
   problems: string[];
-  network?: { ike: { running: boolean }; policyLoaded: boolean; peers: Array<{ peer: string; up: boolean; loaded: boolean; inBytes: number; outBytes: number }> };
+  network?: {
+    ike: { running: boolean };
+    policyLoaded: boolean;
+    peers: Array<{ peer: string; up: boolean; loaded: boolean; inBytes: number; outBytes: number }>;
+  };
 }
 async function health(n: Node): Promise<Health> {
   const r = await vm(n).exec([...GUEST_BOSUN, 'status', '--health', '--json'], { timeoutMs: 120_000 });
@@ -114,13 +118,23 @@ async function continuousPing(from: Node, to: Node): Promise<{ stop: () => Promi
   await sh(from, `nohup ping -6 -n -i 0.2 ${addr(to)} < /dev/null > /tmp/ping-${tag}.txt 2>&1 & echo $! > /tmp/ping-${tag}.pid`);
   return {
     stop: async () => {
-      const out = await sh(from, `kill -INT $(cat /tmp/ping-${tag}.pid); while kill -0 $(cat /tmp/ping-${tag}.pid) 2>/dev/null; do sleep 0.1; done; cat /tmp/ping-${tag}.txt`);
+      const out = await sh(
+        from,
+        `kill -INT $(cat /tmp/ping-${tag}.pid); while kill -0 $(cat /tmp/ping-${tag}.pid) 2>/dev/null; do sleep 0.1; done; cat /tmp/ping-${tag}.txt`,
+      );
       const sent = Number(/(\d+) packets transmitted/.exec(out)?.[1] ?? 'NaN');
       assert.ok(Number.isFinite(sent) && sent > 0, `no ping statistics:\n${out}`);
       const got = new Set([...out.matchAll(/icmp_seq=(\d+)/g)].map((m) => Number(m[1])));
       const lost: number[] = [];
       for (let s = 1; s <= sent - 5; s++) if (!got.has(s)) lost.push(s);
-      return { sent, lost, out: out.split('\n').filter((l) => !/^64 bytes/.test(l)).join('\n') };
+      return {
+        sent,
+        lost,
+        out: out
+          .split('\n')
+          .filter((l) => !/^64 bytes/.test(l))
+          .join('\n'),
+      };
     },
   };
 }
@@ -157,7 +171,9 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       );
       if (renetted.length > 0) {
         figures.labNetRestarted = renetted;
-        process.stderr.write(`[lab] eth1 was not addressed at boot on ${renetted.join(', ')} (bosun-lab-net.service failed waiting for the device); restarted it\n`);
+        process.stderr.write(
+          `[lab] eth1 was not addressed at boot on ${renetted.join(', ')} (bosun-lab-net.service failed waiting for the device); restarted it\n`,
+        );
       }
       lab.localHub!.onFrame((from, frame) => {
         // IPv6 with ICMPv6 right after the fixed header, type 128 (echo request) or 129 (echo reply)
@@ -185,7 +201,10 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
     guarded('mesh', async () => {
       const members: Node[] = ['ipsec-a', 'ipsec-b', 'ipsec-c'];
       // Someone else's conns: one with an unrelated name, one with a name like bosun's.
-      await sh('ipsec-a', `printf 'conn other-site\\n\\tleft=%%defaultroute\\n\\tright=192.0.2.1\\n\\tauto=ignore\\n' > ${FOREIGN}; printf '# a hand-made conn\\nconn legacy\\n\\tauto=ignore\\n' > ${FOREIGN_LOOKALIKE}; touch -d '2020-01-01 00:00:00' ${FOREIGN} ${FOREIGN_LOOKALIKE}`);
+      await sh(
+        'ipsec-a',
+        `printf 'conn other-site\\n\\tleft=%%defaultroute\\n\\tright=192.0.2.1\\n\\tauto=ignore\\n' > ${FOREIGN}; printf '# a hand-made conn\\nconn legacy\\n\\tauto=ignore\\n' > ${FOREIGN_LOOKALIKE}; touch -d '2020-01-01 00:00:00' ${FOREIGN} ${FOREIGN_LOOKALIKE}`,
+      );
       foreignBefore = `${await stat('ipsec-a', FOREIGN)}\n${await stat('ipsec-a', FOREIGN_LOOKALIKE)}`;
 
       const t0 = Date.now();
@@ -196,7 +215,9 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       await Promise.all(pairs(members).map(async ([x, y]) => (pairUp[pair(x, y)] = (await waitPair(x, y, deadline)) - t0)));
       figures.fullMesh3Ms = Math.max(...Object.values(pairUp));
       figures.pairUpMs = pairUp;
-      t.diagnostic(`apply on 3 nodes (parallel): ${JSON.stringify(figures.meshApplyMs)} ms; every pair passing ESP ${String(figures.fullMesh3Ms)} ms after the applies started`);
+      t.diagnostic(
+        `apply on 3 nodes (parallel): ${JSON.stringify(figures.meshApplyMs)} ms; every pair passing ESP ${String(figures.fullMesh3Ms)} ms after the applies started`,
+      );
 
       // Per-peer setup time, from the initiator's pluto: first IKE_SA_INIT sent to the child SA established.
       const setup: Record<string, number> = {};
@@ -224,7 +245,9 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       }
       figures.perPeerSetupMs = setup;
       figures.perPeerFromFirstTryMs = fromFirstTry;
-      t.diagnostic(`per-peer setup (initiator: last IKE_SA_INIT sent -> child SA established): ${JSON.stringify(setup)} ms; from the first IKE_SA_INIT: ${JSON.stringify(fromFirstTry)} ms`);
+      t.diagnostic(
+        `per-peer setup (initiator: last IKE_SA_INIT sent -> child SA established): ${JSON.stringify(setup)} ms; from the first IKE_SA_INIT: ${JSON.stringify(fromFirstTry)} ms`,
+      );
 
       // Every pair, both ways: echoes go out as ESP; not one echo in the clear.
       const l = theLab();
@@ -238,8 +261,16 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
         assert.ok(b.ok, `${y} -> ${x}:\n${b.out}`);
       }
       const delta = diffCounters(before, await l.hub.counters());
-      for (const n of members) assert.ok(ipv6Frames(delta, IPPROTO_ESP, n) >= 20, `${n} sent ${ipv6Frames(delta, IPPROTO_ESP, n)} ESP frames, expected >= 20 (10 echoes and 10 replies)`);
-      assert.equal([...clearEcho.values()].reduce((a, b) => a + b, 0), 0, `echo frames in the clear: ${JSON.stringify(Object.fromEntries(clearEcho))}`);
+      for (const n of members)
+        assert.ok(
+          ipv6Frames(delta, IPPROTO_ESP, n) >= 20,
+          `${n} sent ${ipv6Frames(delta, IPPROTO_ESP, n)} ESP frames, expected >= 20 (10 echoes and 10 replies)`,
+        );
+      assert.equal(
+        [...clearEcho.values()].reduce((a, b) => a + b, 0),
+        0,
+        `echo frames in the clear: ${JSON.stringify(Object.fromEntries(clearEcho))}`,
+      );
       figures.espFrames = Object.fromEntries(members.map((n) => [n, ipv6Frames(delta, IPPROTO_ESP, n)]));
 
       // The kernel's own counters: the SAs carried the echoes.
@@ -250,7 +281,11 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       for (const n of members) {
         const h = await health(n);
         assert.equal(h.ok, true, `${n}: ${JSON.stringify(h)}`);
-        assert.deepEqual(h.network?.peers.map((p) => [p.peer, p.up, p.inBytes > 0 && p.outBytes > 0]), members.filter((m) => m !== n).map((m) => [m, true, true]), `${n}: ${JSON.stringify(h.network)}`);
+        assert.deepEqual(
+          h.network?.peers.map((p) => [p.peer, p.up, p.inBytes > 0 && p.outBytes > 0]),
+          members.filter((m) => m !== n).map((m) => [m, true, true]),
+          `${n}: ${JSON.stringify(h.network)}`,
+        );
       }
       // A second apply changes nothing.
       const again = await apply('ipsec-b', members);
@@ -284,7 +319,11 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       assert.equal(await sh('ipsec-c', 'ls /etc/ipsec.d/ | grep -c "^bosun-" || true'), '0', 'c, with no peers, keeps no conn of bosun');
       for (const n of left) {
         const h = await health(n);
-        assert.deepEqual(h.network?.peers.map((x) => [x.peer, x.up]).sort(), left.filter((m) => m !== n).map((m) => [m, true]), `${n}: ${JSON.stringify(h.network)}`);
+        assert.deepEqual(
+          h.network?.peers.map((x) => [x.peer, x.up]).sort(),
+          left.filter((m) => m !== n).map((m) => [m, true]),
+          `${n}: ${JSON.stringify(h.network)}`,
+        );
       }
     }));
 
@@ -305,7 +344,11 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       t.diagnostic(`rotation ${String(figures.rotateMs)} ms; ping a->b: ${r.sent} sent, lost ${JSON.stringify(r.lost)}`);
       figures.rotatePing = { sent: r.sent, lost: r.lost.length };
       assert.deepEqual(r.lost, [], `echoes lost during the PSK rotation:\n${r.out}`);
-      assert.notEqual(await sh('ipsec-a', "grep -h '^# sealed-sha256' /etc/ipsec.d/bosun-ipsec-b.secrets /etc/ipsec.d/bosun-ipsec-d.secrets"), markers, 'the secrets files were rewritten');
+      assert.notEqual(
+        await sh('ipsec-a', "grep -h '^# sealed-sha256' /etc/ipsec.d/bosun-ipsec-b.secrets /etc/ipsec.d/bosun-ipsec-d.secrets"),
+        markers,
+        'the secrets files were rewritten',
+      );
       assert.equal(await sh('ipsec-a', "stat -c '%a %U' /etc/ipsec.d/bosun-ipsec-b.secrets"), '600 root');
       const rekeyed = await sh('ipsec-a', "journalctl -u ipsec --no-pager | grep -c 'rekeyed IKE SA' || true");
       assert.ok(Number(rekeyed) - ikeBefore >= 2, `a rekeyed ${Number(rekeyed) - ikeBefore} IKE SAs (b and d expected)`);
@@ -320,13 +363,20 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       await sh('ipsec-d', 'systemctl stop ipsec.service');
       // d's pluto says goodbye (IKE Delete) as it stops; a drops the SA at once, or at the latest when DPD gives up.
       let down = await health('ipsec-a');
-      for (const until = Date.now() + 90_000; down.network?.peers.find((p) => p.peer === 'ipsec-d')?.up !== false && Date.now() < until; ) down = await health('ipsec-a');
+      for (const until = Date.now() + 90_000; down.network?.peers.find((p) => p.peer === 'ipsec-d')?.up !== false && Date.now() < until;)
+        down = await health('ipsec-a');
       assert.equal(down.ok, false);
       assert.equal(down.network?.peers.find((p) => p.peer === 'ipsec-d')?.up, false, JSON.stringify(down.network));
       assert.equal(down.network?.peers.find((p) => p.peer === 'ipsec-b')?.up, true, JSON.stringify(down.network));
-      assert.ok(down.problems.some((p) => /no IPsec SA with ipsec-d .*keeps retrying/.test(p)), JSON.stringify(down.problems));
+      assert.ok(
+        down.problems.some((p) => /no IPsec SA with ipsec-d .*keeps retrying/.test(p)),
+        JSON.stringify(down.problems),
+      );
       const dDown = await health('ipsec-d');
-      assert.ok(dDown.problems.some((p) => /IKE daemon is not running/.test(p)), JSON.stringify(dDown.problems));
+      assert.ok(
+        dDown.problems.some((p) => /IKE daemon is not running/.test(p)),
+        JSON.stringify(dDown.problems),
+      );
 
       // Without SAs nothing gets through and nothing goes out in the clear, either way.
       clearEcho.clear();
@@ -334,7 +384,11 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       assert.equal((await ping('ipsec-d', 'ipsec-a', 3, 1)).ok, false, 'd reached a without IPsec');
       assert.equal((await ping('ipsec-a', 'ipsec-d', 3, 1)).ok, false, 'a reached d without IPsec');
       const delta = diffCounters(before, await l.hub.counters());
-      assert.equal([...clearEcho.values()].reduce((a, b) => a + b, 0), 0, `echo frames in the clear: ${JSON.stringify(Object.fromEntries(clearEcho))}`);
+      assert.equal(
+        [...clearEcho.values()].reduce((a, b) => a + b, 0),
+        0,
+        `echo frames in the clear: ${JSON.stringify(Object.fromEntries(clearEcho))}`,
+      );
       assert.equal(ipv6Frames(delta, IPPROTO_ESP, 'ipsec-d'), 0);
       const dropped = await sh('ipsec-d', "nft list chain inet bosun_ipsec output | grep -o 'counter packets [0-9]*'");
       assert.notEqual(dropped, 'counter packets 0', 'the drop policy counted the echoes it dropped');

@@ -119,7 +119,11 @@ const leader = (vm: Vm) => sh(vm, 'machinectl show demo --property=Leader --valu
 const DATA_SUMS = dataSums(DATA);
 
 /** node's spec: the example's cluster, the lab's disks, the mesh with `mesh`, the demo service; restore and peerServe as given. */
-async function nodeSpec(node: string, mesh: string[], extra: { greeting?: string; restore?: Record<string, unknown>; peerServe?: Record<string, unknown> } = {}): Promise<Record<string, any>> {
+async function nodeSpec(
+  node: string,
+  mesh: string[],
+  extra: { greeting?: string; restore?: Record<string, unknown>; peerServe?: Record<string, unknown> } = {},
+): Promise<Record<string, any>> {
   const example = await readExample(node === 'node-d' ? 'node-c' : node);
   versions[node] = (versions[node] ?? 0) + 1;
   if (!luksKeys.has(node)) luksKeys.set(node, randomBytes(64).toString('base64'));
@@ -169,7 +173,11 @@ function objectStorageRestore(node: string): Record<string, unknown> {
 function nodeAPeerServe(): Record<string, unknown> {
   return {
     clients: [{ node: 'node-d', hostKey: thecp().identities.get('node-d')!.signingKey }],
-    hooks: { quiesce: ['systemctl', 'freeze', 'systemd-nspawn@demo.service'], release: ['systemctl', 'thaw', 'systemd-nspawn@demo.service'], timeoutSeconds: 120 },
+    hooks: {
+      quiesce: ['systemctl', 'freeze', 'systemd-nspawn@demo.service'],
+      release: ['systemctl', 'thaw', 'systemd-nspawn@demo.service'],
+      timeoutSeconds: 120,
+    },
   };
 }
 
@@ -186,7 +194,9 @@ function timeToServe(node: string, vm: Vm, version: number): Record<string, numb
   const applied = c.find(isEvent(node, 'applied', version))[0];
   const healthy = c.find(isHealthy(node, version))[0];
   assert.ok(applied && healthy, `${node}: no applied event or healthy status`);
-  const t = applied.body.timings as { planMs: number; phases: { phase: string; ms: number; planMs: number; stepMs: number; steps: number; slowest?: { step: string; ms: number } }[] } | undefined;
+  const t = applied.body.timings as
+    | { planMs: number; phases: { phase: string; ms: number; planMs: number; stepMs: number; steps: number; slowest?: { step: string; ms: number } }[] }
+    | undefined;
   assert.ok(t, `${node}: the applied event carries no timings`);
   const on = powerOn[node]!;
   const boot = vm.bootTimesMs[0]!;
@@ -216,7 +226,9 @@ function timeToServe(node: string, vm: Vm, version: number): Record<string, numb
 }
 
 function printTimes(t: TestContext, node: string, times: Record<string, number | string>): void {
-  const line = Object.entries(times).map(([k, v]) => `${k}=${typeof v === 'number' ? v.toFixed(1) : v}`).join(' ');
+  const line = Object.entries(times)
+    .map(([k, v]) => `${k}=${typeof v === 'number' ? v.toFixed(1) : v}`)
+    .join(' ');
   t.diagnostic(`time to serve ${node}: ${line}`);
   process.stderr.write(`[scenario] time to serve ${node}: ${line}\n`);
 }
@@ -234,16 +246,41 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       // The backup node-a restores from, made by the CLI on the host, sealed to a backup key.
       const s3 = cp.env.s3;
       const t = Date.now();
-      const r = await run(process.execPath, [join(repoRoot(), 'dist/src/cli.js'), 'backup', 'create', src, '--bucket', s3.bucket, '--prefix', PREFIX, '--to', publicKeyString('x25519', backupKey.publicKey), '--endpoint', s3.endpoint, '--region', s3.region, '--json'], {
-        env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
-      });
+      const r = await run(
+        process.execPath,
+        [
+          join(repoRoot(), 'dist/src/cli.js'),
+          'backup',
+          'create',
+          src,
+          '--bucket',
+          s3.bucket,
+          '--prefix',
+          PREFIX,
+          '--to',
+          publicKeyString('x25519', backupKey.publicKey),
+          '--endpoint',
+          s3.endpoint,
+          '--region',
+          s3.region,
+          '--json',
+        ],
+        {
+          env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
+        },
+      );
       figures.backupCreate = { ms: Date.now() - t, ...(JSON.parse(r.stdout) as Record<string, unknown>) };
       const s3Port = Number(new URL(s3.endpoint).port || 80);
       const kafkaPort = Number(cp.env.kafkaLabListener?.split(':')[1] ?? 19094);
       const on = Date.now();
       lab = await startLab({
         name: LAB,
-        nodes: [...NODES, 'node-d'].map((name) => ({ name, ipv6: `${ADDR[name]}/64`, disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], deferStart: name === 'node-d' })),
+        nodes: [...NODES, 'node-d'].map((name) => ({
+          name,
+          ipv6: `${ADDR[name]}/64`,
+          disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }],
+          deferStart: name === 'node-d',
+        })),
         forwards: [kafkaPort, { guestPort: s3Port, hostPort: s3Port }],
         bootTimeoutMs: 600_000,
         onProgress: (l) => process.stderr.write(`[lab] ${l}\n`),
@@ -260,7 +297,8 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
   after(async () => {
     process.stderr.write(`[scenario] figures: ${JSON.stringify(figures)}\n`);
     // BOSUN_LAB_COLLECT=1: keep every guest's journal of a green run too (to read where the time went).
-    if (lab && process.env.BOSUN_LAB_COLLECT === '1') process.stderr.write(`[scenario] journals: ${await lab.collectJournals('scenario-final').catch((e: unknown) => String(e))}\n`);
+    if (lab && process.env.BOSUN_LAB_COLLECT === '1')
+      process.stderr.write(`[scenario] journals: ${await lab.collectJournals('scenario-final').catch((e: unknown) => String(e))}\n`);
     await cp?.close();
     await lab?.stop();
     if (work) await rm(work, { recursive: true, force: true });
@@ -272,7 +310,11 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       const since = Date.now();
       for (const n of NODES) await c.publish(await nodeSpec(n, [...NODES], n === 'node-a' ? { restore: objectStorageRestore(n) } : {}));
       await Promise.all(NODES.map((n) => c.waitFor(`${n} healthy at version 1`, isHealthy(n, 1), CONVERGE_MS, since)));
-      assert.deepEqual(c.find((r) => r.topic === 'events' && r.body.kind === 'apply-failed'), [], 'no apply failed on the way');
+      assert.deepEqual(
+        c.find((r) => r.topic === 'events' && r.body.kind === 'apply-failed'),
+        [],
+        'no apply failed on the way',
+      );
       for (const n of NODES) {
         const vm = theLab().vm(n);
         const applied = c.find(isEvent(n, 'applied', 1))[0]!;
@@ -283,15 +325,23 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       }
       // node-a holds the backup, byte for byte; the mesh carries ESP between every pair.
       assert.equal(await sh(theLab().vm('node-a'), DATA_SUMS), sourceListing);
-      for (const [a, b] of [['node-a', 'node-b'], ['node-a', 'node-c'], ['node-b', 'node-c']] as const) {
-        await sh(theLab().vm(a), `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR[b]} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR[b]} >/dev/null`, 180_000);
+      for (const [a, b] of [
+        ['node-a', 'node-b'],
+        ['node-a', 'node-c'],
+        ['node-b', 'node-c'],
+      ] as const) {
+        await sh(
+          theLab().vm(a),
+          `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR[b]} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR[b]} >/dev/null`,
+          180_000,
+        );
         assert.match(await sh(theLab().vm(a), `ip xfrm state | grep -c 'proto esp' || true`), /^[1-9]/, `${a} has ESP SAs`);
       }
       figures.up = { wallS: (Date.now() - since) / 1000 };
       printTimes(t, 'node-a (restore from object storage)', timeToServe('node-a', theLab().vm('node-a'), 1));
     }));
 
-  it('2: a config change for node-b only reloads its service; node-a and node-c, and node-b\'s disks and IPsec, are not touched', (t) =>
+  it("2: a config change for node-b only reloads its service; node-a and node-c, and node-b's disks and IPsec, are not touched", (t) =>
     guarded('config', async () => {
       const c = thecp();
       const vms = Object.fromEntries(NODES.map((n) => [n, theLab().vm(n)])) as Record<string, Vm>;
@@ -302,29 +352,49 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       await c.publish(await nodeSpec('node-b', [...NODES], { greeting: 'hi from node-b, version 2' }));
       const applied = await c.waitFor('node-b applied version 2', isEvent('node-b', 'applied', 2), CONVERGE_MS, since);
       assert.deepEqual(applied.body.stages, ['container'], 'only the container stage ran: disks and IPsec were not touched');
-      const status = await c.waitFor('node-b status with version 2', (r) => r.topic === 'status' && r.node === 'node-b' && r.body.appliedVersion === 2, 120_000, since);
+      const status = await c.waitFor(
+        'node-b status with version 2',
+        (r) => r.topic === 'status' && r.node === 'node-b' && r.body.appliedVersion === 2,
+        120_000,
+        since,
+      );
       assert.equal(status.body.appliedVersion, 2);
       const now = await demo(vms['node-b']!);
-      assert.deepEqual([now.pid, now.started, now.reloads, now.greeting], [before['node-b']!.pid, before['node-b']!.started, before['node-b']!.reloads + 1, 'hi from node-b, version 2']);
-      assert.equal(await leader(vms['node-b']!), before['node-b']!.leader, 'node-b\'s machine was not restarted');
-      assert.equal(await sh(vms['node-b']!, "ip xfrm state | grep -E '^src|spi' | sort"), xfrmBefore, 'node-b\'s SAs are the same');
+      assert.deepEqual(
+        [now.pid, now.started, now.reloads, now.greeting],
+        [before['node-b']!.pid, before['node-b']!.started, before['node-b']!.reloads + 1, 'hi from node-b, version 2'],
+      );
+      assert.equal(await leader(vms['node-b']!), before['node-b']!.leader, "node-b's machine was not restarted");
+      assert.equal(await sh(vms['node-b']!, "ip xfrm state | grep -E '^src|spi' | sort"), xfrmBefore, "node-b's SAs are the same");
       // Wait one more health round of the others, then: nothing applied there, same processes.
       const round = Date.now();
-      await Promise.all(['node-a', 'node-c'].map((n) => c.waitFor(`${n} status after the change`, (r) => r.topic === 'status' && r.node === n, 120_000, round)));
-      assert.deepEqual(c.find((r) => r.at >= since && r.topic === 'events' && r.node !== 'node-b' && (r.body.kind === 'applied' || r.body.kind === 'apply-failed')), [], 'node-a and node-c applied nothing');
+      await Promise.all(
+        ['node-a', 'node-c'].map((n) => c.waitFor(`${n} status after the change`, (r) => r.topic === 'status' && r.node === n, 120_000, round)),
+      );
+      assert.deepEqual(
+        c.find((r) => r.at >= since && r.topic === 'events' && r.node !== 'node-b' && (r.body.kind === 'applied' || r.body.kind === 'apply-failed')),
+        [],
+        'node-a and node-c applied nothing',
+      );
       for (const n of ['node-a', 'node-c']) {
         const d = await demo(vms[n]!);
-        assert.deepEqual([d.pid, d.started, d.reloads, await leader(vms[n]!)], [before[n]!.pid, before[n]!.started, before[n]!.reloads, before[n]!.leader], `${n}'s service untouched`);
+        assert.deepEqual(
+          [d.pid, d.started, d.reloads, await leader(vms[n]!)],
+          [before[n]!.pid, before[n]!.started, before[n]!.reloads, before[n]!.leader],
+          `${n}'s service untouched`,
+        );
         const last = c.find((r) => r.topic === 'status' && r.node === n).at(-1)!;
         assert.equal(last.body.appliedVersion, 1, `${n}'s applied version is unchanged`);
       }
       // What a serving node spends its CPU on while nothing changes (a guest runs under TCG, so every
       // busy loop costs the whole lab): top over 20 s on all three at once, its busiest lines.
-      const idle = await Promise.all(NODES.map((n) => sh(vms[n]!, "top -b -d 20 -n 2 -w 160 | awk '/^top -/{n++} n==2' | grep -E '^%Cpu|^ *[0-9]' | head -n 9", 90_000)));
+      const idle = await Promise.all(
+        NODES.map((n) => sh(vms[n]!, "top -b -d 20 -n 2 -w 160 | awk '/^top -/{n++} n==2' | grep -E '^%Cpu|^ *[0-9]' | head -n 9", 90_000)),
+      );
       NODES.forEach((n, i) => t.diagnostic(`${n} idle, top over 20 s:\n${idle[i]}`));
     }));
 
-  it('3: node-d joins and restores from peer node-a over the mesh while the others keep serving; its data equals node-a\'s', (t) =>
+  it("3: node-d joins and restores from peer node-a over the mesh while the others keep serving; its data equals node-a's", (t) =>
     guarded('peer', async () => {
       const c = thecp();
       const l = theLab();
@@ -351,11 +421,25 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       const since = Date.now();
       const mesh = [...NODES, 'node-d'];
       // The others first (node-d in their mesh, node-a serving snapshots to it), then node-d itself.
-      for (const n of NODES) await c.publish(await nodeSpec(n, mesh, n === 'node-a' ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() } : n === 'node-b' ? { greeting: 'hi from node-b, version 2' } : {}));
+      for (const n of NODES)
+        await c.publish(
+          await nodeSpec(
+            n,
+            mesh,
+            n === 'node-a'
+              ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() }
+              : n === 'node-b'
+                ? { greeting: 'hi from node-b, version 2' }
+                : {},
+          ),
+        );
       await c.publish(await nodeSpec('node-d', mesh, { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } }));
       for (const n of NODES) {
         const a = await c.waitFor(`${n} applied its mesh with node-d`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
-        assert.ok((a.body.stages as string[]).includes('network') && !(a.body.stages as string[]).some((st) => st.startsWith('disks')), `${n}: the new peer changes its network, not its disks (stages ${String(a.body.stages)})`);
+        assert.ok(
+          (a.body.stages as string[]).includes('network') && !(a.body.stages as string[]).some((st) => st.startsWith('disks')),
+          `${n}: the new peer changes its network, not its disks (stages ${String(a.body.stages)})`,
+        );
       }
       await c.waitFor('node-d healthy', isHealthy('node-d', 1), CONVERGE_MS, since);
       const failed = c.find((r) => r.at >= since && r.topic === 'events' && r.body.kind === 'apply-failed');
@@ -376,7 +460,10 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       // node-b and node-c keep serving throughout; node-a is frozen only while its snapshot is taken (quiesce hook).
       for (const n of ['node-b', 'node-c']) {
         assert.ok(probes[n]!.ok > 20, `${n}: the probe ran`);
-        assert.ok(probes[n]!.fail <= Math.ceil(probes[n]!.ok * 0.02), `${n}: the service missed ${probes[n]!.fail} of ${probes[n]!.ok + probes[n]!.fail} checks`);
+        assert.ok(
+          probes[n]!.fail <= Math.ceil(probes[n]!.ok * 0.02),
+          `${n}: the service missed ${probes[n]!.fail} of ${probes[n]!.ok + probes[n]!.fail} checks`,
+        );
       }
       assert.ok(probes['node-a']!.maxGapMs < 120_000, `node-a: the service did not answer for ${probes['node-a']!.maxGapMs} ms`);
       assert.ok(Number(loss[2]) >= Number(loss[1]) * 0.97, `ping over the mesh lost ${Number(loss[1]) - Number(loss[2])} of ${loss[1]}`);
@@ -403,12 +490,27 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       await c.publish({ ...(await nodeSpec('node-c', [...NODES, 'node-d'])), decommission: { confirmNode: 'node-c', erase: 'crypto' } });
       for (const n of mesh) {
         await c.publish(
-          await nodeSpec(n, mesh, n === 'node-a' ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() } : n === 'node-b' ? { greeting: 'hi from node-b, version 2' } : n === 'node-d' ? { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } } : {}),
+          await nodeSpec(
+            n,
+            mesh,
+            n === 'node-a'
+              ? { restore: objectStorageRestore(n), peerServe: nodeAPeerServe() }
+              : n === 'node-b'
+                ? { greeting: 'hi from node-b, version 2' }
+                : n === 'node-d'
+                  ? { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } }
+                  : {},
+          ),
         );
       }
       const ev = await c.waitFor('node-c decommissioned event', isEvent('node-c', 'decommissioned'), CONVERGE_MS, since);
       assert.equal(ev.body.safeToDelete, true);
-      const st = await c.waitFor('node-c status: decommissioned', (r) => r.topic === 'status' && r.node === 'node-c' && r.body.lifecycle?.state === 'decommissioned', 300_000, since);
+      const st = await c.waitFor(
+        'node-c status: decommissioned',
+        (r) => r.topic === 'status' && r.node === 'node-c' && r.body.lifecycle?.state === 'decommissioned',
+        300_000,
+        since,
+      );
       assert.equal(st.body.lifecycle.safeToDelete, true, JSON.stringify(st.body.lifecycle));
       for (const n of mesh) {
         const a = await c.waitFor(`${n} applied its mesh without node-c`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
@@ -433,11 +535,17 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       // 3 pings right after the applies), so each pair gets 30 tries; how long the first echo took is a figure.
       const meshAt = Date.now();
       await Promise.all(mesh.map((n) => c.waitFor(`${n} healthy without node-c`, isHealthy(n, versions[n]), 300_000, since)));
-      const pairs: [string, string][] = [['node-d', 'node-a'], ['node-d', 'node-b'], ['node-a', 'node-b']];
+      const pairs: [string, string][] = [
+        ['node-d', 'node-a'],
+        ['node-d', 'node-b'],
+        ['node-a', 'node-b'],
+      ];
       const traffic: Record<string, number> = {};
       for (const [from, to] of pairs) {
         const started = Date.now();
-        const r = await l.vm(from).exec(['sh', '-c', `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR[to]} >/dev/null && exit 0; sleep 1; done; exit 1`], { timeoutMs: 180_000 });
+        const r = await l
+          .vm(from)
+          .exec(['sh', '-c', `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR[to]} >/dev/null && exit 0; sleep 1; done; exit 1`], { timeoutMs: 180_000 });
         if (r.exitCode !== 0) {
           const state = await sh(l.vm(from), 'ipsec trafficstatus 2>&1 | tail -n 5; ip xfrm state | grep -c "proto esp" || true');
           assert.fail(`${from} -> ${to}: no echo over the mesh in 30 tries after both reported healthy:\n${state}`);
@@ -477,15 +585,23 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       assert.notEqual(local.applied?.appliedAt, beforeCut.applied?.appliedAt, `node-b applied again after the power cut: ${JSON.stringify(local)}`);
       assert.equal(local.applied?.specVersion, lastGood, `node-b converged to its last good spec without Kafka: ${JSON.stringify(local)}`);
       assert.equal((await demo(vb)).greeting, 'hi from node-b, version 2', 'node-b serves without Kafka');
-      await sh(vb, `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR['node-a']} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR['node-a']} >/dev/null`, 180_000);
+      await sh(
+        vb,
+        `for i in $(seq 30); do ping -6 -c 1 -W 2 ${ADDR['node-a']} >/dev/null && break; sleep 2; done; ping -6 -c 3 -W 3 ${ADDR['node-a']} >/dev/null`,
+        180_000,
+      );
       assert.equal(await sh(vb, 'systemctl is-active bosun-lab-agent-run.service'), 'active', 'the agent keeps running without Kafka');
       assert.equal(await sh(vb, 'systemctl show -p NRestarts --value bosun-lab-agent-run.service'), '0', 'and was not restarted');
-      assert.deepEqual(c.find((r) => r.node === 'node-b' && r.at >= since), [], 'nothing from node-b reached Kafka while it was blocked (the block works)');
+      assert.deepEqual(
+        c.find((r) => r.node === 'node-b' && r.at >= since),
+        [],
+        'nothing from node-b reached Kafka while it was blocked (the block works)',
+      );
       // The control plane moves on meanwhile; then the broker becomes reachable.
       await c.publish(await nodeSpec('node-b', ['node-a', 'node-b', 'node-d'], { greeting: 'hi from node-b, after the outage' }));
       const unblocked = Date.now();
       await sh(vb, 'nft delete table inet labblock');
-      const boot = await c.waitFor('the event of node-b\'s boot-time apply', isEvent('node-b', 'applied', lastGood), 300_000, since);
+      const boot = await c.waitFor("the event of node-b's boot-time apply", isEvent('node-b', 'applied', lastGood), 300_000, since);
       const applied = await c.waitFor('node-b applied the spec published during the outage', isEvent('node-b', 'applied', versions['node-b']), 300_000, since);
       assert.deepEqual(applied.body.stages, ['container'], 'only the container stage ran for the config change');
       await c.waitFor('node-b healthy at the new version', isHealthy('node-b', versions['node-b']), 300_000, unblocked);

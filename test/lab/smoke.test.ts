@@ -86,9 +86,12 @@ async function servicesUp(): Promise<ServiceEnv> {
     startedServicesFile = join(dir, 'started');
     const up = await run('bash', [join(repoRoot(), 'test/services/up')], { BOSUN_UP_STARTED_FILE: startedServicesFile });
     if (up.code !== 0) {
-      throw new Error(`test services are not up (${first instanceof Error ? first.message : String(first)}) and test/services/up failed:\n${up.output.slice(-3000)}`, {
-        cause: first,
-      });
+      throw new Error(
+        `test services are not up (${first instanceof Error ? first.message : String(first)}) and test/services/up failed:\n${up.output.slice(-3000)}`,
+        {
+          cause: first,
+        },
+      );
     }
     return requireServices();
   }
@@ -98,7 +101,13 @@ async function stopStartedServices(): Promise<void> {
   if (!startedServicesFile) return;
   let started: string[] = [];
   try {
-    started = [...new Set(readFileSync(startedServicesFile, 'utf8').split('\n').filter((s) => s !== ''))];
+    started = [
+      ...new Set(
+        readFileSync(startedServicesFile, 'utf8')
+          .split('\n')
+          .filter((s) => s !== ''),
+      ),
+    ];
   } catch {
     /* nothing started */
   }
@@ -242,8 +251,26 @@ describe('lab smoke (2 guests under TCG)', { timeout: 30 * 60_000 }, () => {
       const vm = theLab().vm(A);
       const key = `0x${randomBytes(20).toString('hex')}`;
       await vm.check([
-        'ip', 'xfrm', 'state', 'add', 'src', ADDR_A, 'dst', ADDR_B, 'proto', 'esp', 'spi', '0x00b05001', 'reqid', '1', 'mode', 'transport',
-        'aead', 'rfc4106(gcm(aes))', key, '128',
+        'ip',
+        'xfrm',
+        'state',
+        'add',
+        'src',
+        ADDR_A,
+        'dst',
+        ADDR_B,
+        'proto',
+        'esp',
+        'spi',
+        '0x00b05001',
+        'reqid',
+        '1',
+        'mode',
+        'transport',
+        'aead',
+        'rfc4106(gcm(aes))',
+        key,
+        '128',
       ]);
       const states = (await vm.check(['ip', 'xfrm', 'state', 'list'])).stdout;
       assert.match(states, new RegExp(`src ${ADDR_A} dst ${ADDR_B}\\n\\s+proto esp spi 0x00b05001`), states);
@@ -396,8 +423,12 @@ describe('lab smoke (2 guests under TCG)', { timeout: 30 * 60_000 }, () => {
   it('reports the figures', (t: TestContext) => {
     const l = theLab();
     const boots = l.vms.flatMap((v) => v.bootTimesMs);
-    t.diagnostic(`image: first build ${String(figures.imageFirstBuildSeconds)} s, this run ${((figures.imageReadyMs as number) / 1000).toFixed(1)} s (key ${String(figures.imageKey)})`);
-    t.diagnostic(`boot median ${(median(boots) / 1000).toFixed(1)} s over ${boots.length} boots; lab start ${((figures.labStartMs as number) / 1000).toFixed(1)} s`);
+    t.diagnostic(
+      `image: first build ${String(figures.imageFirstBuildSeconds)} s, this run ${((figures.imageReadyMs as number) / 1000).toFixed(1)} s (key ${String(figures.imageKey)})`,
+    );
+    t.diagnostic(
+      `boot median ${(median(boots) / 1000).toFixed(1)} s over ${boots.length} boots; lab start ${((figures.labStartMs as number) / 1000).toFixed(1)} s`,
+    );
     t.diagnostic(`file so far ${((Date.now() - fileStarted) / 1000).toFixed(1)} s`);
     assert.ok(boots.length >= 2);
   });

@@ -7,7 +7,10 @@
 import { randomUUID } from 'node:crypto';
 import { Kafka, Partitioners, logLevel } from 'kafkajs';
 
-const brokers = (process.env.KAFKA_BROKERS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+const brokers = (process.env.KAFKA_BROKERS ?? '')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
 const timeoutMs = Number(process.env.PROBE_TIMEOUT_MS ?? 30000);
 const logs = [];
 
@@ -28,9 +31,11 @@ const kafka = new Kafka({
   retry: { retries: 3, initialRetryTime: 200 },
   // Keep kafkajs quiet unless the probe fails (then the tail is printed).
   logLevel: logLevel.WARN,
-  logCreator: () => ({ label, log }) => {
-    logs.push(`${label} ${log.message}${log.error ? `: ${log.error}` : ''}`);
-  },
+  logCreator:
+    () =>
+    ({ label, log }) => {
+      logs.push(`${label} ${log.message}${log.error ? `: ${log.error}` : ''}`);
+    },
 });
 
 const id = randomUUID();

@@ -5,14 +5,7 @@
 //   S3_ENDPOINT=http://127.0.0.1:19000 S3_REGION=us-east-1 S3_BUCKET=bosun-test \
 //   S3_ACCESS_KEY=... S3_SECRET_KEY=... node test/services/probe-s3.js
 import { randomUUID } from 'node:crypto';
-import {
-  CreateBucketCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  PutObjectCommand,
-  S3Client,
-} from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 
 const endpoint = process.env.S3_ENDPOINT ?? '';
 const bucket = process.env.S3_BUCKET ?? '';

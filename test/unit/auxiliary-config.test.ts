@@ -13,7 +13,12 @@ function spec(auxiliary: unknown[]): NodeSpec {
   return r.value;
 }
 
-const TELEGRAF = { name: 'telegraf', unit: 'telegraf.service', config: { path: '/etc/telegraf/telegraf.d/bosun.conf' }, template: { kind: 'telegraf', serviceMetrics: ['http://127.0.0.1:9187/metrics'] } };
+const TELEGRAF = {
+  name: 'telegraf',
+  unit: 'telegraf.service',
+  config: { path: '/etc/telegraf/telegraf.d/bosun.conf' },
+  template: { kind: 'telegraf', serviceMetrics: ['http://127.0.0.1:9187/metrics'] },
+};
 const JOURNALPUMP = {
   name: 'journalpump',
   unit: 'journalpump.service',
@@ -35,7 +40,9 @@ function probe(files: Record<string, string>, units: Record<string, { enabled: s
 
 async function plan(s: NodeSpec, p: HostProbe): Promise<string[]> {
   const ctx = { distro: DISTROS.fedora };
-  return auxiliaryPhase.plan(s, await auxiliaryPhase.observe(s, p, ctx), ctx).map((x) => (x.kind === 'write' ? `write ${x.path} ${x.mode.toString(8)}` : x.kind === 'unit' ? `${x.action} ${x.unit}` : x.kind));
+  return auxiliaryPhase
+    .plan(s, await auxiliaryPhase.observe(s, p, ctx), ctx)
+    .map((x) => (x.kind === 'write' ? `write ${x.path} ${x.mode.toString(8)}` : x.kind === 'unit' ? `${x.action} ${x.unit}` : x.kind));
 }
 
 describe('auxiliary agent configs made from the spec', () => {
@@ -77,7 +84,15 @@ describe('auxiliary agent configs made from the spec', () => {
     assert.deepEqual(cfg, {
       readers: {
         'pg-main-node-a': {
-          senders: { kafka: { output_type: 'kafka', kafka_address: 'kafka-1.internal:9093,kafka-2.internal:9093', kafka_topic: 'logs.pg-main', ssl: true, ca: '/etc/bosun/kafka-ca.pem' } },
+          senders: {
+            kafka: {
+              output_type: 'kafka',
+              kafka_address: 'kafka-1.internal:9093,kafka-2.internal:9093',
+              kafka_topic: 'logs.pg-main',
+              ssl: true,
+              ca: '/etc/bosun/kafka-ca.pem',
+            },
+          },
         },
       },
     });
@@ -85,7 +100,13 @@ describe('auxiliary agent configs made from the spec', () => {
 
   it('writes the made config and starts the agent; restarts it only when the made config changes', async () => {
     const s = spec([TELEGRAF, JOURNALPUMP]);
-    assert.deepEqual(await plan(s, probe({}, {})), ['write /etc/telegraf/telegraf.d/bosun.conf 644', 'daemon-reload undefined', 'enable-now telegraf.service', 'write /etc/journalpump/journalpump.json 640', 'enable-now journalpump.service']);
+    assert.deepEqual(await plan(s, probe({}, {})), [
+      'write /etc/telegraf/telegraf.d/bosun.conf 644',
+      'daemon-reload undefined',
+      'enable-now telegraf.service',
+      'write /etc/journalpump/journalpump.json 640',
+      'enable-now journalpump.service',
+    ]);
     const running = { 'telegraf.service': { enabled: 'enabled', active: 'active' }, 'journalpump.service': { enabled: 'enabled', active: 'active' } };
     const files = {
       '/etc/telegraf/telegraf.d/bosun.conf': telegrafConfig(s.auxiliary[0]!.template as never, s),
@@ -118,7 +139,11 @@ describe('auxiliary agents in health', () => {
   it('reports each agent unit state, and a stopped enabled agent as a problem', async () => {
     const { collectHealth } = await import('../../src/health/collect.js');
     const s = spec([TELEGRAF, JOURNALPUMP]);
-    const h = await collectHealth(s, probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' }, 'journalpump.service': { enabled: 'enabled', active: 'failed' } }), { distro: DISTROS.fedora });
+    const h = await collectHealth(
+      s,
+      probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' }, 'journalpump.service': { enabled: 'enabled', active: 'failed' } }),
+      { distro: DISTROS.fedora },
+    );
     assert.deepEqual(h.auxiliary, [
       { name: 'telegraf', unit: 'telegraf.service', enabled: 'enabled', active: 'active' },
       { name: 'journalpump', unit: 'journalpump.service', enabled: 'enabled', active: 'failed' },

@@ -49,7 +49,10 @@ describe('restore target layout', () => {
   it('refuses a target that holds anything else, or is not a directory', () =>
     withTempDir(async (dir) => {
       await writeFile(join(dir, 'PG_VERSION'), '16');
-      await assert.rejects(chooseLayout(dir), (e: unknown) => e instanceof BackupError && e.reason === 'target' && /not empty \(it holds PG_VERSION\)/.test(e.message));
+      await assert.rejects(
+        chooseLayout(dir),
+        (e: unknown) => e instanceof BackupError && e.reason === 'target' && /not empty \(it holds PG_VERSION\)/.test(e.message),
+      );
       await assert.rejects(chooseLayout(join(dir, 'PG_VERSION')), /not a directory/);
     }));
 });

@@ -65,11 +65,28 @@ function header(over: Partial<ManifestHeader> = {}): ManifestHeader {
 }
 
 const dir = (path: string) => ({ type: 'dir' as const, path, mode: 0o755, uid: 0, gid: 0, mtimeNs: '1700000000000000000' });
-const file = (path: string, size: number, chunks: number[]) => ({ type: 'file' as const, path, mode: 0o644, uid: 0, gid: 0, mtimeNs: '1700000000000000000', size, sha256: 'a'.repeat(64), sparse: false, chunks });
+const file = (path: string, size: number, chunks: number[]) => ({
+  type: 'file' as const,
+  path,
+  mode: 0o644,
+  uid: 0,
+  gid: 0,
+  mtimeNs: '1700000000000000000',
+  size,
+  sha256: 'a'.repeat(64),
+  sparse: false,
+  chunks,
+});
 
 function body(): ManifestBody {
   return {
-    entries: [dir('.'), dir('d'), file('d/f', 5000, [0, 1]), { type: 'symlink', path: 'l', target: '/nowhere', uid: 0, gid: 0, mtimeNs: '1' }, { type: 'hardlink', path: 'h', target: 'd/f' }],
+    entries: [
+      dir('.'),
+      dir('d'),
+      file('d/f', 5000, [0, 1]),
+      { type: 'symlink', path: 'l', target: '/nowhere', uid: 0, gid: 0, mtimeNs: '1' },
+      { type: 'hardlink', path: 'h', target: 'd/f' },
+    ],
     chunks: [
       [0, 0, 100, 4096, 1, 'b'.repeat(64)],
       [0, 100, 100, 904, 1, 'c'.repeat(64)],
@@ -130,12 +147,30 @@ describe('chunk records', () => {
     };
     const flipped = Buffer.from(rec);
     flipped[40]! ^= 1;
-    assert.equal(why(() => openChunk(k.chunk, ID, flipped, s.identity)), 'auth');
-    assert.equal(why(() => openChunk(k.chunk, '20250102T030405Z-00000000', rec, s.identity)), 'auth');
-    assert.equal(why(() => openChunk(k.chunk, ID, rec, { ...s.identity, sha256: 'f'.repeat(64) })), 'auth');
-    assert.equal(why(() => openChunk(keys().chunk, ID, rec, s.identity)), 'auth');
-    assert.equal(why(() => openChunk(k.chunk, ID, rec.subarray(0, 20), s.identity)), 'length');
-    assert.equal(why(() => openChunk(k.chunk, ID, rec, s.identity)), 'opened');
+    assert.equal(
+      why(() => openChunk(k.chunk, ID, flipped, s.identity)),
+      'auth',
+    );
+    assert.equal(
+      why(() => openChunk(k.chunk, '20250102T030405Z-00000000', rec, s.identity)),
+      'auth',
+    );
+    assert.equal(
+      why(() => openChunk(k.chunk, ID, rec, { ...s.identity, sha256: 'f'.repeat(64) })),
+      'auth',
+    );
+    assert.equal(
+      why(() => openChunk(keys().chunk, ID, rec, s.identity)),
+      'auth',
+    );
+    assert.equal(
+      why(() => openChunk(k.chunk, ID, rec.subarray(0, 20), s.identity)),
+      'length',
+    );
+    assert.equal(
+      why(() => openChunk(k.chunk, ID, rec, s.identity)),
+      'opened',
+    );
   });
 
   it('derives distinct sub-keys per backup and per use', () => {
@@ -175,11 +210,20 @@ describe('manifest', () => {
     const hdrAt = bytes.indexOf(Buffer.from('"chunkSize":4096'));
     const alteredHeader = Buffer.from(bytes);
     alteredHeader.write('"chunkSize":8192', hdrAt);
-    assert.throws(() => openManifestBody(parseManifest(alteredHeader), k.manifest), (e: unknown) => e instanceof BackupError && e.reason === 'integrity');
+    assert.throws(
+      () => openManifestBody(parseManifest(alteredHeader), k.manifest),
+      (e: unknown) => e instanceof BackupError && e.reason === 'integrity',
+    );
     const alteredBody = Buffer.from(bytes);
     alteredBody[bytes.length - 30]! ^= 0x40;
-    assert.throws(() => openManifestBody(parseManifest(alteredBody), k.manifest), (e: unknown) => e instanceof BackupError && e.reason === 'integrity');
-    assert.throws(() => openManifestBody(parseManifest(bytes), keys().manifest), (e: unknown) => e instanceof BackupError && e.reason === 'integrity');
+    assert.throws(
+      () => openManifestBody(parseManifest(alteredBody), k.manifest),
+      (e: unknown) => e instanceof BackupError && e.reason === 'integrity',
+    );
+    assert.throws(
+      () => openManifestBody(parseManifest(bytes), keys().manifest),
+      (e: unknown) => e instanceof BackupError && e.reason === 'integrity',
+    );
   });
 
   it('refuses what is not a manifest, or is truncated', () => {
@@ -302,10 +346,22 @@ describe('retry', () => {
   const policy = { attempts: 3, baseDelayMs: 1, maxDelayMs: 4 };
 
   it('backs off exponentially with jitter, capped', () => {
-    assert.equal(backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 1, () => 1), 100);
-    assert.equal(backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 3, () => 1), 400);
-    assert.equal(backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 10, () => 1), 1000);
-    assert.equal(backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 3, () => 0), 200);
+    assert.equal(
+      backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 1, () => 1),
+      100,
+    );
+    assert.equal(
+      backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 3, () => 1),
+      400,
+    );
+    assert.equal(
+      backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 10, () => 1),
+      1000,
+    );
+    assert.equal(
+      backoffDelay({ attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 }, 3, () => 0),
+      200,
+    );
   });
 
   it('retries transient errors, never fatal ones, and keeps going while there is progress', async () => {
@@ -356,7 +412,17 @@ describe('throttle', () => {
 });
 
 describe('progress line', () => {
-  const p: Progress = { operation: 'restore', phase: 'transferring', bytesDone: 430 * MiB, bytesTotal: 1024 * MiB, transferredBytes: 0, filesTotal: 3, rate: 312 * MiB, etaSeconds: 1.9, elapsedSeconds: 1.4 };
+  const p: Progress = {
+    operation: 'restore',
+    phase: 'transferring',
+    bytesDone: 430 * MiB,
+    bytesTotal: 1024 * MiB,
+    transferredBytes: 0,
+    filesTotal: 3,
+    rate: 312 * MiB,
+    etaSeconds: 1.9,
+    elapsedSeconds: 1.4,
+  };
 
   it('shows percent, bar, bytes, rate and ETA within the width', () => {
     const line = renderProgressLine(p, 80);

@@ -6,10 +6,26 @@ import { describe, it } from 'node:test';
 import { ProgressPrinter, type Progress } from '../../src/backup/progress.js';
 import { runCli, withTempDir } from '../helpers.js';
 
-const noSettings = { BOSUN_SETTINGS: '', AWS_ENDPOINT_URL: 'http://127.0.0.1:9', AWS_ACCESS_KEY_ID: 'AKIAUNITTESTUNITTEST', AWS_SECRET_ACCESS_KEY: 'unit-test-secret-never-printed' };
+const noSettings = {
+  BOSUN_SETTINGS: '',
+  AWS_ENDPOINT_URL: 'http://127.0.0.1:9',
+  AWS_ACCESS_KEY_ID: 'AKIAUNITTESTUNITTEST',
+  AWS_SECRET_ACCESS_KEY: 'unit-test-secret-never-printed',
+};
 
 function progress(over: Partial<Progress>): Progress {
-  return { operation: 'restore', phase: 'transferring', bytesDone: 512 * 1024 * 1024, bytesTotal: 1024 * 1024 * 1024, transferredBytes: 0, filesTotal: 3, rate: 200 * 1024 * 1024, etaSeconds: 2.6, elapsedSeconds: 2.5, ...over };
+  return {
+    operation: 'restore',
+    phase: 'transferring',
+    bytesDone: 512 * 1024 * 1024,
+    bytesTotal: 1024 * 1024 * 1024,
+    transferredBytes: 0,
+    filesTotal: 3,
+    rate: 200 * 1024 * 1024,
+    etaSeconds: 2.6,
+    elapsedSeconds: 2.5,
+    ...over,
+  };
 }
 
 describe('bosun backup / restore command line', () => {
@@ -78,7 +94,19 @@ describe('bosun backup / restore command line', () => {
 
   it('status shows the restore progress the restore phase records in the state dir', async () => {
     await withTempDir(async (dir) => {
-      const rec = { state: 'running', source: 's3://b/p/', backup: 'latest', target: '/var/lib/bosun/data', phase: 'transferring', bytesDone: 536870912, bytesTotal: 1073741824, percent: 50, rate: 209715200, etaSeconds: 3, updatedAt: '2026-11-22T07:00:00.000Z' };
+      const rec = {
+        state: 'running',
+        source: 's3://b/p/',
+        backup: 'latest',
+        target: '/var/lib/bosun/data',
+        phase: 'transferring',
+        bytesDone: 536870912,
+        bytesTotal: 1073741824,
+        percent: 50,
+        rate: 209715200,
+        etaSeconds: 3,
+        updatedAt: '2026-11-22T07:00:00.000Z',
+      };
       await writeFile(join(dir, 'restore-progress.json'), JSON.stringify(rec));
       const j = await runCli(['status', '--state-dir', dir, '--json'], { env: noSettings });
       assert.equal(j.code, 0, j.stderr);

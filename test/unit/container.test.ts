@@ -6,7 +6,21 @@ import { isBosunError } from '../../src/errors.js';
 import type { Step } from '../../src/engine/step.js';
 import { DISTROS } from '../../src/host/distro.js';
 import { containerPhase, planContainer, type ObservedContainer } from '../../src/phases/container/index.js';
-import { configDir, INIT_CAPS, keptCaps, limitsDropIn, MANIFEST, mergedSettings, NSPAWN_DEFAULT_CAPS, renderConfig, renderLimitsDropIn, renderManifest, renderNspawn, renderStartDropIn, startDropIn } from '../../src/phases/container/render.js';
+import {
+  configDir,
+  INIT_CAPS,
+  keptCaps,
+  limitsDropIn,
+  MANIFEST,
+  mergedSettings,
+  NSPAWN_DEFAULT_CAPS,
+  renderConfig,
+  renderLimitsDropIn,
+  renderManifest,
+  renderNspawn,
+  renderStartDropIn,
+  startDropIn,
+} from '../../src/phases/container/render.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { examplesDir, matchGolden } from '../helpers.js';
@@ -81,12 +95,19 @@ const IN = '/bin/sh -c leader=$(machinectl show --property=Leader --value "$1") 
 const HEALTH = `${IN} pg_isready -q -h /run/postgresql`;
 
 const show = (s: Step): string =>
-  s.kind === 'exec' ? s.argv.join(' ') : s.kind === 'unit' ? `systemctl ${s.action} ${s.unit ?? ''}`.trim() : s.kind === 'write' || s.kind === 'remove' || s.kind === 'mkdir' ? `${s.kind} ${s.path}` : s.kind;
+  s.kind === 'exec'
+    ? s.argv.join(' ')
+    : s.kind === 'unit'
+      ? `systemctl ${s.action} ${s.unit ?? ''}`.trim()
+      : s.kind === 'write' || s.kind === 'remove' || s.kind === 'mkdir'
+        ? `${s.kind} ${s.path}`
+        : s.kind;
 
 describe('container phase: rendered files', () => {
   it('pins the .nspawn file, both drop-ins and the merged config of the example', async () => {
     await matchGolden('container-node-a.txt', allFiles(await example()));
-    for (const node of ['node-b', 'node-c']) assert.equal(allFiles(await example(undefined, node)), allFiles(await example()), `${node} runs the same container`);
+    for (const node of ['node-b', 'node-c'])
+      assert.equal(allFiles(await example(undefined, node)), allFiles(await example()), `${node} runs the same container`);
   });
 
   it('pins a host-network service with a properties file and no data volume', async () => {
@@ -99,7 +120,13 @@ describe('container phase: rendered files', () => {
         capabilities: ['CAP_NET_BIND_SERVICE', 'CAP_IPC_LOCK'],
         config: {
           mountPoint: '/etc/kafka',
-          files: { 'server.properties': { format: 'properties', settings: { 'log.dirs': '/var/lib/kafka', 'num.partitions': 3, 'auto.create.topics.enable': false, 'listeners': 'PLAINTEXT://:9092' }, required: ['log.dirs'] } },
+          files: {
+            'server.properties': {
+              format: 'properties',
+              settings: { 'log.dirs': '/var/lib/kafka', 'num.partitions': 3, 'auto.create.topics.enable': false, listeners: 'PLAINTEXT://:9092' },
+              required: ['log.dirs'],
+            },
+          },
           overrides: { 'server.properties': { 'num.partitions': 12, 'auto.create.topics.enable': null } },
         },
       };
@@ -107,12 +134,16 @@ describe('container phase: rendered files', () => {
     await matchGolden('container-kafka.txt', allFiles(spec));
   });
 
-  it('keeps only the init baseline and the spec\'s capabilities; adds one nspawn does not give by default', async () => {
+  it("keeps only the init baseline and the spec's capabilities; adds one nspawn does not give by default", async () => {
     const spec = await example((s) => (s.container.capabilities = ['CAP_NET_BIND_SERVICE', 'CAP_IPC_LOCK']));
     const text = renderNspawn(spec);
     const dropped = /^DropCapability=(.*)$/m.exec(text)![1]!.split(' ');
     const kept = keptCaps(spec.container!);
-    assert.deepEqual([...dropped, ...kept.filter((c) => (NSPAWN_DEFAULT_CAPS as readonly string[]).includes(c))].sort(), [...NSPAWN_DEFAULT_CAPS].sort(), 'every default capability is either kept or dropped');
+    assert.deepEqual(
+      [...dropped, ...kept.filter((c) => (NSPAWN_DEFAULT_CAPS as readonly string[]).includes(c))].sort(),
+      [...NSPAWN_DEFAULT_CAPS].sort(),
+      'every default capability is either kept or dropped',
+    );
     for (const c of INIT_CAPS) assert.ok(!dropped.includes(c), `${c} stays for the init`);
     assert.ok(!dropped.includes('CAP_NET_BIND_SERVICE'));
     assert.ok(dropped.includes('CAP_SYS_PTRACE') && dropped.includes('CAP_NET_RAW') && dropped.includes('CAP_SYS_BOOT'));
@@ -178,10 +209,18 @@ describe('container phase: overrides', () => {
   });
 
   it('refuses a required key without a setting, ports on the host network, a port published twice', async () => {
-    assert.deepEqual(await problems((s) => s.container.config.files['postgresql.conf'].required.push('hba_file')), ['container.config.files.postgresql.conf.required[3]: marked required but this file has no such setting']);
-    assert.deepEqual(await problems((s) => (s.container.network.mode = 'host')), ['container.network.ports: ports are published only from a private network; with "host" the service is on the host\'s ports already']);
-    assert.deepEqual(await problems((s) => s.container.network.ports.push({ host: 5432, container: 5433 })), ['container.network.ports[1].host: tcp port 5432 is published twice']);
-    assert.deepEqual(await problems((s) => (s.container.dataMountPoint = '/etc/postgresql/data')), ['container.config.mountPoint: the config directory and the data volume cannot sit inside each other']);
+    assert.deepEqual(await problems((s) => s.container.config.files['postgresql.conf'].required.push('hba_file')), [
+      'container.config.files.postgresql.conf.required[3]: marked required but this file has no such setting',
+    ]);
+    assert.deepEqual(await problems((s) => (s.container.network.mode = 'host')), [
+      'container.network.ports: ports are published only from a private network; with "host" the service is on the host\'s ports already',
+    ]);
+    assert.deepEqual(await problems((s) => s.container.network.ports.push({ host: 5432, container: 5433 })), [
+      'container.network.ports[1].host: tcp port 5432 is published twice',
+    ]);
+    assert.deepEqual(await problems((s) => (s.container.dataMountPoint = '/etc/postgresql/data')), [
+      'container.config.mountPoint: the config directory and the data volume cannot sit inside each other',
+    ]);
   });
 });
 
@@ -217,7 +256,10 @@ describe('container phase: what a change costs', () => {
     const r = change(before, after);
     assert.equal(r.action, 'reload');
     assert.deepEqual(r.shown, ['write /etc/bosun/container/postgres/postgresql.conf', `${IN} systemctl reload postgresql.service`, HEALTH]);
-    const restart = change(before, await example((s) => ((s.container.service.onConfigChange = 'restart'), (s.container.config.overrides['postgresql.conf'].max_connections = 500))));
+    const restart = change(
+      before,
+      await example((s) => ((s.container.service.onConfigChange = 'restart'), (s.container.config.overrides['postgresql.conf'].max_connections = 500))),
+    );
     assert.equal(restart.action, 'restart-service');
     assert.ok(restart.shown.includes(`${IN} systemctl restart postgresql.service`));
     assert.ok(!restart.shown.some((s) => s.includes('systemd-nspawn@postgres.service') && s.startsWith('systemctl restart')), 'the machine keeps running');
@@ -248,8 +290,21 @@ describe('container phase: what a change costs', () => {
     assert.deepEqual(ports.shown, ['write /etc/systemd/nspawn/postgres.nspawn', 'systemctl restart systemd-nspawn@postgres.service', HEALTH]);
     const image = change(before, await example((s) => (s.container.image = '/var/lib/machines/postgresql-17')));
     assert.equal(image.action, 'restart');
-    assert.deepEqual(image.shown.slice(0, 3), ['write /etc/systemd/system/systemd-nspawn@postgres.service.d/10-bosun-machine.conf', 'systemctl daemon-reload', 'systemctl restart systemd-nspawn@postgres.service']);
-    const both = change(before, await example((s) => ((s.container.capabilities = ['CAP_NET_BIND_SERVICE']), (s.container.limits.tasksMax = 100), (s.container.config.overrides['postgresql.conf'].work_mem = '1MB'))));
+    assert.deepEqual(image.shown.slice(0, 3), [
+      'write /etc/systemd/system/systemd-nspawn@postgres.service.d/10-bosun-machine.conf',
+      'systemctl daemon-reload',
+      'systemctl restart systemd-nspawn@postgres.service',
+    ]);
+    const both = change(
+      before,
+      await example(
+        (s) => (
+          (s.container.capabilities = ['CAP_NET_BIND_SERVICE']),
+          (s.container.limits.tasksMax = 100),
+          (s.container.config.overrides['postgresql.conf'].work_mem = '1MB')
+        ),
+      ),
+    );
     assert.equal(both.action, 'restart', 'a restart covers the limit and the config change');
     assert.ok(!both.shown.some((s) => s.includes('set-property') || s.includes('reload postgresql')));
   });
@@ -264,7 +319,10 @@ describe('container phase: what a change costs', () => {
 
   it('refuses, changing nothing, when the image is not on the host', async () => {
     const spec = await example();
-    assert.throws(() => planContainer(spec, { ...builtFor(spec), imageExists: false }, ctx), (e: unknown) => isBosunError(e) && e.code === 'E_REFUSED' && /image \/var\/lib\/machines\/postgresql-16 is not on this host/.test(e.message));
+    assert.throws(
+      () => planContainer(spec, { ...builtFor(spec), imageExists: false }, ctx),
+      (e: unknown) => isBosunError(e) && e.code === 'E_REFUSED' && /image \/var\/lib\/machines\/postgresql-16 is not on this host/.test(e.message),
+    );
   });
 
   it('re-runs when the data volume path moves, since it is bound into the machine', async () => {

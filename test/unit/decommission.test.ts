@@ -29,7 +29,18 @@ async function decomSpec(mutate: (s: Record<string, unknown>) => void = () => un
 }
 
 const LUKS2_DUMP = (slots: number): string =>
-  ['LUKS header information', 'Version:       \t2', '', 'Data segments:', '  0: crypt', 'Keyslots:', ...Array.from({ length: slots }, (_, i) => [`  ${i}: luks2`, '\tKey:        512 bits', '\tPriority:   normal']).flat(), 'Tokens:', 'Digests:', '  0: pbkdf2'].join('\n');
+  [
+    'LUKS header information',
+    'Version:       \t2',
+    '',
+    'Data segments:',
+    '  0: crypt',
+    'Keyslots:',
+    ...Array.from({ length: slots }, (_, i) => [`  ${i}: luks2`, '\tKey:        512 bits', '\tPriority:   normal']).flat(),
+    'Tokens:',
+    'Digests:',
+    '  0: pbkdf2',
+  ].join('\n');
 
 /** node-a as it runs: machine and telegraf up, two conns loaded, the volume mounted and open with one keyslot. */
 function builtHost(keyslots = 1, unitOverrides: Record<string, { enabled: string; active: string }> = {}): HostProbe & { ran: string[][] } {
@@ -40,7 +51,12 @@ function builtHost(keyslots = 1, unitOverrides: Record<string, { enabled: string
     '/etc/ipsec.d/bosun-node-c.conf': '# Written by bosun (network phase): IPsec between node-a and node-c.\n',
     '/etc/ipsec.d/bosun-other.conf': '# someone else wrote this\n',
   };
-  const exists = new Set(['/etc/bosun/ipsec-policy.nft', '/etc/systemd/system/bosun-ipsec-policy.service', '/etc/systemd/system/var-lib-bosun-data.mount', '/dev/mapper/data']);
+  const exists = new Set([
+    '/etc/bosun/ipsec-policy.nft',
+    '/etc/systemd/system/bosun-ipsec-policy.service',
+    '/etc/systemd/system/var-lib-bosun-data.mount',
+    '/dev/mapper/data',
+  ]);
   const units: Record<string, { enabled: string; active: string }> = {
     'systemd-nspawn@postgres.service': { enabled: 'enabled', active: 'active' },
     'telegraf.service': { enabled: 'enabled', active: 'active' },
@@ -57,14 +73,22 @@ function builtHost(keyslots = 1, unitOverrides: Record<string, { enabled: string
     run: (argv) => {
       ran.push([...argv]);
       const out = (stdout: string, exitCode = 0) => Promise.resolve({ exitCode, stdout, stderr: '' });
-      if (argv[0] === 'ipsec' && argv[1] === 'status') return out('000 "bosun-node-b": fd00:b05:0:1::a...fd00:b05:0:1::b\n000 "bosun-node-c": ...\n000 "other": ...\n');
+      if (argv[0] === 'ipsec' && argv[1] === 'status')
+        return out('000 "bosun-node-b": fd00:b05:0:1::a...fd00:b05:0:1::b\n000 "bosun-node-c": ...\n000 "other": ...\n');
       if (argv[0] === 'findmnt') return out('/var/lib/bosun/data /dev/mapper/data xfs', 0);
       if (argv[0] === 'cryptsetup' && argv[1] === 'luksDump') return out(LUKS2_DUMP(keyslots));
       if (argv[0] === 'nft') return out('table inet bosun_ipsec {}');
       return out('');
     },
     links: () => Promise.resolve([]),
-    listDir: (d) => Promise.resolve(d === '/etc/ipsec.d' ? Object.keys(files).map((f) => f.slice('/etc/ipsec.d/'.length)).sort() : []),
+    listDir: (d) =>
+      Promise.resolve(
+        d === '/etc/ipsec.d'
+          ? Object.keys(files)
+              .map((f) => f.slice('/etc/ipsec.d/'.length))
+              .sort()
+          : [],
+      ),
     stat: (p) => Promise.resolve(exists.has(p) ? { uid: 0, gid: 0, mode: 0o644 } : undefined),
   };
 }
@@ -139,17 +163,37 @@ describe('decommission plan', () => {
     // never touches a file in the IPsec dir that bosun did not write
     assert.ok(!built.some((s) => s.kind === 'remove' && s.path.endsWith('bosun-other.conf')));
     // nothing is built: no mkfs, no luksFormat, no open, no start
-    assert.ok(!built.some((s) => (s.kind === 'exec' && /mkfs|luksFormat|^open$/.test(s.argv[0] + ' ' + s.argv[1])) || (s.kind === 'unit' && (s.action === 'start' || s.action === 'enable' || s.action === 'enable-now'))));
+    assert.ok(
+      !built.some(
+        (s) =>
+          (s.kind === 'exec' && /mkfs|luksFormat|^open$/.test(s.argv[0] + ' ' + s.argv[1])) ||
+          (s.kind === 'unit' && (s.action === 'start' || s.action === 'enable' || s.action === 'enable-now')),
+      ),
+    );
   });
 
   it('stops an enabled machine that is not running yet: its start may be queued since boot, and disable does not cancel it', async () => {
     const spec = await decomSpec();
-    const steps = await planNode(spec, builtHost(1, { 'systemd-nspawn@postgres.service': { enabled: 'enabled', active: 'inactive' }, 'telegraf.service': { enabled: 'enabled', active: 'inactive' } }), ctx);
+    const steps = await planNode(
+      spec,
+      builtHost(1, {
+        'systemd-nspawn@postgres.service': { enabled: 'enabled', active: 'inactive' },
+        'telegraf.service': { enabled: 'enabled', active: 'inactive' },
+      }),
+      ctx,
+    );
     const acts = (u: string) => steps.filter((s) => s.kind === 'unit' && s.unit === u).map((s) => (s.kind === 'unit' ? s.action : ''));
     assert.deepEqual(acts('systemd-nspawn@postgres.service'), ['stop', 'disable']);
     assert.deepEqual(acts('telegraf.service'), ['stop', 'disable']);
     // Disabled and stopped (a replay after a cut past these steps): nothing to do for them.
-    const later = await planNode(spec, builtHost(1, { 'systemd-nspawn@postgres.service': { enabled: 'disabled', active: 'inactive' }, 'telegraf.service': { enabled: 'disabled', active: 'failed' } }), ctx);
+    const later = await planNode(
+      spec,
+      builtHost(1, {
+        'systemd-nspawn@postgres.service': { enabled: 'disabled', active: 'inactive' },
+        'telegraf.service': { enabled: 'disabled', active: 'failed' },
+      }),
+      ctx,
+    );
     assert.ok(!later.some((s) => s.kind === 'unit' && (s.unit === 'systemd-nspawn@postgres.service' || s.unit === 'telegraf.service')));
   });
 
@@ -204,15 +248,24 @@ describe('after a decommission', () => {
     await withTempDir(async (stateDir) => {
       const { logger } = createLogger({ redactor: new Redactor(), target: 'stderr', level: 'silent' });
       const spec = await decomSpec();
-      const probe: HostProbe = { ...retiredHost(), run: (argv) => Promise.resolve(argv[1] === 'luksDump' ? { exitCode: 0, stdout: LUKS2_DUMP(1), stderr: '' } : { exitCode: 1, stdout: '', stderr: '' }) };
+      const probe: HostProbe = {
+        ...retiredHost(),
+        run: (argv) => Promise.resolve(argv[1] === 'luksDump' ? { exitCode: 0, stdout: LUKS2_DUMP(1), stderr: '' } : { exitCode: 1, stdout: '', stderr: '' }),
+      };
       // a planner that plans nothing: the engine itself is under test, the keyslot was not erased
       const planner = { phases: () => ['decommission'], plan: () => Promise.resolve([]) };
-      await assert.rejects(applyNode({ spec, stateDir, host: noHost, probe, ctx, logger, planner }), (e: Error & { code?: string }) => e.code === 'E_DECOMMISSION_UNVERIFIED');
+      await assert.rejects(
+        applyNode({ spec, stateDir, host: noHost, probe, ctx, logger, planner }),
+        (e: Error & { code?: string }) => e.code === 'E_DECOMMISSION_UNVERIFIED',
+      );
       const rec = await readDecommissionRecord(stateDir);
       assert.equal(rec?.safeToDelete, false);
       assert.equal(lifecycleOf(rec, spec).state, 'decommissioning');
       // still refuses to rebuild on these disks
-      await assert.rejects(applyNode({ spec: { ...(await loadExample('node-a')), version: 8 }, stateDir, host: noHost, probe, ctx, logger }), (e: Error & { code?: string }) => e.code === 'E_DECOMMISSIONED');
+      await assert.rejects(
+        applyNode({ spec: { ...(await loadExample('node-a')), version: 8 }, stateDir, host: noHost, probe, ctx, logger }),
+        (e: Error & { code?: string }) => e.code === 'E_DECOMMISSIONED',
+      );
       await writeFile(join(stateDir, DECOMMISSION_FILE), 'not json');
       await assert.rejects(readDecommissionRecord(stateDir), /not valid JSON/);
     });

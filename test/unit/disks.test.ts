@@ -30,8 +30,23 @@ const raid1Luks = (extra: Record<string, unknown> = {}) =>
   });
 
 const GiB = 2 ** 30;
-const disk = (path: string, children: BlockDevice[] = [], extra: Partial<BlockDevice> = {}): BlockDevice => ({ path, type: 'disk', sizeBytes: 512 * GiB, readOnly: false, mountpoints: [], children, ...extra });
-const node = (path: string, type: string, children: BlockDevice[] = [], mountpoints: string[] = []): BlockDevice => ({ path, type, sizeBytes: 500 * GiB, readOnly: false, mountpoints, children });
+const disk = (path: string, children: BlockDevice[] = [], extra: Partial<BlockDevice> = {}): BlockDevice => ({
+  path,
+  type: 'disk',
+  sizeBytes: 512 * GiB,
+  readOnly: false,
+  mountpoints: [],
+  children,
+  ...extra,
+});
+const node = (path: string, type: string, children: BlockDevice[] = [], mountpoints: string[] = []): BlockDevice => ({
+  path,
+  type,
+  sizeBytes: 500 * GiB,
+  readOnly: false,
+  mountpoints,
+  children,
+});
 const sig = (type: string, label?: string, uuid?: string): Signature => ({ type, offset: '0x0', label, uuid });
 
 const MD_UUID = '11111111222222223333333344444444';
@@ -50,20 +65,51 @@ function host(state: 'blank' | 'built' | 'rebooted' | 'md-only' | 'luks-empty'):
     crypttab: `swap /dev/vda3 /dev/urandom swap\ndata UUID=${LUKS_UUID} none luks,discard,noauto\n`,
     mountUnit: renderMountUnit({ where: '/var/lib/bosun/data', fsUuid: FS_UUID, type: 'xfs', options: ['noatime'] }),
   };
-  const member = (p: string) => ({ [p]: [sig('linux_raid_member', 'data', '11111111-2222-2222-3333-333344444444'.replace(/-/g, '').replace(/(.{8})(.{4})(.{4})(.{4})(.{12})/, '$1-$2-$3-$4-$5'))] });
-  const md = { path: '/dev/md127', name: 'data', uuid: MD_UUID, level: 'raid1', raidDevices: 2, state: 'clean', degraded: 0, members: ['/dev/vdb', '/dev/vdc'] };
+  const member = (p: string) => ({
+    [p]: [
+      sig('linux_raid_member', 'data', '11111111-2222-2222-3333-333344444444'.replace(/-/g, '').replace(/(.{8})(.{4})(.{4})(.{4})(.{12})/, '$1-$2-$3-$4-$5')),
+    ],
+  });
+  const md = {
+    path: '/dev/md127',
+    name: 'data',
+    uuid: MD_UUID,
+    level: 'raid1',
+    raidDevices: 2,
+    state: 'clean',
+    degraded: 0,
+    members: ['/dev/vdb', '/dev/vdc'],
+  };
   switch (state) {
     case 'blank':
-      return { devices: [root, disk('/dev/vdb'), disk('/dev/vdc')], byId, signatures: { '/dev/vda': [sig('gpt')], '/dev/vdb': [], '/dev/vdc': [] }, arrays: [] };
+      return {
+        devices: [root, disk('/dev/vdb'), disk('/dev/vdc')],
+        byId,
+        signatures: { '/dev/vda': [sig('gpt')], '/dev/vdb': [], '/dev/vdc': [] },
+        arrays: [],
+      };
     case 'rebooted':
       return { devices: [root, disk('/dev/vdb'), disk('/dev/vdc')], byId, signatures: { ...member('/dev/vdb'), ...member('/dev/vdc') }, arrays: [], ...files };
     case 'md-only': {
       const mdNode = node('/dev/md127', 'raid1');
-      return { devices: [root, disk('/dev/vdb', [mdNode]), disk('/dev/vdc', [mdNode])], byId, signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [] }, arrays: [md], mdadmConf: files.mdadmConf };
+      return {
+        devices: [root, disk('/dev/vdb', [mdNode]), disk('/dev/vdc', [mdNode])],
+        byId,
+        signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [] },
+        arrays: [md],
+        mdadmConf: files.mdadmConf,
+      };
     }
     case 'luks-empty': {
       const mdNode = node('/dev/md127', 'raid1', [node('/dev/mapper/data', 'crypt')]);
-      return { devices: [root, disk('/dev/vdb', [mdNode]), disk('/dev/vdc', [mdNode])], byId, signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [sig('crypto_LUKS', 'bosun-data', LUKS_UUID)], '/dev/mapper/data': [] }, arrays: [md], mdadmConf: files.mdadmConf, crypttab: files.crypttab };
+      return {
+        devices: [root, disk('/dev/vdb', [mdNode]), disk('/dev/vdc', [mdNode])],
+        byId,
+        signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [sig('crypto_LUKS', 'bosun-data', LUKS_UUID)], '/dev/mapper/data': [] },
+        arrays: [md],
+        mdadmConf: files.mdadmConf,
+        crypttab: files.crypttab,
+      };
     }
     case 'built': {
       // lsblk lists the array and what sits on it under each member: two objects, one device.
@@ -71,7 +117,12 @@ function host(state: 'blank' | 'built' | 'rebooted' | 'md-only' | 'luks-empty'):
       return {
         devices: [root, disk('/dev/vdb', [mdNode()]), disk('/dev/vdc', [mdNode()])],
         byId,
-        signatures: { ...member('/dev/vdb'), ...member('/dev/vdc'), '/dev/md127': [sig('crypto_LUKS', 'bosun-data', LUKS_UUID)], '/dev/mapper/data': [sig('xfs', 'bosun-data', FS_UUID)] },
+        signatures: {
+          ...member('/dev/vdb'),
+          ...member('/dev/vdc'),
+          '/dev/md127': [sig('crypto_LUKS', 'bosun-data', LUKS_UUID)],
+          '/dev/mapper/data': [sig('xfs', 'bosun-data', FS_UUID)],
+        },
         arrays: [md],
         ...files,
         mountPoint: { uid: 26, gid: 26, mode: 0o700 },
@@ -100,7 +151,9 @@ function show(s: Step): string {
   }
 }
 
-const mdUuid = plannedUuid({ cluster: 'pg-main', node: 'node-a', version: 3 }, 'md').replace(/-/g, '').replace(/(.{8})(.{8})(.{8})(.{8})/, '$1:$2:$3:$4');
+const mdUuid = plannedUuid({ cluster: 'pg-main', node: 'node-a', version: 3 }, 'md')
+  .replace(/-/g, '')
+  .replace(/(.{8})(.{8})(.{8})(.{8})/, '$1:$2:$3:$4');
 const luksUuid = plannedUuid({ cluster: 'pg-main', node: 'node-a', version: 3 }, 'luks');
 const fsUuid = plannedUuid({ cluster: 'pg-main', node: 'node-a', version: 3 }, 'fs');
 
@@ -152,13 +205,19 @@ describe('disks phase planning', () => {
     const steps = planAll(raid1Luks(), host('md-only'));
     assert.ok(!steps.some((s) => s.includes('mdadm --create')));
     // The running array is named by its kernel device: after a reboot the /dev/md/data link may not exist.
-    assert.equal(steps[0], `!cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --hash sha256 --cipher aes-xts-plain64 --key-size 512 --label bosun-data --uuid ${luksUuid} --key-file=- /dev/md127`);
+    assert.equal(
+      steps[0],
+      `!cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --hash sha256 --cipher aes-xts-plain64 --key-size 512 --label bosun-data --uuid ${luksUuid} --key-file=- /dev/md127`,
+    );
     assert.ok(steps.some((s) => s.startsWith('!mkfs.xfs')));
   });
 
   it('half-built (crash after LUKS was opened): makes the filesystem only', () => {
     const steps = planAll(raid1Luks(), host('luks-empty'));
-    assert.deepEqual(steps.filter((s) => s.startsWith('!')), [`!mkfs.xfs -q -f -K -L bosun-data -m uuid=${fsUuid} /dev/mapper/data`]);
+    assert.deepEqual(
+      steps.filter((s) => s.startsWith('!')),
+      [`!mkfs.xfs -q -f -K -L bosun-data -m uuid=${fsUuid} /dev/mapper/data`],
+    );
     assert.ok(!steps.some((s) => s.includes('crypttab')), 'crypttab already right');
   });
 
@@ -191,7 +250,11 @@ describe('disks phase planning', () => {
     const obs = host('rebooted');
     obs.signatures['/dev/vdc'] = [];
     const steps = planAll(raid1Luks(), obs);
-    assert.deepEqual(steps.slice(0, 3), ['mdadm --assemble /dev/md/data --run --uuid=11111111:22222222:33333333:44444444 /dev/vdb', 'wait /dev/md/data', 'mdadm --manage /dev/md/data --add /dev/vdc']);
+    assert.deepEqual(steps.slice(0, 3), [
+      'mdadm --assemble /dev/md/data --run --uuid=11111111:22222222:33333333:44444444 /dev/vdb',
+      'wait /dev/md/data',
+      'mdadm --manage /dev/md/data --add /dev/vdc',
+    ]);
     assert.ok(!steps.some((s) => s.startsWith('!')));
   });
 
@@ -209,11 +272,20 @@ describe('disks phase planning', () => {
 
   it('match rules must find exactly the count they name', () => {
     const s = spec({ devices: { match: { kind: 'any', count: 3 } }, raid: { level: 0 }, filesystem: { type: 'ext4' }, mount: { path: '/data' } });
-    assert.throws(() => planAll(s, host('blank')), /wants exactly 3 disks but 2 match \(\/dev\/disk\/by-id\/virtio-d1 512\.0 GiB, \/dev\/disk\/by-id\/virtio-d2 512\.0 GiB\)/);
+    assert.throws(
+      () => planAll(s, host('blank')),
+      /wants exactly 3 disks but 2 match \(\/dev\/disk\/by-id\/virtio-d1 512\.0 GiB, \/dev\/disk\/by-id\/virtio-d2 512\.0 GiB\)/,
+    );
   });
 
   it('a match rule skips the root disk and disks with foreign data, and finds its own disks again after a reboot', () => {
-    const s = spec({ devices: { match: { kind: 'any', count: 2, minSizeGiB: 100 } }, raid: { level: 1, name: 'data' }, luks: { name: 'data', key: SEALED }, filesystem: { type: 'xfs' }, mount: { path: '/var/lib/bosun/data' } });
+    const s = spec({
+      devices: { match: { kind: 'any', count: 2, minSizeGiB: 100 } },
+      raid: { level: 1, name: 'data' },
+      luks: { name: 'data', key: SEALED },
+      filesystem: { type: 'xfs' },
+      mount: { path: '/var/lib/bosun/data' },
+    });
     const obs = host('rebooted');
     obs.devices.push(disk('/dev/vdd'));
     obs.signatures['/dev/vdd'] = [sig('xfs', 'someone')];
@@ -224,18 +296,28 @@ describe('disks phase planning', () => {
     const paths = ['/dev/vdb', '/dev/vdc', '/dev/vdd', '/dev/vde'];
     const obs: ObservedDisks = { devices: paths.map((p) => disk(p)), byId: [], signatures: {}, arrays: [] };
     const xfs0 = planAll(spec({ devices: { paths }, raid: { level: 0, chunkKiB: 256 }, filesystem: { type: 'xfs' }, mount: { path: '/d' } }), obs);
-    assert.match(xfs0.find((x) => x.startsWith('!mkfs'))!, / -d su=256k,sw=4 \/dev\/md\/data$/);
+    assert.match(
+      xfs0.find((x) => x.startsWith('!mkfs'))!,
+      / -d su=256k,sw=4 \/dev\/md\/data$/,
+    );
     const ext10 = planAll(spec({ devices: { paths }, raid: { level: 10 }, filesystem: { type: 'ext4' }, mount: { path: '/d' } }), obs);
-    assert.match(ext10.find((x) => x.startsWith('!mkfs'))!, / -E nodiscard,stride=128,stripe_width=256 \/dev\/md\/data$/);
+    assert.match(
+      ext10.find((x) => x.startsWith('!mkfs'))!,
+      / -E nodiscard,stride=128,stripe_width=256 \/dev\/md\/data$/,
+    );
   });
 
   it('keeps other lines of mdadm.conf and crypttab and replaces only its own', () => {
     const obs = host('built');
-    obs.mdadmConf = 'MAILADDR root\nARRAY /dev/md/data metadata=1.2 UUID=00000000:00000000:00000000:00000000 name=data\nARRAY /dev/md/other UUID=99999999:99999999:99999999:99999999\n';
+    obs.mdadmConf =
+      'MAILADDR root\nARRAY /dev/md/data metadata=1.2 UUID=00000000:00000000:00000000:00000000 name=data\nARRAY /dev/md/other UUID=99999999:99999999:99999999:99999999\n';
     const st = diskStages[0]!;
     const write = st.plan(raid1Luks(), obs, ctx).find((s) => s.kind === 'write');
     assert.ok(write && write.kind === 'write');
-    assert.equal(write.content, 'MAILADDR root\nARRAY /dev/md/data metadata=1.2 UUID=11111111:22222222:33333333:44444444 name=data\nARRAY /dev/md/other UUID=99999999:99999999:99999999:99999999\n');
+    assert.equal(
+      write.content,
+      'MAILADDR root\nARRAY /dev/md/data metadata=1.2 UUID=11111111:22222222:33333333:44444444 name=data\nARRAY /dev/md/other UUID=99999999:99999999:99999999:99999999\n',
+    );
   });
 
   it('refuses when something else is mounted at the mount point, or the owner is unknown', () => {
@@ -251,26 +333,56 @@ describe('disks phase planning', () => {
 
 describe('disks observation parsing', () => {
   it('reads lsblk trees with stacked devices', () => {
-    const devs = parseLsblk(JSON.stringify({
-      blockdevices: [
-        { name: '/dev/vdb', type: 'disk', size: 536870912, tran: null, model: null, serial: 'd1', ro: false, fstype: 'linux_raid_member', uuid: 'x', label: 'any:data', mountpoints: [null],
-          children: [{ name: '/dev/md127', type: 'raid1', size: 535822336, ro: false, fstype: 'crypto_LUKS', mountpoints: [null],
-            children: [{ name: '/dev/mapper/data', type: 'crypt', size: 519045120, ro: false, fstype: 'xfs', mountpoints: ['/var/lib/bosun/data'] }] }] },
-      ],
-    }));
+    const devs = parseLsblk(
+      JSON.stringify({
+        blockdevices: [
+          {
+            name: '/dev/vdb',
+            type: 'disk',
+            size: 536870912,
+            tran: null,
+            model: null,
+            serial: 'd1',
+            ro: false,
+            fstype: 'linux_raid_member',
+            uuid: 'x',
+            label: 'any:data',
+            mountpoints: [null],
+            children: [
+              {
+                name: '/dev/md127',
+                type: 'raid1',
+                size: 535822336,
+                ro: false,
+                fstype: 'crypto_LUKS',
+                mountpoints: [null],
+                children: [{ name: '/dev/mapper/data', type: 'crypt', size: 519045120, ro: false, fstype: 'xfs', mountpoints: ['/var/lib/bosun/data'] }],
+              },
+            ],
+          },
+        ],
+      }),
+    );
     assert.equal(devs[0]!.serial, 'd1');
     assert.deepEqual(devs[0]!.mountpoints, []);
     assert.deepEqual(devs[0]!.children[0]!.children[0]!.mountpoints, ['/var/lib/bosun/data']);
   });
 
   it('reads wipefs and mdadm --export output', () => {
-    assert.deepEqual(parseWipefs('{"signatures": [{"device":"vdb","offset":"0x1000","type":"linux_raid_member","uuid":"1a2b","label":"any:data"}]}'), [{ type: 'linux_raid_member', offset: '0x1000', uuid: '1a2b', label: 'any:data' }]);
+    assert.deepEqual(parseWipefs('{"signatures": [{"device":"vdb","offset":"0x1000","type":"linux_raid_member","uuid":"1a2b","label":"any:data"}]}'), [
+      { type: 'linux_raid_member', offset: '0x1000', uuid: '1a2b', label: 'any:data' },
+    ]);
     assert.deepEqual(parseWipefs(''), []);
     // LUKS2's primary and secondary headers are one signature; two different things are two.
-    const luks2 = parseWipefs('{"signatures": [{"offset":"0x0","type":"crypto_LUKS","uuid":"u1","label":"bosun-data"},{"offset":"0x4000","type":"crypto_LUKS","uuid":"u1","label":"bosun-data"}]}');
-    assert.deepEqual(luks2.map((x) => x.offset), ['0x0']);
+    const luks2 = parseWipefs(
+      '{"signatures": [{"offset":"0x0","type":"crypto_LUKS","uuid":"u1","label":"bosun-data"},{"offset":"0x4000","type":"crypto_LUKS","uuid":"u1","label":"bosun-data"}]}',
+    );
+    assert.deepEqual(
+      luks2.map((x) => x.offset),
+      ['0x0'],
+    );
     assert.equal(parseWipefs('{"signatures": [{"offset":"0x0","type":"crypto_LUKS","uuid":"u1"},{"offset":"0x438","type":"ext4","uuid":"u2"}]}').length, 2);
-    const ex = parseExport("MD_LEVEL=raid1\nMD_DEVICES=2\nMD_NAME=any:data\nMD_UUID=11111111:22222222:33333333:44444444\nMD_DEVICE_dev_vdb_DEV=/dev/vdb\n");
+    const ex = parseExport('MD_LEVEL=raid1\nMD_DEVICES=2\nMD_NAME=any:data\nMD_UUID=11111111:22222222:33333333:44444444\nMD_DEVICE_dev_vdb_DEV=/dev/vdb\n');
     assert.equal(ex.get('MD_NAME'), 'any:data');
     assert.equal(ex.get('MD_DEVICE_dev_vdb_DEV'), '/dev/vdb');
   });

@@ -26,23 +26,26 @@ async function scenario(dir: string, scenarios: string[], extra: Partial<Refresh
   const attempts: AttemptReport[] = [];
   const run = async () => {
     try {
-      return { ok: true as const, result: await refreshPackages({
-        packages: ['libreswan', 'curl', 'mdadm'],
-        dnf: [join(FIXTURES, 'dnf')],
-        rpm: [join(FIXTURES, 'rpm')],
-        deadlineMs: 600_000,
-        initialDelayMs: 5_000,
-        maxDelayMs: 60_000,
-        random: () => 0.5,
-        now: () => clock,
-        sleep: (ms) => {
-          sleeps.push(ms);
-          clock += ms;
-          return Promise.resolve();
-        },
-        onAttempt: (a) => attempts.push(a),
-        ...extra,
-      }) };
+      return {
+        ok: true as const,
+        result: await refreshPackages({
+          packages: ['libreswan', 'curl', 'mdadm'],
+          dnf: [join(FIXTURES, 'dnf')],
+          rpm: [join(FIXTURES, 'rpm')],
+          deadlineMs: 600_000,
+          initialDelayMs: 5_000,
+          maxDelayMs: 60_000,
+          random: () => 0.5,
+          now: () => clock,
+          sleep: (ms) => {
+            sleeps.push(ms);
+            clock += ms;
+            return Promise.resolve();
+          },
+          onAttempt: (a) => attempts.push(a),
+          ...extra,
+        }),
+      };
     } catch (e) {
       return { ok: false as const, error: e };
     }
@@ -112,12 +115,22 @@ describe('package refresh through dnf', () => {
   });
 
   it('classifies the real messages', () => {
-    assert.deepEqual(classifyDnfFailure(1, "Error: Failed to download metadata for repo 'fedora': Cannot download repomd.xml: Cannot download repodata/repomd.xml: All mirrors were tried"), { kind: 'transient', reason: 'metadata download failed for fedora' });
-    assert.equal(classifyDnfFailure(1, 'Curl error (6): Couldn\'t resolve host name for https://x [Could not resolve host: x]').reason, 'mirror unreachable');
+    assert.deepEqual(
+      classifyDnfFailure(
+        1,
+        "Error: Failed to download metadata for repo 'fedora': Cannot download repomd.xml: Cannot download repodata/repomd.xml: All mirrors were tried",
+      ),
+      { kind: 'transient', reason: 'metadata download failed for fedora' },
+    );
+    assert.equal(classifyDnfFailure(1, "Curl error (6): Couldn't resolve host name for https://x [Could not resolve host: x]").reason, 'mirror unreachable');
     assert.equal(classifyDnfFailure(1, 'Error: GPG check FAILED').kind, 'permanent');
     assert.equal(classifyDnfFailure(1, "[Errno 28] No space left on device: '/var/cache/dnf/updates'").reason, 'disk full: no space left on device');
     assert.equal(classifyDnfFailure(undefined, '').kind, 'transient');
     // a permanent cause wins over a transient one in the same run
-    assert.equal(classifyDnfFailure(1, "Errors during downloading metadata for repository 'x':\n  - Curl error (28): Timeout was reached\nNo match for argument: foo").kind, 'permanent');
+    assert.equal(
+      classifyDnfFailure(1, "Errors during downloading metadata for repository 'x':\n  - Curl error (28): Timeout was reached\nNo match for argument: foo")
+        .kind,
+      'permanent',
+    );
   });
 });

@@ -19,7 +19,11 @@ import { parseNodeSpec } from '../../src/spec/validate.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { fixedPlanner, repoRoot, runNode, waitFor, withTempDir } from '../helpers.js';
 
-const exists = (p: string) => access(p).then(() => true, () => false);
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
 const lines = async (p: string) => ((await readFile(p, 'utf8').catch(() => '')).match(/\n/g) ?? []).length;
 
 function spec(version = 1): NodeSpec {
@@ -31,8 +35,22 @@ function spec(version = 1): NodeSpec {
 function request(stateDir: string, steps: Step[], extra: Partial<NodeApplyRequest> = {}): NodeApplyRequest & { logLines: string[] } {
   const redactor = extra.host?.redactor ?? new Redactor();
   const logLines: string[] = [];
-  const { logger } = createLogger({ redactor, target: 'journald', loadJournald: () => new Proxy({}, { get: () => (msg: string) => logLines.push(msg) }) as never });
-  return { spec: spec(), stateDir, host: new Host({ redactor }), probe: new BlankProbe(), ctx: { distro: DISTROS.fedora }, logger, planner: fixedPlanner(steps), logLines, ...extra };
+  const { logger } = createLogger({
+    redactor,
+    target: 'journald',
+    loadJournald: () => new Proxy({}, { get: () => (msg: string) => logLines.push(msg) }) as never,
+  });
+  return {
+    spec: spec(),
+    stateDir,
+    host: new Host({ redactor }),
+    probe: new BlankProbe(),
+    ctx: { distro: DISTROS.fedora },
+    logger,
+    planner: fixedPlanner(steps),
+    logLines,
+    ...extra,
+  };
 }
 
 const sh = (script: string, why = 'test'): Step => ({ kind: 'exec', phase: 'packages', argv: ['sh', '-c', script], why });
@@ -51,7 +69,11 @@ describe('apply engine', () => {
     await withTempDir(async (dir) => {
       const events: string[] = [];
       const inner = fixedPlanner([sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]);
-      const planner = { phases: (s: NodeSpec) => inner.phases(s), plan: (s: NodeSpec, p: Parameters<typeof inner.plan>[1]) => (events.push(`plan ${p}`), inner.plan(s, p)), changed: () => events.push('changed') };
+      const planner = {
+        phases: (s: NodeSpec) => inner.phases(s),
+        plan: (s: NodeSpec, p: Parameters<typeof inner.plan>[1]) => (events.push(`plan ${p}`), inner.plan(s, p)),
+        changed: () => events.push('changed'),
+      };
       await applyNode(request(join(dir, 'state'), [], { planner }));
       // first pass plans everything (nothing runs), then each phase with steps is announced before it runs
       assert.deepEqual(events, ['plan packages', 'plan auxiliary', 'changed', 'plan auxiliary', 'changed']);
@@ -74,7 +96,13 @@ describe('apply engine', () => {
   it('runs steps in order, records the last good state and removes the journal', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const out = await applyNode(request(state, [sh(`echo 1 >> ${dir}/order`), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }, sh(`echo 2 >> ${dir}/order`)]));
+      const out = await applyNode(
+        request(state, [
+          sh(`echo 1 >> ${dir}/order`),
+          { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' },
+          sh(`echo 2 >> ${dir}/order`),
+        ]),
+      );
       assert.equal(out.result, 'applied');
       assert.equal(out.steps, 3);
       assert.equal(await readFile(`${dir}/order`, 'utf8'), '1\n2\n');
@@ -88,10 +116,22 @@ describe('apply engine', () => {
 
   it('reports per-phase durations: planning, time inside the steps, and the slowest step', async () => {
     await withTempDir(async (dir) => {
-      const out = await applyNode(request(join(dir, 'state'), [sh('sleep 0.3', 'slow'), sh('true', 'fast'), { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' }]));
+      const out = await applyNode(
+        request(join(dir, 'state'), [
+          sh('sleep 0.3', 'slow'),
+          sh('true', 'fast'),
+          { kind: 'write', phase: 'auxiliary', path: `${dir}/f`, mode: 0o600, content: 'x', why: 'w' },
+        ]),
+      );
       const t = out.timings;
       assert.ok(t, 'timings are reported');
-      assert.deepEqual(t.phases.map((p) => [p.phase, p.steps]), [['packages', 2], ['auxiliary', 1]]);
+      assert.deepEqual(
+        t.phases.map((p) => [p.phase, p.steps]),
+        [
+          ['packages', 2],
+          ['auxiliary', 1],
+        ],
+      );
       const pk = t.phases[0]!;
       assert.ok(pk.stepMs >= 280, `packages stepMs ${pk.stepMs}`);
       assert.ok(pk.ms >= pk.stepMs + pk.planMs, 'the phase lasts at least its planning plus its steps');
@@ -158,7 +198,11 @@ describe('apply engine', () => {
   it('a failed step stops the apply, keeps the last good state, and the next run retries from that phase', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
-      const steps: Step[] = [sh(`echo ran >> ${dir}/s1`), { ...sh(`echo ran >> ${dir}/s2; [ -e ${dir}/fixed ] || { echo 'mirror timed out' >&2; exit 7; }`, 'flaky'), phase: 'disks' }, { ...sh(`echo ran >> ${dir}/s3`), phase: 'auxiliary' }];
+      const steps: Step[] = [
+        sh(`echo ran >> ${dir}/s1`),
+        { ...sh(`echo ran >> ${dir}/s2; [ -e ${dir}/fixed ] || { echo 'mirror timed out' >&2; exit 7; }`, 'flaky'), phase: 'disks' },
+        { ...sh(`echo ran >> ${dir}/s3`), phase: 'auxiliary' },
+      ];
       await assert.rejects(applyNode(request(state, steps)), (e) => {
         assert.ok(isBosunError(e));
         assert.equal(e.code, 'E_EXEC');
@@ -191,12 +235,22 @@ describe('apply engine', () => {
       assert.deepEqual(seen, [EXEC_STEP_TIMEOUT_SECONDS], 'a step without its own limit gets the default');
       assert.equal(EXEC_STEP_TIMEOUT_SECONDS, 1800);
       const started = Date.now();
-      await assert.rejects(applyNode({ ...request(state, [{ kind: 'exec', phase: 'packages', argv: ['sh', '-c', `echo started > ${dir}/hang; exec sleep 60`], why: 'a tool that hangs', timeoutSeconds: 1 }], { host }), spec: spec(2) }), (e) => {
-        assert.ok(isBosunError(e));
-        assert.equal(e.code, 'E_TIMEOUT');
-        assert.match(e.message, /packages step 1\/1 \(a tool that hangs\) failed: sh -c .*: timed out after 1s/);
-        return true;
-      });
+      await assert.rejects(
+        applyNode({
+          ...request(
+            state,
+            [{ kind: 'exec', phase: 'packages', argv: ['sh', '-c', `echo started > ${dir}/hang; exec sleep 60`], why: 'a tool that hangs', timeoutSeconds: 1 }],
+            { host },
+          ),
+          spec: spec(2),
+        }),
+        (e) => {
+          assert.ok(isBosunError(e));
+          assert.equal(e.code, 'E_TIMEOUT');
+          assert.match(e.message, /packages step 1\/1 \(a tool that hangs\) failed: sh -c .*: timed out after 1s/);
+          return true;
+        },
+      );
       assert.ok(Date.now() - started < 20_000, 'the hung command was killed, not waited for');
       assert.equal(await readFile(`${dir}/hang`, 'utf8'), 'started\n');
       assert.equal((await new Journal(state).readApplied())?.specVersion, 1, 'version 1 stays the last good state');
@@ -245,8 +299,21 @@ describe('apply engine', () => {
       const secretValue = 'psk-0123456789-abcdef';
       const sealed = { sealed: seal(x25519PublicFromString(identity.sealingKey), Buffer.from(secretValue)) };
       const steps: Step[] = [
-        { kind: 'write', phase: 'network', path: `${dir}/ipsec.secrets`, mode: 0o600, content: [': PSK "', { secret: sealed, label: 'network.ipsec.peers[0].psk' }, '"\n'], why: 'psk file' },
-        { kind: 'exec', phase: 'network', argv: ['sh', '-c', 'k=$(cat); echo "bad key $k" >&2; exit 3'], stdin: [{ secret: sealed, label: 'psk' }], why: 'a tool that echoes its input' },
+        {
+          kind: 'write',
+          phase: 'network',
+          path: `${dir}/ipsec.secrets`,
+          mode: 0o600,
+          content: [': PSK "', { secret: sealed, label: 'network.ipsec.peers[0].psk' }, '"\n'],
+          why: 'psk file',
+        },
+        {
+          kind: 'exec',
+          phase: 'network',
+          argv: ['sh', '-c', 'k=$(cat); echo "bad key $k" >&2; exit 3'],
+          stdin: [{ secret: sealed, label: 'psk' }],
+          why: 'a tool that echoes its input',
+        },
       ];
       const req = request(state, steps, { identity });
       let message = '';

@@ -18,7 +18,16 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { BackupError } from '../../src/backup/errors.js';
-import { FORMAT, deriveKeys, encodeManifest, checkManifestSignature, openManifestBody, parseManifest, type Manifest, type ManifestHeader } from '../../src/backup/format.js';
+import {
+  FORMAT,
+  deriveKeys,
+  encodeManifest,
+  checkManifestSignature,
+  openManifestBody,
+  parseManifest,
+  type Manifest,
+  type ManifestHeader,
+} from '../../src/backup/format.js';
 import { createBackup, restoreFromObjectStorage } from '../../src/backup/index.js';
 import { TransportError, type ByteRange, type GetResult, type Transport } from '../../src/backup/transport.js';
 import { ENVELOPE_FORMAT, signEnvelope, verifyEnvelope } from '../../src/bus/envelope.js';
@@ -114,7 +123,14 @@ type Mutation =
   | { op: 'deep'; at: number; depth: number; asObject: boolean }
   | { op: 'key'; at: number; key: string; value: Json };
 
-const jsonLeaf: fc.Arbitrary<Json> = fc.oneof(fc.constant(null), fc.boolean(), fc.double({ noNaN: true, noDefaultInfinity: true }), fc.integer(), fc.string({ maxLength: 20 }), fc.constant(MARK));
+const jsonLeaf: fc.Arbitrary<Json> = fc.oneof(
+  fc.constant(null),
+  fc.boolean(),
+  fc.double({ noNaN: true, noDefaultInfinity: true }),
+  fc.integer(),
+  fc.string({ maxLength: 20 }),
+  fc.constant(MARK),
+);
 const anyJson: fc.Arbitrary<Json> = fc.oneof({ weight: 3, arbitrary: jsonLeaf }, { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 3 }) as fc.Arbitrary<Json> });
 
 const mutation: fc.Arbitrary<Mutation> = fc.oneof(
@@ -131,7 +147,14 @@ type TextDamage = { kind: 'none' } | { kind: 'truncate'; at: number } | { kind: 
 const textDamage: fc.Arbitrary<TextDamage> = fc.oneof(
   { weight: 4, arbitrary: fc.constant({ kind: 'none' as const }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate' as const), at: fc.nat() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('bytes' as const), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }).map((b) => b.map((x) => x | 0x80)) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('bytes' as const),
+      at: fc.nat(),
+      bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }).map((b) => b.map((x) => x | 0x80)),
+    }),
+  },
 );
 
 /** Apply one mutation in place; returns the path it touched. */
@@ -235,37 +258,55 @@ function fmt(path: Seg[]): string {
 }
 
 function checkParser(name: string, base: Json, parse: (v: unknown) => ParseResult<unknown>, runs: { bytes: number; near: number }): void {
-  check(`${name}: any bytes`, fc.oneof(fc.uint8Array({ maxLength: 2048 }), fc.string({ unit: 'binary', maxLength: 512 }).map((s) => new TextEncoder().encode(s))), (b) => {
-    const r = validateBytes(Buffer.from(b), parse);
-    if (!r.ok) assertClearRejection(r.problems, name);
-  }, runs.bytes);
+  check(
+    `${name}: any bytes`,
+    fc.oneof(
+      fc.uint8Array({ maxLength: 2048 }),
+      fc.string({ unit: 'binary', maxLength: 512 }).map((s) => new TextEncoder().encode(s)),
+    ),
+    (b) => {
+      const r = validateBytes(Buffer.from(b), parse);
+      if (!r.ok) assertClearRejection(r.problems, name);
+    },
+    runs.bytes,
+  );
 
-  check(`${name}: any JSON value`, fc.jsonValue({ maxDepth: 5 }), (v) => {
-    const r = parse(v);
-    if (!r.ok) assertClearRejection(r.problems, name);
-    else assert.ok(!hasOwnProto(r.value));
-  }, runs.bytes);
+  check(
+    `${name}: any JSON value`,
+    fc.jsonValue({ maxDepth: 5 }),
+    (v) => {
+      const r = parse(v);
+      if (!r.ok) assertClearRejection(r.problems, name);
+      else assert.ok(!hasOwnProto(r.value));
+    },
+    runs.bytes,
+  );
 
-  check(`${name}: near-valid documents`, nearValid(base), (c) => {
-    const r = validateBytes(c.bytes, parse);
-    const what = `${name} after ${JSON.stringify(c.mutations.map((m) => ({ ...m, value: 'value' in m ? typeof m.value : undefined })))} ${c.damage.kind}`;
-    if (!r.ok) {
-      assertClearRejection(r.problems, what);
-      // A change to one field, with the text intact, is reported at that field, an ancestor, a descendant or a sibling of it.
-      if (!c.damaged && c.touched.length === 1 && r.problems[0]!.path !== '(root)') {
-        const parent = fmt(c.touched[0]!.slice(0, -1));
-        assert.ok(
-          r.problems.some((p) => parent === '(root)' || p.path === parent || p.path.startsWith(`${parent}.`) || p.path.startsWith(`${parent}[`)),
-          `${what}: reported at ${r.problems.map((p) => p.path).join(', ')}, far from ${fmt(c.touched[0]!)}`,
-        );
+  check(
+    `${name}: near-valid documents`,
+    nearValid(base),
+    (c) => {
+      const r = validateBytes(c.bytes, parse);
+      const what = `${name} after ${JSON.stringify(c.mutations.map((m) => ({ ...m, value: 'value' in m ? typeof m.value : undefined })))} ${c.damage.kind}`;
+      if (!r.ok) {
+        assertClearRejection(r.problems, what);
+        // A change to one field, with the text intact, is reported at that field, an ancestor, a descendant or a sibling of it.
+        if (!c.damaged && c.touched.length === 1 && r.problems[0]!.path !== '(root)') {
+          const parent = fmt(c.touched[0]!.slice(0, -1));
+          assert.ok(
+            r.problems.some((p) => parent === '(root)' || p.path === parent || p.path.startsWith(`${parent}.`) || p.path.startsWith(`${parent}[`)),
+            `${what}: reported at ${r.problems.map((p) => p.path).join(', ')}, far from ${fmt(c.touched[0]!)}`,
+          );
+        }
+        return;
       }
-      return;
-    }
-    // Accepted: no "__proto__" may have slipped through (it would silently drop a record entry), and the result parses again.
-    assert.ok(!c.touched.some((p) => p.includes('__proto__')), `${what}: a "__proto__" key was accepted`);
-    assert.ok(!hasOwnProto(r.value), `${what}: the parsed value carries a __proto__`);
-    assert.ok(parse(JSON.parse(JSON.stringify(r.value))).ok, `${what}: the parsed value does not parse again`);
-  }, runs.near);
+      // Accepted: no "__proto__" may have slipped through (it would silently drop a record entry), and the result parses again.
+      assert.ok(!c.touched.some((p) => p.includes('__proto__')), `${what}: a "__proto__" key was accepted`);
+      assert.ok(!hasOwnProto(r.value), `${what}: the parsed value carries a __proto__`);
+      assert.ok(parse(JSON.parse(JSON.stringify(r.value))).ok, `${what}: the parsed value does not parse again`);
+    },
+    runs.near,
+  );
 }
 
 describe('fuzz: bad input gets a clear rejection, never a crash or a hang', { timeout: 120_000 }, () => {
@@ -284,13 +325,21 @@ describe('fuzz: bad input gets a clear rejection, never a crash or a hang', { ti
     assert.ok(text.includes('"settings":{'), 'the example has config settings to put the key into');
     const r = parseNodeSpec(withRecord);
     assert.equal(r.ok, false);
-    assert.ok(!r.ok && r.problems.some((p) => /^container\.config\.files\..*\.settings\.__proto__$/.test(p.path) && /"__proto__" is not allowed/.test(p.message)), JSON.stringify(r));
+    assert.ok(
+      !r.ok && r.problems.some((p) => /^container\.config\.files\..*\.settings\.__proto__$/.test(p.path) && /"__proto__" is not allowed/.test(p.message)),
+      JSON.stringify(r),
+    );
     const top = parseNodeSpec(JSON.parse('{"__proto__": {"node": "x"}, "apiVersion": "bosun/v1", "cluster": "c", "node": "n", "version": 1}'));
     assert.deepEqual(top, { ok: false, problems: [{ path: '__proto__', message: 'the field name "__proto__" is not allowed' }] });
   });
 
   it('nesting 200 000 deep, a 20 MB string and a 1e308 version are rejected quickly', () => {
-    for (const text of ['['.repeat(200_000) + ']'.repeat(200_000), '{"a":'.repeat(200_000) + '1' + '}'.repeat(200_000), JSON.stringify({ apiVersion: 'bosun/v1', cluster: 'c', node: 'n', version: 1e308 }), JSON.stringify({ apiVersion: 'bosun/v1', cluster: 'c', node: 'x'.repeat(20_000_000), version: 1 })]) {
+    for (const text of [
+      '['.repeat(200_000) + ']'.repeat(200_000),
+      '{"a":'.repeat(200_000) + '1' + '}'.repeat(200_000),
+      JSON.stringify({ apiVersion: 'bosun/v1', cluster: 'c', node: 'n', version: 1e308 }),
+      JSON.stringify({ apiVersion: 'bosun/v1', cluster: 'c', node: 'x'.repeat(20_000_000), version: 1 }),
+    ]) {
       const t = performance.now();
       for (const parse of [parseNodeSpec, parseAgentSettings]) {
         const r = validateBytes(Buffer.from(text), parse);
@@ -338,7 +387,12 @@ const REASONS = new Set(['malformed', 'unknown-key', 'bad-signature', 'invalid-s
 const DOMAIN = Buffer.from(`${ENVELOPE_FORMAT}\0`);
 
 function signBytes(payload: Buffer, keyId: string, key: KeyObject): string {
-  return JSON.stringify({ format: ENVELOPE_FORMAT, keyId, payload: payload.toString('base64url'), signature: sign(null, Buffer.concat([DOMAIN, payload]), key).toString('base64url') });
+  return JSON.stringify({
+    format: ENVELOPE_FORMAT,
+    keyId,
+    payload: payload.toString('base64url'),
+    signature: sign(null, Buffer.concat([DOMAIN, payload]), key).toString('base64url'),
+  });
 }
 
 describe('fuzz: the signed envelope', { timeout: 120_000 }, () => {
@@ -357,12 +411,18 @@ describe('fuzz: the signed envelope', { timeout: 120_000 }, () => {
     }
     assert.ok(REASONS.has(v.refusal.reason), v.refusal.reason);
     assert.ok(typeof v.refusal.message === 'string' && v.refusal.message.length > 0 && v.refusal.message.length < 400);
-    assert.ok(!['\n', '\r', '\u001b'].some((c) => v.refusal.message.includes(c)), `a raw control character in the refusal: ${JSON.stringify(v.refusal.message)}`);
+    assert.ok(
+      !['\n', '\r', '\u001b'].some((c) => v.refusal.message.includes(c)),
+      `a raw control character in the refusal: ${JSON.stringify(v.refusal.message)}`,
+    );
     // The one value a refusal names is an unknown key id (an operator needs it): escaped and at most 64 characters.
-    const message = v.refusal.reason === 'unknown-key' ? v.refusal.message.replace(/^signed with key ("(?:[^"\\]|\\.){0,400}"), which/, (_, q: string) => {
-      assert.ok((JSON.parse(q) as string).length <= 64, `key id quoted at length: ${q.slice(0, 100)}`);
-      return 'signed with key <id>, which';
-    }) : v.refusal.message;
+    const message =
+      v.refusal.reason === 'unknown-key'
+        ? v.refusal.message.replace(/^signed with key ("(?:[^"\\]|\\.){0,400}"), which/, (_, q: string) => {
+            assert.ok((JSON.parse(q) as string).length <= 64, `key id quoted at length: ${q.slice(0, 100)}`);
+            return 'signed with key <id>, which';
+          })
+        : v.refusal.message;
     const event = JSON.stringify({ kind: 'refused', ...v.refusal, message });
     assert.ok(!event.includes(MARK), `the refusal event quotes a value: ${event.slice(0, 300)}`);
     if (v.refusal.reason === 'invalid-spec') assertClearRejection(v.refusal.problems, 'envelope');
@@ -370,9 +430,18 @@ describe('fuzz: the signed envelope', { timeout: 120_000 }, () => {
   }
 
   it('any bytes, any JSON, envelope-shaped junk: refused with a reason, never a throw', () => {
-    check('envelope: any bytes', fc.oneof(fc.uint8Array({ maxLength: 2048 }).map((b) => Buffer.from(b)), fc.string({ maxLength: 300 }), fc.constant(null)), (raw) => {
-      assert.equal(receive(raw).ok, false);
-    }, 400);
+    check(
+      'envelope: any bytes',
+      fc.oneof(
+        fc.uint8Array({ maxLength: 2048 }).map((b) => Buffer.from(b)),
+        fc.string({ maxLength: 300 }),
+        fc.constant(null),
+      ),
+      (raw) => {
+        assert.equal(receive(raw).ok, false);
+      },
+      400,
+    );
     const field = fc.oneof(fc.string({ maxLength: 80 }), fc.string({ unit: 'binary', maxLength: 80 }), fc.constant(MARK), anyJson);
     const envelopeish = fc
       .record(
@@ -386,33 +455,57 @@ describe('fuzz: the signed envelope', { timeout: 120_000 }, () => {
         { requiredKeys: [] },
       )
       .chain((o) => fc.constantFrom(...NASTY_KEYS).map((k) => ({ ...o, [k]: MARK })));
-    check('envelope: shaped junk', envelopeish, (o) => {
-      assert.equal(receive(JSON.stringify(o)).ok, false);
-    }, 400);
+    check(
+      'envelope: shaped junk',
+      envelopeish,
+      (o) => {
+        assert.equal(receive(JSON.stringify(o)).ok, false);
+      },
+      400,
+    );
   });
 
   it('properly signed near-valid specs: accepted as a whole or refused as a whole', () => {
-    check('envelope: signed near-valid specs', nearValid(spec), (c) => {
-      const v = receive(signBytes(c.bytes, 'cp-1', cp.privateKey));
-      const direct = validateBytes(c.bytes, parseNodeSpec);
-      assert.equal(v.ok, direct.ok && (direct.value as { node: string }).node === 'node-b', 'the agent accepts exactly what the parser accepts for this node');
-    }, 150);
+    check(
+      'envelope: signed near-valid specs',
+      nearValid(spec),
+      (c) => {
+        const v = receive(signBytes(c.bytes, 'cp-1', cp.privateKey));
+        const direct = validateBytes(c.bytes, parseNodeSpec);
+        assert.equal(
+          v.ok,
+          direct.ok && (direct.value as { node: string }).node === 'node-b',
+          'the agent accepts exactly what the parser accepts for this node',
+        );
+      },
+      150,
+    );
   });
 
   it('tampered envelopes never verify', () => {
     const good = signEnvelope(spec, 'cp-1', cp.privateKey);
     assert.ok(receive(JSON.stringify(good)).ok, 'the untampered envelope verifies');
-    const tamper = fc.record({ field: fc.constantFrom('payload' as const, 'signature' as const), at: fc.nat(), ch: fc.constantFrom(...'ABCDEFabcdef0123456789-_'), cut: fc.boolean() });
-    check('envelope: tampered', tamper, (t) => {
-      const s = good[t.field];
-      const at = t.at % s.length;
-      const changed = t.cut ? s.slice(0, at) : s.slice(0, at) + t.ch + s.slice(at + 1);
-      const env = { ...good, [t.field]: changed };
-      if (Buffer.from(changed, 'base64url').equals(Buffer.from(s, 'base64url'))) return; // only padding bits changed: the same bytes
-      const v = receive(JSON.stringify(env));
-      assert.equal(v.ok, false);
-      assert.equal(!v.ok && v.refusal.reason, 'bad-signature');
-    }, 400);
+    const tamper = fc.record({
+      field: fc.constantFrom('payload' as const, 'signature' as const),
+      at: fc.nat(),
+      ch: fc.constantFrom(...'ABCDEFabcdef0123456789-_'),
+      cut: fc.boolean(),
+    });
+    check(
+      'envelope: tampered',
+      tamper,
+      (t) => {
+        const s = good[t.field];
+        const at = t.at % s.length;
+        const changed = t.cut ? s.slice(0, at) : s.slice(0, at) + t.ch + s.slice(at + 1);
+        const env = { ...good, [t.field]: changed };
+        if (Buffer.from(changed, 'base64url').equals(Buffer.from(s, 'base64url'))) return; // only padding bits changed: the same bytes
+        const v = receive(JSON.stringify(env));
+        assert.equal(v.ok, false);
+        assert.equal(!v.ok && v.refusal.reason, 'bad-signature');
+      },
+      400,
+    );
   });
 });
 
@@ -440,7 +533,18 @@ const validBody = (): Json => ({
   entries: [
     { type: 'dir', path: '.', mode: 0o755, uid: 0, gid: 0, mtimeNs: '1700000000000000000' },
     { type: 'dir', path: 'd', mode: 0o755, uid: 0, gid: 0, mtimeNs: '1700000000000000000' },
-    { type: 'file', path: 'd/f', mode: 0o644, uid: 0, gid: 0, mtimeNs: '1700000000000000000', size: 5000, sha256: 'a'.repeat(64), sparse: false, chunks: [0, 1] },
+    {
+      type: 'file',
+      path: 'd/f',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeNs: '1700000000000000000',
+      size: 5000,
+      sha256: 'a'.repeat(64),
+      sparse: false,
+      chunks: [0, 1],
+    },
     { type: 'symlink', path: 'l', target: '/nowhere', uid: 0, gid: 0, mtimeNs: '1' },
     { type: 'hardlink', path: 'h', target: 'd/f' },
   ],
@@ -521,46 +625,75 @@ describe('fuzz: the backup manifest reader', { timeout: 120_000 }, () => {
       h.writeUInt32BE(hlen);
       return Buffer.concat([Buffer.from('BSNMANI1', 'latin1'), h, tail]);
     });
-    check('manifest: any bytes', fc.oneof(fc.uint8Array({ maxLength: 2048 }).map((b) => Buffer.from(b)), magicThen), (b) => {
-      assert.ok(expectBackupError(() => readManifest(b, keys.manifest), 'random bytes'), 'random bytes never open');
-    }, 500);
+    check(
+      'manifest: any bytes',
+      fc.oneof(
+        fc.uint8Array({ maxLength: 2048 }).map((b) => Buffer.from(b)),
+        magicThen,
+      ),
+      (b) => {
+        assert.ok(
+          expectBackupError(() => readManifest(b, keys.manifest), 'random bytes'),
+          'random bytes never open',
+        );
+      },
+      500,
+    );
   });
 
   it('any damage to a real manifest, signed or not, is detected: never opened, never another kind of error', () => {
-    check('manifest: damaged', fc.tuple(fc.boolean(), byteDamage), ([isSigned, ops]) => {
-      const src = isSigned ? signedBytes : unsigned;
-      const b = damage(src, ops);
-      if (b.equals(src)) return;
-      assert.ok(expectBackupError(() => readManifest(b, keys.manifest), `damage ${JSON.stringify(ops)}`), `damage ${JSON.stringify(ops)} went unnoticed`);
-    }, 800);
+    check(
+      'manifest: damaged',
+      fc.tuple(fc.boolean(), byteDamage),
+      ([isSigned, ops]) => {
+        const src = isSigned ? signedBytes : unsigned;
+        const b = damage(src, ops);
+        if (b.equals(src)) return;
+        assert.ok(
+          expectBackupError(() => readManifest(b, keys.manifest), `damage ${JSON.stringify(ops)}`),
+          `damage ${JSON.stringify(ops)} went unnoticed`,
+        );
+      },
+      800,
+    );
   });
 
   it('authentic manifests with near-valid headers and bodies (a writer bug, or a key holder gone bad): a format error, or a manifest that passes every structural rule', () => {
-    check('manifest: authentic near-valid body', nearValid(validBody()), (c) => {
-      let body: unknown;
-      try {
-        body = JSON.parse(c.bytes.toString('utf8'));
-      } catch {
-        return; // text damage: covered by the damaged-bytes property
-      }
-      expectBackupError(() => readManifest(encode(body as Json), keys.manifest), 'body');
-    }, 200);
-    check('manifest: authentic near-valid header', nearValid(header() as unknown as Json), (c) => {
-      let h: unknown;
-      try {
-        h = JSON.parse(c.bytes.toString('utf8'));
-      } catch {
-        return;
-      }
-      if (h === null || typeof h !== 'object') return;
-      let bytes: Buffer;
-      try {
-        bytes = encode(validBody(), h as ManifestHeader);
-      } catch {
-        return; // the writer itself refuses (e.g. a header JSON.stringify cannot write)
-      }
-      expectBackupError(() => readManifest(bytes, keys.manifest), 'header');
-    }, 200);
+    check(
+      'manifest: authentic near-valid body',
+      nearValid(validBody()),
+      (c) => {
+        let body: unknown;
+        try {
+          body = JSON.parse(c.bytes.toString('utf8'));
+        } catch {
+          return; // text damage: covered by the damaged-bytes property
+        }
+        expectBackupError(() => readManifest(encode(body as Json), keys.manifest), 'body');
+      },
+      200,
+    );
+    check(
+      'manifest: authentic near-valid header',
+      nearValid(header() as unknown as Json),
+      (c) => {
+        let h: unknown;
+        try {
+          h = JSON.parse(c.bytes.toString('utf8'));
+        } catch {
+          return;
+        }
+        if (h === null || typeof h !== 'object') return;
+        let bytes: Buffer;
+        try {
+          bytes = encode(validBody(), h as ManifestHeader);
+        } catch {
+          return; // the writer itself refuses (e.g. a header JSON.stringify cannot write)
+        }
+        expectBackupError(() => readManifest(bytes, keys.manifest), 'header');
+      },
+      200,
+    );
   });
 });
 
@@ -612,30 +745,38 @@ describe('fuzz: restore from a store holding a damaged manifest or pointer', { t
 
       let n = 0;
       const outcomes: Record<string, number> = {};
-      await checkAsync('restore: damaged manifest or latest pointer', fc.tuple(fc.constantFrom('manifest' as const, 'latest' as const), byteDamage), async ([which, ops]) => {
-        const key = which === 'manifest' ? manifestKey : 'latest.json';
-        const damaged = damage(pristine.get(key)!, ops);
-        if (damaged.equals(pristine.get(key)!)) return;
-        store.objects.clear();
-        for (const [k, v] of pristine) store.objects.set(k, v);
-        store.objects.set(key, damaged);
-        const target = join(dir, `t${n++}`);
-        let err: unknown;
-        try {
-          await restoreFromObjectStorage({ transport: store, backupId: 'latest', target, openDataKey, workers: 1, retry: fast });
-        } catch (e) {
-          err = e;
-        }
-        const outcome = err instanceof BackupError ? `${which}: ${err.reason}` : err === undefined ? `${which}: restored whole` : `${which}: other`;
-        outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
-        // A damaged pointer may still name the right backup (JSON allows some edits); then the restore is whole.
-        if (err === undefined && which === 'latest') {
-          assert.equal(readFileSync(join(target, 'g'), 'utf8'), 'hello');
-          return;
-        }
-        assert.ok(err instanceof BackupError, `damaged ${which} (${JSON.stringify(ops)}): ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
-        assert.ok(!existsSync(target), `damaged ${which}: the target was created`);
-      }, 150);
+      await checkAsync(
+        'restore: damaged manifest or latest pointer',
+        fc.tuple(fc.constantFrom('manifest' as const, 'latest' as const), byteDamage),
+        async ([which, ops]) => {
+          const key = which === 'manifest' ? manifestKey : 'latest.json';
+          const damaged = damage(pristine.get(key)!, ops);
+          if (damaged.equals(pristine.get(key)!)) return;
+          store.objects.clear();
+          for (const [k, v] of pristine) store.objects.set(k, v);
+          store.objects.set(key, damaged);
+          const target = join(dir, `t${n++}`);
+          let err: unknown;
+          try {
+            await restoreFromObjectStorage({ transport: store, backupId: 'latest', target, openDataKey, workers: 1, retry: fast });
+          } catch (e) {
+            err = e;
+          }
+          const outcome = err instanceof BackupError ? `${which}: ${err.reason}` : err === undefined ? `${which}: restored whole` : `${which}: other`;
+          outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
+          // A damaged pointer may still name the right backup (JSON allows some edits); then the restore is whole.
+          if (err === undefined && which === 'latest') {
+            assert.equal(readFileSync(join(target, 'g'), 'utf8'), 'hello');
+            return;
+          }
+          assert.ok(
+            err instanceof BackupError,
+            `damaged ${which} (${JSON.stringify(ops)}): ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`,
+          );
+          assert.ok(!existsSync(target), `damaged ${which}: the target was created`);
+        },
+        150,
+      );
       process.stderr.write(`[fuzz] restore outcomes: ${JSON.stringify(outcomes)}\n`);
       assert.ok((outcomes['manifest: format'] ?? 0) + (outcomes['manifest: integrity'] ?? 0) > 0, 'damaged manifests were read and refused');
     });
@@ -645,7 +786,11 @@ describe('fuzz: restore from a store holding a damaged manifest or pointer', { t
 describe('fuzz figures', () => {
   it('prints runs and times per property', () => {
     const total = Object.values(stats).reduce((a, s) => a + s.runs, 0);
-    process.stderr.write(`[fuzz] seed ${SEED}, scale ${SCALE}: ${total} cases\n${Object.entries(stats).map(([k, s]) => `  ${k}: ${s.runs} runs, ${s.ms} ms, slowest case ${Math.round(s.slowestMs)} ms`).join('\n')}\n`);
+    process.stderr.write(
+      `[fuzz] seed ${SEED}, scale ${SCALE}: ${total} cases\n${Object.entries(stats)
+        .map(([k, s]) => `  ${k}: ${s.runs} runs, ${s.ms} ms, slowest case ${Math.round(s.slowestMs)} ms`)
+        .join('\n')}\n`,
+    );
     assert.ok(total > 0);
   });
 });

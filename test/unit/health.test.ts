@@ -20,11 +20,14 @@ describe('health schedule', () => {
     let rounds = 0;
     let release: () => void = () => {};
     let fail = false;
-    const h = new HealthSchedule(async () => {
-      rounds += 1;
-      if (fail) throw new Error('probe failed');
-      await new Promise<void>((r) => (release = r));
-    }, (e) => errors.push(e));
+    const h = new HealthSchedule(
+      async () => {
+        rounds += 1;
+        if (fail) throw new Error('probe failed');
+        await new Promise<void>((r) => (release = r));
+      },
+      (e) => errors.push(e),
+    );
     try {
       const first = h.runNow();
       assert.equal(rounds, 1, 'the round starts at once, not at the next tick');
@@ -87,7 +90,10 @@ describe('unit state from systemctl show', () => {
     assert.deepEqual(parseUnitShow('LoadState=loaded\nActiveState=active\nUnitFileState=enabled\n'), { enabled: 'enabled', active: 'active' });
     // systemd prints the properties in its own order, not the order asked for
     assert.deepEqual(parseUnitShow('ActiveState=failed\nUnitFileState=disabled\nLoadState=loaded'), { enabled: 'disabled', active: 'failed' });
-    assert.deepEqual(parseUnitShow('LoadState=loaded\nActiveState=activating\nUnitFileState=enabled-runtime\n'), { enabled: 'enabled-runtime', active: 'activating' });
+    assert.deepEqual(parseUnitShow('LoadState=loaded\nActiveState=activating\nUnitFileState=enabled-runtime\n'), {
+      enabled: 'enabled-runtime',
+      active: 'activating',
+    });
   });
   it('says not-found for a unit systemd does not know, unknown where there is no unit file state', () => {
     assert.deepEqual(parseUnitShow('LoadState=not-found\nActiveState=inactive\nUnitFileState=\n'), { enabled: 'not-found', active: 'inactive' });

@@ -25,7 +25,10 @@ describe('sealed secrets', () => {
   it('cannot be opened by another host', () => {
     const other = generateKeyPairSync('x25519');
     const sealed = seal(publicKey, Buffer.from('secret'));
-    assert.throws(() => openSealed(other.privateKey, other.publicKey, sealed), (e) => isBosunError(e) && e.code === 'E_SECRET');
+    assert.throws(
+      () => openSealed(other.privateKey, other.publicKey, sealed),
+      (e) => isBosunError(e) && e.code === 'E_SECRET',
+    );
   });
 
   it('detect any altered byte', () => {

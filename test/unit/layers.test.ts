@@ -63,7 +63,9 @@ describe('the layers of src/ (lint)', () => {
   it('fails `npm run lint` (the project config) on a back-import, naming the layer', async () => {
     const eslint = new ESLint({ cwd: repoRoot, overrideConfigFile: join(repoRoot, 'test/eslint.config.js') });
     const problems = await restrictedImports(eslint, 'src/host/exec.ts', '../engine/step.js');
-    assert.deepEqual(problems, ["'../engine/step.js' import is restricted from being used by a pattern. engine is in a layer above host, log.ts, errors.ts, version.ts, canonical-json.ts: imports in src/ point down (test/eslint-layers.js)"]);
+    assert.deepEqual(problems, [
+      "'../engine/step.js' import is restricted from being used by a pattern. engine is in a layer above host, log.ts, errors.ts, version.ts, canonical-json.ts: imports in src/ point down (test/eslint-layers.js)",
+    ]);
     assert.deepEqual(await restrictedImports(eslint, 'src/engine/apply.ts', '../state/journal.js'), []);
   });
 });

@@ -37,7 +37,15 @@ function builtFor(spec: NodeSpec, version = '4.10'): Obs {
     files,
     foreign: [],
     policy: renderPolicy(spec.network!.ipsec!.peers.map((p) => p.address)),
-    policyUnit: (networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx).find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>).content as string,
+    policyUnit: (
+      networkPhase
+        .plan(
+          spec,
+          { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false },
+          ctx,
+        )
+        .find((s) => s.kind === 'write' && s.path.endsWith('.service')) as Extract<Step, { kind: 'write' }>
+    ).content as string,
     daemonDropIn: renderDaemonDropIn(),
     policyLoaded: true,
     policyEnabled: true,
@@ -45,7 +53,14 @@ function builtFor(spec: NodeSpec, version = '4.10'): Obs {
   };
 }
 
-const show = (s: Step): string => (s.kind === 'exec' ? s.argv.join(' ') : s.kind === 'unit' ? `systemctl ${s.action} ${s.unit ?? ''}`.trim() : s.kind === 'write' || s.kind === 'remove' ? `${s.kind} ${s.path}` : s.kind);
+const show = (s: Step): string =>
+  s.kind === 'exec'
+    ? s.argv.join(' ')
+    : s.kind === 'unit'
+      ? `systemctl ${s.action} ${s.unit ?? ''}`.trim()
+      : s.kind === 'write' || s.kind === 'remove'
+        ? `${s.kind} ${s.path}`
+        : s.kind;
 
 describe('network phase (libreswan)', () => {
   it('pins the conn file: transport mode, IPv6, AES-GCM, the lower node id initiates', async () => {
@@ -82,7 +97,11 @@ conn bosun-node-b
 
   it('keeps the PSK out of the plan: sealed reference, base64 in a 0600 file', async () => {
     const spec = await example('node-a');
-    const steps = networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx);
+    const steps = networkPhase.plan(
+      spec,
+      { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false },
+      ctx,
+    );
     const sec = steps.find((s) => s.kind === 'write' && s.path === '/etc/ipsec.d/bosun-node-b.secrets');
     assert.ok(sec && sec.kind === 'write');
     assert.equal(sec.mode, 0o600);
@@ -92,7 +111,13 @@ conn bosun-node-b
   });
 
   it('a blank host: policy first, then files, then pluto', async () => {
-    const steps = networkPhase.plan(await example('node-a'), { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx).map(show);
+    const steps = networkPhase
+      .plan(
+        await example('node-a'),
+        { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false },
+        ctx,
+      )
+      .map(show);
     assert.deepEqual(steps, [
       'write /etc/systemd/system/bosun-ipsec-policy.service',
       'write /etc/systemd/system/ipsec.service.d/bosun.conf',
@@ -167,7 +192,10 @@ conn bosun-node-b
     obs.foreign = ['bosun-legacy.conf'];
     assert.deepEqual(networkPhase.plan(spec, obs, ctx), [], 'a foreign bosun-legacy.conf is not a peer that left');
     obs.foreign = ['bosun-node-b.conf'];
-    assert.throws(() => networkPhase.plan(spec, obs, ctx), (e: Error & { code?: string }) => e.code === 'E_REFUSED' && /bosun-node-b\.conf exists and was not written by bosun/.test(e.message));
+    assert.throws(
+      () => networkPhase.plan(spec, obs, ctx),
+      (e: Error & { code?: string }) => e.code === 'E_REFUSED' && /bosun-node-b\.conf exists and was not written by bosun/.test(e.message),
+    );
   });
 
   it('a changed peer address: replace that conn and bring it up again', async () => {
@@ -191,7 +219,13 @@ conn bosun-node-b
     const obsB = builtFor(b);
     delete obsB.ike.traffic['bosun-node-a'];
     assert.deepEqual(networkPhase.plan(b, obsB, ctx), []);
-    assert.deepEqual(ipsecHealth(b, obsB.ike).map((h) => [h.peer, h.up]), [['node-a', false], ['node-c', true]]);
+    assert.deepEqual(
+      ipsecHealth(b, obsB.ike).map((h) => [h.peer, h.up]),
+      [
+        ['node-a', false],
+        ['node-c', true],
+      ],
+    );
   });
 
   it('reads pluto status and traffic counters', () => {
@@ -232,7 +266,11 @@ function swanBuilt(spec: NodeSpec): Obs {
     files[`${c.name}.secrets.conf`] = sealedMarker(c.psk!.secret.sealed);
   }
   const conns = peerConns(spec).map((c) => c.name);
-  const blank = networkPhase.plan(spec, { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx);
+  const blank = networkPhase.plan(
+    spec,
+    { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false },
+    ctx,
+  );
   return {
     ike: { running: true, version: '5.9', loaded: conns, traffic: Object.fromEntries(conns.map((c) => [c, { inBytes: 10, outBytes: 20 }])) },
     files,
@@ -290,11 +328,18 @@ connections {
   });
 
   it('keeps the PSK in a 0600 secrets snippet, base64, never in the plan', async () => {
-    const steps = networkPhase.plan(await swan('node-a'), { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false }, ctx);
+    const steps = networkPhase.plan(
+      await swan('node-a'),
+      { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: false },
+      ctx,
+    );
     const sec = steps.find((s) => s.kind === 'write' && s.path === '/etc/swanctl/conf.d/bosun-node-b.secrets.conf');
     assert.ok(sec && sec.kind === 'write');
     assert.equal(sec.mode, 0o600);
-    assert.match(showContent(sec.content), /^secrets \{\n\tike-bosun-node-b \{\n\t\tid-local = @node-a\n\t\tid-peer = @node-b\n\t\tsecret = 0s<redacted:network\.ipsec\.peers\[node-b\]\.psk>\n\t\}\n\}$/m);
+    assert.match(
+      showContent(sec.content),
+      /^secrets \{\n\tike-bosun-node-b \{\n\t\tid-local = @node-a\n\t\tid-peer = @node-b\n\t\tsecret = 0s<redacted:network\.ipsec\.peers\[node-b\]\.psk>\n\t\}\n\}$/m,
+    );
     assert.deepEqual(steps.map(show).slice(-1), ['systemctl enable-now strongswan.service']);
   });
 
@@ -352,8 +397,8 @@ connections {
       'bosun-node-b: IKEv2, no reauthentication, rekeying every 28800s, dpd delay 10s\n  local:  fd00:b05:0:1::a\n  remote: fd00:b05:0:1::b\n  bosun-node-b: TRANSPORT, rekeying every 3600s\nbosun-node-c: IKEv2, no reauthentication, rekeying every 28800s\nother: IKEv1/2\n',
       [
         'bosun-node-b: #3, ESTABLISHED, IKEv2, 1a2b3c4d5e6f7a8b_i* 0102030405060708_r',
-        '  local  \'node-a\' @ fd00:b05:0:1::a[500]',
-        '  remote \'node-b\' @ fd00:b05:0:1::b[500]',
+        "  local  'node-a' @ fd00:b05:0:1::a[500]",
+        "  remote 'node-b' @ fd00:b05:0:1::b[500]",
         '  AES_GCM_16-256/PRF_HMAC_SHA2_256/ECP_256',
         '  established 12s ago, rekeying in 28000s',
         '  bosun-node-b: #4, reqid 1, INSTALLED, TRANSPORT, ESP:AES_GCM_16-256',

@@ -51,7 +51,10 @@ describe('systemd notify through systemd-notify', () => {
       const l = await startListener(dir);
       try {
         const errors: string[] = [];
-        const n = createNotifier({ env: { ...process.env, NOTIFY_SOCKET: l.socket, WATCHDOG_USEC: '3000000', WATCHDOG_PID: String(process.pid) }, onError: (m) => errors.push(m) });
+        const n = createNotifier({
+          env: { ...process.env, NOTIFY_SOCKET: l.socket, WATCHDOG_USEC: '3000000', WATCHDOG_PID: String(process.pid) },
+          onError: (m) => errors.push(m),
+        });
         assert.equal(n.enabled, true);
         assert.equal(n.watchdogMs, 3000);
         await n.status('disks (2 of 4)\nwith a newline');

@@ -15,7 +15,17 @@ import { publicKeyString } from '../../src/identity/seal.js';
 import { parseNodeSpec } from '../../src/spec/index.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { examplesDir } from '../helpers.js';
-import { certificateKey, hostTlsCredential, isPeerRestoreError, peerRestorePlan, peerServerOptions, restoreWithCommand, selfSignedCertificate, substituteRestoreCommand, tlsCredential } from '../../src/backup/peer/index.js';
+import {
+  certificateKey,
+  hostTlsCredential,
+  isPeerRestoreError,
+  peerRestorePlan,
+  peerServerOptions,
+  restoreWithCommand,
+  selfSignedCertificate,
+  substituteRestoreCommand,
+  tlsCredential,
+} from '../../src/backup/peer/index.js';
 
 describe('peer TLS credential from an Ed25519 host key', () => {
   it('is a parseable, self-signed X.509 certificate carrying exactly the host key', () => {
@@ -62,16 +72,10 @@ describe('restore command substitution', () => {
   const vars = { peer: 'pg-a', peerAddress: 'fd00::a', target: '/data/.bosun-restore', node: 'pg-b' };
 
   it('fills placeholders anywhere in an argument, and nothing else', () => {
-    assert.deepEqual(substituteRestoreCommand(['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}', '--label=bosun-{node}-from-{peer}', 'x;rm -rf /', '$HOME'], vars), [
-      'pg_basebackup',
-      '-h',
-      'fd00::a',
-      '-D',
-      '/data/.bosun-restore',
-      '--label=bosun-pg-b-from-pg-a',
-      'x;rm -rf /',
-      '$HOME',
-    ]);
+    assert.deepEqual(
+      substituteRestoreCommand(['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}', '--label=bosun-{node}-from-{peer}', 'x;rm -rf /', '$HOME'], vars),
+      ['pg_basebackup', '-h', 'fd00::a', '-D', '/data/.bosun-restore', '--label=bosun-pg-b-from-pg-a', 'x;rm -rf /', '$HOME'],
+    );
     assert.deepEqual(substituteRestoreCommand(['{{peer}}', 'a{{b}}c', '{{{peer}}}'], vars), ['{peer}', 'a{b}c', '{pg-a}']);
   });
 
@@ -103,7 +107,11 @@ describe('restore with a service command', () => {
     const failing = ['sh', '-c', 'cp -a "$1"/. "$2"/ && echo "connection to $3 refused" >&2 && exit 1', 'sh', source, '{target}', '{peerAddress}'];
     await assert.rejects(
       restoreWithCommand({ argv: failing, peer: 'pg-a', peerAddress: '127.0.0.1', target, markerPath: marker, redactor: new Redactor() }),
-      (e: unknown) => isPeerRestoreError(e) && e.stage === 'transfer' && e.fallback && /restore command against pg-a failed: .*exited with 1.*connection to 127\.0\.0\.1 refused/.test(e.message),
+      (e: unknown) =>
+        isPeerRestoreError(e) &&
+        e.stage === 'transfer' &&
+        e.fallback &&
+        /restore command against pg-a failed: .*exited with 1.*connection to 127\.0\.0\.1 refused/.test(e.message),
     );
     assert.equal(existsSync(target), false, 'a failed command leaves no target');
     assert.equal(existsSync(marker), false);
@@ -121,7 +129,13 @@ describe('restore with a service command', () => {
   it('restores into an empty mount point, and refuses a non-empty target without running anything', async () => {
     const mount = join(dir, 'mnt');
     await mkdir(join(mount, 'lost+found'), { recursive: true });
-    await restoreWithCommand({ argv: ['sh', '-c', 'cp -a "$1"/. "$2"/', 'sh', source, '{target}'], peer: 'pg-a', peerAddress: '::1', target: mount, redactor: new Redactor() });
+    await restoreWithCommand({
+      argv: ['sh', '-c', 'cp -a "$1"/. "$2"/', 'sh', source, '{target}'],
+      peer: 'pg-a',
+      peerAddress: '::1',
+      target: mount,
+      redactor: new Redactor(),
+    });
     assert.deepEqual((await readdir(mount)).sort(), ['PG_VERSION', 'base', 'lost+found']);
 
     const flag = join(dir, 'ran');
@@ -145,10 +159,18 @@ describe('NodeSpec fields for restore from a peer', () => {
     snap.restore = { ...snap.restore, method: 'snapshot', peerKey: key, port: 7433 };
     assert.deepEqual(problems(parseNodeSpec(snap)), []);
     const cmd = await nodeB();
-    cmd.restore = { ...cmd.restore, method: 'command', command: { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}', '--label={{bosun}}-{node}'], timeoutSeconds: 3600 } };
+    cmd.restore = {
+      ...cmd.restore,
+      method: 'command',
+      command: { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}', '--label={{bosun}}-{node}'], timeoutSeconds: 3600 },
+    };
     assert.deepEqual(problems(parseNodeSpec(cmd)), []);
     const serve = await nodeB();
-    serve.peerServe = { clients: [{ node: 'node-c', hostKey: key }], hooks: { quiesce: ['podman', 'pause', 'pg'], release: ['podman', 'unpause', 'pg'] }, spoolDir: '/var/lib/bosun/peer-spool' };
+    serve.peerServe = {
+      clients: [{ node: 'node-c', hostKey: key }],
+      hooks: { quiesce: ['podman', 'pause', 'pg'], release: ['podman', 'unpause', 'pg'] },
+      spoolDir: '/var/lib/bosun/peer-spool',
+    };
     assert.deepEqual(problems(parseNodeSpec(serve)), []);
   });
 
@@ -191,12 +213,21 @@ describe('peer restore plans from a NodeSpec', () => {
   it('resolves the peer on the mesh, with its pinned key and port, or the command', async () => {
     const snap = await parsed((s) => Object.assign(s.restore, { peerKey: key }));
     assert.deepEqual(peerRestorePlan(snap), { method: 'snapshot', peer: { host: 'fd00:b05:0:1::a', port: 7433, key, name: 'node-a' } });
-    const cmd = await parsed((s) => Object.assign(s.restore, { method: 'command', command: { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'] } }));
-    assert.deepEqual(peerRestorePlan(cmd), { method: 'command', peer: 'node-a', peerAddress: 'fd00:b05:0:1::a', argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'] });
+    const cmd = await parsed((s) =>
+      Object.assign(s.restore, { method: 'command', command: { argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'] } }),
+    );
+    assert.deepEqual(peerRestorePlan(cmd), {
+      method: 'command',
+      peer: 'node-a',
+      peerAddress: 'fd00:b05:0:1::a',
+      argv: ['pg_basebackup', '-h', '{peerAddress}', '-D', '{target}'],
+    });
   });
 
   it('refuses a snapshot restore without a pinned key, and a peer that is not on the mesh', async () => {
-    const keyless = await parsed((s) => { if (s.restore?.from === 'peer') delete s.restore.peerKey; });
+    const keyless = await parsed((s) => {
+      if (s.restore?.from === 'peer') delete s.restore.peerKey;
+    });
     assert.throws(() => peerRestorePlan(keyless), /restore\.peerKey: required/);
     const offMesh = await parsed((s) => Object.assign(s.restore, { peer: 'node-z', peerKey: key }));
     assert.throws(() => peerRestorePlan(offMesh), /node-z is not one of network\.ipsec\.peers/);

@@ -9,7 +9,6 @@ import { ObservationReuse, PHASES, planNode } from '../../src/phases/index.js';
 import type { NodeSpec } from '../../src/spec/node-spec.js';
 import { examplesDir, loadExample, matchGolden, runCli } from '../helpers.js';
 
-
 describe('plan of the example cluster', () => {
   for (const node of ['node-a', 'node-b', 'node-c']) {
     it(`pins the full ordered boot plan of ${node}`, async () => {
@@ -45,7 +44,10 @@ describe('plan of the example cluster', () => {
         const firstStart = own.findIndex((s) => s.argv?.[0] === 'systemctl' && (s.argv[1] === 'start' || s.argv.includes('--now') || s.argv[1] === 'enable'));
         if (lastUnitWrite >= 0) {
           assert.equal(reloads.length, 1, `${node}/${phase} writes units but does not reload systemd`);
-          assert.ok(reloads[0]! > lastUnitWrite && (firstStart < 0 || reloads[0]! < firstStart), `${node}/${phase}: the reload must come after the unit files and before their enable/start`);
+          assert.ok(
+            reloads[0]! > lastUnitWrite && (firstStart < 0 || reloads[0]! < firstStart),
+            `${node}/${phase}: the reload must come after the unit files and before their enable/start`,
+          );
         }
       }
     }
@@ -54,7 +56,10 @@ describe('plan of the example cluster', () => {
   it('uses the distro module for package commands', async () => {
     const steps = await planNode(await loadExample('node-a'), new BlankProbe(), { distro: DISTROS.debian });
     const exec = steps.filter((s): s is Extract<Step, { kind: 'exec' }> => s.kind === 'exec' && s.phase === 'packages');
-    assert.deepEqual(exec.map((s) => s.argv[0]), ['apt-get', 'apt-get']);
+    assert.deepEqual(
+      exec.map((s) => s.argv[0]),
+      ['apt-get', 'apt-get'],
+    );
   });
 });
 
@@ -73,7 +78,9 @@ describe('auxiliary phase', () => {
     const spec = await loadExample('node-a');
     mutate(spec);
     const steps = auxiliaryPhase.plan(spec, await auxiliaryPhase.observe(spec, p, { distro: DISTROS.fedora }), { distro: DISTROS.fedora });
-    return steps.map((s) => (s.kind === 'write' ? `write ${s.path}` : s.kind === 'unit' ? `${s.action} ${s.unit}` : s.kind === 'exec' ? s.argv.join(' ') : s.kind));
+    return steps.map((s) =>
+      s.kind === 'write' ? `write ${s.path}` : s.kind === 'unit' ? `${s.action} ${s.unit}` : s.kind === 'exec' ? s.argv.join(' ') : s.kind,
+    );
   }
 
   it('does nothing when config and unit already match', async () => {
@@ -85,17 +92,22 @@ describe('auxiliary phase', () => {
   it('rewrites a changed config and restarts the running agent', async () => {
     const spec = await loadExample('node-a');
     const cfg = spec.auxiliary[0]!.config!;
-    assert.deepEqual(await planWith(probe({ [cfg.path]: 'old' }, { 'telegraf.service': { enabled: 'enabled', active: 'active' } })), [`write ${cfg.path}`, 'restart telegraf.service']);
+    assert.deepEqual(await planWith(probe({ [cfg.path]: 'old' }, { 'telegraf.service': { enabled: 'enabled', active: 'active' } })), [
+      `write ${cfg.path}`,
+      'restart telegraf.service',
+    ]);
   });
 
   it('starts a stopped agent without a restart, and stops a disabled one', async () => {
     const spec = await loadExample('node-a');
     const cfg = spec.auxiliary[0]!.config!;
-    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content! }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), ['daemon-reload undefined', 'enable-now telegraf.service']);
-    assert.deepEqual(
-      await planWith(probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' } }), (s) => (s.auxiliary[0]!.enabled = false)),
-      ['systemctl disable --now telegraf.service'],
-    );
+    assert.deepEqual(await planWith(probe({ [cfg.path]: cfg.content! }, { 'telegraf.service': { enabled: 'enabled', active: 'failed' } })), [
+      'daemon-reload undefined',
+      'enable-now telegraf.service',
+    ]);
+    assert.deepEqual(await planWith(probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' } }), (s) => (s.auxiliary[0]!.enabled = false)), [
+      'systemctl disable --now telegraf.service',
+    ]);
   });
 });
 
@@ -113,7 +125,7 @@ describe('observation reuse between stages', () => {
     assert.equal(r.get(observe, spec), undefined, 'steps ran: observe again');
   });
 
-  it('observes the disks once for all four disks stages when nothing runs in between (bosun plan, the apply\'s first pass)', async () => {
+  it("observes the disks once for all four disks stages when nothing runs in between (bosun plan, the apply's first pass)", async () => {
     const spec = await loadExample('node-a');
     const disks = PHASES.filter((p) => p.name === 'disks');
     assert.equal(disks.length, 4);

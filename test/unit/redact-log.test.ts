@@ -26,7 +26,18 @@ describe('redaction', () => {
 
 describe('logging', () => {
   it('maps pino records to journal fields and priorities', () => {
-    const f = toJournalFields({ level: 50, time: 1, pid: 2, hostname: 'h', msg: 'step failed', phase: 'disks', specVersion: 7, step: 3, errorCode: 'E_EXEC', detail: { a: 1 } });
+    const f = toJournalFields({
+      level: 50,
+      time: 1,
+      pid: 2,
+      hostname: 'h',
+      msg: 'step failed',
+      phase: 'disks',
+      specVersion: 7,
+      step: 3,
+      errorCode: 'E_EXEC',
+      detail: { a: 1 },
+    });
     assert.equal(f.priority, 3);
     assert.equal(f.method, 'err');
     assert.equal(f.message, 'step failed');
@@ -53,7 +64,14 @@ describe('logging', () => {
 
   it('falls back to stdout, saying so once, when the binding cannot load', () => {
     const warnings: string[] = [];
-    const { sink } = createLogger({ redactor: new Redactor(), target: 'journald', warn: (l) => warnings.push(l), loadJournald: () => { throw new Error('libsystemd.so.0: cannot open shared object file'); } });
+    const { sink } = createLogger({
+      redactor: new Redactor(),
+      target: 'journald',
+      warn: (l) => warnings.push(l),
+      loadJournald: () => {
+        throw new Error('libsystemd.so.0: cannot open shared object file');
+      },
+    });
     assert.equal(sink, 'stdout');
     assert.equal(warnings.length, 1);
     assert.match(warnings[0]!, /journald logging unavailable.*libsystemd/);

@@ -54,12 +54,31 @@ function text(spec: NodeSpec, steps: Step[]): string {
 
 const BACKUP = '20261122T063737Z-0a22cf7b';
 const marker = (over: Record<string, unknown> = {}): string =>
-  JSON.stringify({ format: MARKER_FORMAT, source: 's3://bosun-backups-eu1/pg-main/', requested: 'latest', backupId: BACKUP, manifestDigest: 'ab'.repeat(32), target: DATA, bytes: 1, files: 1, completedAt: '2026-11-22T06:40:00.000Z', ...over });
+  JSON.stringify({
+    format: MARKER_FORMAT,
+    source: 's3://bosun-backups-eu1/pg-main/',
+    requested: 'latest',
+    backupId: BACKUP,
+    manifestDigest: 'ab'.repeat(32),
+    target: DATA,
+    bytes: 1,
+    files: 1,
+    completedAt: '2026-11-22T06:40:00.000Z',
+    ...over,
+  });
 
 function journal(done: number, of: number, state = 'fetching'): string {
   const d = new DoneSet(of);
   for (let i = 0; i < done; i++) d.add(i);
-  return JSON.stringify({ format: 'bosun-restore-journal-v1', backupId: BACKUP, manifestDigest: 'ab'.repeat(32), chunks: of, done: d.encode(), state, updatedAt: '2026-11-22T06:40:00.000Z' });
+  return JSON.stringify({
+    format: 'bosun-restore-journal-v1',
+    backupId: BACKUP,
+    manifestDigest: 'ab'.repeat(32),
+    chunks: of,
+    done: d.encode(),
+    state,
+    updatedAt: '2026-11-22T06:40:00.000Z',
+  });
 }
 
 function refused(pattern: RegExp): (e: unknown) => boolean {
@@ -110,23 +129,47 @@ describe('restore phase planning', () => {
 
   it('half-restored (a journal and a staging dir): a step that continues it (golden)', async () => {
     const spec = await loadExample('node-a');
-    const steps = await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restore.journal`]: journal(37, 120), [`${DATA}/.bosun-restore/base/1`]: 'partial' })));
+    const steps = await plan(
+      spec,
+      asProbe(new VolumeProbe({ [`${DATA}/.bosun-restore.journal`]: journal(37, 120), [`${DATA}/.bosun-restore/base/1`]: 'partial' })),
+    );
     assert.equal(steps.length, 1);
     assert.equal(steps[0]!.kind, 'restore');
     assert.match(steps[0]!.why, /continue the interrupted restore of backup 20261122T063737Z-0a22cf7b \(37 of 120 chunks written/);
     await matchGolden('restore-half.txt', text(spec, steps));
     // Killed during the commit, with part of the tree already moved up: still continued, not refused as foreign data.
-    const committing = await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restore.journal`]: journal(120, 120, 'committing'), [`${DATA}/base/1`]: 'moved', [`${DATA}/.bosun-restore/PG_VERSION`]: '16' })));
+    const committing = await plan(
+      spec,
+      asProbe(
+        new VolumeProbe({
+          [`${DATA}/.bosun-restore.journal`]: journal(120, 120, 'committing'),
+          [`${DATA}/base/1`]: 'moved',
+          [`${DATA}/.bosun-restore/PG_VERSION`]: '16',
+        }),
+      ),
+    );
     assert.match(committing[0]!.why, /120 of 120 chunks written, committing/);
   });
 
   it('refuses a volume restored from another backup or source, foreign data, and a marker it did not write', async () => {
     const spec = await loadExample('node-a');
     const pinned = { ...spec, restore: { ...spec.restore!, backup: '20250101T000000Z-00000000' } } as NodeSpec;
-    await assert.rejects(plan(pinned, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker() }))), refused(/already holds backup 20261122T063737Z-0a22cf7b of s3:\/\/bosun-backups-eu1\/pg-main\/.*asks for backup 20250101T000000Z-00000000/));
-    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker({ source: 's3://elsewhere/x/' }) }))), refused(/already holds backup .* of s3:\/\/elsewhere\/x\//));
-    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/PG_VERSION`]: '16', [`${DATA}/base/1`]: 'x' }))), refused(/holds data that no bosun restore wrote \(PG_VERSION, base\)/));
-    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: '{"hello":1}' }))), refused(/is not a restore marker bosun wrote/));
+    await assert.rejects(
+      plan(pinned, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker() }))),
+      refused(/already holds backup 20261122T063737Z-0a22cf7b of s3:\/\/bosun-backups-eu1\/pg-main\/.*asks for backup 20250101T000000Z-00000000/),
+    );
+    await assert.rejects(
+      plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker({ source: 's3://elsewhere/x/' }) }))),
+      refused(/already holds backup .* of s3:\/\/elsewhere\/x\//),
+    );
+    await assert.rejects(
+      plan(spec, asProbe(new VolumeProbe({ [`${DATA}/PG_VERSION`]: '16', [`${DATA}/base/1`]: 'x' }))),
+      refused(/holds data that no bosun restore wrote \(PG_VERSION, base\)/),
+    );
+    await assert.rejects(
+      plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: '{"hello":1}' }))),
+      refused(/is not a restore marker bosun wrote/),
+    );
   });
 
   it('from a peer: a snapshot step pinned to the peer key, with the object-storage fallback; the peer command method', async () => {
@@ -141,7 +184,10 @@ describe('restore phase planning', () => {
     assert.equal(s.peerKey, spec.restore?.from === 'peer' ? spec.restore.peerKey : undefined);
     assert.equal(s.fallback?.bucket, 'bosun-backups-eu1');
     assert.equal(s.fallback?.credentials?.secretAccessKey.label, 'restore.fallback.credentials.secretAccessKey');
-    assert.doesNotMatch(JSON.stringify(planToJson({ node: spec.node, cluster: spec.cluster, version: spec.version, distro: 'fedora', observed: 'host' }, steps)), /bosun-sealed-v1/);
+    assert.doesNotMatch(
+      JSON.stringify(planToJson({ node: spec.node, cluster: spec.cluster, version: spec.version, distro: 'fedora', observed: 'host' }, steps)),
+      /bosun-sealed-v1/,
+    );
 
     const cmd = await loadExample('node-b');
     if (cmd.restore?.from !== 'peer') return assert.fail();
@@ -157,7 +203,10 @@ describe('restore phase planning', () => {
     const peerMarker = marker({ source: 'peer://node-a', requested: 'snapshot' });
     assert.deepEqual(await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: peerMarker, [`${DATA}/pgdata/PG_VERSION`]: '16' }))), []);
     assert.deepEqual(await plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker() }))), []);
-    await assert.rejects(plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker({ source: 'peer://node-c' }) }))), refused(/already holds .* peer:\/\/node-c.* a copy from peer node-a/));
+    await assert.rejects(
+      plan(spec, asProbe(new VolumeProbe({ [`${DATA}/.bosun-restored.json`]: marker({ source: 'peer://node-c' }) }))),
+      refused(/already holds .* peer:\/\/node-c.* a copy from peer node-a/),
+    );
     if (spec.restore?.from !== 'peer') return assert.fail();
     delete spec.restore.peerKey;
     await assert.rejects(plan(spec, new BlankProbe()), /restore.peerKey: required/);
@@ -200,7 +249,14 @@ describe('sparse slice writer', () => {
         const fd = openSync(path, 'w');
         const calls: Array<[number, number]> = [];
         try {
-          writeSlice(fd, slice, 3 * 1024 * 1024, sparse, Buffer.alloc(1 << 16), (f, buf, off, len, pos) => (calls.push([len, pos]), writeSync(f, buf, off, len, pos)));
+          writeSlice(
+            fd,
+            slice,
+            3 * 1024 * 1024,
+            sparse,
+            Buffer.alloc(1 << 16),
+            (f, buf, off, len, pos) => (calls.push([len, pos]), writeSync(f, buf, off, len, pos)),
+          );
         } finally {
           closeSync(fd);
         }

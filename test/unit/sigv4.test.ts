@@ -9,7 +9,13 @@ const EXAMPLE = { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'wJalrXU
 
 describe('SigV4 signer', () => {
   it('signs the S3 documentation example (GET with a Range) as Amazon does', () => {
-    const h = new SigV4Signer('us-east-1').signGet('examplebucket.s3.amazonaws.com', '/test.txt', { Range: 'bytes=0-9' }, EXAMPLE, new Date('2013-05-24T00:00:00Z'));
+    const h = new SigV4Signer('us-east-1').signGet(
+      'examplebucket.s3.amazonaws.com',
+      '/test.txt',
+      { Range: 'bytes=0-9' },
+      EXAMPLE,
+      new Date('2013-05-24T00:00:00Z'),
+    );
     assert.equal(
       h.authorization,
       'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41',

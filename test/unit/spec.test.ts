@@ -47,7 +47,10 @@ describe('NodeSpec', () => {
     s.disks.luks.key = 'correct-horse-battery-staple';
     s.network.ipsec.peers[0].psk = 'another-plaintext-psk';
     const ps = problems(s);
-    assert.deepEqual(ps.map((p) => p.path), ['disks.luks.key', 'network.ipsec.peers[0].psk']);
+    assert.deepEqual(
+      ps.map((p) => p.path),
+      ['disks.luks.key', 'network.ipsec.peers[0].psk'],
+    );
     assert.match(ps[0]!.message, /plaintext keys are refused/);
     assert.match(ps[1]!.message, /plaintext secrets are refused/);
     const text = JSON.stringify(ps);
@@ -86,7 +89,13 @@ describe('NodeSpec', () => {
   });
 
   it('rejects paths that climb out of their directory', () => {
-    const r = parseNodeSpec({ apiVersion: 'bosun/v1', cluster: 'c', node: 'n', version: 1, auxiliary: [{ name: 'x', unit: 'x.service', config: { path: '/etc/../root/.ssh/authorized_keys', content: '' } }] });
+    const r = parseNodeSpec({
+      apiVersion: 'bosun/v1',
+      cluster: 'c',
+      node: 'n',
+      version: 1,
+      auxiliary: [{ name: 'x', unit: 'x.service', config: { path: '/etc/../root/.ssh/authorized_keys', content: '' } }],
+    });
     assert.equal(r.ok, false);
     assert.deepEqual(r.ok ? [] : r.problems, [{ path: 'auxiliary[0].config.path', message: 'must not contain ".." components' }]);
   });
@@ -96,7 +105,11 @@ describe('AgentSettings', () => {
   it('accepts the example and fills defaults', async () => {
     const r = parseAgentSettings(await example('agent.json'));
     assert.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems));
-    const min = parseAgentSettings({ node: 'node-a', kafka: { brokers: ['127.0.0.1:9092'] }, trustedKeys: [{ id: 'k', publicKey: `ed25519:${'A'.repeat(43)}` }] });
+    const min = parseAgentSettings({
+      node: 'node-a',
+      kafka: { brokers: ['127.0.0.1:9092'] },
+      trustedKeys: [{ id: 'k', publicKey: `ed25519:${'A'.repeat(43)}` }],
+    });
     assert.ok(min.ok);
     assert.equal(min.value.stateDir, '/var/lib/bosun');
     assert.equal(min.value.topics.desired, 'bosun.desired');

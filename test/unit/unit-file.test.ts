@@ -54,7 +54,16 @@ describe('units/bosun.service', () => {
       const m = /^([A-Za-z]+)=(.*)$/.exec(line);
       if (m) keys.set(m[1]!, m[2]!);
     }
-    for (const [k, v] of Object.entries({ Type: 'notify', NotifyAccess: 'all', Restart: 'on-failure', WatchdogSec: '60s', Wants: 'network-online.target', Before: 'machines.target', ExecStart: '/usr/bin/bosun run' })) assert.equal(keys.get(k), v, k);
+    for (const [k, v] of Object.entries({
+      Type: 'notify',
+      NotifyAccess: 'all',
+      Restart: 'on-failure',
+      WatchdogSec: '60s',
+      Wants: 'network-online.target',
+      Before: 'machines.target',
+      ExecStart: '/usr/bin/bosun run',
+    }))
+      assert.equal(keys.get(k), v, k);
     assert.match(keys.get('After') ?? '', /network-online\.target/);
     assert.ok(keys.has('StartLimitIntervalSec') && keys.has('StartLimitBurst'));
     const dropIn = await readFile(join(repoRoot, 'units/bosun-nspawn.conf'), 'utf8');
@@ -64,7 +73,9 @@ describe('units/bosun.service', () => {
   it('its systemd-analyze security exposure stays at or below 5.5 (9.6 without the hardening)', async () => {
     await withTempDir(async (dir) => {
       await writeFile(join(dir, 'bosun.service'), await readFile(UNIT, 'utf8'));
-      const r = await run('systemd-analyze', ['security', '--offline=yes', '--no-pager', join(dir, 'bosun.service')], { env: { ...process.env, SYSTEMD_LOG_COLOR: '0' } }).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }));
+      const r = await run('systemd-analyze', ['security', '--offline=yes', '--no-pager', join(dir, 'bosun.service')], {
+        env: { ...process.env, SYSTEMD_LOG_COLOR: '0' },
+      }).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }));
       const m = /Overall exposure level for bosun\.service: (\d+\.\d)/.exec(r.stdout);
       assert.ok(m, r.stdout.slice(-500));
       assert.ok(Number(m[1]) <= 5.5, `exposure ${m[1]}`);

@@ -61,7 +61,8 @@ function uint(bytes: Buffer): Buffer {
 
 /** A self-signed X.509 v3 certificate (DER) for an Ed25519 private key. */
 export function selfSignedCertificate(privateKey: KeyObject, commonName: string): Buffer {
-  if (privateKey.asymmetricKeyType !== 'ed25519' || privateKey.type !== 'private') throw new BosunError('E_IDENTITY', 'a TLS credential needs an Ed25519 private key');
+  if (privateKey.asymmetricKeyType !== 'ed25519' || privateKey.type !== 'private')
+    throw new BosunError('E_IDENTITY', 'a TLS credential needs an Ed25519 private key');
   const spki = createPublicKey(privateKey).export({ format: 'der', type: 'spki' });
   const alg = seq(OID_ED25519);
   const serial = createHash('sha256').update(spki).digest().subarray(0, 16);

@@ -56,7 +56,15 @@ export class PeerTransport implements Transport {
     opts: { sockets?: number; idleTimeoutMs?: number } = {},
   ) {
     // No TLS session resumption: every connection is a full handshake, so every socket carries the peer's certificate to pin.
-    this.#agent = new Agent({ keepAlive: true, maxCachedSessions: 0, maxSockets: opts.sockets ?? 8, key: credential.key, cert: credential.cert, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    this.#agent = new Agent({
+      keepAlive: true,
+      maxCachedSessions: 0,
+      maxSockets: opts.sockets ?? 8,
+      key: credential.key,
+      cert: credential.cert,
+      rejectUnauthorized: false,
+      minVersion: 'TLSv1.3',
+    });
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 30_000;
   }
 
@@ -71,13 +79,19 @@ export class PeerTransport implements Transport {
     if (this.#checked.has(socket)) return;
     const got = certificateKey(socket.getPeerX509Certificate());
     if (got !== this.peer.key) {
-      throw new PeerKeyError(`${label(this.peer)} presented ${got ?? 'no Ed25519 key'}, but the spec pins its host key ${this.peer.key}; refusing to talk to it`);
+      throw new PeerKeyError(
+        `${label(this.peer)} presented ${got ?? 'no Ed25519 key'}, but the spec pins its host key ${this.peer.key}; refusing to talk to it`,
+      );
     }
     this.#checked.add(socket);
   }
 
   /** One HTTP exchange; resolves once the headers are in and the peer's key has been checked. */
-  send(method: string, path: string, opts: { body?: Buffer; headers?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<IncomingMessage> {
+  send(
+    method: string,
+    path: string,
+    opts: { body?: Buffer; headers?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<IncomingMessage> {
     const what = `${label(this.peer)} ${method} ${path}`;
     return new Promise((resolve, reject) => {
       const req = request({
@@ -89,7 +103,9 @@ export class PeerTransport implements Transport {
         headers: { ...(opts.headers ?? {}), ...(opts.body ? { 'content-type': 'application/json', 'content-length': String(opts.body.length) } : {}) },
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
-      req.setTimeout(opts.timeoutMs ?? this.idleTimeoutMs, () => req.destroy(new TransportError('transient', `${what}: no answer for ${Math.round((opts.timeoutMs ?? this.idleTimeoutMs) / 1000)} s`)));
+      req.setTimeout(opts.timeoutMs ?? this.idleTimeoutMs, () =>
+        req.destroy(new TransportError('transient', `${what}: no answer for ${Math.round((opts.timeoutMs ?? this.idleTimeoutMs) / 1000)} s`)),
+      );
       // Nothing (not even the request line) is sent before the peer's key is checked:
       // a ClientRequest writes its headers only on end().
       req.on('socket', (socket) => {
@@ -122,7 +138,10 @@ export class PeerTransport implements Transport {
 
   async get(key: string, range?: ByteRange, signal?: AbortSignal): Promise<GetResult> {
     const what = this.describe(key);
-    const res = await this.send('GET', `${PEER_API}/objects/${key}`, { headers: range ? { range: `bytes=${range.start}-${range.end}` } : {}, ...(signal ? { signal } : {}) });
+    const res = await this.send('GET', `${PEER_API}/objects/${key}`, {
+      headers: range ? { range: `bytes=${range.start}-${range.end}` } : {},
+      ...(signal ? { signal } : {}),
+    });
     const status = res.statusCode ?? 0;
     if (status === 200 || status === 206) {
       const total = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''))?.[1];
@@ -285,7 +304,11 @@ export async function restoreFromPeer(options: PeerRestoreOptions): Promise<Peer
       snap = await withRetry(
         retry,
         async () => {
-          const res = await transport.send('POST', `${PEER_API}/snapshots`, { body: Buffer.from(JSON.stringify(request)), timeoutMs: options.snapshotTimeoutMs ?? 2 * 3600_000, ...(options.signal ? { signal: options.signal } : {}) });
+          const res = await transport.send('POST', `${PEER_API}/snapshots`, {
+            body: Buffer.from(JSON.stringify(request)),
+            timeoutMs: options.snapshotTimeoutMs ?? 2 * 3600_000,
+            ...(options.signal ? { signal: options.signal } : {}),
+          });
           const status = res.statusCode ?? 0;
           if (status === 200) {
             const parts: Buffer[] = [];
@@ -298,7 +321,11 @@ export async function restoreFromPeer(options: PeerRestoreOptions): Promise<Peer
           if (status === 503) throw new TransportError('transient', `${who}: busy (${msg})`);
           throw new TransportError('fatal', `${who} answered HTTP ${status}: ${msg}`);
         },
-        { ...(options.signal ? { signal: options.signal } : {}), onRetry: (e, n, ms) => log?.warn({ err: e instanceof Error ? e.message : String(e), failures: n, delayMs: ms }, 'restore from peer: snapshot request failed, retrying') },
+        {
+          ...(options.signal ? { signal: options.signal } : {}),
+          onRetry: (e, n, ms) =>
+            log?.warn({ err: e instanceof Error ? e.message : String(e), failures: n, delayMs: ms }, 'restore from peer: snapshot request failed, retrying'),
+        },
       );
     } catch (e) {
       if (e instanceof PeerKeyError) throw new PeerRestoreError('key', 'auth', true, e.message, details, { cause: e });
@@ -307,7 +334,10 @@ export async function restoreFromPeer(options: PeerRestoreOptions): Promise<Peer
       const msg = e instanceof Error ? e.message : String(e);
       throw new PeerRestoreError('transport', 'connect', !aborted, `${who} is unreachable or stopped answering: ${msg}`, details, { cause: e });
     }
-    log?.info({ backupId: snap.backupId, reused: snap.reused, quiescedMs: snap.quiescedMs }, snap.reused ? 'restore from peer: continuing on the snapshot an earlier run started' : 'restore from peer: the peer made a snapshot');
+    log?.info(
+      { backupId: snap.backupId, reused: snap.reused, quiescedMs: snap.quiescedMs },
+      snap.reused ? 'restore from peer: continuing on the snapshot an earlier run started' : 'restore from peer: the peer made a snapshot',
+    );
 
     let result: RestoreResult;
     try {
@@ -335,17 +365,28 @@ export async function restoreFromPeer(options: PeerRestoreOptions): Promise<Peer
     } catch (e) {
       const chain = causeChain(e);
       const msg = e instanceof Error ? e.message : String(e);
-      if (chain.some((c) => c instanceof PeerKeyError)) throw new PeerRestoreError('key', 'auth', true, `restore from ${who} failed: ${msg}`, details, { cause: e });
+      if (chain.some((c) => c instanceof PeerKeyError))
+        throw new PeerRestoreError('key', 'auth', true, `restore from ${who} failed: ${msg}`, details, { cause: e });
       const reason: BackupFailure = isBackupError(e) ? e.reason : 'transport';
       const fallback = reason !== 'target' && options.signal?.aborted !== true;
-      throw new PeerRestoreError(reason, reason === 'target' ? 'target' : 'transfer', fallback, `restore from ${who} failed: ${msg}`, { ...details, backupId: snap.backupId }, { cause: e });
+      throw new PeerRestoreError(
+        reason,
+        reason === 'target' ? 'target' : 'transfer',
+        fallback,
+        `restore from ${who} failed: ${msg}`,
+        { ...details, backupId: snap.backupId },
+        { cause: e },
+      );
     }
     if (options.releaseSnapshot ?? true) {
       try {
         const res = await transport.send('DELETE', `${PEER_API}/snapshots/${snap.backupId}`, { timeoutMs: 10_000 });
         res.resume();
       } catch (e) {
-        log?.warn({ err: e instanceof Error ? e.message : String(e) }, 'restore from peer: could not tell the peer to drop its snapshot (it keeps it until the next one)');
+        log?.warn(
+          { err: e instanceof Error ? e.message : String(e) },
+          'restore from peer: could not tell the peer to drop its snapshot (it keeps it until the next one)',
+        );
       }
     }
     return { ...result, peer: options.peer.name ?? options.peer.host, snapshotReused: snap.reused, quiescedMs: snap.quiescedMs };

@@ -39,7 +39,11 @@ export function substituteRestoreCommand(argv: readonly string[], vars: RestoreC
       if (m === '{{') return '{';
       if (m === '}}') return '}';
       const v = name !== undefined && name !== '' ? table[name] : undefined;
-      if (v === undefined) throw new BosunError('E_INVALID_SPEC', `restore command argument ${i} ("${arg}"): unknown placeholder ${m}; expected {peer}, {peerAddress}, {target} or {node} (write {{ and }} for literal braces)`);
+      if (v === undefined)
+        throw new BosunError(
+          'E_INVALID_SPEC',
+          `restore command argument ${i} ("${arg}"): unknown placeholder ${m}; expected {peer}, {peerAddress}, {target} or {node} (write {{ and }} for literal braces)`,
+        );
       return v;
     }),
   );
@@ -80,7 +84,12 @@ export async function restoreWithCommand(options: CommandRestoreOptions): Promis
   } catch (e) {
     throw new PeerRestoreError('target', 'target', false, e instanceof Error ? e.message : String(e), details, { cause: e });
   }
-  const argv = substituteRestoreCommand(options.argv, { peer: options.peer, peerAddress: options.peerAddress, target: layout.staging, ...(options.node !== undefined ? { node: options.node } : {}) });
+  const argv = substituteRestoreCommand(options.argv, {
+    peer: options.peer,
+    peerAddress: options.peerAddress,
+    target: layout.staging,
+    ...(options.node !== undefined ? { node: options.node } : {}),
+  });
   const earlier = await readJournal(layout.journal);
   if (earlier?.backupId === COMMAND_ID && earlier.state === 'committing') {
     options.logger?.info({ target: options.target }, 'restore command: finishing the commit of an earlier run');
@@ -94,7 +103,14 @@ export async function restoreWithCommand(options: CommandRestoreOptions): Promis
     try {
       await runCommand(argv, options.redactor, { timeoutSeconds: options.timeoutSeconds ?? 24 * 3600 });
     } catch (e) {
-      throw new PeerRestoreError('transport', 'transfer', true, `the restore command against ${options.peer} failed: ${e instanceof Error ? e.message : String(e)}`, details, { cause: e });
+      throw new PeerRestoreError(
+        'transport',
+        'transfer',
+        true,
+        `the restore command against ${options.peer} failed: ${e instanceof Error ? e.message : String(e)}`,
+        details,
+        { cause: e },
+      );
     }
     await runCommand(['sync', '-f', layout.staging], options.redactor, { check: false }).catch(() => undefined);
     await writeJournal(layout.journal, { backupId: COMMAND_ID, manifestDigest: '', chunks: 0, done: '', state: 'committing' });

@@ -16,8 +16,7 @@ import type { PeerServerOptions } from './server.js';
 
 /** How this node restores from its peer, resolved against the mesh. */
 export type PeerRestorePlan =
-  | { method: 'snapshot'; peer: PeerAddress }
-  | { method: 'command'; peer: string; peerAddress: string; argv: string[]; timeoutSeconds?: number };
+  { method: 'snapshot'; peer: PeerAddress } | { method: 'command'; peer: string; peerAddress: string; argv: string[]; timeoutSeconds?: number };
 
 function specError(path: string, message: string): BosunError {
   return new BosunError('E_INVALID_SPEC', `${path}: ${message}`, { path });
@@ -32,9 +31,19 @@ export function peerRestorePlan(spec: NodeSpec): PeerRestorePlan | undefined {
   if (!entry) throw specError('restore.peer', `${r.peer} is not one of network.ipsec.peers: a peer is reached over the mesh, at the address listed there`);
   if (r.method === 'command') {
     if (!r.command) throw specError('restore.command', 'required when method is "command"');
-    return { method: 'command', peer: r.peer, peerAddress: entry.address, argv: [...r.command.argv], ...(r.command.timeoutSeconds !== undefined ? { timeoutSeconds: r.command.timeoutSeconds } : {}) };
+    return {
+      method: 'command',
+      peer: r.peer,
+      peerAddress: entry.address,
+      argv: [...r.command.argv],
+      ...(r.command.timeoutSeconds !== undefined ? { timeoutSeconds: r.command.timeoutSeconds } : {}),
+    };
   }
-  if (!r.peerKey) throw specError('restore.peerKey', `required to restore a snapshot from ${r.peer}: its Ed25519 host key (bosun identity on ${r.peer}) is the only key its snapshot server may present`);
+  if (!r.peerKey)
+    throw specError(
+      'restore.peerKey',
+      `required to restore a snapshot from ${r.peer}: its Ed25519 host key (bosun identity on ${r.peer}) is the only key its snapshot server may present`,
+    );
   return { method: 'snapshot', peer: { host: entry.address, port: r.port ?? PEER_SNAPSHOT_PORT, key: r.peerKey, name: r.peer } };
 }
 

@@ -125,7 +125,8 @@ export class PeerServer {
     const data = resolve(o.dataDir);
     const spool = resolve(o.spoolDir);
     const rel = relative(data, spool);
-    if (rel === '' || (!rel.startsWith('..') && !rel.startsWith('/'))) throw new SnapshotFailure('snapshot', `the spool directory ${spool} is inside the data volume ${data}; it would be part of its own snapshot`);
+    if (rel === '' || (!rel.startsWith('..') && !rel.startsWith('/')))
+      throw new SnapshotFailure('snapshot', `the spool directory ${spool} is inside the data volume ${data}; it would be part of its own snapshot`);
     this.#o = { ...o, dataDir: data, spoolDir: spool };
     this.#cred = asCredential(o.identity, o.hostLabel ?? 'bosun-host');
     this.#signKey = createPrivateKey(this.#cred.key);
@@ -146,7 +147,10 @@ export class PeerServer {
     }
     const [ds, ss] = await Promise.all([stat(this.#o.dataDir).catch(() => undefined), stat(this.#o.spoolDir)]);
     if (ds && ds.dev === ss.dev) {
-      this.#o.logger?.warn({ dataDir: this.#o.dataDir, spoolDir: this.#o.spoolDir }, 'peer server: the spool is on the same filesystem as the data volume: it takes space from it, and a quiesce hook that freezes that filesystem (fsfreeze) would deadlock the snapshot');
+      this.#o.logger?.warn(
+        { dataDir: this.#o.dataDir, spoolDir: this.#o.spoolDir },
+        'peer server: the spool is on the same filesystem as the data volume: it takes space from it, and a quiesce hook that freezes that filesystem (fsfreeze) would deadlock the snapshot',
+      );
     }
     const server = createServer(
       {
@@ -183,12 +187,18 @@ export class PeerServer {
     const client = certificateKey((req.socket as TLSSocket).getPeerX509Certificate());
     if (client === undefined || !this.#allowed.has(client)) {
       this.#o.logger?.warn({ client: client ?? null, remote: req.socket.remoteAddress }, 'peer server: refused a host whose key is not allowed');
-      return reply(res, 403, { error: `this peer does not serve ${client ?? 'a client without an Ed25519 certificate'}: not in its list of allowed hosts` }, true);
+      return reply(
+        res,
+        403,
+        { error: `this peer does not serve ${client ?? 'a client without an Ed25519 certificate'}: not in its list of allowed hosts` },
+        true,
+      );
     }
     try {
       const url = new URL(req.url ?? '/', 'https://peer');
       if (req.method === 'POST' && url.pathname === `${PEER_API}/snapshots`) return await this.#snapshot(req, res, client);
-      if (req.method === 'GET' && url.pathname.startsWith(`${PEER_API}/objects/`)) return await this.#object(req, res, url.pathname.slice(`${PEER_API}/objects/`.length));
+      if (req.method === 'GET' && url.pathname.startsWith(`${PEER_API}/objects/`))
+        return await this.#object(req, res, url.pathname.slice(`${PEER_API}/objects/`.length));
       const del = new RegExp(`^${PEER_API}/snapshots/([^/]+)$`).exec(url.pathname);
       if (req.method === 'DELETE' && del && isBackupId(del[1]!)) {
         await this.#waitIdle(del[1]!);
@@ -228,9 +238,11 @@ export class PeerServer {
       this.#making = making;
       this.#chain = promise;
       const mine = making;
-      void promise.catch(() => undefined).finally(() => {
-        if (this.#making === mine) this.#making = undefined;
-      });
+      void promise
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.#making === mine) this.#making = undefined;
+        });
     }
     const meta = await making.promise;
     reply(res, 200, { backupId: meta.backupId, createdAt: meta.createdAt, reused: false, quiescedMs: meta.quiescedMs } satisfies SnapshotReply);
@@ -316,7 +328,10 @@ export class PeerServer {
 
   /** keep the newest `keepSnapshots` complete snapshots */
   async #prune(keepId: string): Promise<void> {
-    const ids = (await readdir(this.#o.spoolDir)).filter((n) => isBackupId(n) && n !== keepId).sort().reverse();
+    const ids = (await readdir(this.#o.spoolDir))
+      .filter((n) => isBackupId(n) && n !== keepId)
+      .sort()
+      .reverse();
     for (const id of ids.slice(Math.max(0, (this.#o.keepSnapshots ?? 2) - 1))) {
       if (this.#serving.has(id)) continue;
       await rm(join(this.#o.spoolDir, id), { recursive: true, force: true });

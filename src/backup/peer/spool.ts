@@ -16,7 +16,8 @@ export class DirTransport implements Transport {
   constructor(readonly root: string) {}
 
   #path(key: string): string {
-    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..')) throw new TransportError('fatal', `bad object key ${JSON.stringify(key)}`);
+    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..'))
+      throw new TransportError('fatal', `bad object key ${JSON.stringify(key)}`);
     return join(this.root, key);
   }
 

@@ -78,7 +78,11 @@ export class Downloads {
           // refused connection is retried; the catch below names the object.
           const response = await transport.get(pack.key, { start: pos, end: range.end }, this.#signal);
           if (response.objectSize !== undefined && response.objectSize !== pack.size) {
-            throw new BackupError('truncated', `${transport.describe(pack.key)} is ${response.objectSize} bytes but the manifest says ${pack.size}: truncated or replaced`, { object: transport.describe(pack.key) });
+            throw new BackupError(
+              'truncated',
+              `${transport.describe(pack.key)} is ${response.objectSize} bytes but the manifest says ${pack.size}: truncated or replaced`,
+              { object: transport.describe(pack.key) },
+            );
           }
           for await (const piece of response.body) {
             if (throttle) await throttle.take(piece.length);
@@ -112,11 +116,16 @@ export class Downloads {
             }
             if (next >= range.chunks.length) break;
           }
-          if (next < range.chunks.length) throw new TransportError('transient', `${transport.describe(pack.key)}: download ended early at byte ${pos} of ${range.end + 1}`);
+          if (next < range.chunks.length)
+            throw new TransportError('transient', `${transport.describe(pack.key)}: download ended early at byte ${pos} of ${range.end + 1}`);
         },
         {
           signal: this.#signal,
-          onRetry: (e, failures, ms) => this.#log?.warn({ object: transport.describe(pack.key), resumeAt: pos, failures, delayMs: ms, err: e instanceof Error ? e.message : String(e) }, 'restore: download failed, resuming'),
+          onRetry: (e, failures, ms) =>
+            this.#log?.warn(
+              { object: transport.describe(pack.key), resumeAt: pos, failures, delayMs: ms, err: e instanceof Error ? e.message : String(e) },
+              'restore: download failed, resuming',
+            ),
         },
       );
       await settle(0);
@@ -141,18 +150,27 @@ export class Downloads {
     const transport = this.#transport;
     const length = into.length;
     try {
-      await withRetry(this.#retry, async () => {
-        const response = await transport.get(key, { start: offset, end: offset + length - 1 }, this.#signal);
-        if (response.objectSize !== undefined && response.objectSize !== packSize) throw new BackupError('truncated', `${transport.describe(key)} is ${response.objectSize} bytes but the manifest says ${packSize}: truncated or replaced`, { object: transport.describe(key) });
-        let received = 0;
-        for await (const piece of response.body) {
-          if (this.#throttle) await this.#throttle.take(piece.length);
-          const take = Math.min(piece.length, length - received);
-          into.set(piece.subarray(0, take), received);
-          received += take;
-        }
-        if (received < length) throw new TransportError('transient', `${transport.describe(key)}: got ${received} of ${length} bytes`);
-      }, { signal: this.#signal });
+      await withRetry(
+        this.#retry,
+        async () => {
+          const response = await transport.get(key, { start: offset, end: offset + length - 1 }, this.#signal);
+          if (response.objectSize !== undefined && response.objectSize !== packSize)
+            throw new BackupError(
+              'truncated',
+              `${transport.describe(key)} is ${response.objectSize} bytes but the manifest says ${packSize}: truncated or replaced`,
+              { object: transport.describe(key) },
+            );
+          let received = 0;
+          for await (const piece of response.body) {
+            if (this.#throttle) await this.#throttle.take(piece.length);
+            const take = Math.min(piece.length, length - received);
+            into.set(piece.subarray(0, take), received);
+            received += take;
+          }
+          if (received < length) throw new TransportError('transient', `${transport.describe(key)}: got ${received} of ${length} bytes`);
+        },
+        { signal: this.#signal },
+      );
     } catch (e) {
       throw storeError(transport, key, e);
     }

@@ -32,7 +32,8 @@ export async function finishFile(options: RestoreOptions, file: FileEntry, fh: F
     }
   }
   // Files are created by this process: owned by it already when the backup says so.
-  if ((options.preserveOwner ?? process.getuid?.() === 0) && (file.uid !== process.getuid?.() || file.gid !== process.getgid?.())) fchownSync(fh.fd, file.uid, file.gid);
+  if ((options.preserveOwner ?? process.getuid?.() === 0) && (file.uid !== process.getuid?.() || file.gid !== process.getgid?.()))
+    fchownSync(fh.fd, file.uid, file.gid);
   fchmodSync(fh.fd, file.mode);
   const mtime = mtimeSeconds(file.mtimeNs);
   futimesSync(fh.fd, mtime, mtime);
@@ -53,7 +54,14 @@ async function finishPath(options: RestoreOptions, file: FileEntry, path: string
  * directories, deepest first so creating a child never bumps a directory's
  * restored mtime. All of it is safe to repeat after a crash.
  */
-export async function finishTree(options: RestoreOptions, body: ManifestBody, files: FileEntry[], finalized: Set<number>, layout: TargetLayout, chunkSize: number): Promise<void> {
+export async function finishTree(
+  options: RestoreOptions,
+  body: ManifestBody,
+  files: FileEntry[],
+  finalized: Set<number>,
+  layout: TargetLayout,
+  chunkSize: number,
+): Promise<void> {
   const owner = options.preserveOwner ?? process.getuid?.() === 0;
   await forEachLimited(files.length, 8, async (fileIndex) => {
     if (!finalized.has(fileIndex)) await finishPath(options, files[fileIndex]!, join(layout.staging, files[fileIndex]!.path), chunkSize);

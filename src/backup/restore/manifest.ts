@@ -35,20 +35,26 @@ export function trustSigners(keys: readonly string[]): (info: ManifestInfo) => v
 
 /** A whole small object (manifest, pointer) into memory, with retries; refuses anything over `limit`. */
 export async function getWhole(transport: Transport, key: string, limit: number, retry: RetryPolicy, signal?: AbortSignal): Promise<Buffer> {
-  return withRetry(retry, async () => {
-    const response = await transport.get(key, undefined, signal);
-    if (response.objectSize !== undefined && response.objectSize > limit) throw new BackupError('format', `${transport.describe(key)} is ${response.objectSize} bytes, more than a manifest may be`);
-    const parts: Buffer[] = [];
-    let received = 0;
-    for await (const piece of response.body) {
-      received += piece.length;
-      if (received > limit) throw new BackupError('format', `${transport.describe(key)} is larger than a manifest may be`);
-      // A copy: the transport may reuse the piece's memory for the next one.
-      parts.push(Buffer.from(piece));
-    }
-    if (response.objectSize !== undefined && received !== response.objectSize) throw new TransportError('transient', `${transport.describe(key)}: got ${received} of ${response.objectSize} bytes`);
-    return Buffer.concat(parts, received);
-  }, signal ? { signal } : {});
+  return withRetry(
+    retry,
+    async () => {
+      const response = await transport.get(key, undefined, signal);
+      if (response.objectSize !== undefined && response.objectSize > limit)
+        throw new BackupError('format', `${transport.describe(key)} is ${response.objectSize} bytes, more than a manifest may be`);
+      const parts: Buffer[] = [];
+      let received = 0;
+      for await (const piece of response.body) {
+        received += piece.length;
+        if (received > limit) throw new BackupError('format', `${transport.describe(key)} is larger than a manifest may be`);
+        // A copy: the transport may reuse the piece's memory for the next one.
+        parts.push(Buffer.from(piece));
+      }
+      if (response.objectSize !== undefined && received !== response.objectSize)
+        throw new TransportError('transient', `${transport.describe(key)}: got ${received} of ${response.objectSize} bytes`);
+      return Buffer.concat(parts, received);
+    },
+    signal ? { signal } : {},
+  );
 }
 
 export async function resolveBackupId(transport: Transport, backupId: string, retry: RetryPolicy = DEFAULT_RETRY, signal?: AbortSignal): Promise<string> {
@@ -87,14 +93,20 @@ export async function openManifest(
     throw storeError(transport, key, e);
   }
   const sealed = parseManifest(bytes);
-  if (sealed.header.backupId !== backupId) throw new BackupError('integrity', `${transport.describe(key)} names backup ${sealed.header.backupId}: it was moved or replaced`);
+  if (sealed.header.backupId !== backupId)
+    throw new BackupError('integrity', `${transport.describe(key)} names backup ${sealed.header.backupId}: it was moved or replaced`);
   const signed = checkManifestSignature(sealed);
   await opts.verifyManifest?.({ header: sealed.header, signed });
   let dataKey: Buffer;
   try {
     dataKey = Buffer.from(await openDataKey(sealed.header.sealedDataKey, sealed.header));
   } catch (e) {
-    throw new BackupError('key', `cannot open the data key of backup ${backupId}: it is sealed to ${sealed.header.recipient}, and the key given is not that key (or the sealed key was altered)`, { backupId, recipient: sealed.header.recipient }, { cause: e });
+    throw new BackupError(
+      'key',
+      `cannot open the data key of backup ${backupId}: it is sealed to ${sealed.header.recipient}, and the key given is not that key (or the sealed key was altered)`,
+      { backupId, recipient: sealed.header.recipient },
+      { cause: e },
+    );
   }
   opts.redactor?.add(dataKey);
   const keys = deriveKeys(dataKey, backupId);

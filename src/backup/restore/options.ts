@@ -96,5 +96,7 @@ export interface RestoreResult {
 
 /** The store a restore reads from: the transport given, or one over the S3 client given. */
 export function transportOf(source: RestoreSource): Transport {
-  return 'transport' in source ? source.transport : new S3Transport({ client: source.client, bucket: source.bucket, ...(source.prefix !== undefined ? { prefix: source.prefix } : {}) });
+  return 'transport' in source
+    ? source.transport
+    : new S3Transport({ client: source.client, bucket: source.bucket, ...(source.prefix !== undefined ? { prefix: source.prefix } : {}) });
 }

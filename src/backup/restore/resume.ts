@@ -28,7 +28,13 @@ export class RestoreJournal {
  * already written and whether the commit was reached; anything else in the
  * staging directory (another backup's unfinished restore) is cleared.
  */
-export async function resumeOrStart(layout: TargetLayout, backupId: string, manifestDigest: string, chunks: number, log: Logger | undefined): Promise<{ done: DoneSet; committing: boolean }> {
+export async function resumeOrStart(
+  layout: TargetLayout,
+  backupId: string,
+  manifestDigest: string,
+  chunks: number,
+  log: Logger | undefined,
+): Promise<{ done: DoneSet; committing: boolean }> {
   const journal = await readJournal(layout.journal);
   if (journal && journal.backupId === backupId && journal.manifestDigest === manifestDigest && journal.chunks === chunks) {
     const done = DoneSet.decode(chunks, journal.done);

@@ -50,7 +50,18 @@ export async function restoreFromObjectStorage(options: RestoreOptions): Promise
   }
   const bytesTotal = index.files.reduce((sum, file) => sum + file.size, 0);
   const progress = new ProgressTracker('restore', bytesTotal, index.files.length, options.onProgress);
-  log?.info({ target: options.target, layout: layout.mode, files: index.files.length, bytes: bytesTotal, storedBytes: header.stats.storedBytes, createdAt: header.createdAt, signer: header.signer ?? null }, 'restore: manifest verified');
+  log?.info(
+    {
+      target: options.target,
+      layout: layout.mode,
+      files: index.files.length,
+      bytes: bytesTotal,
+      storedBytes: header.stats.storedBytes,
+      createdAt: header.createdAt,
+      signer: header.signer ?? null,
+    },
+    'restore: manifest verified',
+  );
 
   const { done, committing } = await resumeOrStart(layout, backupId, manifest.digest, body.chunks.length, log);
   const journal = new RestoreJournal(layout.journal, backupId, manifest.digest, done);
@@ -60,7 +71,18 @@ export async function restoreFromObjectStorage(options: RestoreOptions): Promise
     if (!committing) {
       await ensureStaging(layout);
       await journal.write('fetching');
-      const fetched = await fetchAll({ options: { ...options, retry }, transport, manifest, index, staging: layout.staging, journal, progress, signal, abort, log });
+      const fetched = await fetchAll({
+        options: { ...options, retry },
+        transport,
+        manifest,
+        index,
+        staging: layout.staging,
+        journal,
+        progress,
+        signal,
+        abort,
+        log,
+      });
       transferred = fetched.transferred;
       resumedChunks = fetched.resumedChunks;
       progress.phase = 'finishing';
@@ -75,7 +97,12 @@ export async function restoreFromObjectStorage(options: RestoreOptions): Promise
   } catch (e) {
     abort.abort();
     if (errnoOf(e) === 'ENOSPC') {
-      throw new BackupError('space', `ENOSPC: no space left on the volume holding ${options.target} (the backup holds ${formatBytes(bytesTotal)}); nothing was marked restored, and a run with room continues from what is in place`, { target: options.target, errno: 'ENOSPC' }, { cause: e });
+      throw new BackupError(
+        'space',
+        `ENOSPC: no space left on the volume holding ${options.target} (the backup holds ${formatBytes(bytesTotal)}); nothing was marked restored, and a run with room continues from what is in place`,
+        { target: options.target, errno: 'ENOSPC' },
+        { cause: e },
+      );
     }
     throw e;
   } finally {
@@ -85,8 +112,29 @@ export async function restoreFromObjectStorage(options: RestoreOptions): Promise
   progress.phase = 'done';
   progress.maybeEmit(true);
   const seconds = (performance.now() - started) / 1000;
-  log?.info({ target: options.target, bytes: bytesTotal, transferred, seconds: Number(seconds.toFixed(3)), rate: `${formatBytes(bytesTotal / Math.max(seconds, 1e-3))}/s`, resumedChunks, retries: counter.retries }, 'restore: complete');
-  return { backupId, manifestDigest: manifest.digest, target: options.target, bytes: bytesTotal, files: index.files.length, transferredBytes: transferred, resumedChunks, retries: counter.retries, seconds };
+  log?.info(
+    {
+      target: options.target,
+      bytes: bytesTotal,
+      transferred,
+      seconds: Number(seconds.toFixed(3)),
+      rate: `${formatBytes(bytesTotal / Math.max(seconds, 1e-3))}/s`,
+      resumedChunks,
+      retries: counter.retries,
+    },
+    'restore: complete',
+  );
+  return {
+    backupId,
+    manifestDigest: manifest.digest,
+    target: options.target,
+    bytes: bytesTotal,
+    files: index.files.length,
+    transferredBytes: transferred,
+    resumedChunks,
+    retries: counter.retries,
+    seconds,
+  };
 }
 
 /**

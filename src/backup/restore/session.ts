@@ -116,13 +116,26 @@ export class RestoreSession {
     // waiting on the same directory's lock, with nothing left to overlap them.
     // A file the writes reach first is created there (same flags); either open
     // finds the other's file.
-    this.#precreating = (options.precreateFiles ?? true) ? precreate(index.files.map((file) => this.#pathOf(file)), PRECREATORS, context.signal, log) : undefined;
+    this.#precreating =
+      (options.precreateFiles ?? true)
+        ? precreate(
+            index.files.map((file) => this.#pathOf(file)),
+            PRECREATORS,
+            context.signal,
+            log,
+          )
+        : undefined;
     this.#tracker = this.#createTracker();
     // The slots bound the memory: a download holds one while a record arrives and
     // until it is written; when all are taken, downloads wait (and TCP pushes back).
     this.#concurrency = options.concurrency ?? 8;
     this.#ring = new SlotRing(options.slots ?? this.#concurrency, this.#chunkSize + RECORD_OVERHEAD + 64);
-    this.#workers = new ChunkWorkers(options.workers ?? defaultWorkerCount(), { key: manifest.chunkKey, backupId: manifest.header.backupId, slots: this.#ring.sab, slotSize: this.#ring.slotSize });
+    this.#workers = new ChunkWorkers(options.workers ?? defaultWorkerCount(), {
+      key: manifest.chunkKey,
+      backupId: manifest.header.backupId,
+      slots: this.#ring.sab,
+      slotSize: this.#ring.slotSize,
+    });
     this.#downloads = new Downloads({
       transport: context.transport,
       body: manifest.body,
@@ -149,9 +162,21 @@ export class RestoreSession {
     const resumedChunks = this.#done.count;
     this.#countResumed();
 
-    const ranges = planRanges(this.#body.chunks, (chunk) => this.#index.targets.used(chunk), (chunk) => this.#done.has(chunk), this.#options.rangeSize ?? 16 * 1024 * 1024);
+    const ranges = planRanges(
+      this.#body.chunks,
+      (chunk) => this.#index.targets.used(chunk),
+      (chunk) => this.#done.has(chunk),
+      this.#options.rangeSize ?? 16 * 1024 * 1024,
+    );
     this.#progress.phase = 'transferring';
-    this.#log?.info({ ranges: ranges.length, chunks: ranges.reduce((sum, range) => sum + range.chunks.length, 0), bytes: ranges.reduce((sum, range) => sum + range.end - range.start + 1, 0) }, 'restore: fetching');
+    this.#log?.info(
+      {
+        ranges: ranges.length,
+        chunks: ranges.reduce((sum, range) => sum + range.chunks.length, 0),
+        bytes: ranges.reduce((sum, range) => sum + range.end - range.start + 1, 0),
+      },
+      'restore: fetching',
+    );
     this.#lastCheckpoint = performance.now();
     this.#lastLog = performance.now();
 
@@ -182,7 +207,12 @@ export class RestoreSession {
   #createTracker(): FileTracker {
     const onVerdict = (file: number, ok: boolean, detail: string | undefined): void => this.#onVerdict(file, ok, detail);
     if (!(this.#options.verifyFiles ?? false)) return new WrittenTracker(this.#index.files, onVerdict);
-    const files = this.#index.files.map((file) => ({ path: this.#pathOf(file), size: file.size, sha256: file.sha256, holes: file.chunks.map((chunk) => chunk === -1) }));
+    const files = this.#index.files.map((file) => ({
+      path: this.#pathOf(file),
+      size: file.size,
+      sha256: file.sha256,
+      holes: file.chunks.map((chunk) => chunk === -1),
+    }));
     return new DigestChecker(this.#chunkSize, files, onVerdict, this.#fail);
   }
 
@@ -190,7 +220,11 @@ export class RestoreSession {
   #onVerdict(fileIndex: number, ok: boolean, detail: string | undefined): void {
     const file = this.#index.files[fileIndex]!;
     if (!ok) {
-      this.#fail(new BackupError('integrity', `restored ${file.path} does not match its SHA-256 in the manifest${detail !== undefined ? ` (${detail})` : ''}`, { path: file.path }));
+      this.#fail(
+        new BackupError('integrity', `restored ${file.path} does not match its SHA-256 in the manifest${detail !== undefined ? ` (${detail})` : ''}`, {
+          path: file.path,
+        }),
+      );
       return;
     }
     const finishing: Promise<void> = this.#finishSlots
@@ -246,7 +280,15 @@ export class RestoreSession {
     const slice = this.#index.targets.of(chunk)[0]!;
     const file = this.#index.files[slice.file]!;
     return this.#handles.use(this.#pathOf(file), async (fh) => {
-      const reply = await this.#workers.run({ op: 'open', slot, length: ref[2], codec: ref[4], plainLength: ref[3], sha256: ref[5], write: { fd: fh.fd, pos: slice.ordinal * this.#chunkSize, sparse: file.sparse } });
+      const reply = await this.#workers.run({
+        op: 'open',
+        slot,
+        length: ref[2],
+        codec: ref[4],
+        plainLength: ref[3],
+        sha256: ref[5],
+        write: { fd: fh.fd, pos: slice.ordinal * this.#chunkSize, sparse: file.sparse },
+      });
       if (!reply.ok) {
         if (reply.why === 'write') throw writeError(reply, file);
         return reply.why;
@@ -270,14 +312,20 @@ export class RestoreSession {
       }
       if (typeof result === 'string') {
         const users = this.#index.targets.of(chunk).map((slice) => this.#index.files[slice.file]!.path);
-        throw new BackupError('integrity', `corrupt data in ${this.#transport.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${chunk}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`, { object: this.#transport.describe(key), offset: ref[1], chunk, files: users.slice(0, 10) });
+        throw new BackupError(
+          'integrity',
+          `corrupt data in ${this.#transport.describe(key)} at bytes ${ref[1]}-${ref[1] + ref[2] - 1} (chunk ${chunk}: ${result} check failed, also after fetching it twice more); it belongs to ${users.slice(0, 3).join(', ')}`,
+          { object: this.#transport.describe(key), offset: ref[1], chunk, files: users.slice(0, 10) },
+        );
       }
       const plainLength = result;
       // The first slice is written; a chunk stored once for several slices (same content) goes to the others too.
       for (const [copy, slice] of this.#index.targets.of(chunk).entries()) {
         const file = this.#index.files[slice.file]!;
         if (copy > 0) {
-          const reply = await this.#handles.use(this.#pathOf(file), (fh) => this.#workers.run({ op: 'write', slot, length: plainLength, write: { fd: fh.fd, pos: slice.ordinal * this.#chunkSize, sparse: file.sparse } }));
+          const reply = await this.#handles.use(this.#pathOf(file), (fh) =>
+            this.#workers.run({ op: 'write', slot, length: plainLength, write: { fd: fh.fd, pos: slice.ordinal * this.#chunkSize, sparse: file.sparse } }),
+          );
           if (!reply.ok) throw reply.why === 'write' ? writeError(reply, file) : new Error(`chunk worker failed a write: ${reply.why}`);
         }
         this.#tracker.written(slice.file, slice.ordinal);
@@ -306,7 +354,15 @@ export class RestoreSession {
     if (!this.#log || performance.now() - this.#lastLog <= 5000) return;
     this.#lastLog = performance.now();
     const progress = this.#progress.snapshot();
-    this.#log.info({ bytesDone: progress.bytesDone, bytesTotal: progress.bytesTotal, rate: Math.round(progress.rate), etaSeconds: progress.etaSeconds === undefined ? null : Math.round(progress.etaSeconds) }, 'restore: progress');
+    this.#log.info(
+      {
+        bytesDone: progress.bytesDone,
+        bytesTotal: progress.bytesTotal,
+        rate: Math.round(progress.rate),
+        etaSeconds: progress.etaSeconds === undefined ? null : Math.round(progress.etaSeconds),
+      },
+      'restore: progress',
+    );
   }
 }
 

@@ -44,7 +44,14 @@ function handle(job: ChunkJob): ChunkReply {
   if (job.op === 'open') {
     let n: number;
     try {
-      n = openChunkInto(key, data.backupId, slot(job.slot, job.length), { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 }, slot(job.slot, data.slotSize), scratch);
+      n = openChunkInto(
+        key,
+        data.backupId,
+        slot(job.slot, job.length),
+        { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 },
+        slot(job.slot, data.slotSize),
+        scratch,
+      );
     } catch (e) {
       return { id: job.id, ok: false, why: e instanceof ChunkOpenError ? e.why : 'auth' };
     }

@@ -60,6 +60,4 @@ export type DigestIn =
   | { type: 'written'; slices: number[] }
   | { type: 'finish' };
 
-export type DigestOut =
-  | { type: 'verdict'; file: number; ok: boolean; detail?: string }
-  | { type: 'finished'; pending: number };
+export type DigestOut = { type: 'verdict'; file: number; ok: boolean; detail?: string } | { type: 'finished'; pending: number };

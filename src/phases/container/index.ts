@@ -84,7 +84,9 @@ export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanC
   const container = spec.container!;
   const unit = machineUnit(container);
   if (!obs.imageExists) {
-    throw new BosunError('E_REFUSED', `container: the image ${container.image} is not on this host (no ${container.image}/usr); nothing was changed`, { image: container.image });
+    throw new BosunError('E_REFUSED', `container: the image ${container.image} is not on this host (no ${container.image}/usr); nothing was changed`, {
+      image: container.image,
+    });
   }
   const steps: Step[] = [];
   type Distribute<T> = T extends Step ? Omit<T, 'phase'> : never;
@@ -95,10 +97,17 @@ export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanC
   let configChanged = false;
   if (container.config) {
     const dir = configDir(container);
-    if (!obs.configDirExists) step({ kind: 'mkdir', path: dir, mode: 0o755, why: `the config directory of ${container.name}, bound read-only at ${container.config.mountPoint}` });
+    if (!obs.configDirExists)
+      step({ kind: 'mkdir', path: dir, mode: 0o755, why: `the config directory of ${container.name}, bound read-only at ${container.config.mountPoint}` });
     for (const [fileName, content] of Object.entries(files)) {
       if (obs.config[fileName] === content) continue;
-      step({ kind: 'write', path: `${dir}/${fileName}`, mode: 0o644, content, why: `${obs.config[fileName] === undefined ? 'new' : 'changed'} config file ${fileName} (platform settings, user overrides merged)` });
+      step({
+        kind: 'write',
+        path: `${dir}/${fileName}`,
+        mode: 0o644,
+        content,
+        why: `${obs.config[fileName] === undefined ? 'new' : 'changed'} config file ${fileName} (platform settings, user overrides merged)`,
+      });
       configChanged = true;
     }
     const before = (obs.manifest ?? '').split('\n').filter((l) => l !== '');
@@ -107,14 +116,21 @@ export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanC
       configChanged = true;
     }
     const manifest = renderManifest(files);
-    if (obs.manifest !== manifest) step({ kind: 'write', path: `${dir}/${MANIFEST}`, mode: 0o644, content: manifest, why: 'remember which config files bosun wrote' });
+    if (obs.manifest !== manifest)
+      step({ kind: 'write', path: `${dir}/${MANIFEST}`, mode: 0o644, content: manifest, why: 'remember which config files bosun wrote' });
   }
 
   // 2. The machine's settings and how it starts: a change means a restart.
   let restartNeeded = false;
   const nspawn = renderNspawn(spec);
   if (obs.nspawn !== nspawn) {
-    step({ kind: 'write', path: nspawnPath(ctx.distro.nspawnDir, container), mode: 0o644, content: nspawn, why: `machine ${container.name}: read-only image, private users, dropped capabilities, ${container.network.mode} network${container.network.ports.length ? ` publishing ${container.network.ports.map((p) => `${p.protocol}/${p.host}`).join(' ')}` : ''}` });
+    step({
+      kind: 'write',
+      path: nspawnPath(ctx.distro.nspawnDir, container),
+      mode: 0o644,
+      content: nspawn,
+      why: `machine ${container.name}: read-only image, private users, dropped capabilities, ${container.network.mode} network${container.network.ports.length ? ` publishing ${container.network.ports.map((p) => `${p.protocol}/${p.host}`).join(' ')}` : ''}`,
+    });
     restartNeeded = true;
   }
   let unitFilesChanged = false;
@@ -166,7 +182,13 @@ export function planContainer(spec: NodeSpec, obs: ObservedContainer, ctx: PlanC
 
   // 5. Done means healthy: after any action, wait for the service's own check.
   if (steps.some((s) => s.kind === 'unit' && (s.action === 'start' || s.action === 'restart')) || action === 'reload' || action === 'restart-service') {
-    step({ kind: 'exec', argv: healthArgv(container), timeoutSeconds: 30, retryForSeconds: container.service.startTimeoutSeconds, why: `${container.service.unit} in ${container.name} answers its health check` });
+    step({
+      kind: 'exec',
+      argv: healthArgv(container),
+      timeoutSeconds: 30,
+      retryForSeconds: container.service.startTimeoutSeconds,
+      why: `${container.service.unit} in ${container.name} answers its health check`,
+    });
   }
   return { steps, action };
 }

@@ -11,10 +11,33 @@ import type { ContainerSpec, NodeSpec } from '../../spec/node-spec.js';
 
 /** nspawn's default bounding set for a container (systemd 252, src/nspawn/nspawn.c), plus CAP_NET_ADMIN which it adds for a private network. */
 export const NSPAWN_DEFAULT_CAPS = [
-  'CAP_AUDIT_CONTROL', 'CAP_AUDIT_WRITE', 'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_IPC_OWNER',
-  'CAP_KILL', 'CAP_LEASE', 'CAP_LINUX_IMMUTABLE', 'CAP_MKNOD', 'CAP_NET_ADMIN', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_RAW',
-  'CAP_SETFCAP', 'CAP_SETGID', 'CAP_SETPCAP', 'CAP_SETUID', 'CAP_SYS_ADMIN', 'CAP_SYS_BOOT', 'CAP_SYS_CHROOT', 'CAP_SYS_NICE',
-  'CAP_SYS_PTRACE', 'CAP_SYS_RESOURCE', 'CAP_SYS_TTY_CONFIG',
+  'CAP_AUDIT_CONTROL',
+  'CAP_AUDIT_WRITE',
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_DAC_READ_SEARCH',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_IPC_OWNER',
+  'CAP_KILL',
+  'CAP_LEASE',
+  'CAP_LINUX_IMMUTABLE',
+  'CAP_MKNOD',
+  'CAP_NET_ADMIN',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_NET_BROADCAST',
+  'CAP_NET_RAW',
+  'CAP_SETFCAP',
+  'CAP_SETGID',
+  'CAP_SETPCAP',
+  'CAP_SETUID',
+  'CAP_SYS_ADMIN',
+  'CAP_SYS_BOOT',
+  'CAP_SYS_CHROOT',
+  'CAP_SYS_NICE',
+  'CAP_SYS_PTRACE',
+  'CAP_SYS_RESOURCE',
+  'CAP_SYS_TTY_CONFIG',
 ] as const;
 
 /**
@@ -50,7 +73,14 @@ export const MANIFEST = '.bosun-files';
  * every version.
  */
 export function machineArgv(c: ContainerSpec, argv: readonly string[]): string[] {
-  return ['/bin/sh', '-c', 'leader=$(machinectl show --property=Leader --value "$1") && shift && exec nsenter --target "$leader" --all -- "$@"', 'sh', c.name, ...argv];
+  return [
+    '/bin/sh',
+    '-c',
+    'leader=$(machinectl show --property=Leader --value "$1") && shift && exec nsenter --target "$leader" --all -- "$@"',
+    'sh',
+    c.name,
+    ...argv,
+  ];
 }
 
 export function keptCaps(c: ContainerSpec): string[] {
@@ -167,7 +197,9 @@ function confValue(v: Value): string {
 }
 
 function propertiesValue(v: Value): string {
-  return String(v).replace(/\\/g, '\\\\').replace(/^\s/, (s) => `\\${s}`);
+  return String(v)
+    .replace(/\\/g, '\\\\')
+    .replace(/^\s/, (s) => `\\${s}`);
 }
 
 export function renderConfigFile(c: ContainerSpec, file: string): string {
@@ -180,9 +212,16 @@ export function renderConfigFile(c: ContainerSpec, file: string): string {
 /** Every config file, by path relative to the config directory. */
 export function renderConfig(c: ContainerSpec): Record<string, string> {
   if (!c.config) return {};
-  return Object.fromEntries(Object.keys(c.config.files).sort().map((f) => [f, renderConfigFile(c, f)]));
+  return Object.fromEntries(
+    Object.keys(c.config.files)
+      .sort()
+      .map((f) => [f, renderConfigFile(c, f)]),
+  );
 }
 
 export function renderManifest(files: Record<string, string>): string {
-  return Object.keys(files).sort().map((f) => `${f}\n`).join('');
+  return Object.keys(files)
+    .sort()
+    .map((f) => `${f}\n`)
+    .join('');
 }

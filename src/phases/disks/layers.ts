@@ -67,13 +67,19 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
   const foreign = disks.filter((x) => x.state.kind === 'foreign');
   if (foreign.length > 0 && disksSpec.foreignSignatures === 'refuse') {
     const list = foreign.map((x) => `${x.stableName} holds ${x.state.kind === 'foreign' ? x.state.signatures.map((s) => s.type).join(' + ') : ''}`).join('; ');
-    throw new BosunError('E_REFUSED', `disks: ${list}, which bosun did not make; leaving ${foreign.length === 1 ? 'it' : 'them'} untouched (set disks.foreignSignatures to "wipe" only for scratch disks); nothing was changed`, {
-      devices: foreign.map((x) => ({ device: x.stableName, signatures: x.state.kind === 'foreign' ? x.state.signatures.map((s) => s.type) : [] })),
-    });
+    throw new BosunError(
+      'E_REFUSED',
+      `disks: ${list}, which bosun did not make; leaving ${foreign.length === 1 ? 'it' : 'them'} untouched (set disks.foreignSignatures to "wipe" only for scratch disks); nothing was changed`,
+      {
+        devices: foreign.map((x) => ({ device: x.stableName, signatures: x.state.kind === 'foreign' ? x.state.signatures.map((s) => s.type) : [] })),
+      },
+    );
   }
   const mounted = foreign.filter((x) => x.inUse && /mounted/.test(x.inUse));
   if (mounted.length > 0) {
-    throw new BosunError('E_REFUSED', `disks: will not wipe a disk that is in use: ${mounted.map((x) => x.inUse).join('; ')}; nothing was changed`, { devices: mounted.map((x) => x.stableName) });
+    throw new BosunError('E_REFUSED', `disks: will not wipe a disk that is in use: ${mounted.map((x) => x.inUse).join('; ')}; nothing was changed`, {
+      devices: mounted.map((x) => x.stableName),
+    });
   }
   const toWipe = foreign;
 
@@ -85,13 +91,26 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
     const active = obs.arrays.find((a) => a.name === name);
     const members = disks.filter((x) => x.state.kind === 'member');
     const fresh = disks.filter((x) => x.state.kind === 'blank' || x.state.kind === 'foreign');
-    const memberUuids = [...new Set(members.map((member) => (member.state.kind === 'member' && member.state.arrayUuid ? normalizeUuid(member.state.arrayUuid) : '')).filter((arrayUuid) => arrayUuid !== ''))];
+    const memberUuids = [
+      ...new Set(
+        members
+          .map((member) => (member.state.kind === 'member' && member.state.arrayUuid ? normalizeUuid(member.state.arrayUuid) : ''))
+          .filter((arrayUuid) => arrayUuid !== ''),
+      ),
+    ];
     if (memberUuids.length > 1) {
-      throw new BosunError('E_REFUSED', `disks: the selected disks hold members of ${memberUuids.length} different arrays named "${name}"; refusing to guess which is the data; nothing was changed`, { uuids: memberUuids });
+      throw new BosunError(
+        'E_REFUSED',
+        `disks: the selected disks hold members of ${memberUuids.length} different arrays named "${name}"; refusing to guess which is the data; nothing was changed`,
+        { uuids: memberUuids },
+      );
     }
     const create = !active && members.length === 0;
     if (!create && fresh.length > 0 && disksSpec.raid.level === 0) {
-      throw new BosunError('E_REFUSED', `disks: RAID0 array "${name}" cannot take the new disk${fresh.length === 1 ? '' : 's'} ${fresh.map((x) => x.stableName).join(', ')}; a RAID0 that lost a disk has lost its data; nothing was changed`);
+      throw new BosunError(
+        'E_REFUSED',
+        `disks: RAID0 array "${name}" cannot take the new disk${fresh.length === 1 ? '' : 's'} ${fresh.map((x) => x.stableName).join(', ')}; a RAID0 that lost a disk has lost its data; nothing was changed`,
+      );
     }
     const uuid = active?.uuid || memberUuids[0] || normalizeUuid(plannedUuid(spec, 'md'));
     raid = { name, link: `/dev/md/${name}`, device: active?.path ?? `/dev/md/${name}`, active, members, fresh, uuid, create };
@@ -112,7 +131,10 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
   if (disksSpec.luks) {
     const mapper = `/dev/mapper/${disksSpec.luks.name}`;
     const openNode = flatten(obs.devices).find((x) => x.type === 'crypt' && x.path === mapper);
-    const uuid = baseState.kind === 'ours' ? knownUuid(baseState.uuid, crypttabUuid(obs.crypttab, disksSpec.luks.name)) ?? plannedUuid(spec, 'luks') : plannedUuid(spec, 'luks');
+    const uuid =
+      baseState.kind === 'ours'
+        ? (knownUuid(baseState.uuid, crypttabUuid(obs.crypttab, disksSpec.luks.name)) ?? plannedUuid(spec, 'luks'))
+        : plannedUuid(spec, 'luks');
     luks = { device: base.path, mapper, state: baseState, uuid, open: openNode !== undefined };
     fsDevice = { path: mapper, kernelPath: openNode?.path };
     if (openNode) fsState = stateOf(sigsOf(obs, openNode.path) ?? [], names, disksSpec, 'fs');
@@ -121,7 +143,7 @@ export function computeLayers(spec: NodeSpec, obs: ObservedDisks): Layers {
     fsDevice = base;
     fsState = baseState;
   }
-  const fsUuid = fsState.kind === 'ours' ? knownUuid(fsState.uuid, mountUnitUuid(obs.mountUnit)) ?? plannedUuid(spec, 'fs') : plannedUuid(spec, 'fs');
+  const fsUuid = fsState.kind === 'ours' ? (knownUuid(fsState.uuid, mountUnitUuid(obs.mountUnit)) ?? plannedUuid(spec, 'fs')) : plannedUuid(spec, 'fs');
   return { names, disks, toWipe, raid, base, luks, fs: { device: fsDevice.path, kernelPath: fsDevice.kernelPath, state: fsState, uuid: fsUuid } };
 }
 
@@ -156,4 +178,3 @@ function stateOf(sigs: Signature[], names: LayoutNames, d: DisksSpec, where: 'ba
   }
   return { kind: 'foreign', signatures: sigs };
 }
-

@@ -160,7 +160,10 @@ export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanCo
     if (!['disk', 'crypt'].includes(dev.type) && !dev.type.startsWith('raid')) continue;
     if (signatures[dev.path]) continue;
     const wipefs = await probe.run(['wipefs', '--no-act', '--json', dev.path]);
-    signatures[dev.path] = wipefs.exitCode === 0 ? parseWipefs(wipefs.stdout) : [{ type: `unreadable (wipefs: ${wipefs.stderr.trim().split('\n')[0] ?? wipefs.exitCode})`, offset: '?' }];
+    signatures[dev.path] =
+      wipefs.exitCode === 0
+        ? parseWipefs(wipefs.stdout)
+        : [{ type: `unreadable (wipefs: ${wipefs.stderr.trim().split('\n')[0] ?? wipefs.exitCode})`, offset: '?' }];
   }
   const arrays: MdArray[] = [];
   for (const dev of flatten(devices).filter((x) => x.type.startsWith('raid'))) {

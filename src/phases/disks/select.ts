@@ -68,7 +68,8 @@ export function classify(dev: BlockDevice, obs: ObservedDisks, names: LayoutName
   if (sigs.length === 0) return { kind: 'blank' };
   if (sigs.length === 1) {
     const s = sigs[0]!;
-    if (names.mdName && s.type === 'linux_raid_member' && s.label !== undefined && mdShortName(s.label) === names.mdName) return { kind: 'member', arrayUuid: s.uuid };
+    if (names.mdName && s.type === 'linux_raid_member' && s.label !== undefined && mdShortName(s.label) === names.mdName)
+      return { kind: 'member', arrayUuid: s.uuid };
     if (!names.mdName && names.luksLabel && s.type === 'crypto_LUKS' && s.label === names.luksLabel) return { kind: 'luks', uuid: s.uuid };
     if (!names.mdName && !names.luksLabel && s.type === fsType && s.label === names.fsLabel) return { kind: 'filesystem', uuid: s.uuid };
   }
@@ -111,7 +112,10 @@ export function selectDisks(disksSpec: DisksSpec, obs: ObservedDisks): SelectedD
       if (!dev) missing.push(path);
       else chosen.push(describe(dev));
     }
-    if (missing.length > 0) throw new BosunError('E_REFUSED', `disks: ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not a disk on this host; nothing was changed`, { missing });
+    if (missing.length > 0)
+      throw new BosunError('E_REFUSED', `disks: ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not a disk on this host; nothing was changed`, {
+        missing,
+      });
     return chosen;
   }
 

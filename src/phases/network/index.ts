@@ -55,7 +55,8 @@ export function peerConns(spec: NodeSpec): PeerConn[] {
 /** What the network phase looks at: bosun's files, the IKE daemon and its conns, the drop policy (also read by the decommission phase). */
 export async function observeNetwork(spec: NodeSpec, probe: HostProbe): Promise<ObservedNetwork> {
   const backend = backendFor(spec.network!.ipsec!);
-  if (probe.blank) return { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: !backend.prepare };
+  if (probe.blank)
+    return { ike: { running: false, loaded: [], traffic: {} }, files: {}, foreign: [], policyLoaded: false, policyEnabled: false, prepared: !backend.prepare };
   const files: Record<string, string> = {};
   const foreign: string[] = [];
   for (const name of await probe.listDir(backend.dir)) {
@@ -94,13 +95,19 @@ export async function observeNetwork(spec: NodeSpec, probe: HostProbe): Promise<
 function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   const ipsec = spec.network!.ipsec!;
   const backend = backendFor(ipsec);
-  if (ipsec.auth === 'cert') return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
+  if (ipsec.auth === 'cert')
+    return [{ kind: 'pending', phase: 'network', issue: 6, why: 'certificate authentication (NSS database) is not built yet; pre-shared keys are' }];
   const steps: Step[] = [];
   const conns = peerConns(spec);
   for (const conn of conns) {
     for (const path of [backend.confPath(conn), backend.secretsPath(conn)]) {
       const fileName = path.split('/').pop()!;
-      if (obs.foreign.includes(fileName)) throw new BosunError('E_REFUSED', `network: ${path} exists and was not written by bosun; leaving it untouched (move it away to let bosun manage the tunnel to ${conn.peerNode}); nothing was changed`, { path });
+      if (obs.foreign.includes(fileName))
+        throw new BosunError(
+          'E_REFUSED',
+          `network: ${path} exists and was not written by bosun; leaving it untouched (move it away to let bosun manage the tunnel to ${conn.peerNode}); nothing was changed`,
+          { path },
+        );
     }
   }
 
@@ -108,12 +115,39 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
   const policy = renderPolicy(conns.map((c) => c.peerAddress));
   const policyUnit = renderPolicyUnit();
   const dropIn = renderDaemonDropIn();
-  if (policyUnit !== obs.policyUnit) steps.push({ kind: 'write', phase: 'network', path: POLICY_UNIT_FILE, mode: 0o644, content: policyUnit, why: 'load the drop policy at every boot, before the network and the IKE daemon' });
-  if (dropIn !== obs.daemonDropIn) steps.push({ kind: 'write', phase: 'network', path: daemonDropInPath(backend), mode: 0o644, content: dropIn, why: `give ${backend.unit} time to start on a slow host` });
-  if (policyUnit !== obs.policyUnit || dropIn !== obs.daemonDropIn) steps.push({ kind: 'unit', phase: 'network', action: 'daemon-reload', why: 'systemd must read the units bosun wrote' });
-  if (!obs.policyEnabled || policyUnit !== obs.policyUnit) steps.push({ kind: 'unit', phase: 'network', action: 'enable', unit: POLICY_UNIT, why: 'the drop policy must be in force from early boot' });
-  if (policy !== obs.policy) steps.push({ kind: 'write', phase: 'network', path: POLICY_FILE, mode: 0o644, content: policy, why: `drop unprotected traffic to and from ${conns.length} peer${conns.length === 1 ? '' : 's'}` });
-  if (policy !== obs.policy || !obs.policyLoaded) steps.push({ kind: 'exec', phase: 'network', argv: ['nft', '-f', POLICY_FILE], why: 'replace the drop policy in one transaction' });
+  if (policyUnit !== obs.policyUnit)
+    steps.push({
+      kind: 'write',
+      phase: 'network',
+      path: POLICY_UNIT_FILE,
+      mode: 0o644,
+      content: policyUnit,
+      why: 'load the drop policy at every boot, before the network and the IKE daemon',
+    });
+  if (dropIn !== obs.daemonDropIn)
+    steps.push({
+      kind: 'write',
+      phase: 'network',
+      path: daemonDropInPath(backend),
+      mode: 0o644,
+      content: dropIn,
+      why: `give ${backend.unit} time to start on a slow host`,
+    });
+  if (policyUnit !== obs.policyUnit || dropIn !== obs.daemonDropIn)
+    steps.push({ kind: 'unit', phase: 'network', action: 'daemon-reload', why: 'systemd must read the units bosun wrote' });
+  if (!obs.policyEnabled || policyUnit !== obs.policyUnit)
+    steps.push({ kind: 'unit', phase: 'network', action: 'enable', unit: POLICY_UNIT, why: 'the drop policy must be in force from early boot' });
+  if (policy !== obs.policy)
+    steps.push({
+      kind: 'write',
+      phase: 'network',
+      path: POLICY_FILE,
+      mode: 0o644,
+      content: policy,
+      why: `drop unprotected traffic to and from ${conns.length} peer${conns.length === 1 ? '' : 's'}`,
+    });
+  if (policy !== obs.policy || !obs.policyLoaded)
+    steps.push({ kind: 'exec', phase: 'network', argv: ['nft', '-f', POLICY_FILE], why: 'replace the drop policy in one transaction' });
 
   // 2. Files for every peer; remember which conns changed.
   const changedConn = new Set<string>();
@@ -124,7 +158,14 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
     const secName = backend.secretsPath(conn).split('/').pop()!;
     const conf = backend.renderConn(conn, obs.ike.version);
     if (obs.files[confName] !== conf) {
-      steps.push({ kind: 'write', phase: 'network', path: backend.confPath(conn), mode: 0o644, content: conf, why: `${obs.files[confName] === undefined ? 'new peer' : 'changed peer'} ${conn.peerNode}` });
+      steps.push({
+        kind: 'write',
+        phase: 'network',
+        path: backend.confPath(conn),
+        mode: 0o644,
+        content: conf,
+        why: `${obs.files[confName] === undefined ? 'new peer' : 'changed peer'} ${conn.peerNode}`,
+      });
       changedConn.add(conn.name);
     }
     // Sealed keys are compared by the marker of the sealed value they were written from.
@@ -132,7 +173,14 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
     if (conn.psk && obs.files[secName] === sealedMarker(conn.psk.secret.sealed)) {
       // unchanged
     } else if (secrets.length > 0) {
-      steps.push({ kind: 'write', phase: 'network', path: backend.secretsPath(conn), mode: 0o600, content: secrets, why: `pre-shared key for ${conn.peerNode}` });
+      steps.push({
+        kind: 'write',
+        phase: 'network',
+        path: backend.secretsPath(conn),
+        mode: 0o600,
+        content: secrets,
+        why: `pre-shared key for ${conn.peerNode}`,
+      });
       secretsChanged = true;
       if (obs.files[secName] !== undefined) rotated.add(conn.name);
     } else if (obs.files[secName] !== undefined) {
@@ -142,21 +190,31 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
 
   // 3. Peers that left: delete their conns and files; nothing else is touched.
   const wanted = new Set(conns.map((c) => c.name));
-  const owned = Object.keys(obs.files).map((f) => backend.ownedConn(f)).filter((n): n is string => n !== undefined);
+  const owned = Object.keys(obs.files)
+    .map((f) => backend.ownedConn(f))
+    .filter((n): n is string => n !== undefined);
   const gone = [...new Set(owned)].filter((n) => !wanted.has(n)).sort();
   for (const name of gone) {
     if (obs.ike.loaded.includes(name)) steps.push({ kind: 'exec', phase: 'network', argv: backend.remove(name), why: `${name.slice(6)} left the cluster` });
-    for (const fileName of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name)) steps.push({ kind: 'remove', phase: 'network', path: `${backend.dir}/${fileName}`, why: `${name.slice(6)} left the cluster` });
+    for (const fileName of Object.keys(obs.files).filter((f) => backend.ownedConn(f) === name))
+      steps.push({ kind: 'remove', phase: 'network', path: `${backend.dir}/${fileName}`, why: `${name.slice(6)} left the cluster` });
   }
-
 
   // 4. The daemon: start it (it loads every conn file) or load only what changed.
-  if (!obs.prepared && backend.prepare) steps.push({ kind: 'exec', phase: 'network', argv: backend.prepare.argv, timeoutSeconds: 600, why: backend.prepare.why });
+  if (!obs.prepared && backend.prepare)
+    steps.push({ kind: 'exec', phase: 'network', argv: backend.prepare.argv, timeoutSeconds: 600, why: backend.prepare.why });
   if (!obs.ike.running) {
-    steps.push({ kind: 'unit', phase: 'network', action: 'enable-now', unit: backend.unit, why: 'the IKE daemon loads every conn at start; initiators bring theirs up' });
+    steps.push({
+      kind: 'unit',
+      phase: 'network',
+      action: 'enable-now',
+      unit: backend.unit,
+      why: 'the IKE daemon loads every conn at start; initiators bring theirs up',
+    });
     return steps;
   }
-  if (secretsChanged) steps.push({ kind: 'exec', phase: 'network', argv: backend.rereadSecrets(), why: 'the daemon rereads the pre-shared keys; SAs already up stay up' });
+  if (secretsChanged)
+    steps.push({ kind: 'exec', phase: 'network', argv: backend.rereadSecrets(), why: 'the daemon rereads the pre-shared keys; SAs already up stay up' });
   // A backend that loads every conn with one command (swanctl) needs it once.
   const load = (argv: string[], why: string): void => {
     if (!steps.some((st) => st.kind === 'exec' && st.argv.join('\0') === argv.join('\0'))) steps.push({ kind: 'exec', phase: 'network', argv, why });
@@ -169,9 +227,21 @@ function plan(spec: NodeSpec, obs: ObservedNetwork): Step[] {
     else if (changedConn.has(conn.name)) load(backend.replace(conn.name), `reload the changed conn to ${conn.peerNode}`);
     const up = obs.ike.traffic[conn.name] !== undefined && !changedConn.has(conn.name);
     if (backend.loadStarts && (!loaded || changedConn.has(conn.name))) continue;
-    if (conn.initiator && !up) steps.push({ kind: 'exec', phase: 'network', argv: backend.up(conn.name), ...(backend.upOkExitCodes ? { okExitCodes: backend.upOkExitCodes } : {}), why: `this node initiates to ${conn.peerNode} (the lower node id does)` });
+    if (conn.initiator && !up)
+      steps.push({
+        kind: 'exec',
+        phase: 'network',
+        argv: backend.up(conn.name),
+        ...(backend.upOkExitCodes ? { okExitCodes: backend.upOkExitCodes } : {}),
+        why: `this node initiates to ${conn.peerNode} (the lower node id does)`,
+      });
     else if (conn.initiator && rotated.has(conn.name))
-      steps.push({ kind: 'exec', phase: 'network', argv: backend.rekey(conn.name), why: `new keys for the tunnel to ${conn.peerNode} after the key change; its traffic keeps flowing on the current SA` });
+      steps.push({
+        kind: 'exec',
+        phase: 'network',
+        argv: backend.rekey(conn.name),
+        why: `new keys for the tunnel to ${conn.peerNode} after the key change; its traffic keeps flowing on the current SA`,
+      });
   }
   return steps;
 }
@@ -218,19 +288,31 @@ export interface PeerHealth {
 export function ipsecHealth(spec: NodeSpec, ike: ObservedIke): PeerHealth[] {
   return peerConns(spec).map((c) => {
     const t = ike.traffic[c.name];
-    return { peer: c.peerNode, address: c.peerAddress, loaded: ike.loaded.includes(c.name), up: t !== undefined, inBytes: t?.inBytes ?? 0, outBytes: t?.outBytes ?? 0, initiator: c.initiator };
+    return {
+      peer: c.peerNode,
+      address: c.peerAddress,
+      loaded: ike.loaded.includes(c.name),
+      up: t !== undefined,
+      inBytes: t?.inBytes ?? 0,
+      outBytes: t?.outBytes ?? 0,
+      initiator: c.initiator,
+    };
   });
 }
 
 /** The network phase's part of a health round: the daemon, the drop policy, and every peer's tunnel. */
-export async function networkHealth(spec: NodeSpec, probe: HostProbe): Promise<{ ike: { running: boolean; version?: string }; policyLoaded: boolean; peers: PeerHealth[]; problems: string[] }> {
+export async function networkHealth(
+  spec: NodeSpec,
+  probe: HostProbe,
+): Promise<{ ike: { running: boolean; version?: string }; policyLoaded: boolean; peers: PeerHealth[]; problems: string[] }> {
   const obs = await observeNetwork(spec, probe);
   const peers = ipsecHealth(spec, obs.ike);
   const problems: string[] = [];
   if (!obs.ike.running) problems.push('network: the IKE daemon is not running; traffic to every peer is dropped until it is back');
   if (!obs.policyLoaded) problems.push('network: the drop policy is not loaded; unprotected traffic between nodes is not blocked');
   for (const p of peers) {
-    if (obs.ike.running && !p.up) problems.push(`network: no IPsec SA with ${p.peer} (${p.address})${p.initiator ? '; this node keeps retrying' : `; ${p.peer} initiates`}`);
+    if (obs.ike.running && !p.up)
+      problems.push(`network: no IPsec SA with ${p.peer} (${p.address})${p.initiator ? '; this node keeps retrying' : `; ${p.peer} initiates`}`);
   }
   return { ike: { running: obs.ike.running, ...(obs.ike.version ? { version: obs.ike.version } : {}) }, policyLoaded: obs.policyLoaded, peers, problems };
 }

@@ -59,10 +59,19 @@ export const libreswan: IpsecBackend = {
   renderSecrets(conn) {
     if (!conn.psk) return [];
     // "0s" + base64 holds any bytes, so a PSK can never break out of its line.
-    return [`${OWNED_HEADER}. Root-only.\n# ${sealedMarker(conn.psk.secret.sealed)}\n@${conn.localNode} @${conn.peerNode} : PSK 0s`, { ...conn.psk, encoding: 'base64' }, '\n'];
+    return [
+      `${OWNED_HEADER}. Root-only.\n# ${sealedMarker(conn.psk.secret.sealed)}\n@${conn.localNode} @${conn.peerNode} : PSK 0s`,
+      { ...conn.psk, encoding: 'base64' },
+      '\n',
+    ];
   },
 
-  prepare: { dir: NSS_DIR, file: 'cert9.db', argv: ['ipsec', 'initnss', '--nssdir', NSS_DIR], why: "create pluto's NSS database (keys and certificates) before pluto's first start" },
+  prepare: {
+    dir: NSS_DIR,
+    file: 'cert9.db',
+    argv: ['ipsec', 'initnss', '--nssdir', NSS_DIR],
+    why: "create pluto's NSS database (keys and certificates) before pluto's first start",
+  },
   add: (name) => ['ipsec', 'auto', '--add', name],
   replace: (name) => ['ipsec', 'auto', '--replace', name],
   up: (name) => ['ipsec', 'auto', '--asynchronous', '--up', name],
@@ -72,7 +81,10 @@ export const libreswan: IpsecBackend = {
   // initiator has installed it) in which a packet can be lost; an IKE SA rekey leaves the
   // child SAs alone.
   rekey: (name) => ['ipsec', 'whack', '--asynchronous', '--rekey-ike', '--name', name],
-  statusCommands: () => [['ipsec', 'status'], ['ipsec', 'trafficstatus']],
+  statusCommands: () => [
+    ['ipsec', 'status'],
+    ['ipsec', 'trafficstatus'],
+  ],
 
   parseStatus([status = '', traffic = '']) {
     const loaded = new Set<string>();
@@ -90,7 +102,6 @@ export const libreswan: IpsecBackend = {
   versionCommand: () => ['ipsec', '--version'],
   parseVersion: (out) => /Libreswan (?:U|v)?(\d+\.\d+)/i.exec(out)?.[1],
 };
-
 
 /**
  * A secrets file records which sealed value it was written from, so a plan can

@@ -53,7 +53,11 @@ function parseJson(buf: Buffer | undefined): unknown {
 
 export async function observeRestore(spec: NodeSpec, probe: HostProbe): Promise<RestoreObserved> {
   const target = spec.disks!.mount.path;
-  const [markerRaw, journalRaw, names] = await Promise.all([probe.readFile(join(target, MARKER_NAME)), probe.readFile(join(target, JOURNAL_NAME)), probe.listDir(target)]);
+  const [markerRaw, journalRaw, names] = await Promise.all([
+    probe.readFile(join(target, MARKER_NAME)),
+    probe.readFile(join(target, JOURNAL_NAME)),
+    probe.listDir(target),
+  ]);
   let marker: RestoreObserved['marker'];
   if (markerRaw !== undefined) {
     const m = RestoreMarker.safeParse(parseJson(markerRaw));
@@ -79,7 +83,14 @@ function objectStorageSource(r: Omit<Extract<RestoreSpec, { from: 'object-storag
     prefix: r.prefix,
     backup: r.backup,
     ...(r.bandwidthLimitMiBps ? { bandwidthLimitMiBps: r.bandwidthLimitMiBps } : {}),
-    ...(r.credentials ? { credentials: { accessKeyId: ref(r.credentials.accessKeyId, `${label}.credentials.accessKeyId`)!, secretAccessKey: ref(r.credentials.secretAccessKey, `${label}.credentials.secretAccessKey`)! } } : {}),
+    ...(r.credentials
+      ? {
+          credentials: {
+            accessKeyId: ref(r.credentials.accessKeyId, `${label}.credentials.accessKeyId`)!,
+            secretAccessKey: ref(r.credentials.secretAccessKey, `${label}.credentials.secretAccessKey`)!,
+          },
+        }
+      : {}),
     ...(r.backupKey ? { backupKey: ref(r.backupKey, `${label}.backupKey`)! } : {}),
   };
 }
@@ -88,15 +99,21 @@ export function planRestore(spec: NodeSpec, observed: RestoreObserved): Step[] {
   const restore = spec.restore!;
   // Sources whose completed restore satisfies the spec: the peer, or its object-storage fallback.
   const fallback = restore.from === 'peer' ? restore.fallback : undefined;
-  const accepted = restore.from === 'peer' ? [peerSource(restore.peer), ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(restore)];
+  const accepted =
+    restore.from === 'peer' ? [peerSource(restore.peer), ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(restore)];
   const wantedBackup = restore.from === 'peer' ? (fallback?.backup ?? 'latest') : restore.backup;
   const asked = restore.from === 'peer' ? `a copy from peer ${restore.peer}` : `backup ${restore.backup} of ${sourceOf(restore)}`;
   if (observed.marker === 'unreadable') {
-    throw new BosunError('E_REFUSED', `restore: ${join(observed.target, MARKER_NAME)} is not a restore marker bosun wrote; refusing to restore over the data volume; nothing was changed`, { target: observed.target });
+    throw new BosunError(
+      'E_REFUSED',
+      `restore: ${join(observed.target, MARKER_NAME)} is not a restore marker bosun wrote; refusing to restore over the data volume; nothing was changed`,
+      { target: observed.target },
+    );
   }
   if (observed.marker) {
     const restored = observed.marker;
-    const same = accepted.includes(restored.source) && (restored.source.startsWith('peer://') || wantedBackup === 'latest' || wantedBackup === restored.backupId);
+    const same =
+      accepted.includes(restored.source) && (restored.source.startsWith('peer://') || wantedBackup === 'latest' || wantedBackup === restored.backupId);
     if (same) return [];
     throw new BosunError(
       'E_REFUSED',
@@ -114,7 +131,9 @@ export function planRestore(spec: NodeSpec, observed: RestoreObserved): Step[] {
   const marker = join(observed.target, MARKER_NAME);
   if (restore.from === 'peer') {
     const plan = peerRestorePlan(spec)!;
-    const resumeNote = observed.journal ? `continue the interrupted restore (${observed.journal.chunksDone} of ${observed.journal.chunks} chunks written; the peer is asked for the same snapshot): ` : '';
+    const resumeNote = observed.journal
+      ? `continue the interrupted restore (${observed.journal.chunksDone} of ${observed.journal.chunks} chunks written; the peer is asked for the same snapshot): `
+      : '';
     const step: PeerRestoreStep = {
       kind: 'restore',
       phase: 'restore',
@@ -123,7 +142,9 @@ export function planRestore(spec: NodeSpec, observed: RestoreObserved): Step[] {
       method: plan.method,
       peer: restore.peer,
       peerAddress: plan.method === 'command' ? plan.peerAddress : plan.peer.host,
-      ...(plan.method === 'snapshot' ? { port: plan.peer.port, peerKey: plan.peer.key } : { argv: plan.argv, ...(plan.timeoutSeconds !== undefined ? { timeoutSeconds: plan.timeoutSeconds } : {}) }),
+      ...(plan.method === 'snapshot'
+        ? { port: plan.peer.port, peerKey: plan.peer.key }
+        : { argv: plan.argv, ...(plan.timeoutSeconds !== undefined ? { timeoutSeconds: plan.timeoutSeconds } : {}) }),
       node: spec.node,
       target: observed.target,
       marker,
@@ -131,7 +152,9 @@ export function planRestore(spec: NodeSpec, observed: RestoreObserved): Step[] {
     };
     return [step];
   }
-  const resume = observed.journal ? `continue the interrupted restore of backup ${observed.journal.backupId} (${observed.journal.chunksDone} of ${observed.journal.chunks} chunks written${observed.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked): ` : '';
+  const resume = observed.journal
+    ? `continue the interrupted restore of backup ${observed.journal.backupId} (${observed.journal.chunksDone} of ${observed.journal.chunks} chunks written${observed.journal.state === 'committing' ? ', committing' : ''}; they are read back and checked): `
+    : '';
   const step: RestoreStep = {
     kind: 'restore',
     phase: 'restore',
