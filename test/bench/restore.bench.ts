@@ -22,7 +22,7 @@
 // node (or V8) flag to the product's. directGets=false makes the restore's
 // ranged GETs through the SDK instead of bosun's own connections (raw-get.ts);
 // flushAheadBytes=0 syncs the restored data only at the end, precreateFiles=false
-// creates each file on its first write (restore.ts).
+// creates each file on its first write (src/backup/restore/).
 //
 // Needs the test services (test/services/up; s5cmd comes with them). Each
 // restore and each s5cmd download runs in its own process, timed from spawn

@@ -14,7 +14,7 @@ export interface ApplyResult {
   ms: number;
 }
 
-/** The parts of the engine's journal (src/engine/journal.ts) these tests look at. */
+/** The parts of the engine's journal (src/state/journal.ts) these tests look at. */
 export interface JournalView {
   format?: number;
   specVersion?: number;
