@@ -6,7 +6,7 @@ import { loadOrCreateIdentity } from '../identity/host-identity.js';
 import { publicKeyString, x25519PublicFromString } from '../identity/seal.js';
 import { createLogger } from '../log.js';
 import { Redactor } from '../secrets/redact.js';
-import { commonOptions, resolveState, stateOptions, storeFlags, usage, type Command, type Io, type OptionValues } from './common.js';
+import { commonOptions, resolveState, stateOptions, storeFlags, storeOptions, usage, type Command, type Io, type OptionValues } from './common.js';
 
 export const backupCommand: Command = {
   summary: 'make an encrypted, verified backup of a directory in object storage, or a backup key pair',
@@ -28,16 +28,11 @@ export const backupCommand: Command = {
   options: {
     ...commonOptions,
     ...stateOptions,
-    bucket: { type: 'string' },
-    prefix: { type: 'string' },
+    ...storeOptions,
     to: { type: 'string' },
-    'key-file': { type: 'string' },
     sign: { type: 'boolean' },
-    endpoint: { type: 'string' },
-    region: { type: 'string' },
     host: { type: 'string' },
     out: { type: 'string' },
-    verbose: { type: 'boolean', short: 'v' },
   },
   async run({ values, positionals, io }) {
     const [subcommand, ...rest] = positionals;

@@ -37,6 +37,16 @@ export const stateOptions = {
   settings: { type: 'string' },
 } as const;
 
+/** Commands that reach a backup store: where the backups are, the store's endpoint, a key file, the progress line. */
+export const storeOptions = {
+  bucket: { type: 'string' },
+  prefix: { type: 'string' },
+  'key-file': { type: 'string' },
+  endpoint: { type: 'string' },
+  region: { type: 'string' },
+  verbose: { type: 'boolean', short: 'v' },
+} as const;
+
 export function usage(message: string): BosunError {
   return new BosunError('E_USAGE', message);
 }

@@ -2,7 +2,7 @@ import { BosunError, ExitCode, isBosunError } from '../errors.js';
 import { readIdentity } from '../identity/host-identity.js';
 import { createLogger } from '../log.js';
 import { Redactor } from '../secrets/redact.js';
-import { commonOptions, resolveState, single, stateOptions, storeFlags, usage, type Command, type OptionValues } from './common.js';
+import { commonOptions, resolveState, single, stateOptions, storeFlags, storeOptions, usage, type Command, type OptionValues } from './common.js';
 
 export const restoreCommand: Command = {
   summary: 'restore a backup from object storage into a missing or empty directory: verified, resumable',
@@ -26,19 +26,14 @@ export const restoreCommand: Command = {
   options: {
     ...commonOptions,
     ...stateOptions,
-    bucket: { type: 'string' },
-    prefix: { type: 'string' },
+    ...storeOptions,
     backup: { type: 'string' },
-    'key-file': { type: 'string' },
     identity: { type: 'boolean' },
     'bandwidth-limit': { type: 'string' },
     concurrency: { type: 'string' },
     verify: { type: 'boolean' },
     trust: { type: 'string', multiple: true },
     marker: { type: 'string' },
-    endpoint: { type: 'string' },
-    region: { type: 'string' },
-    verbose: { type: 'boolean', short: 'v' },
   },
   async run({ values, positionals, io }) {
     const target = single(positionals, 'restore needs exactly one target directory');
