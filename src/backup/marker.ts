@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import type { RestoreSpec } from '../spec/node-spec.js';
 
 /**
  * The restore marker, `.bosun-restored.json` at the top of a restored data
@@ -23,8 +22,9 @@ export const RestoreMarker = z.object({
 });
 export type RestoreMarker = z.infer<typeof RestoreMarker>;
 
-export function sourceOf(r: Extract<RestoreSpec, { from: 'object-storage' }>): string {
-  return `s3://${r.bucket}/${r.prefix}`;
+/** The marker's source for a restore from object storage: what the restore writes and the phase compares. */
+export function sourceOf(store: { bucket: string; prefix: string }): string {
+  return `s3://${store.bucket}/${store.prefix}`;
 }
 
 /** The marker's source for a restore from a peer. */

@@ -9,7 +9,7 @@ import type { Redactor } from '../secrets/redact.js';
 import type { SecretRef } from '../secrets/ref.js';
 import type { ObjectStorageSettings } from '../spec/agent-settings.js';
 import { writeRestoreProgress, type RestoreProgressRecord } from '../state/restore-progress.js';
-import { MARKER_FORMAT, peerSource } from './marker.js';
+import { MARKER_FORMAT, peerSource, sourceOf } from './marker.js';
 
 export interface RestoreRunContext {
   identity?: HostIdentity;
@@ -89,7 +89,7 @@ async function restoreStepFromObjectStorage(step: ObjectStorageRestoreStep, ctx:
   const { createS3Client, restoreFromObjectStorage } = await import('./index.js');
   const { parseBackupKey, resolveStore } = await import('./store.js');
   const root = ctx.root ?? '';
-  const source = `s3://${step.bucket}/${step.prefix}`;
+  const source = sourceOf(step);
   const credentials = step.credentials
     ? {
         accessKeyId: open(ctx, step.credentials.accessKeyId).toString('utf8').trim(),

@@ -1,6 +1,6 @@
 import { BosunError, describeError } from '../errors.js';
 import type { HostIdentity } from '../identity/host-identity.js';
-import { OpenedSecret, type Redactor } from './redact.js';
+import type { Redactor } from './redact.js';
 import { isSecretRef, type Content, type SecretRef } from './ref.js';
 
 /**
@@ -16,9 +16,8 @@ export function openSecretRef(ref: SecretRef, identity: HostIdentity | undefined
   } catch (e) {
     throw new BosunError('E_SECRET', `${ref.label}: ${describeError(e)}`);
   }
-  const opened = new OpenedSecret(ref.label, value);
-  redactor.add(opened.reveal());
-  return opened.reveal();
+  redactor.add(value);
+  return value;
 }
 
 /** Content as bytes, with every sealed part opened (and registered with the redactor) and spliced in. */

@@ -99,8 +99,7 @@ export function planRestore(spec: NodeSpec, observed: RestoreObserved): Step[] {
   const restore = spec.restore!;
   // Sources whose completed restore satisfies the spec: the peer, or its object-storage fallback.
   const fallback = restore.from === 'peer' ? restore.fallback : undefined;
-  const accepted =
-    restore.from === 'peer' ? [peerSource(restore.peer), ...(fallback ? [`s3://${fallback.bucket}/${fallback.prefix}`] : [])] : [sourceOf(restore)];
+  const accepted = restore.from === 'peer' ? [peerSource(restore.peer), ...(fallback ? [sourceOf(fallback)] : [])] : [sourceOf(restore)];
   const wantedBackup = restore.from === 'peer' ? (fallback?.backup ?? 'latest') : restore.backup;
   const asked = restore.from === 'peer' ? `a copy from peer ${restore.peer}` : `backup ${restore.backup} of ${sourceOf(restore)}`;
   if (observed.marker === 'unreadable') {
