@@ -21,6 +21,8 @@ import {
   unlinkSync,
   writeFileSync,
   ftruncateSync,
+  chmodSync,
+  renameSync,
 } from 'node:fs';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { delimiter, dirname, join } from 'node:path';
@@ -28,6 +30,9 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentChannel, ChannelError, type ExecResult } from './channel.js';
 import { Hub, HubClient, type HubControl } from './hub.js';
+import { recordLabTime } from './lab-times.js';
+import { Qmp } from './qmp.js';
+import { ensureSavedState, type SavedState } from './saved-state.js';
 
 export type { ExecResult } from './channel.js';
 
@@ -69,6 +74,8 @@ export interface VmSpec {
   cpus?: number;
   /** Not booted by startLab(): the test powers it on later with vm.start() (its disks and hub port are ready). */
   deferStart?: boolean;
+  /** Boot for real at the first start too, instead of starting from the saved guest state (see saved-state.ts). */
+  coldBoot?: boolean;
 }
 
 /** A host TCP service the guests reach at 10.0.2.100:guestPort. */
@@ -99,7 +106,17 @@ export interface LabOptions {
   buildImage?: boolean;
   /** Progress lines (image build, boots). */
   onProgress?: (line: string) => void;
+  /**
+   * First starts of fresh guests load the saved guest state instead of booting (default true; false, or
+   * BOSUN_LAB_SAVED_STATE=0, boots every guest). Later starts (after a power cut or shutdown) always boot.
+   */
+  savedState?: boolean;
 }
+
+/** Root ports for data disks: a restored guest gets its disks plugged in, so every guest has these, used or not. */
+export const DISK_SLOTS = 6;
+const DEFAULT_MEMORY_MIB = 1024;
+const DEFAULT_CPUS = 1;
 
 export const DEFAULT_FORWARDS: readonly number[] = [19094, 19000];
 export const GUEST_HOST_ADDRESS = '10.0.2.100';
@@ -259,6 +276,31 @@ function sanitize(label: string): string {
   return label.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 120) || 'unnamed';
 }
 
+function shellQuote(word: string): string {
+  return `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+function diskDeviceProps(i: number): Record<string, string> {
+  return { driver: 'virtio-blk-pci', id: `vdisk${i + 1}`, drive: `disk${i + 1}`, serial: `bosun-disk${i + 1}`, bus: `rp${i + 1}` };
+}
+
+/** The -device argument for data disk i (what device_add plugs into a restored guest). */
+function diskDevice(i: number): string {
+  const { driver, ...props } = diskDeviceProps(i);
+  return [driver, ...Object.entries(props).map(([k, v]) => `${k}=${v}`)].join(',');
+}
+
+/** Is a guest of this spec, in this lab, the machine the saved state was saved from (same memory, CPUs, share)? */
+function canRestore(spec: VmSpec, lab: Lab): boolean {
+  return (
+    spec.coldBoot !== true &&
+    (spec.memoryMiB ?? DEFAULT_MEMORY_MIB) === DEFAULT_MEMORY_MIB &&
+    (spec.cpus ?? DEFAULT_CPUS) === DEFAULT_CPUS &&
+    (spec.disks ?? []).length <= DISK_SLOTS &&
+    lab.shareRepo
+  );
+}
+
 // ---------------------------------------------------------------- state file
 
 export interface LabState {
@@ -305,6 +347,10 @@ export class Vm {
   readonly deferStart: boolean;
   /** Milliseconds from qemu start to "agent answers and systemd finished booting", one entry per boot. */
   readonly bootTimesMs: number[] = [];
+  /** Milliseconds from qemu start to "saved state loaded, identity set, disks plugged, agent answers", one entry per restore. */
+  readonly restoreTimesMs: number[] = [];
+  /** Every start in order, boot or restore: milliseconds from qemu start to ready. */
+  readonly startTimesMs: number[] = [];
   /** The job lists the last boot's wait looked at ("<s after power-on>: UNIT/STATE ..."), to see why a boot took long. */
   bootJobLooks: string[] = [];
   /** Units that had failed when the last boot finished (systemctl --failed), if the state was 'degraded'. */
@@ -316,6 +362,8 @@ export class Vm {
   readonly #channel: AgentChannel;
   readonly #cfg: VmConfig;
   #bootId: string | undefined;
+  /** The overlay chains on the saved state's and this guest has not run yet: the next start() restores. */
+  #restoreNext = false;
 
   constructor(cfg: VmConfig) {
     this.#cfg = cfg;
@@ -355,14 +403,13 @@ export class Vm {
   async #prepareDisks(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     if (!existsSync(this.overlay)) {
-      const r = spawnSync(
-        requireTool('qemu-img', 'qemu-utils'),
-        ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', this.#cfg.image.rootImage, this.overlay],
-        {
-          encoding: 'utf8',
-        },
-      );
+      const saved = this.#savedStateToUse();
+      const backing = saved ? saved.overlay : this.#cfg.image.rootImage;
+      const r = spawnSync(requireTool('qemu-img', 'qemu-utils'), ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, this.overlay], {
+        encoding: 'utf8',
+      });
       if (r.status !== 0) throw new LabError(`${this.name}: qemu-img create failed: ${r.stderr || r.error?.message}`);
+      this.#restoreNext = saved !== undefined;
     }
     (this.#cfg.spec.disks ?? []).forEach((d, i) => {
       const path = this.disks[i] as string;
@@ -376,10 +423,25 @@ export class Vm {
     });
   }
 
-  #qemuArgs(lanLocalPort: number, lanHubPort: number): string[] {
-    const { lab, index, spec, image } = this.#cfg;
-    const machineId = createHash('md5').update(`${lab.name}/${spec.name}`).digest('hex');
-    const mac = (kind: number): string => `52:54:00:b0:${kind.toString(16).padStart(2, '0')}:${(index + 1).toString(16).padStart(2, '0')}`;
+  /** The saved state this guest's first start may load: the lab has one and the guest is the machine it was saved from. */
+  #savedStateToUse(): SavedState | undefined {
+    const { lab, spec } = this.#cfg;
+    return lab.savedState !== undefined && canRestore(spec, lab) ? lab.savedState : undefined;
+  }
+
+  #machineId(): string {
+    return createHash('md5').update(`${this.#cfg.lab.name}/${this.name}`).digest('hex');
+  }
+
+  #mac(kind: number): string {
+    return `52:54:00:b0:${kind.toString(16).padStart(2, '0')}:${(this.#cfg.index + 1).toString(16).padStart(2, '0')}`;
+  }
+
+  /** qemu's arguments; with incoming, the machine waits for that migration stream (a saved state) and has no disks plugged in. */
+  #qemuArgs(lanLocalPort: number, lanHubPort: number, incoming?: string): string[] {
+    const { lab, spec, image } = this.#cfg;
+    const machineId = this.#machineId();
+    const mac = (kind: number): string => this.#mac(kind);
     const cmdline = [
       'root=/dev/vda',
       'rw',
@@ -406,9 +468,9 @@ export class Vm {
       '-cpu',
       process.env.BOSUN_LAB_CPU ?? 'qemu64',
       '-m',
-      String(spec.memoryMiB ?? 1024),
+      String(spec.memoryMiB ?? DEFAULT_MEMORY_MIB),
       '-smp',
-      String(spec.cpus ?? 1),
+      String(spec.cpus ?? DEFAULT_CPUS),
       '-nodefaults',
       '-no-user-config',
       '-display',
@@ -438,10 +500,13 @@ export class Vm {
       '-device',
       'virtio-blk-pci,drive=root,serial=bosun-root',
     ];
+    // Data disks sit on root ports (rp1, rp2, ...), the same in every guest, so that a restored guest (saved with
+    // none) is the same machine and gets its disks plugged in there.
+    for (let slot = 1; slot <= DISK_SLOTS; slot++) args.push('-device', `pcie-root-port,id=rp${slot},chassis=${slot},slot=${slot}`);
     this.disks.forEach((path, i) => {
       // raw + cache=unsafe: a power cut (kill -9 of qemu) keeps every write qemu made; there is no metadata to corrupt.
       args.push('-drive', `file=${path},if=none,id=disk${i + 1},format=raw,cache=unsafe,discard=unmap`);
-      args.push('-device', `virtio-blk-pci,drive=disk${i + 1},serial=bosun-disk${i + 1}`);
+      if (incoming === undefined) args.push('-device', diskDevice(i));
     });
     args.push(
       '-device',
@@ -452,38 +517,139 @@ export class Vm {
       'virtserialport,chardev=agent,name=bosun.agent',
       '-device',
       'virtio-rng-pci',
+      // A new generation id at every restore: the guest kernel reseeds its random pool, so guests restored from
+      // one saved state do not share random numbers (keys, nonces).
+      '-device',
+      'vmgenid,guid=auto',
       '-qmp',
       `unix:${this.qmpSocket},server=on,wait=off`,
     );
     if (lab.shareRepo) args.push('-virtfs', `local,path=${repoRoot()},mount_tag=bosun,security_model=none,readonly=on`);
+    if (incoming !== undefined) args.push('-incoming', incoming);
     return args;
   }
 
-  /** Powers the VM on (overlay and disks as they are) and waits until it has booted. */
+  /**
+   * Powers the VM on (overlay and disks as they are) and waits until it has booted. A fresh guest of a lab with
+   * a saved state is restored from it instead (restored()), every later start boots.
+   */
   async start(): Promise<void> {
     if (this.running) throw new LabError(`${this.name}: already running (pid ${this.#pid})`);
     const qemu = requireTool('qemu-system-x86_64', 'qemu-system-x86');
     requireTool('socat', 'socat');
     await this.#prepareDisks();
     const { lab } = this.#cfg;
+    const saved = this.#restoreNext ? this.#savedStateToUse() : undefined;
     for (let attempt = 1; ; attempt++) {
       const localPort = await freeUdpPort();
       const hubPort = await lab.hubPortFor(this.name);
       for (const sock of [this.agentSocket, this.qmpSocket]) rmSync(sock, { force: true });
       await lab.attachToHub(this.name, localPort);
       const started = Date.now();
-      this.#spawn(qemu, this.#qemuArgs(localPort, hubPort));
+      this.#spawn(qemu, this.#qemuArgs(localPort, hubPort, saved ? `exec:cat ${shellQuote(saved.stateFile)}` : undefined));
       lab.saveState();
       try {
-        await this.#waitBooted(started, undefined);
+        if (saved) await this.#waitRestored(started);
+        else await this.#waitBooted(started, undefined);
         return;
       } catch (err) {
         // qemu could lose the race for its UDP port to another process; try again with another one.
         if (attempt < 3 && !this.running && /Address already in use/.test(tail(this.qemuLog, 20))) continue;
         await this.kill();
         throw err;
+      } finally {
+        // Whatever happened, the overlay is no longer the saved guest's disk as it was saved.
+        if (this.running || attempt >= 3) this.#restoreNext = false;
       }
     }
+  }
+
+  /**
+   * After qemu started with -incoming: waits until the saved state is loaded, runs the guest, gives it this VM's
+   * identity (clock, hostname, machine id, MACs, private address), mounts the share and plugs in the data disks.
+   */
+  async #waitRestored(started: number): Promise<void> {
+    const deadline = started + this.#cfg.lab.bootTimeoutMs;
+    const qmp = await Qmp.connect(this.qmpSocket, this.name).catch((err: unknown) => {
+      throw this.#bootFailure(`no QMP after starting from the saved state: ${err instanceof Error ? err.message : String(err)}`);
+    });
+    try {
+      const status = await qmp.waitForStatus(['paused', 'running', 'postmigrate', 'internal-error', 'shutdown'], deadline - Date.now());
+      if (status === 'paused') await qmp.execute('cont');
+      else if (status !== 'running') throw this.#bootFailure(`loading the saved state left the machine '${status}'`);
+      this.#bootId = (await this.#channel.ping(Math.max(5000, deadline - Date.now()))).bootId;
+      const identity = await this.#channel.exec({ argv: ['sh', '-eu', '-c', this.#identityScript()], timeoutMs: 60_000 });
+      if (identity.exitCode !== 0) throw this.#bootFailure(`setting the restored guest's identity failed: ${identity.stderr.trim() || identity.stdout.trim()}`);
+      for (let i = 0; i < this.disks.length; i++) await this.#plugDisk(qmp, i);
+    } finally {
+      qmp.close();
+    }
+    this.failedUnits = [];
+    const ms = Date.now() - started;
+    this.restoreTimesMs.push(ms);
+    this.startTimesMs.push(ms);
+    recordLabTime({ lab: this.#cfg.lab.name, vm: this.name, kind: 'restore', ms });
+    this.#cfg.lab.progress(`${this.name}: started from the saved state in ${(ms / 1000).toFixed(1)} s`);
+  }
+
+  /** The shell script that makes a restored guest this VM (the saved guest was another one). */
+  #identityScript(): string {
+    const addr = `${this.ipv6}/${this.ipv6Prefix}`;
+    return [
+      `date -s @${(Date.now() / 1000).toFixed(3)} >/dev/null`,
+      `hostname ${this.name}`,
+      // systemd made /etc/machine-id from the saved boot's command line; tools that read it see this VM's.
+      `echo ${this.#machineId()} > /etc/machine-id || true`,
+      `ip link set eth0 address ${this.#mac(0)}`,
+      // eth1 down and flushed, so that the link-local address is made again from the new MAC.
+      'ip link set eth1 down',
+      'ip -6 addr flush dev eth1',
+      `ip link set eth1 address ${this.#mac(1)}`,
+      `ip -6 addr replace ${addr} dev eth1 nodad`,
+      'ip link set eth1 up',
+      ...(this.#cfg.lab.shareRepo ? ['mount /opt/bosun'] : []),
+    ].join('\n');
+  }
+
+  /** Plugs data disk i into its root port and waits until the guest has its by-id link. */
+  async #plugDisk(qmp: Qmp, i: number): Promise<void> {
+    await qmp.execute('device_add', diskDeviceProps(i));
+    const link = `/dev/disk/by-id/virtio-bosun-disk${i + 1}`;
+    const r = await this.#channel.exec({
+      argv: ['sh', '-c', `for n in $(seq 600); do [ -e ${link} ] && exit 0; sleep 0.1; done; exit 1`],
+      timeoutMs: 90_000,
+    });
+    if (r.exitCode !== 0) throw this.#bootFailure(`disk ${i + 1} plugged into the restored guest did not appear as ${link} within 60 s`);
+  }
+
+  /**
+   * Saves the running guest for later restores: unmounts the share (qemu cannot migrate a mounted 9p export),
+   * stops the machine, writes its state to stateFile, quits qemu and moves the overlay to overlayTo. Returns the
+   * milliseconds it took.
+   */
+  async saveTo(stateFile: string, overlayTo: string): Promise<number> {
+    const started = Date.now();
+    if (this.#cfg.lab.shareRepo) await this.check(['umount', '/opt/bosun']);
+    const qmp = await Qmp.connect(this.qmpSocket, this.name);
+    try {
+      await qmp.execute('stop');
+      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(stateFile)}` });
+      for (;;) {
+        const info = (await qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
+        if (info.status === 'completed') break;
+        if (info.status === 'failed' || info.status === 'cancelled')
+          throw new LabError(`${this.name}: saving the state failed: ${info['error-desc'] ?? info.status}`);
+        await sleep(100);
+      }
+      await qmp.execute('quit').catch(() => undefined);
+    } finally {
+      qmp.close();
+    }
+    await this.#exited;
+    renameSync(this.overlay, overlayTo);
+    chmodSync(overlayTo, 0o444);
+    recordLabTime({ lab: this.#cfg.lab.name, vm: this.name, kind: 'save', ms: Date.now() - started });
+    return Date.now() - started;
   }
 
   #spawn(qemu: string, args: string[]): void {
@@ -624,6 +790,8 @@ export class Vm {
       throw this.#bootFailure(`the guest network (bosun-lab-net.service) is '${net.stdout.trim()}' after boot:\n${why.stdout.trim()}`);
     }
     this.bootTimesMs.push(Date.now() - started);
+    this.startTimesMs.push(Date.now() - started);
+    recordLabTime({ lab: this.#cfg.lab.name, vm: this.name, kind: 'boot', ms: Date.now() - started });
     this.#cfg.lab.progress(
       `${this.name}: booted in ${((Date.now() - started) / 1000).toFixed(1)} s${state === 'degraded' ? ` (degraded: ${this.failedUnits.join(' ')})` : ''}${waitsForBosun ? ' (the service machine waits for bosun to open its volume)' : ''}`,
     );
@@ -702,6 +870,7 @@ export class Vm {
   async resetDisks(): Promise<void> {
     if (this.running) throw new LabError(`${this.name}: resetDisks() needs the VM stopped (powerCut(), shutdown() or kill() first)`);
     for (const f of [this.overlay, ...this.disks]) rmSync(f, { force: true });
+    this.#restoreNext = false;
     await this.#prepareDisks();
     this.#bootId = undefined;
   }
@@ -782,6 +951,8 @@ export class Lab {
   readonly bootTimeoutMs: number;
   readonly detached: boolean;
   readonly image: LabImage;
+  /** What fresh guests start from instead of booting (startLab() finds or makes it); undefined: every start boots. */
+  savedState: SavedState | undefined;
   /** The hub in this process (attached labs); undefined when the hub runs in its own process. */
   readonly localHub: Hub | undefined;
   readonly hub: HubControl;
@@ -994,6 +1165,31 @@ async function startHubProcess(dir: string, nodes: string[], pcap: boolean): Pro
   return { client, ports: new Map(info.ports.map((p) => [p.node, p.hubPort])), pid: info.pid };
 }
 
+function wantsSavedState(opts: LabOptions): boolean {
+  return (opts.savedState ?? true) && process.env.BOSUN_LAB_SAVED_STATE !== '0';
+}
+
+/** The saved guest state for image: cached, or made now by booting one guest and saving it (saved-state.ts). */
+function savedStateFor(image: LabImage, onProgress?: (line: string) => void): Promise<SavedState> {
+  return ensureSavedState({
+    cacheDir: labCacheDir(),
+    imageDir: image.dir,
+    qemu: requireTool('qemu-system-x86_64', 'qemu-system-x86'),
+    ...(onProgress ? { onProgress } : {}),
+    build: async (tmpDir) => {
+      const lab = await startLab({ name: `saving-${process.pid}`, nodes: [{ name: 'saved' }], forwards: [], image: image.dir, savedState: false });
+      try {
+        const vm = lab.vm('saved');
+        const saveMs = await vm.saveTo(join(tmpDir, 'state.bin'), join(tmpDir, 'root.qcow2'));
+        return { bootMs: vm.bootTimesMs[0] ?? 0, saveMs };
+      } finally {
+        await lab.stop();
+        rmSync(lab.dir, { recursive: true, force: true });
+      }
+    },
+  });
+}
+
 /**
  * Boots a lab: finds (or builds) the image, starts the hub, boots every VM in
  * parallel and resolves when all have booted. On failure everything started
@@ -1033,6 +1229,12 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
   if (!lab.detached) {
     installExitHooks();
     liveLabs.add(lab);
+  }
+  try {
+    if (wantsSavedState(opts) && opts.nodes.some((n) => canRestore(n, lab))) lab.savedState = await savedStateFor(image, opts.onProgress);
+  } catch (err) {
+    await lab.stop();
+    throw err;
   }
   // Fresh overlays for a fresh lab: what a previous run left is for inspection only.
   for (const vm of lab.vms) {

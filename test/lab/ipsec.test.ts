@@ -156,7 +156,7 @@ describe('IPsec mesh in four VMs', { timeout: 40 * 60_000 }, () => {
       const t = Date.now();
       lab = await startLab({ name: 'ipsec-mesh', nodes: NODES.map((name) => ({ name })), forwards: [], bootTimeoutMs: 600_000 });
       figures.labStartMs = Date.now() - t;
-      figures.bootMs = Object.fromEntries(lab.vms.map((v) => [v.name, v.bootTimesMs]));
+      figures.startMs = Object.fromEntries(lab.vms.map((v) => [v.name, v.startTimesMs]));
       // Seen on a host loaded by other labs: udev announced eth1 after systemd's 90 s wait for it,
       // so the lab's network unit failed and eth1 had no address. Bring it up again, loudly.
       const renetted: string[] = [];

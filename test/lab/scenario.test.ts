@@ -199,7 +199,7 @@ function timeToServe(node: string, vm: Vm, version: number): Record<string, numb
     | undefined;
   assert.ok(t, `${node}: the applied event carries no timings`);
   const on = powerOn[node]!;
-  const boot = vm.bootTimesMs[0]!;
+  const boot = vm.startTimesMs[0]!;
   const id = c.identities.get(node)!;
   const applyStart = applied.at - (applied.body.durationMs as number);
   const out: Record<string, number | string> = {
@@ -287,7 +287,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       });
       for (const n of NODES) powerOn[n] = on;
       figures.labStartMs = Date.now() - on;
-      // The lab's "power-on" includes the image check (cached: well under a second); vm.bootTimesMs is qemu start to booted.
+      // The lab's "power-on" includes the image check (cached: well under a second); vm.startTimesMs is qemu start to ready (restored from the saved state, or booted).
       agentSettings = { objectStorage: { endpoint: `http://${GUEST_HOST_ADDRESS}:${s3Port}`, region: s3.region } };
       for (const n of NODES) await cp.startAgent(lab.vm(n), agentSettings);
     },

@@ -164,7 +164,7 @@ describe('lab smoke (2 guests under TCG)', { timeout: 30 * 60_000 }, () => {
 
   after(async () => {
     figures.fileMs = Date.now() - fileStarted;
-    if (lab) figures.bootMs = Object.fromEntries(lab.vms.map((v) => [v.name, v.bootTimesMs]));
+    if (lab) figures.startMs = Object.fromEntries(lab.vms.map((v) => [v.name, v.startTimesMs]));
     figures.progress = progress;
     try {
       await mkdir(join(labCacheDir(), 'artifacts'), { recursive: true });
