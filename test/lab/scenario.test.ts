@@ -20,34 +20,27 @@
 //      rebuilds the host from its last good spec and serves without Kafka;
 //      once the broker is reachable it reports, and applies the spec the
 //      control plane published in the meantime.
-//   Time to serve (power-on to first healthy status, per phase) for node-a
-//   (object storage) and node-d (peer) is printed as a diagnostic.
+//   Time to serve (power-on to first healthy status, per phase) is the lifecycle
+//   benchmark's (test/bench/lifecycle.bench.ts, `npm run bench`): the guests
+//   here start from the saved guest state, and the figures need a quiet machine.
 //
 //   npm run build && BOSUN_LAB_KEEP=30 node --test --test-concurrency=1 dist/test/lab/scenario.test.js
 //   (BOSUN_LAB_COLLECT=1 keeps the guests' journals of a green run as well)
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import { publicKeyString } from '../../src/identity/seal.js';
-import { ControlPlane, isEvent, isHealthy, readExample } from './control-plane.js';
-import { GUEST_BOSUN, GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab, type Vm } from './driver.js';
+import { after, before, describe, it } from 'node:test';
+import { CLUSTER_ADDR as ADDR, CLUSTER_DATA as DATA, ClusterSpecs, DEMO_PORT as PORT, DISK_STAGES } from './cluster-specs.js';
+import { ControlPlane, isEvent, isHealthy } from './control-plane.js';
+import { GUEST_BOSUN, GUEST_HOST_ADDRESS, labRunDir, startLab, type Lab, type Vm } from './driver.js';
 import { dataSums, hostSums, makeSource } from './data-tree.js';
-import { demoContainer } from './demo-spec.js';
 import { journalGuard } from './guard.js';
 
-const run = promisify(execFile);
 const LAB = 'scen-cluster';
 const NODES = ['node-a', 'node-b', 'node-c'] as const;
-const ADDR: Record<string, string> = { 'node-a': 'fd00:b05:0:1::a', 'node-b': 'fd00:b05:0:1::b', 'node-c': 'fd00:b05:0:1::c', 'node-d': 'fd00:b05:0:1::d' };
-const DATA = '/var/lib/bosun/data';
-const PORT = 18080;
-const DISK_STAGES = ['disks/raid', 'disks/luks', 'disks/filesystem', 'disks/mount'];
 const RUN = randomUUID().slice(0, 8);
 const PREFIX = `bosun-lab/scenario/${RUN}/`;
 /** Generous limits for a loaded 2-core machine running TCG guests; a hang still fails. */
@@ -57,27 +50,10 @@ let lab: Lab | undefined;
 let cp: ControlPlane | undefined;
 let work: string;
 let sourceListing: string;
-const backupKey = generateKeyPairSync('x25519');
-const versions: Record<string, number> = {};
-/** node -> peers in its mesh; PSKs per pair */
-const psks = new Map<string, string>();
-const psk = (a: string, b: string) => {
-  const k = [a, b].sort().join('/');
-  if (!psks.has(k)) psks.set(k, randomBytes(32).toString('base64'));
-  return psks.get(k)!;
-};
-const luksKeys = new Map<string, string>();
-/** Each secret is sealed once per node: a new seal is a new ciphertext, which the agent (rightly) sees as a changed section. */
-const sealedOnce = new Map<string, { sealed: string }>();
-function sealOnce(node: string, label: string, secret: string | Buffer): { sealed: string } {
-  const k = `${node}|${label}`;
-  if (!sealedOnce.has(k)) sealedOnce.set(k, thecp().seal(node, secret));
-  return sealedOnce.get(k)!;
-}
 const figures: Record<string, unknown> = {};
 /** agent.json settings beyond the control plane's (object storage on the host) */
 let agentSettings: Record<string, unknown> = {};
-const powerOn: Record<string, number> = {};
+let specs: ClusterSpecs | undefined;
 
 function theLab(): Lab {
   assert.ok(lab, 'the lab did not start');
@@ -87,6 +63,13 @@ function thecp(): ControlPlane {
   assert.ok(cp, 'the control plane did not start');
   return cp;
 }
+function theSpecs(): ClusterSpecs {
+  assert.ok(specs, 'the control plane did not start');
+  return specs;
+}
+const nodeSpec = (...args: Parameters<ClusterSpecs['nodeSpec']>) => theSpecs().nodeSpec(...args);
+const objectStorageRestore = (node: string) => theSpecs().objectStorageRestore(node);
+const nodeAPeerServe = () => theSpecs().peerServe(['node-d']);
 
 async function sh(vm: Vm, script: string, timeoutMs = 120_000): Promise<string> {
   const r = await vm.exec(['bash', '-c', script], { timeoutMs });
@@ -118,121 +101,6 @@ const leader = (vm: Vm) => sh(vm, 'machinectl show demo --property=Leader --valu
 /** Every file of the data volume with its SHA-256, except what the running service writes itself. */
 const DATA_SUMS = dataSums(DATA);
 
-/** node's spec: the example's cluster, the lab's disks, the mesh with `mesh`, the demo service; restore and peerServe as given. */
-async function nodeSpec(
-  node: string,
-  mesh: string[],
-  extra: { greeting?: string; restore?: Record<string, unknown>; peerServe?: Record<string, unknown> } = {},
-): Promise<Record<string, any>> {
-  const example = await readExample(node === 'node-d' ? 'node-c' : node);
-  versions[node] = (versions[node] ?? 0) + 1;
-  if (!luksKeys.has(node)) luksKeys.set(node, randomBytes(64).toString('base64'));
-  return {
-    apiVersion: 'bosun/v1',
-    cluster: example.cluster,
-    node,
-    version: versions[node],
-    disks: {
-      devices: { paths: ['/dev/disk/by-id/virtio-bosun-disk1', '/dev/disk/by-id/virtio-bosun-disk2'] },
-      raid: { level: 1, name: 'data' },
-      luks: { name: 'data', key: sealOnce(node, 'luks', luksKeys.get(node)!) },
-      filesystem: { type: 'xfs', label: 'pgdata', mountOptions: ['noatime'] },
-      mount: { path: DATA, mode: '0755' },
-      foreignSignatures: 'refuse',
-    },
-    network: {
-      ipsec: {
-        backend: 'libreswan',
-        address: ADDR[node],
-        auth: 'psk',
-        peers: mesh.filter((p) => p !== node).map((p) => ({ node: p, address: ADDR[p], psk: sealOnce(node, `psk-${p}`, psk(node, p)) })),
-      },
-    },
-    container: demoContainer(PORT, extra.greeting ?? `hello from ${node}`),
-    ...(extra.restore ? { restore: extra.restore } : {}),
-    ...(extra.peerServe ? { peerServe: extra.peerServe } : {}),
-    // The default interval: at 10 s the rounds (~25 commands, and the demo's own check in node) kept an idle
-    // guest 78-84 % busy under TCG (top in step 2), starving the guest that had work.
-    health: { intervalSeconds: 30 },
-  };
-}
-
-/** The restore section of node-a: the backup in MinIO on the host, credentials and backup key sealed to node-a. */
-function objectStorageRestore(node: string): Record<string, unknown> {
-  const c = thecp();
-  return {
-    from: 'object-storage',
-    bucket: c.env.s3.bucket,
-    prefix: PREFIX,
-    backup: 'latest',
-    credentials: { accessKeyId: sealOnce(node, 's3-id', c.env.s3.accessKeyId), secretAccessKey: sealOnce(node, 's3-secret', c.env.s3.secretAccessKey) },
-    backupKey: sealOnce(node, 'backup-key', backupKey.privateKey.export({ format: 'pem', type: 'pkcs8' })),
-  };
-}
-
-function nodeAPeerServe(): Record<string, unknown> {
-  return {
-    clients: [{ node: 'node-d', hostKey: thecp().identities.get('node-d')!.signingKey }],
-    hooks: {
-      quiesce: ['systemctl', 'freeze', 'systemd-nspawn@demo.service'],
-      release: ['systemctl', 'thaw', 'systemd-nspawn@demo.service'],
-      timeoutSeconds: 120,
-    },
-  };
-}
-
-/**
- * Time to serve of node, from VM power-on to its first healthy status on
- * Kafka, per part: the VM's boot, the lab's setup (settings, identity: a
- * control plane's enrolment), the agent's start (node, Kafka, its spec), each
- * phase (its steps: the tools' real work, and the rest: observe, plan,
- * journal), the apply's own planning pass, and the wait for the first health
- * round. All on the host clock (reports stamped on arrival).
- */
-function timeToServe(node: string, vm: Vm, version: number): Record<string, number | string> {
-  const c = thecp();
-  const applied = c.find(isEvent(node, 'applied', version))[0];
-  const healthy = c.find(isHealthy(node, version))[0];
-  assert.ok(applied && healthy, `${node}: no applied event or healthy status`);
-  const t = applied.body.timings as
-    | { planMs: number; phases: { phase: string; ms: number; planMs: number; stepMs: number; steps: number; slowest?: { step: string; ms: number } }[] }
-    | undefined;
-  assert.ok(t, `${node}: the applied event carries no timings`);
-  const on = powerOn[node]!;
-  const boot = vm.startTimesMs[0]!;
-  const id = c.identities.get(node)!;
-  const applyStart = applied.at - (applied.body.durationMs as number);
-  const out: Record<string, number | string> = {
-    totalS: (healthy.at - on) / 1000,
-    vmBootS: boot / 1000,
-    labSetupS: (id.startedAt - on - boot) / 1000,
-    agentStartToApplyS: (applyStart - id.startedAt) / 1000,
-    applyPlanS: t.planMs / 1000,
-  };
-  let stepMs = 0;
-  let overheadMs = t.planMs;
-  for (const p of t.phases) {
-    out[`${p.phase}S`] = p.ms / 1000;
-    out[`${p.phase}StepsS`] = p.stepMs / 1000;
-    if (p.slowest) out[`${p.phase}Slowest`] = `${p.slowest.step.slice(0, 80)} ${(p.slowest.ms / 1000).toFixed(1)} s`;
-    stepMs += p.stepMs;
-    overheadMs += p.ms - p.stepMs;
-  }
-  out.applyS = (applied.body.durationMs as number) / 1000;
-  out.appliedToHealthyStatusS = (healthy.at - applied.at) / 1000;
-  out.toolsWorkS = stepMs / 1000;
-  out.agentOverheadInApplyS = (overheadMs + ((applied.body.durationMs as number) - t.planMs - t.phases.reduce((n, p) => n + p.ms, 0))) / 1000;
-  return out;
-}
-
-function printTimes(t: TestContext, node: string, times: Record<string, number | string>): void {
-  const line = Object.entries(times)
-    .map(([k, v]) => `${k}=${typeof v === 'number' ? v.toFixed(1) : v}`)
-    .join(' ');
-  t.diagnostic(`time to serve ${node}: ${line}`);
-  process.stderr.write(`[scenario] time to serve ${node}: ${line}\n`);
-}
-
 describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
   before(
     async () => {
@@ -244,32 +112,9 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       rmSync(labRunDir(LAB), { recursive: true, force: true });
       cp = await ControlPlane.open(work, { out: process.stderr });
       // The backup node-a restores from, made by the CLI on the host, sealed to a backup key.
+      specs = new ClusterSpecs(cp, PREFIX);
+      figures.backupCreate = await specs.backUpFromHost(src);
       const s3 = cp.env.s3;
-      const t = Date.now();
-      const r = await run(
-        process.execPath,
-        [
-          join(repoRoot(), 'dist/src/cli.js'),
-          'backup',
-          'create',
-          src,
-          '--bucket',
-          s3.bucket,
-          '--prefix',
-          PREFIX,
-          '--to',
-          publicKeyString('x25519', backupKey.publicKey),
-          '--endpoint',
-          s3.endpoint,
-          '--region',
-          s3.region,
-          '--json',
-        ],
-        {
-          env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey },
-        },
-      );
-      figures.backupCreate = { ms: Date.now() - t, ...(JSON.parse(r.stdout) as Record<string, unknown>) };
       const s3Port = Number(new URL(s3.endpoint).port || 80);
       const kafkaPort = Number(cp.env.kafkaLabListener?.split(':')[1] ?? 19094);
       const on = Date.now();
@@ -285,9 +130,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
         bootTimeoutMs: 600_000,
         onProgress: (l) => process.stderr.write(`[lab] ${l}\n`),
       });
-      for (const n of NODES) powerOn[n] = on;
       figures.labStartMs = Date.now() - on;
-      // The lab's "power-on" includes the image check (cached: well under a second); vm.startTimesMs is qemu start to ready (restored from the saved state, or booted).
       agentSettings = { objectStorage: { endpoint: `http://${GUEST_HOST_ADDRESS}:${s3Port}`, region: s3.region } };
       for (const n of NODES) await cp.startAgent(lab.vm(n), agentSettings);
     },
@@ -304,7 +147,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
     if (work) await rm(work, { recursive: true, force: true });
   });
 
-  it('1: node-a/b/c come up from their specs to healthy; node-a restores its data from object storage', (t) =>
+  it('1: node-a/b/c come up from their specs to healthy; node-a restores its data from object storage', () =>
     guarded('up', async () => {
       const c = thecp();
       const since = Date.now();
@@ -338,7 +181,8 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
         assert.match(await sh(theLab().vm(a), `ip xfrm state | grep -c 'proto esp' || true`), /^[1-9]/, `${a} has ESP SAs`);
       }
       figures.up = { wallS: (Date.now() - since) / 1000 };
-      printTimes(t, 'node-a (restore from object storage)', timeToServe('node-a', theLab().vm('node-a'), 1));
+      // Time to serve is measured by the lifecycle benchmark (npm run bench); here only that the reports carry it.
+      assert.ok(c.find(isEvent('node-a', 'applied', 1))[0]!.body.timings, 'the applied event carries the timings');
     }));
 
   it("2: a config change for node-b only reloads its service; node-a and node-c, and node-b's disks and IPsec, are not touched", (t) =>
@@ -414,7 +258,6 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       }
       await sh(l.vm('node-b'), `systemd-run --unit=scen-ping --collect sh -c 'exec ping -6 -i 0.5 ${ADDR['node-c']} > /run/scen-ping.txt'`);
 
-      powerOn['node-d'] = Date.now();
       const d = l.vm('node-d');
       await d.start();
       await c.startAgent(d);
@@ -435,7 +278,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
         );
       await c.publish(await nodeSpec('node-d', mesh, { restore: { from: 'peer', peer: 'node-a', peerKey: c.identities.get('node-a')!.signingKey } }));
       for (const n of NODES) {
-        const a = await c.waitFor(`${n} applied its mesh with node-d`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
+        const a = await c.waitFor(`${n} applied its mesh with node-d`, isEvent(n, 'applied', theSpecs().versions[n]), CONVERGE_MS, since);
         assert.ok(
           (a.body.stages as string[]).includes('network') && !(a.body.stages as string[]).some((st) => st.startsWith('disks')),
           `${n}: the new peer changes its network, not its disks (stages ${String(a.body.stages)})`,
@@ -478,7 +321,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       assert.match(JSON.stringify(marker), /node-a/, 'the marker names the peer');
       assert.match(await sh(d, 'journalctl -u bosun-lab-agent-run --no-pager | grep -c "snapshot of peer node-a" || true'), /^[1-9]/);
       assert.equal((await demo(d)).greeting, 'hello from node-d');
-      printTimes(t, 'node-d (restore from peer node-a)', timeToServe('node-d', d, 1));
+      assert.ok(applied.body.timings, 'the applied event carries the timings');
     }));
 
   it('4: node-c, replaced by node-d, is decommissioned: service stopped, out of every mesh, keyslots destroyed, safe to delete', () =>
@@ -513,7 +356,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       );
       assert.equal(st.body.lifecycle.safeToDelete, true, JSON.stringify(st.body.lifecycle));
       for (const n of mesh) {
-        const a = await c.waitFor(`${n} applied its mesh without node-c`, isEvent(n, 'applied', versions[n]), CONVERGE_MS, since);
+        const a = await c.waitFor(`${n} applied its mesh without node-c`, isEvent(n, 'applied', theSpecs().versions[n]), CONVERGE_MS, since);
         assert.deepEqual(a.body.stages, ['network'], `${n}: only the network changed`);
       }
       const vc = l.vm('node-c');
@@ -534,7 +377,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       // traffic. An SA can be re-negotiated meanwhile (DPD on a loaded host: stop 19's CI saw node-d -> node-b fail
       // 3 pings right after the applies), so each pair gets 30 tries; how long the first echo took is a figure.
       const meshAt = Date.now();
-      await Promise.all(mesh.map((n) => c.waitFor(`${n} healthy without node-c`, isHealthy(n, versions[n]), 300_000, since)));
+      await Promise.all(mesh.map((n) => c.waitFor(`${n} healthy without node-c`, isHealthy(n, theSpecs().versions[n]), 300_000, since)));
       const pairs: [string, string][] = [
         ['node-d', 'node-a'],
         ['node-d', 'node-b'],
@@ -561,7 +404,7 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       const c = thecp();
       const vb = theLab().vm('node-b');
       const kafkaPort = c.guestKafka.split(':')[1]!;
-      const lastGood = versions['node-b']!;
+      const lastGood = theSpecs().versions['node-b']!;
       const statusCmd = `${GUEST_BOSUN.join(' ')} status --json`;
       type Local = { applied?: { specVersion?: number; appliedAt?: string } | null; inProgress?: unknown };
       const beforeCut = JSON.parse(await sh(vb, statusCmd)) as Local;
@@ -602,9 +445,14 @@ describe('cluster scenario driven by Kafka', { timeout: 60 * 60_000 }, () => {
       const unblocked = Date.now();
       await sh(vb, 'nft delete table inet labblock');
       const boot = await c.waitFor("the event of node-b's boot-time apply", isEvent('node-b', 'applied', lastGood), 300_000, since);
-      const applied = await c.waitFor('node-b applied the spec published during the outage', isEvent('node-b', 'applied', versions['node-b']), 300_000, since);
+      const applied = await c.waitFor(
+        'node-b applied the spec published during the outage',
+        isEvent('node-b', 'applied', theSpecs().versions['node-b']),
+        300_000,
+        since,
+      );
       assert.deepEqual(applied.body.stages, ['container'], 'only the container stage ran for the config change');
-      await c.waitFor('node-b healthy at the new version', isHealthy('node-b', versions['node-b']), 300_000, unblocked);
+      await c.waitFor('node-b healthy at the new version', isHealthy('node-b', theSpecs().versions['node-b']), 300_000, unblocked);
       assert.equal((await demo(vb)).greeting, 'hi from node-b, after the outage');
       figures.brokerAtBoot = { bootApplyEventAfterUnblockS: (boot.at - unblocked) / 1000, newSpecAppliedAfterUnblockS: (applied.at - unblocked) / 1000 };
     }));
