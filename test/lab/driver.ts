@@ -54,6 +54,17 @@ export function labCacheDir(): string {
   return process.env.BOSUN_LAB_CACHE || join(repoRoot(), '.cache', 'lab');
 }
 
+/**
+ * What the tests build and any clone on this machine may reuse (the lab image, the saved guest state, the
+ * services' binaries): $BOSUN_BUILD_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/bosun-build (as test/lab/image/build
+ * and test/services/lib.sh compute it).
+ */
+export function buildCacheDir(): string {
+  if (process.env.BOSUN_BUILD_CACHE) return process.env.BOSUN_BUILD_CACHE;
+  const base = process.env.XDG_CACHE_HOME || (process.env.HOME ? join(process.env.HOME, '.cache') : undefined);
+  return base ? join(base, 'bosun-build') : join(repoRoot(), '.cache', 'build');
+}
+
 export function labRunDir(name: string): string {
   return join(labCacheDir(), 'run', name);
 }
@@ -566,7 +577,7 @@ export class Vm {
 
   /**
    * After qemu started with -incoming: waits until the saved state is loaded, runs the guest, gives it this VM's
-   * identity (clock, hostname, machine id, MACs, private address), mounts the share and plugs in the data disks.
+   * identity (clock, hostname, MACs, private address), mounts the share and plugs in the data disks.
    */
   async #waitRestored(started: number): Promise<void> {
     const deadline = started + this.#cfg.lab.bootTimeoutMs;
@@ -598,8 +609,9 @@ export class Vm {
     return [
       `date -s @${(Date.now() / 1000).toFixed(3)} >/dev/null`,
       `hostname ${this.name}`,
-      // systemd made /etc/machine-id from the saved boot's command line; tools that read it see this VM's.
-      `echo ${this.#machineId()} > /etc/machine-id || true`,
+      // Not the machine id: journald keeps writing under the saved guest's (it reads it once), and journalctl
+      // reads the directory of the id in /etc/machine-id, so a new one there hides the whole journal. The guest's
+      // own id comes with its first real boot (systemd.machine_id= on its command line).
       `ip link set eth0 address ${this.#mac(0)}`,
       // eth1 down and flushed, so that the link-local address is made again from the new MAC.
       'ip link set eth1 down',
@@ -1172,7 +1184,7 @@ function wantsSavedState(opts: LabOptions): boolean {
 /** The saved guest state for image: cached, or made now by booting one guest and saving it (saved-state.ts). */
 function savedStateFor(image: LabImage, onProgress?: (line: string) => void): Promise<SavedState> {
   return ensureSavedState({
-    cacheDir: labCacheDir(),
+    cacheDir: join(buildCacheDir(), 'lab'),
     imageDir: image.dir,
     qemu: requireTool('qemu-system-x86_64', 'qemu-system-x86'),
     ...(onProgress ? { onProgress } : {}),

@@ -1,11 +1,12 @@
 // Guests started from the saved guest state (saved-state.ts) are each their
-// own machine: own hostname, machine id, MACs, link-local and private
-// addresses, clock, freshly seeded kernel randomness, their own data disks
-// plugged in, the share mounted and host services forwarded; and after a power
-// cut they boot for real from their own disks.
+// own machine: own hostname, MACs, link-local and private addresses, clock,
+// freshly seeded kernel randomness, their own data disks plugged in, the share
+// mounted and host services forwarded, and a journal journalctl reads; after a
+// power cut they boot for real from their own disks, with their own machine id.
 //
 //   npm run build && node --test dist/test/lab/saved-state.test.js
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { GUEST_BOSUN, GUEST_HOST_ADDRESS, startLab, type Lab, type Vm } from './driver.js';
@@ -51,16 +52,15 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
     }
   });
 
-  it('gives each guest its own hostname, machine id, MACs and addresses, and the host clock', async () => {
+  it('gives each guest its own hostname, MACs and addresses, and the host clock; journalctl reads its journal', async () => {
     await guarded('identity', async () => {
-      const ids = new Set<string>();
       for (const [name, index] of [
         ['saved-a', 1],
         ['saved-b', 2],
       ] as const) {
         const guest = vm(name);
         assert.equal(await out(guest, 'hostname'), name);
-        ids.add(await out(guest, 'cat /etc/machine-id'));
+        assert.match(await out(guest, 'journalctl -b --no-pager -u bosun-lab-agent | tail -n 3'), /bosun-lab-agent|guest agent|node/);
         assert.equal(await out(guest, 'cat /sys/class/net/eth1/address'), `52:54:00:b0:01:0${index}`);
         const addrs = await out(guest, 'ip -6 -o addr show dev eth1');
         assert.match(addrs, new RegExp(`inet6 fd00:b05:0:1::${index}/64`));
@@ -69,7 +69,6 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
         const skew = Math.abs(Number(await out(guest, 'date +%s')) - Date.now() / 1000);
         assert.ok(skew < 30, `${name}'s clock is ${skew.toFixed(0)} s off the host's`);
       }
-      assert.equal(ids.size, 2, 'machine ids differ');
       await vm('saved-a').check('ping -6 -c 2 -W 5 fd00:b05:0:1::2');
       await vm('saved-b').check('ping -6 -c 2 -W 5 fe80::5054:ff:feb0:101%eth1');
     });
@@ -99,7 +98,7 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
     });
   });
 
-  it('boots for real from its own disks after a power cut', async () => {
+  it('boots for real from its own disks after a power cut', async (t) => {
     await guarded('power-cut', async () => {
       const a = vm('saved-a');
       await a.check('echo kept > /root/marker && sync && printf disk1 | dd of=/dev/disk/by-id/virtio-bosun-disk1 conv=fsync status=none');
@@ -109,10 +108,17 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
       assert.equal(a.bootTimesMs.length, 1, 'the second start boots');
       assert.notEqual(a.bootId, before);
       assert.equal(await out(a, 'hostname'), 'saved-a');
+      assert.equal(await out(a, 'cat /etc/machine-id'), createHash('md5').update(`${LAB}/saved-a`).digest('hex'), 'its own machine id');
       assert.equal(await out(a, 'cat /root/marker'), 'kept');
       assert.equal(await out(a, 'head -c 5 /dev/disk/by-id/virtio-bosun-disk1'), 'disk1');
       assert.match(await out(a, 'ip -6 -o addr show dev eth1'), /fd00:b05:0:1::1\/64/);
       assert.match(await out(a, 'mount'), / on \/opt\/bosun type 9p /);
     });
+    // Not asserted (a timing): the same guest's start from the saved state against its real boot, in this run.
+    const a = vm('saved-a');
+    const [restore, boot] = [a.restoreTimesMs[0]!, a.bootTimesMs[0]!];
+    t.diagnostic(
+      `saved-a: start from the saved state ${(restore / 1000).toFixed(1)} s, real boot ${(boot / 1000).toFixed(1)} s (${(boot / restore).toFixed(1)}x)`,
+    );
   });
 });
