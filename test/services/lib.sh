@@ -5,7 +5,10 @@
 # only (Maven Central through mvn, the Go module proxy through go):
 #   - Apache Kafka, KRaft mode, one combined broker+controller on loopback
 #   - MinIO (S3 API) on loopback, plus s5cmd as an S3 speed reference
-# Everything lives under one cache directory, keyed by the pinned versions.
+# What is built (Kafka's jars, the Maven and Go caches, the MinIO and s5cmd
+# binaries) lives in the build cache shared by every clone on this machine,
+# keyed by the pinned versions; what runs (data, logs, pid files, the env
+# file) lives in the clone's own cache directory.
 
 set -euo pipefail
 
@@ -23,20 +26,29 @@ S5CMD_VERSION=v2.3.0
 
 # ---- layout -----------------------------------------------------------------
 CACHE_DIR=${BOSUN_CACHE_DIR:-$REPO_ROOT/.cache/services}
+if [[ -n ${BOSUN_BUILD_CACHE:-} ]]; then
+  BUILD_CACHE=$BOSUN_BUILD_CACHE
+elif [[ -n ${XDG_CACHE_HOME:-} || -n ${HOME:-} ]]; then
+  BUILD_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/bosun-build
+else
+  BUILD_CACHE=$REPO_ROOT/.cache/build
+fi
+SERVICES_BUILD=$BUILD_CACHE/services
 LOG_DIR=$CACHE_DIR/logs
 RUN_DIR=$CACHE_DIR/run          # pid files of the services `up` started
 STATE_FILE=$CACHE_DIR/env       # KEY=value lines, read by test/services/env.ts
 LOCK_FILE=$CACHE_DIR/.lock
 
 KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
-KAFKA_JARS=$KAFKA_HOME/jars
+KAFKA_JARS=$SERVICES_BUILD/kafka-$KAFKA_VERSION-jars-$(sha256sum "$SERVICES_DIR/kafka/pom.xml" | cut -c1-12)
+KAFKA_M2=$SERVICES_BUILD/m2
 KAFKA_DATA=$KAFKA_HOME/data
 KAFKA_LOG=$LOG_DIR/kafka.log
 KAFKA_PID_FILE=$RUN_DIR/kafka.pid
 
-GO_HOME=$CACHE_DIR/go           # GOPATH, GOMODCACHE, GOCACHE (shared by builds)
-MINIO_BIN=$CACHE_DIR/bin/minio-$MINIO_VERSION/minio
-S5CMD_BIN=$CACHE_DIR/bin/s5cmd-$S5CMD_VERSION/s5cmd
+GO_HOME=$SERVICES_BUILD/go      # GOPATH, GOMODCACHE, GOCACHE (shared by builds)
+MINIO_BIN=$SERVICES_BUILD/bin/minio-$MINIO_VERSION/minio
+S5CMD_BIN=$SERVICES_BUILD/bin/s5cmd-$S5CMD_VERSION/s5cmd
 MINIO_DATA=$CACHE_DIR/minio-data
 MINIO_LOG=$LOG_DIR/minio.log
 MINIO_PID_FILE=$RUN_DIR/minio.pid
