@@ -577,7 +577,7 @@ export class Vm {
 
   /**
    * After qemu started with -incoming: waits until the saved state is loaded, runs the guest, gives it this VM's
-   * identity (clock, hostname, MACs, private address), mounts the share and plugs in the data disks.
+   * identity (clock, hostname, machine id, MACs, private address), mounts the share and plugs in the data disks.
    */
   async #waitRestored(started: number): Promise<void> {
     const deadline = started + this.#cfg.lab.bootTimeoutMs;
@@ -609,9 +609,11 @@ export class Vm {
     return [
       `date -s @${(Date.now() / 1000).toFixed(3)} >/dev/null`,
       `hostname ${this.name}`,
-      // Not the machine id: journald keeps writing under the saved guest's (it reads it once), and journalctl
-      // reads the directory of the id in /etc/machine-id, so a new one there hides the whole journal. The guest's
-      // own id comes with its first real boot (systemd.machine_id= on its command line).
+      // This VM's machine id (as its real boots get from systemd.machine_id=), and journald restarted to write
+      // under it: journalctl reads only the directory of the id in /etc/machine-id, so the journal of this
+      // "boot" and of the guest's later real boots are one journal (--list-boots), the saved guest's is not in it.
+      `echo ${this.#machineId()} > /etc/machine-id`,
+      'systemctl restart systemd-journald',
       `ip link set eth0 address ${this.#mac(0)}`,
       // eth1 down and flushed, so that the link-local address is made again from the new MAC.
       'ip link set eth1 down',

@@ -1,8 +1,9 @@
 // Guests started from the saved guest state (saved-state.ts) are each their
-// own machine: own hostname, MACs, link-local and private addresses, clock,
-// freshly seeded kernel randomness, their own data disks plugged in, the share
-// mounted and host services forwarded, and a journal journalctl reads; after a
-// power cut they boot for real from their own disks, with their own machine id.
+// own machine: own hostname, machine id, MACs, link-local and private
+// addresses, clock, freshly seeded kernel randomness, their own data disks
+// plugged in, the share mounted and host services forwarded, and their own
+// journal; after a power cut they boot for real from their own disks, and the
+// journal lists both boots.
 //
 //   npm run build && node --test dist/test/lab/saved-state.test.js
 import assert from 'node:assert/strict';
@@ -52,7 +53,7 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
     }
   });
 
-  it('gives each guest its own hostname, MACs and addresses, and the host clock; journalctl reads its journal', async () => {
+  it('gives each guest its own hostname, machine id, MACs and addresses, the host clock and its own journal', async () => {
     await guarded('identity', async () => {
       for (const [name, index] of [
         ['saved-a', 1],
@@ -60,7 +61,9 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
       ] as const) {
         const guest = vm(name);
         assert.equal(await out(guest, 'hostname'), name);
-        assert.match(await out(guest, 'journalctl -b --no-pager -u bosun-lab-agent | tail -n 3'), /bosun-lab-agent|guest agent|node/);
+        assert.equal(await out(guest, 'cat /etc/machine-id'), createHash('md5').update(`${LAB}/${name}`).digest('hex'));
+        await guest.check(`logger -t saved-state-test "written on ${name}"`);
+        assert.match(await out(guest, 'journalctl -b --no-pager -t saved-state-test'), new RegExp(`written on ${name}`), 'journalctl reads what it logs');
         assert.equal(await out(guest, 'cat /sys/class/net/eth1/address'), `52:54:00:b0:01:0${index}`);
         const addrs = await out(guest, 'ip -6 -o addr show dev eth1');
         assert.match(addrs, new RegExp(`inet6 fd00:b05:0:1::${index}/64`));
@@ -109,6 +112,7 @@ describe('guests started from the saved state', { timeout: 1_800_000 }, () => {
       assert.notEqual(a.bootId, before);
       assert.equal(await out(a, 'hostname'), 'saved-a');
       assert.equal(await out(a, 'cat /etc/machine-id'), createHash('md5').update(`${LAB}/saved-a`).digest('hex'), 'its own machine id');
+      assert.equal((await out(a, 'journalctl --list-boots --no-pager -q')).split('\n').length, 2, 'the journal lists the restored boot and this one');
       assert.equal(await out(a, 'cat /root/marker'), 'kept');
       assert.equal(await out(a, 'head -c 5 /dev/disk/by-id/virtio-bosun-disk1'), 'disk1');
       assert.match(await out(a, 'ip -6 -o addr show dev eth1'), /fd00:b05:0:1::1\/64/);
