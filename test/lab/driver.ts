@@ -462,6 +462,8 @@ export class Vm {
       `systemd.machine_id=${machineId}`,
       `bosun.lan6=${this.ipv6}/${this.ipv6Prefix}`,
       'panic=5',
+      // Extra words for experiments (e.g. measuring a boot with `quiet`); read at each start.
+      ...(process.env.BOSUN_LAB_APPEND ?? '').split(/\s+/).filter((w) => w !== ''),
     ].join(' ');
     const fwd = lab.forwards
       .map((f) => `,guestfwd=tcp:${GUEST_HOST_ADDRESS}:${f.guestPort}-cmd:socat STDIO TCP:${f.hostAddress ?? '127.0.0.1'}:${f.hostPort}`)
