@@ -83,3 +83,10 @@ export function fixedPlanner(steps: Step[]): Planner {
     plan: (_spec, phase) => Promise.resolve(steps.filter((s) => s.phase === phase)),
   };
 }
+
+/** The median of xs (the mean of the middle two for an even count). */
+export function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}

@@ -18,17 +18,13 @@ import { seal, x25519PublicFromString } from '../../src/identity/seal.js';
 import { planNode } from '../../src/phases/index.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { GUEST_BOSUN, labRunDir, startLab, type Vm } from '../lab/driver.js';
-import { repoRoot } from '../helpers.js';
+import { median, repoRoot } from '../helpers.js';
 import { join } from 'node:path';
 
 const RERUNS = Number(process.env.BENCH_RERUNS ?? 5);
 const REPLAYS = Number(process.env.BENCH_REPLAYS ?? 300);
 const NAME = 'bench-disks';
 const out = (s: string) => process.stdout.write(`${s}\n`);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
 async function guest(vm: Vm, argv: string[], stdin?: string): Promise<string> {

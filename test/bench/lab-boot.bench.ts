@@ -5,14 +5,11 @@
 //   npm run build && node dist/test/bench/lab-boot.bench.js            # BENCH_BOOTS=3 BENCH_APPEND_B="quiet"
 import { rmSync } from 'node:fs';
 import { labRunDir, startLab } from '../lab/driver.js';
+import { median } from '../helpers.js';
 
 const BOOTS = Number(process.env.BENCH_BOOTS ?? 3);
 const VARIANT = process.env.BENCH_APPEND_B ?? 'quiet';
 const out = (line: string): boolean => process.stdout.write(`${line}\n`);
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const name = 'bench-boot';
 rmSync(labRunDir(name), { recursive: true, force: true });
 const lab = await startLab({ name, nodes: [{ name: 'boot-a', disks: [{ sizeMiB: 512 }, { sizeMiB: 512 }], deferStart: true }], forwards: [] });

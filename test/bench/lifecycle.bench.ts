@@ -27,14 +27,11 @@ import { CLUSTER_ADDR, ClusterSpecs, timeToServe, timesLine } from '../lab/clust
 import { ControlPlane, isHealthy } from '../lab/control-plane.js';
 import { makeSource } from '../lab/data-tree.js';
 import { GUEST_HOST_ADDRESS, labRunDir, repoRoot, startLab, type Lab } from '../lab/driver.js';
+import { median } from '../helpers.js';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 3);
 const CONVERGE_MS = 20 * 60_000;
 const out = (line: string): boolean => process.stdout.write(`${line}\n`);
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const seconds = (ms: number): string => (ms / 1000).toFixed(1);
 
 /** Restores then boots each of STARTS fresh guests, one at a time; returns the milliseconds of each kind. */

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { DeleteObjectsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { createS3Client, formatBytes } from '../../src/backup/index.js';
 import { publicKeyString } from '../../src/identity/seal.js';
-import { repoRoot } from '../helpers.js';
+import { median, repoRoot } from '../helpers.js';
 import { requireServices } from '../services/env.js';
 import type { PeerServerChildConfig } from '../integration/peer-server-child.js';
 import type { BenchChildConfig } from './child.js';
@@ -175,12 +175,6 @@ async function startServer(
       return JSON.parse(last) as { maxRssBytes: number; cpuSeconds: number };
     },
   };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 const rate = (bytes: number, seconds: number): string => `${formatBytes(bytes / seconds)}/s`;

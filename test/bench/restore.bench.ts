@@ -35,7 +35,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { createS3Client, formatBytes } from '../../src/backup/index.js';
-import { repoRoot } from '../helpers.js';
+import { median, repoRoot } from '../helpers.js';
 import { requireServices } from '../services/env.js';
 import type { BenchChildConfig } from './child.js';
 import { assertBundleFresh } from '../lab/driver.js';
@@ -232,12 +232,6 @@ async function minioCpu(): Promise<number | undefined> {
   } catch {
     return undefined;
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 const rate = (bytes: number, seconds: number): string => `${formatBytes(bytes / seconds)}/s`;

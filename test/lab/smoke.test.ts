@@ -18,6 +18,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import { requireServices, splitHostPort, type ServiceEnv } from '../services/env.js';
 import { GUEST_BOSUN, GUEST_HOST_ADDRESS, ensureImage, labCacheDir, repoRoot, startLab, type Lab } from './driver.js';
 import { IPPROTO_ESP, IPPROTO_ICMPV6, diffCounters, ipv6Frames } from './hub.js';
+import { median } from '../helpers.js';
 
 const fileStarted = Date.now();
 const A = 'smoke-a';
@@ -113,12 +114,6 @@ async function stopStartedServices(): Promise<void> {
   }
   if (started.length > 0) await run('bash', [join(repoRoot(), 'test/services/down'), ...started]);
   rmSync(join(startedServicesFile, '..'), { recursive: true, force: true });
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 describe('lab smoke (2 guests under TCG)', { timeout: 30 * 60_000 }, () => {
