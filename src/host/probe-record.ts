@@ -1,5 +1,5 @@
 import type { ExecResult } from './exec.js';
-import type { HostProbe } from './probe.js';
+import type { HostProbe, VolumeUsage } from './probe.js';
 
 /*
  * A probe that records every question a phase asks and the host's answer, and
@@ -11,7 +11,7 @@ import type { HostProbe } from './probe.js';
  * a phase read (crypttab, conn files): it is written 0600 like any state file.
  */
 
-export type ProbeOp = 'readFile' | 'unitState' | 'run' | 'links' | 'listDir' | 'stat';
+export type ProbeOp = 'readFile' | 'unitState' | 'run' | 'links' | 'listDir' | 'stat' | 'usage';
 
 export interface ProbeEntry {
   op: ProbeOp;
@@ -79,6 +79,15 @@ export class RecordingProbe implements HostProbe {
     );
   }
 
+  usage(path: string): Promise<VolumeUsage | undefined> {
+    return this.record(
+      'usage',
+      [path],
+      () => this.inner.usage(path),
+      (u) => u ?? null,
+    );
+  }
+
   recording(): ProbeRecording {
     return { format: 'bosun-probe-recording-v1', entries: this.entries };
   }
@@ -142,6 +151,11 @@ export class ReplayProbe implements HostProbe {
 
   stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined> {
     const r = this.answer('stat', [path]) as { uid: number; gid: number; mode: number } | null;
+    return Promise.resolve(r ?? undefined);
+  }
+
+  usage(path: string): Promise<VolumeUsage | undefined> {
+    const r = this.answer('usage', [path]) as VolumeUsage | null;
     return Promise.resolve(r ?? undefined);
   }
 }

@@ -1,4 +1,4 @@
-import { readdir, realpath, stat as fsStat } from 'node:fs/promises';
+import { readdir, realpath, stat as fsStat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readFileIfExists } from './files.js';
 import { runCommand, type ExecResult, type SecretScrubber } from './exec.js';
@@ -23,6 +23,14 @@ export interface HostProbe {
   listDir(dir: string): Promise<string[]>;
   /** owner and permission bits of a path, or undefined if it does not exist */
   stat(path: string): Promise<{ uid: number; gid: number; mode: number } | undefined>;
+  /** size, used and available bytes of the filesystem that holds path (as df counts them), or undefined */
+  usage(path: string): Promise<VolumeUsage | undefined>;
+}
+
+export interface VolumeUsage {
+  sizeBytes: number;
+  usedBytes: number;
+  availBytes: number;
 }
 
 /** KEY=VALUE lines (systemctl show, mdadm --export, ...) into a map; key and value trimmed, other lines skipped. */
@@ -97,6 +105,12 @@ export class LiveProbe implements HostProbe {
     const st = await fsStat(this.root + path).catch(() => undefined);
     return st && { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
   }
+
+  async usage(path: string): Promise<VolumeUsage | undefined> {
+    // statfs(2) instead of spawning df: the same numbers (used = blocks - free, avail = what an unprivileged user may use).
+    const fs = await statfs(this.root + path).catch(() => undefined);
+    return fs && { sizeBytes: fs.blocks * fs.bsize, usedBytes: (fs.blocks - fs.bfree) * fs.bsize, availBytes: fs.bavail * fs.bsize };
+  }
 }
 
 /** The host as it is before bosun's first boot: nothing there. Used by `bosun plan --blank` and tests. */
@@ -124,6 +138,10 @@ export class BlankProbe implements HostProbe {
   }
 
   stat(): Promise<undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  usage(): Promise<undefined> {
     return Promise.resolve(undefined);
   }
 }

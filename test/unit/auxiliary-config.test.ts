@@ -32,6 +32,7 @@ function probe(files: Record<string, string>, units: Record<string, { enabled: s
     run: () => Promise.reject(new Error('no probe commands')),
     links: () => Promise.resolve([]),
     stat: () => Promise.resolve(undefined),
+    usage: () => Promise.resolve(undefined),
     listDir: () => Promise.resolve([]),
     readFile: (p) => Promise.resolve(files[p] === undefined ? undefined : Buffer.from(files[p])),
     unitState: (u) => Promise.resolve(units[u] ?? { enabled: 'not-found', active: 'inactive' }),

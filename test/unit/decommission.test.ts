@@ -90,6 +90,7 @@ function builtHost(keyslots = 1, unitOverrides: Record<string, { enabled: string
           : [],
       ),
     stat: (p) => Promise.resolve(exists.has(p) ? { uid: 0, gid: 0, mode: 0o644 } : undefined),
+    usage: () => Promise.resolve(undefined),
   };
 }
 
@@ -103,6 +104,7 @@ function retiredHost(): HostProbe {
     links: () => Promise.resolve([]),
     listDir: () => Promise.resolve([]),
     stat: () => Promise.resolve(undefined),
+    usage: () => Promise.resolve(undefined),
   };
 }
 

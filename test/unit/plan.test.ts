@@ -69,6 +69,7 @@ describe('auxiliary phase', () => {
     run: () => Promise.reject(new Error('the auxiliary phase runs no probe commands')),
     links: () => Promise.resolve([]),
     stat: () => Promise.resolve(undefined),
+    usage: () => Promise.resolve(undefined),
     listDir: () => Promise.resolve([]),
     readFile: (p) => Promise.resolve(files[p] === undefined ? undefined : Buffer.from(files[p])),
     unitState: (u) => Promise.resolve(units[u] ?? { enabled: 'not-found', active: 'inactive' }),

@@ -15,6 +15,7 @@ const host: HostProbe = {
   run: (argv) => Promise.resolve(argv[0] === 'lsblk' ? { exitCode: 0, stdout: '{"blockdevices":[]}', stderr: '' } : { exitCode: 1, stdout: '', stderr: 'no' }),
   links: (dir) => Promise.resolve(dir === '/dev/disk/by-id' ? [{ name: '/dev/disk/by-id/nvme-x', target: '/dev/nvme0n1' }] : []),
   stat: (p) => Promise.resolve(p === '/srv' ? { uid: 0, gid: 0, mode: 0o755 } : undefined),
+  usage: () => Promise.resolve(undefined),
   listDir: () => Promise.resolve(['a', 'b']),
   readFile: (p) => Promise.resolve(p.endsWith('.conf') ? Buffer.from([0, 1, 2, 255]) : undefined),
   unitState: () => Promise.resolve({ enabled: 'enabled', active: 'active' }),

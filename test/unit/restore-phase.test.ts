@@ -40,6 +40,7 @@ class VolumeProbe implements HostProbe {
   run = (): ReturnType<HostProbe['run']> => this.#blank.run();
   links = (): ReturnType<HostProbe['links']> => this.#blank.links();
   stat = (): ReturnType<HostProbe['stat']> => this.#blank.stat();
+  usage = (): ReturnType<HostProbe['usage']> => this.#blank.usage();
 }
 
 const asProbe = (p: VolumeProbe): HostProbe => p;

@@ -72,8 +72,13 @@ async function observe(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Prom
 }
 
 /** The command that says whether the service is healthy, run on the host. */
+/** The service's health check as run inside the machine: the spec's command, or whether its unit is active. */
+export function healthCommand(c: ContainerSpec): string[] {
+  return c.service.health ?? ['systemctl', 'is-active', '--quiet', c.service.unit];
+}
+
 export function healthArgv(c: ContainerSpec): string[] {
-  return machineArgv(c, c.service.health ?? ['systemctl', 'is-active', '--quiet', c.service.unit]);
+  return machineArgv(c, healthCommand(c));
 }
 
 function plan(spec: NodeSpec, obs: ObservedContainer, ctx: PlanContext): Step[] {

@@ -83,6 +83,11 @@ export function machineArgv(c: ContainerSpec, argv: readonly string[]): string[]
   ];
 }
 
+/** argv run inside the machine whose leader (its init, from machinectl's Leader) is known: no lookup of its own. */
+export function leaderArgv(leader: number, argv: readonly string[]): string[] {
+  return ['nsenter', '--target', String(leader), '--all', '--', ...argv];
+}
+
 export function keptCaps(c: ContainerSpec): string[] {
   return [...new Set([...INIT_CAPS, ...c.capabilities])].sort();
 }

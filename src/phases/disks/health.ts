@@ -1,5 +1,5 @@
 import type { NodeSpec } from '../../spec/node-spec.js';
-import type { HostProbe } from '../../host/probe.js';
+import type { VolumeUsage } from '../../host/probe.js';
 import { flatten, type ObservedDisks } from './observe.js';
 
 /** The data volume's health, as status reports carry it. */
@@ -8,11 +8,11 @@ export interface DisksHealth {
   array?: { name: string; state: string; degraded: number; syncAction?: string; members: number; raidDevices: number };
   luksOpen?: boolean;
   mounted: boolean;
-  usage?: { sizeBytes: number; usedBytes: number; availBytes: number };
+  usage?: VolumeUsage;
   problems: string[];
 }
 
-export function disksHealth(spec: NodeSpec, obs: ObservedDisks, usage?: DisksHealth['usage']): DisksHealth {
+export function disksHealth(spec: NodeSpec, obs: Pick<ObservedDisks, 'devices' | 'arrays'>, usage?: VolumeUsage): DisksHealth {
   const d = spec.disks!;
   const problems: string[] = [];
   const all = flatten(obs.devices);
@@ -35,12 +35,4 @@ export function disksHealth(spec: NodeSpec, obs: ObservedDisks, usage?: DisksHea
   if (usage && usage.sizeBytes > 0 && usage.availBytes / usage.sizeBytes < 0.05)
     problems.push(`${d.mount.path} is ${Math.round((usage.usedBytes / usage.sizeBytes) * 100)}% full`);
   return { ok: problems.length === 0, array, luksOpen, mounted, usage, problems };
-}
-
-/** df for one mount point, in bytes. */
-export async function volumeUsage(probe: HostProbe, path: string): Promise<DisksHealth['usage']> {
-  const r = await probe.run(['df', '--block-size=1', '--output=size,used,avail', path]);
-  const nums = r.exitCode === 0 ? r.stdout.trim().split('\n')[1]?.trim().split(/\s+/).map(Number) : undefined;
-  if (!nums || nums.length !== 3 || nums.some((n) => !Number.isFinite(n))) return undefined;
-  return { sizeBytes: nums[0]!, usedBytes: nums[1]!, availBytes: nums[2]! };
 }

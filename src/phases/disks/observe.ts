@@ -150,21 +150,14 @@ export function flatten(devs: readonly BlockDevice[]): BlockDevice[] {
   return devs.flatMap((d) => [d, ...flatten(d.children)]);
 }
 
-export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<ObservedDisks> {
-  const disksSpec = spec.disks!;
+/**
+ * The block devices and the md arrays among them: what a health round needs (lsblk, then mdadm --detail and
+ * sysfs per array). observeDisks adds the signatures and files that only planning needs.
+ */
+export async function observeVolume(probe: HostProbe): Promise<Pick<ObservedDisks, 'devices' | 'arrays'>> {
   const ls = await probe.run(LSBLK_ARGV);
   if (ls.exitCode !== 0) throw new Error(`lsblk failed: ${ls.stderr.trim()}`);
   const devices = parseLsblk(ls.stdout);
-  const signatures: Record<string, Signature[]> = {};
-  for (const dev of flatten(devices)) {
-    if (!['disk', 'crypt'].includes(dev.type) && !dev.type.startsWith('raid')) continue;
-    if (signatures[dev.path]) continue;
-    const wipefs = await probe.run(['wipefs', '--no-act', '--json', dev.path]);
-    signatures[dev.path] =
-      wipefs.exitCode === 0
-        ? parseWipefs(wipefs.stdout)
-        : [{ type: `unreadable (wipefs: ${wipefs.stderr.trim().split('\n')[0] ?? wipefs.exitCode})`, offset: '?' }];
-  }
   const arrays: MdArray[] = [];
   for (const dev of flatten(devices).filter((x) => x.type.startsWith('raid'))) {
     if (arrays.some((a) => a.path === dev.path)) continue;
@@ -184,6 +177,22 @@ export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanCo
       syncAction: await read('sync_action'),
       members: [...ex.entries()].filter(([k]) => /^MD_DEVICE_.*_DEV$/.test(k)).map(([, v]) => v),
     });
+  }
+  return { devices, arrays };
+}
+
+export async function observeDisks(spec: NodeSpec, probe: HostProbe, ctx: PlanContext): Promise<ObservedDisks> {
+  const disksSpec = spec.disks!;
+  const { devices, arrays } = await observeVolume(probe);
+  const signatures: Record<string, Signature[]> = {};
+  for (const dev of flatten(devices)) {
+    if (!['disk', 'crypt'].includes(dev.type) && !dev.type.startsWith('raid')) continue;
+    if (signatures[dev.path]) continue;
+    const wipefs = await probe.run(['wipefs', '--no-act', '--json', dev.path]);
+    signatures[dev.path] =
+      wipefs.exitCode === 0
+        ? parseWipefs(wipefs.stdout)
+        : [{ type: `unreadable (wipefs: ${wipefs.stderr.trim().split('\n')[0] ?? wipefs.exitCode})`, offset: '?' }];
   }
   const text = async (p: string) => (await probe.readFile(p))?.toString('utf8');
   return {

@@ -66,9 +66,12 @@ export interface IpsecBackend {
    * once this side accepts the new credential.
    */
   rekey(name: string): string[];
-  /** argv lists whose output `parseStatus` reads */
-  statusCommands(): string[][];
-  parseStatus(outputs: string[]): Pick<ObservedIke, 'loaded' | 'traffic'>;
+  /** argv whose output lists the conns the daemon has loaded (read by `parseLoaded`) */
+  loadedCommand(): string[];
+  parseLoaded(output: string): ObservedIke['loaded'];
+  /** argv whose output lists the established child SAs and their bytes (read by `parseTraffic`): all a health round asks the daemon */
+  trafficCommand(): string[];
+  parseTraffic(output: string): ObservedIke['traffic'];
   versionCommand(): string[];
   parseVersion(output: string): string | undefined;
 }

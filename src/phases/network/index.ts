@@ -74,9 +74,8 @@ export async function observeNetwork(spec: NodeSpec, probe: HostProbe): Promise<
   const running = unit.active === 'active';
   let ike: ObservedIke = { running, loaded: [], traffic: {}, version: backend.parseVersion((await probe.run(backend.versionCommand())).stdout) };
   if (running) {
-    const outs = [];
-    for (const argv of backend.statusCommands()) outs.push((await probe.run(argv)).stdout);
-    ike = { ...ike, ...backend.parseStatus(outs) };
+    const loaded = backend.parseLoaded((await probe.run(backend.loadedCommand())).stdout);
+    ike = { ...ike, loaded, traffic: backend.parseTraffic((await probe.run(backend.trafficCommand())).stdout) };
   }
   const policyUnit = await probe.unitState(POLICY_UNIT);
   return {
@@ -300,19 +299,27 @@ export function ipsecHealth(spec: NodeSpec, ike: ObservedIke): PeerHealth[] {
   });
 }
 
-/** The network phase's part of a health round: the daemon, the drop policy, and every peer's tunnel. */
+/**
+ * The network phase's part of a health round: the daemon, the drop policy, and every peer's conn and tunnel.
+ * It asks only that (one unit state, the daemon's conns and SAs, the policy table), not what planning reads
+ * (bosun's files, the daemon's version).
+ */
 export async function networkHealth(
   spec: NodeSpec,
   probe: HostProbe,
-): Promise<{ ike: { running: boolean; version?: string }; policyLoaded: boolean; peers: PeerHealth[]; problems: string[] }> {
-  const obs = await observeNetwork(spec, probe);
-  const peers = ipsecHealth(spec, obs.ike);
+): Promise<{ ike: { running: boolean }; policyLoaded: boolean; peers: PeerHealth[]; problems: string[] }> {
+  const backend = backendFor(spec.network!.ipsec!);
+  const running = (await probe.unitState(backend.unit)).active === 'active';
+  const loaded = running ? backend.parseLoaded((await probe.run(backend.loadedCommand())).stdout) : [];
+  const traffic = running ? backend.parseTraffic((await probe.run(backend.trafficCommand())).stdout) : {};
+  const policyLoaded = (await probe.run(['nft', 'list', 'table', 'inet', POLICY_TABLE])).exitCode === 0;
+  const peers = ipsecHealth(spec, { running, loaded, traffic });
   const problems: string[] = [];
-  if (!obs.ike.running) problems.push('network: the IKE daemon is not running; traffic to every peer is dropped until it is back');
-  if (!obs.policyLoaded) problems.push('network: the drop policy is not loaded; unprotected traffic between nodes is not blocked');
+  if (!running) problems.push('network: the IKE daemon is not running; traffic to every peer is dropped until it is back');
+  if (!policyLoaded) problems.push('network: the drop policy is not loaded; unprotected traffic between nodes is not blocked');
   for (const p of peers) {
-    if (obs.ike.running && !p.up)
+    if (running && !p.up)
       problems.push(`network: no IPsec SA with ${p.peer} (${p.address})${p.initiator ? '; this node keeps retrying' : `; ${p.peer} initiates`}`);
   }
-  return { ike: { running: obs.ike.running, ...(obs.ike.version ? { version: obs.ike.version } : {}) }, policyLoaded: obs.policyLoaded, peers, problems };
+  return { ike: { running }, policyLoaded, peers, problems };
 }

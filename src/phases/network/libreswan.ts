@@ -81,14 +81,10 @@ export const libreswan: IpsecBackend = {
   // initiator has installed it) in which a packet can be lost; an IKE SA rekey leaves the
   // child SAs alone.
   rekey: (name) => ['ipsec', 'whack', '--asynchronous', '--rekey-ike', '--name', name],
-  statusCommands: () => [
-    ['ipsec', 'status'],
-    ['ipsec', 'trafficstatus'],
-  ],
-
-  parseStatus([status = '', traffic = '']) {
-    const loaded = new Set<string>();
-    for (const m of status.matchAll(/^(?:\d{3} )?"(bosun-[a-z0-9-]+)":/gm)) loaded.add(m[1]!);
+  loadedCommand: () => ['ipsec', 'status'],
+  parseLoaded: (status) => [...new Set([...status.matchAll(/^(?:\d{3} )?"(bosun-[a-z0-9-]+)":/gm)].map((found) => found[1]!))].sort(),
+  trafficCommand: () => ['ipsec', 'trafficstatus'],
+  parseTraffic(traffic) {
     const t: Record<string, { inBytes: number; outBytes: number }> = {};
     for (const line of traffic.split('\n')) {
       const m = /"(bosun-[a-z0-9-]+)".*\binBytes=(\d+), outBytes=(\d+)/.exec(line);
@@ -96,7 +92,7 @@ export const libreswan: IpsecBackend = {
       const prev = t[m[1]!] ?? { inBytes: 0, outBytes: 0 };
       t[m[1]!] = { inBytes: prev.inBytes + Number(m[2]), outBytes: prev.outBytes + Number(m[3]) };
     }
-    return { loaded: [...loaded].sort(), traffic: t };
+    return t;
   },
 
   versionCommand: () => ['ipsec', '--version'],

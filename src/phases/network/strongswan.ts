@@ -82,14 +82,10 @@ export const strongswan: IpsecBackend = {
   afterRemove: () => ['swanctl', '--load-conns'],
   rereadSecrets: () => ['swanctl', '--load-creds', '--noprompt'],
   rekey: (name) => ['swanctl', '--rekey', '--ike', name],
-  statusCommands: () => [
-    ['swanctl', '--list-conns'],
-    ['swanctl', '--list-sas'],
-  ],
-
-  parseStatus([conns = '', sas = '']) {
-    const loaded = new Set<string>();
-    for (const m of conns.matchAll(/^(bosun-[a-z0-9-]+): IKEv/gm)) loaded.add(m[1]!);
+  loadedCommand: () => ['swanctl', '--list-conns'],
+  parseLoaded: (conns) => [...new Set([...conns.matchAll(/^(bosun-[a-z0-9-]+): IKEv/gm)].map((found) => found[1]!))].sort(),
+  trafficCommand: () => ['swanctl', '--list-sas'],
+  parseTraffic(sas) {
     const traffic: Record<string, { inBytes: number; outBytes: number }> = {};
     let child: string | undefined;
     for (const line of sas.split('\n')) {
@@ -103,7 +99,7 @@ export const strongswan: IpsecBackend = {
       const b = child && /^\s+(in|out)\s+[0-9a-f]+(?:_i|_o)?(?: \([^)]*\))?,\s+(\d+) bytes/.exec(line);
       if (b && child) traffic[child]![b[1] === 'in' ? 'inBytes' : 'outBytes'] += Number(b[2]);
     }
-    return { loaded: [...loaded].sort(), traffic };
+    return traffic;
   },
 
   versionCommand: () => ['swanctl', '--version'],
