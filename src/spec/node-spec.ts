@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { BackupSpec } from './backup-spec.js';
 import { AbsolutePath, FileMode, Identifier, Ipv6Address, Port, Principal, RelativePath, SealedSecret } from './common.js';
 
 /**
@@ -432,6 +433,8 @@ export const NodeSpec = z
     restore: RestoreSpec.optional(),
     /** serve snapshots of the data volume to peers that restore from this node */
     peerServe: PeerServeSpec.optional(),
+    /** back the data volume up to object storage on a schedule */
+    backup: BackupSpec.optional(),
     auxiliary: z.array(AuxiliaryAgent).default([]),
     health: HealthSpec.default({ intervalSeconds: 30 }),
     /** present: this node is being retired; nothing is built, everything listed is torn down */
@@ -462,6 +465,14 @@ export const NodeSpec = z
     s.peerServe?.clients.forEach((c, i) => {
       if (c.node === s.node) ctx.addIssue({ code: 'custom', path: ['peerServe', 'clients', i, 'node'], message: 'a node cannot serve restores to itself' });
     });
+    if (s.backup && !s.disks) ctx.addIssue({ code: 'custom', path: ['backup'], message: 'backups are of the data volume: add "disks"' });
+    const spool = s.backup?.consistency.method === 'snapshot' ? s.backup.consistency.spoolDir : undefined;
+    if (spool && s.disks && isWithin(spool, s.disks.mount.path))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['backup', 'consistency', 'spoolDir'],
+        message: `must be outside the data volume (${s.disks.mount.path}): the spool would be part of its own backup`,
+      });
     if (s.container?.dataMountPoint && !s.disks)
       ctx.addIssue({ code: 'custom', path: ['container', 'dataMountPoint'], message: 'needs a data volume: add "disks"' });
     const names = new Set<string>();
@@ -470,6 +481,13 @@ export const NodeSpec = z
       names.add(a.name);
     });
   });
+
+/** Is path the directory dir or inside it (both absolute, no ".." components)? */
+function isWithin(path: string, dir: string): boolean {
+  const trimmed = (p: string): string => p.replace(/\/+$/, '') || '/';
+  const [inner, outer] = [trimmed(path), trimmed(dir)];
+  return inner === outer || inner.startsWith(outer === '/' ? '/' : `${outer}/`);
+}
 
 export type NodeSpec = z.infer<typeof NodeSpec>;
 export type DisksSpec = z.infer<typeof DisksSpec>;
