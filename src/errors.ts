@@ -45,7 +45,9 @@ export type ErrorCode =
   /** this host was decommissioned (or is being): it refuses every spec that would build it again */
   | 'E_DECOMMISSIONED'
   /** the decommission phase ran but its result did not verify (a keyslot left, a volume still open...) */
-  | 'E_DECOMMISSION_UNVERIFIED';
+  | 'E_DECOMMISSION_UNVERIFIED'
+  /** a scheduled backup failed (its stage in the details: credentials, quiesce, snapshot, upload, release) */
+  | 'E_BACKUP';
 
 const exitFor: Record<ErrorCode, ExitCode> = {
   E_USAGE: ExitCode.usage,
@@ -67,6 +69,7 @@ const exitFor: Record<ErrorCode, ExitCode> = {
   E_TRANSPORT: ExitCode.failed,
   E_DECOMMISSIONED: ExitCode.refused,
   E_DECOMMISSION_UNVERIFIED: ExitCode.failed,
+  E_BACKUP: ExitCode.failed,
   E_PACKAGES: ExitCode.failed,
 };
 

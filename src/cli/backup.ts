@@ -24,6 +24,7 @@ export const backupCommand: Command = {
     'agent.json objectStorage.credentialsFile, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Credentials are never printed.',
     'Progress goes to stderr: a bar on a terminal, else a plain line every 5 s.',
     "keygen: writes a new X25519 backup key pair's private half to FILE (0600, refuses to overwrite) and prints its public half.",
+    "job: the agent's scheduled backup, run by the agent itself (a job on stdin, the result as one JSON line on stdout); not for hand use.",
   ].join('\n'),
   options: {
     ...commonOptions,
@@ -39,6 +40,10 @@ export const backupCommand: Command = {
     if (subcommand === 'keygen') {
       if (rest.length > 0) throw usage('backup keygen takes no positional arguments');
       return keygen(values, io);
+    }
+    if (subcommand === 'job') {
+      if (rest.length > 0) throw usage('backup job takes no positional arguments (the job comes on stdin)');
+      return job(values, io);
     }
     if (subcommand !== 'create') throw usage('backup needs a subcommand: create or keygen');
     if (rest.length !== 1) throw usage('backup create needs exactly one directory');
@@ -98,4 +103,30 @@ async function create(source: string, values: OptionValues, io: Io): Promise<num
     progress.clear();
     client.destroy();
   }
+}
+
+/** `bosun backup job`: one scheduled backup for the agent (src/backup/job.ts); the job, with the store's credentials, on stdin. */
+async function job(values: OptionValues, io: Io): Promise<number> {
+  const { BACKUP_JOB_FORMAT, BackupJob, runBackupJob } = await import('../backup/job.js');
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new BosunError('E_USAGE', 'backup job: stdin is not a JSON job');
+  }
+  const checked = BackupJob.safeParse(parsed);
+  // The job holds credentials: name the fields that are wrong, never their values.
+  if (!checked.success)
+    throw new BosunError(
+      'E_USAGE',
+      `backup job: not a ${BACKUP_JOB_FORMAT} job (wrong or missing: ${checked.error.issues.map((issue) => issue.path.join('.') || 'the job').join(', ')})`,
+    );
+  const { stateDir } = await resolveState(values, false);
+  const redactor = new Redactor();
+  const { logger } = createLogger({ redactor, target: 'stderr', level: 'warn' });
+  const result = await runBackupJob(checked.data, { signer: (await loadOrCreateIdentity(stateDir)).identity, redactor, logger });
+  io.data(result);
+  return ExitCode.ok;
 }

@@ -4,6 +4,7 @@ import { Reporter } from '../bus/reporter.js';
 import type { Sample } from '../health/metrics.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import { ApplyLoop, type ApplyOptions } from './apply-loop.js';
+import { ScheduledBackups } from './backups.js';
 import { ConsumerSupervisor } from './consumer.js';
 import { DesiredIntake } from './intake.js';
 import { PeerServing } from './peer-serving.js';
@@ -12,6 +13,8 @@ import { HostStatus, newCounters, type Counters } from './status.js';
 export interface AgentOptions extends ApplyOptions {
   /** seconds without a fetch before the watchdog rebuilds the consumer */
   watchdogSeconds?: number;
+  /** the bosun command line that scheduled backups run `backup job` with (default: this process's node and script) */
+  bosunCommand?: readonly string[];
 }
 
 /**
@@ -34,6 +37,7 @@ export class Agent {
   readonly #intake: DesiredIntake;
   readonly #consumers: ConsumerSupervisor;
   readonly #peers: PeerServing;
+  readonly #backups: ScheduledBackups;
   readonly #status: HostStatus;
 
   constructor(options: AgentOptions) {
@@ -43,7 +47,27 @@ export class Agent {
     // Events and statuses go out only once start() has made the reporter; nothing publishes before that.
     const event = (body: Record<string, unknown>) => this.#reporter!.event(body);
     this.#peers = new PeerServing({ stateDir, logger, redactor, signal, event });
-    this.#loop = new ApplyLoop(options, { counters: this.counters, signal, peers: this.#peers, event, publishStatus: () => this.reportProgress() });
+    this.#backups = new ScheduledBackups({
+      host: options.host,
+      identity: options.identity,
+      redactor,
+      ...(settings.objectStorage ? { objectStorage: settings.objectStorage } : {}),
+      stateDir,
+      bosunCommand: options.bosunCommand ?? [process.execPath, process.argv[1]!],
+      // bosun.service runs under systemd (INVOCATION_ID), and so does the lab's agent; tests run it as a plain process.
+      underSystemd: process.env.INVOCATION_ID !== undefined,
+      logger,
+      signal,
+      event,
+    });
+    this.#loop = new ApplyLoop(options, {
+      counters: this.counters,
+      signal,
+      peers: this.#peers,
+      backups: this.#backups,
+      event,
+      publishStatus: () => this.reportProgress(),
+    });
     this.#intake = new DesiredIntake({
       settings,
       stateDir,
@@ -61,7 +85,14 @@ export class Agent {
       onMessage: (message) => this.#intake.handle(message),
       watchdogSeconds: options.watchdogSeconds,
     });
-    this.#status = new HostStatus({ node: settings.node, identity: options.identity, stateDir, applyState: this.#loop, counters: this.counters });
+    this.#status = new HostStatus({
+      node: settings.node,
+      identity: options.identity,
+      stateDir,
+      applyState: this.#loop,
+      counters: this.counters,
+      backups: this.#backups,
+    });
   }
 
   get lastGood(): NodeSpec | undefined {
@@ -81,6 +112,7 @@ export class Agent {
     const { settings, logger, identity } = this.#options;
     await this.#loop.load();
     await this.#intake.load();
+    await this.#backups.load();
     const kafka = await createKafka(settings, logger, this.#sockets);
     this.#reporter = new Reporter({ kafka, sockets: this.#sockets, node: settings.node, identity, topics: settings.topics, logger });
     if (this.#loop.lastGood) await this.#loop.boot();
@@ -119,6 +151,11 @@ export class Agent {
     return this.#reporter!.status(this.#status.bodyWithHealth(health));
   }
 
+  /** A scheduled backup now, unless one is running (tests; an operator's request later). */
+  backupNow(): Promise<void> {
+    return this.#backups.runNow('request');
+  }
+
   /** The figures for the local Prometheus endpoint. */
   metrics(): Sample[] {
     return this.#status.metrics(this.#reporter?.queued.events);
@@ -129,6 +166,7 @@ export class Agent {
     await this.#loop.stop();
     await this.#consumers.stop();
     await this.#peers.stop();
+    await this.#backups.stop();
     await this.#reporter?.stop();
     this.#sockets.closeAll();
   }

@@ -12,6 +12,7 @@ import type { AgentSettings } from '../spec/agent-settings.js';
 import type { NodeSpec } from '../spec/node-spec.js';
 import { readLastGoodSpec } from '../state/applied.js';
 import { readDecommissionRecord, type DecommissionRecord } from '../state/decommission.js';
+import type { ScheduledBackups } from './backups.js';
 import type { PeerServing } from './peer-serving.js';
 import type { ApplyState, Counters, LastApply } from './status.js';
 
@@ -47,6 +48,7 @@ export interface ApplyLoopLinks {
   /** aborted when the agent stops: no apply or retry starts after that */
   signal: AbortSignal;
   peers: PeerServing;
+  backups: ScheduledBackups;
   /** publish an event on bosun.events */
   event: (body: Record<string, unknown>) => Promise<void>;
   /** publish this host's status on bosun.status (after every apply, whatever its outcome) */
@@ -169,7 +171,10 @@ export class ApplyLoop implements ApplyState {
     const previous = boot ? undefined : this.#lastGood;
     const stages = changedStages(spec, previous);
     const planner = options.planner ?? phasePlanner(options.probe, options.ctx, previous);
-    if (spec.decommission) await this.#links.peers.sync(spec);
+    if (spec.decommission) {
+      await this.#links.peers.sync(spec);
+      this.#links.backups.sync(spec);
+    }
     const inProgress = { version: spec.version, since: new Date().toISOString(), step: 'planning' };
     this.#inProgress = inProgress;
     const onProgress = (text: string) => {
@@ -205,6 +210,7 @@ export class ApplyLoop implements ApplyState {
     counters.applied += 1;
     this.#lastGood = spec;
     await this.#links.peers.sync(spec);
+    this.#links.backups.sync(spec);
     this.#lastApply = { version: spec.version, result: outcome.result, at: new Date().toISOString() };
     this.#retryDelay = this.#options.retrySeconds ?? 5;
     await event({

@@ -42,6 +42,8 @@ export interface HostStatusOptions {
   stateDir: string;
   applyState: ApplyState;
   counters: Counters;
+  /** the scheduled backups' state (daemon/backups.ts) */
+  backups?: { status(): unknown; samples(): Sample[] };
 }
 
 /** The figures of the last health round that the metrics show. */
@@ -74,6 +76,7 @@ export class HostStatus {
       applying: applyState.inProgress ? { ...applyState.inProgress } : null,
       restore: readRestoreProgressSync(this.#options.stateDir) ?? null,
       lifecycle: lifecycleOf(applyState.decommission, applyState.wanted),
+      backup: this.#options.backups?.status() ?? null,
       counters: this.#options.counters,
       time: new Date().toISOString(),
       ...extra,
@@ -110,6 +113,7 @@ export class HostStatus {
             gauge('bosun_volume_used_bytes', 'data volume bytes used', health.disks.usage.usedBytes),
           ]
         : []),
+      ...(this.#options.backups?.samples() ?? []),
     ];
   }
 }

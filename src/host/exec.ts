@@ -23,6 +23,8 @@ export interface ExecOptions {
   okExitCodes?: readonly number[];
   /** a probe reports the exit code instead of throwing */
   check?: boolean;
+  /** aborting it kills the command (SIGTERM) */
+  signal?: AbortSignal;
 }
 
 /**
@@ -38,6 +40,7 @@ export async function runCommand(argv: readonly string[], redactor: SecretScrubb
     stdin: opts.input ? undefined : 'ignore',
     reject: false,
     timeout: opts.timeoutSeconds ? opts.timeoutSeconds * 1000 : undefined,
+    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
     env: { LC_ALL: 'C' },
     stripFinalNewline: true,
     maxBuffer: 16 * 1024 * 1024,

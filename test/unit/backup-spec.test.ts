@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { validate as nodeCronAccepts } from 'node-cron';
 import { isoWeekOf, planRetention, type BackupRef } from '../../src/backup/retention.js';
+import { splayOffsetSeconds } from '../../src/daemon/backups.js';
 import { BackupRetention, cronProblem } from '../../src/spec/backup-spec.js';
 import { parseNodeSpec } from '../../src/spec/validate.js';
 import { loadExample } from '../helpers.js';
@@ -134,5 +135,20 @@ describe('retention', () => {
     const set = backups('2026-12-01T03:00:00Z', '2026-12-02T03:00:00Z');
     assert.equal(planRetention(set, policy({ last: 1 })).keep[0]!.backupId, 'b01');
     assert.deepEqual(planRetention([], policy({ last: 3, daily: 3 })), { keep: [], drop: [] });
+  });
+});
+
+describe('the splay of a scheduled backup', () => {
+  it("is fixed per node, within the spec's window, spread across a fleet, and 0 when the window is", async () => {
+    const result = await withBackup({ consistency: { method: 'crash-consistent' }, splaySeconds: 300 });
+    assert.ok(result.ok);
+    const offsets = Array.from({ length: 100 }, (_, i) => splayOffsetSeconds({ ...result.value, node: `node-${i}` }));
+    assert.ok(
+      offsets.every((s) => Number.isInteger(s) && s >= 0 && s <= 300),
+      String(offsets),
+    );
+    assert.ok(new Set(offsets).size > 70, `only ${new Set(offsets).size} distinct offsets for 100 nodes`);
+    assert.equal(splayOffsetSeconds(result.value), splayOffsetSeconds(result.value));
+    assert.equal(splayOffsetSeconds({ ...result.value, backup: { ...result.value.backup!, splaySeconds: 0 } }), 0);
   });
 });
