@@ -11,7 +11,7 @@ import { commonOptions, resolveState, stateOptions, storeFlags, storeOptions, us
 export const backupCommand: Command = {
   summary: 'make an encrypted, verified backup of a directory in object storage, or a backup key pair',
   usage:
-    'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup keygen --out FILE [--json]',
+    'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup verify --bucket B [--prefix P] (--key-file PEM | --identity) [--backup ID] [--sample PERCENT] [--json]\n       bosun backup keygen --out FILE [--json]',
   help: [
     'create: walks <dir>, cuts files into 4 MiB chunks, compresses (zstd) and encrypts (AES-256-GCM) each, uploads packs, then the',
     'manifest, then latest.json (format: src/backup/FORMAT.md). The data key is fresh per backup and sealed to the recipient key.',
@@ -23,6 +23,9 @@ export const backupCommand: Command = {
     'Store: --endpoint/--region, else agent.json objectStorage, else AWS_ENDPOINT_URL / AWS_REGION; credentials from',
     'agent.json objectStorage.credentialsFile, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Credentials are never printed.',
     'Progress goes to stderr: a bar on a terminal, else a plain line every 5 s.',
+    'verify: re-reads every chunk of a backup (latest, or --backup ID; --sample 10 checks a random 10 %) from the store and checks it',
+    'as a restore would (tag, length, SHA-256 against the signed manifest), writing nothing. Lists every bad or missing object with',
+    'its byte range and the files it touches; exit 1 if there is one.',
     "keygen: writes a new X25519 backup key pair's private half to FILE (0600, refuses to overwrite) and prints its public half.",
     "job: the agent's scheduled backup, run by the agent itself (a job on stdin, the result as one JSON line on stdout); not for hand use.",
   ].join('\n'),
@@ -34,6 +37,9 @@ export const backupCommand: Command = {
     sign: { type: 'boolean' },
     host: { type: 'string' },
     out: { type: 'string' },
+    backup: { type: 'string' },
+    identity: { type: 'boolean' },
+    sample: { type: 'string' },
   },
   async run({ values, positionals, io }) {
     const [subcommand, ...rest] = positionals;
@@ -45,7 +51,11 @@ export const backupCommand: Command = {
       if (rest.length > 0) throw usage('backup job takes no positional arguments (the job comes on stdin)');
       return job(values, io);
     }
-    if (subcommand !== 'create') throw usage('backup needs a subcommand: create or keygen');
+    if (subcommand === 'verify') {
+      if (rest.length > 0) throw usage('backup verify takes no positional arguments');
+      return verify(values, io);
+    }
+    if (subcommand !== 'create') throw usage('backup needs a subcommand: create, verify or keygen');
     if (rest.length !== 1) throw usage('backup create needs exactly one directory');
     return create(rest[0]!, values, io);
   },
@@ -129,4 +139,36 @@ async function job(values: OptionValues, io: Io): Promise<number> {
   const result = await runBackupJob(checked.data, { signer: (await loadOrCreateIdentity(stateDir)).identity, redactor, logger });
   io.data(result);
   return ExitCode.ok;
+}
+
+async function verify(values: OptionValues, io: Io): Promise<number> {
+  if (typeof values.bucket !== 'string') throw usage('backup verify needs --bucket');
+  if ((values['key-file'] === undefined) === (values.identity === undefined)) throw usage('backup verify needs exactly one of --key-file PEM or --identity');
+  const sample = values.sample === undefined ? 100 : Number(values.sample);
+  if (!(sample > 0 && sample <= 100)) throw usage(`--sample expects a percentage in (0, 100], not "${String(values.sample)}"`);
+  const { S3Transport, createS3Client, resolveBackupId } = await import('../backup/index.js');
+  const { resolveStore } = await import('../backup/store.js');
+  const { verifyBackup } = await import('../backup/verify.js');
+  const { dataKeyOpener } = await import('./restore.js');
+  const { settings, stateDir } = await resolveState(values, false);
+  const redactor = new Redactor();
+  const openDataKey = await dataKeyOpener(values, stateDir);
+  const client = createS3Client(await resolveStore(settings?.objectStorage, storeFlags(values), redactor));
+  try {
+    const transport = new S3Transport({ client, bucket: values.bucket, prefix: (values.prefix as string | undefined) ?? '' });
+    const backupId = await resolveBackupId(transport, (values.backup as string | undefined) ?? 'latest');
+    const report = await verifyBackup({ transport, backupId, openDataKey, sample: sample / 100 });
+    if (io.json) io.data({ ok: report.problems.length === 0, ...report });
+    else {
+      io.out(`backup ${report.backupId} (${report.createdAt}): ${report.chunksChecked} of ${report.chunks} chunks in ${report.packs} packs checked`);
+      for (const p of report.problems)
+        io.out(
+          `  ${p.failure}: ${p.object}${p.range ? ` bytes ${p.range[0]}-${p.range[1]}` : ''}${p.files.length > 0 ? ` (files: ${p.files.join(', ')})` : ''}`,
+        );
+      io.out(report.problems.length === 0 ? 'every checked chunk verified' : `${report.problems.length} problems: this backup does not restore as it is`);
+    }
+    return report.problems.length === 0 ? ExitCode.ok : ExitCode.failed;
+  } finally {
+    client.destroy();
+  }
 }

@@ -114,7 +114,7 @@ function positiveNumber(value: unknown, flag: string): number | undefined {
 }
 
 /** Opens the backup's sealed data key: with the backup key pair's private half, or with this host's identity. */
-async function dataKeyOpener(values: OptionValues, stateDir: string): Promise<(sealed: string) => Buffer> {
+export async function dataKeyOpener(values: OptionValues, stateDir: string): Promise<(sealed: string) => Buffer> {
   if (typeof values['key-file'] === 'string') {
     const { parseBackupKey, readPrivateFile } = await import('../backup/store.js');
     const key = parseBackupKey(await readPrivateFile(values['key-file'], 'backup key file'), 'backup key file');
