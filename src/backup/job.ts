@@ -3,6 +3,9 @@ import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import type { SecretScrubber } from '../host/exec.js';
 import { createBackup, type BackupResult } from './create.js';
+import { newBackupId } from './format.js';
+import { takeLease } from './leases.js';
+import { pruneBackups } from './prune.js';
 import { S3Transport, createS3Client } from './s3-transport.js';
 
 /*
@@ -32,12 +35,16 @@ export const BackupJob = z.strictObject({
     forcePathStyle: z.boolean(),
     credentials: z.strictObject({ accessKeyId: z.string(), secretAccessKey: z.string() }).optional(),
   }),
+  /** after the backup, apply this retention to the set (spec.backup.prune) */
+  prune: z.strictObject({ last: z.number().int().min(1), daily: z.number().int().min(0), weekly: z.number().int().min(0) }).optional(),
 });
 export type BackupJob = z.infer<typeof BackupJob>;
 
 /** What the job process prints on stdout (one JSON line) when the backup is complete and latest.json names it. */
 export interface BackupJobResult extends BackupResult {
   ok: true;
+  /** what the prune after it did, when the job asked for one */
+  pruned?: { dropped: string[]; incomplete: number; bytesFreed: number };
 }
 
 /** Runs a job: the backup of job.source, signed with the host's identity, published as the set's latest. */
@@ -50,17 +57,33 @@ export async function runBackupJob(
     options.redactor.add(job.store.credentials.secretAccessKey);
   }
   const client = createS3Client(job.store);
+  const transport = new S3Transport({ client, bucket: job.bucket, prefix: job.prefix });
   try {
-    const result = await createBackup({
-      source: job.source,
-      transport: new S3Transport({ client, bucket: job.bucket, prefix: job.prefix }),
-      recipient: job.recipient,
-      signer: options.signer,
-      host: job.host,
-      ...(options.logger ? { logger: options.logger } : {}),
-      ...(options.signal ? { signal: options.signal } : {}),
-    });
-    return { ok: true, ...result };
+    // A lease names the backup while it is made: a prune meanwhile keeps its packs (leases.ts).
+    const backupId = newBackupId();
+    const lease = await takeLease(transport, { kind: 'backup', host: job.host, backupIds: [backupId], ...(options.signal ? { signal: options.signal } : {}) });
+    let result: BackupResult;
+    try {
+      result = await createBackup({
+        source: job.source,
+        transport,
+        recipient: job.recipient,
+        signer: options.signer,
+        host: job.host,
+        backupId,
+        ...(options.logger ? { logger: options.logger } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+    } finally {
+      await lease.release().catch(() => undefined);
+    }
+    if (!job.prune) return { ok: true, ...result };
+    const pruned = await pruneBackups({ transport, policy: job.prune, host: job.host, apply: true, ...(options.signal ? { signal: options.signal } : {}) });
+    return {
+      ok: true,
+      ...result,
+      pruned: { dropped: pruned.dropped.map((b) => b.backupId), incomplete: pruned.incomplete.length, bytesFreed: pruned.bytesFreed },
+    };
   } finally {
     client.destroy();
   }

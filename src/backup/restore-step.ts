@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { RestoreResult } from './index.js';
 import type { Progress } from './progress.js';
 import { BosunError, describeError } from '../errors.js';
@@ -127,6 +128,8 @@ async function restoreStepFromObjectStorage(step: ObjectStorageRestoreStep, ctx:
       markerPath: root + step.marker,
       markerExtra: { format: MARKER_FORMAT, source, requested: step.backup },
       keepTargetMetadata: true,
+      // A prune elsewhere keeps this backup while the restore reads it (leases.ts).
+      lease: { host: hostname() },
       ...(step.bandwidthLimitMiBps ? { bandwidthLimit: step.bandwidthLimitMiBps * 1024 * 1024 } : {}),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });

@@ -1,9 +1,9 @@
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { RawS3Reader } from './raw-get.js';
 import type { SigningCredentials } from './sigv4.js';
-import { TransportError, httpFailure, type ByteRange, type GetResult, type Transport } from './transport.js';
+import { TransportError, httpFailure, type ByteRange, type GetResult, type ListedObject, type ManagedTransport } from './transport.js';
 
 export interface S3Location {
   client: S3Client;
@@ -83,7 +83,7 @@ interface ClientConfig {
   systemClockOffset?: number;
 }
 
-export class S3Transport implements Transport {
+export class S3Transport implements ManagedTransport {
   readonly #client: S3Client;
   readonly #bucket: string;
   readonly #prefix: string;
@@ -155,6 +155,43 @@ export class S3Transport implements Transport {
       );
     } catch (e) {
       throw s3Error(e, this.describe(key));
+    }
+  }
+
+  async list(under: string, signal?: AbortSignal): Promise<ListedObject[]> {
+    const objects: ListedObject[] = [];
+    let token: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.#client.send(
+          new ListObjectsV2Command({ Bucket: this.#bucket, Prefix: this.#prefix + under, ...(token ? { ContinuationToken: token } : {}) }),
+          signal ? { abortSignal: signal } : {},
+        );
+      } catch (e) {
+        throw s3Error(e, this.describe(under));
+      }
+      for (const o of page.Contents ?? [])
+        if (o.Key) objects.push({ key: o.Key.slice(this.#prefix.length), size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) });
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return objects;
+  }
+
+  async delete(keys: readonly string[], signal?: AbortSignal): Promise<void> {
+    for (let i = 0; i < keys.length; i += 1000) {
+      const batch = keys.slice(i, i + 1000);
+      let answer;
+      try {
+        answer = await this.#client.send(
+          new DeleteObjectsCommand({ Bucket: this.#bucket, Delete: { Objects: batch.map((key) => ({ Key: this.#prefix + key })), Quiet: true } }),
+          signal ? { abortSignal: signal } : {},
+        );
+      } catch (e) {
+        throw s3Error(e, this.describe(batch[0]!));
+      }
+      const failed = answer.Errors?.[0];
+      if (failed) throw httpFailure(undefined, failed.Code ?? 'DeleteFailed', `${this.describe((failed.Key ?? '').slice(this.#prefix.length))}: not deleted`);
     }
   }
 }

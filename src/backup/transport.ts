@@ -37,6 +37,25 @@ export interface Transport {
   put(key: string, body: Buffer, signal?: AbortSignal): Promise<void>;
 }
 
+export interface ListedObject {
+  /** relative to the backup set's prefix */
+  key: string;
+  size: number;
+  lastModified: Date;
+}
+
+/** A store bosun may also list and delete in (object storage; a peer's snapshot server is read-only). */
+export interface ManagedTransport extends Transport {
+  /** every object whose key starts with `under`, in key order; must throw TransportError */
+  list(under: string, signal?: AbortSignal): Promise<ListedObject[]>;
+  /** delete objects (a missing one is not an error); must throw TransportError */
+  delete(keys: readonly string[], signal?: AbortSignal): Promise<void>;
+}
+
+export function isManaged(transport: Transport): transport is ManagedTransport {
+  return typeof (transport as Partial<ManagedTransport>).list === 'function' && typeof (transport as Partial<ManagedTransport>).delete === 'function';
+}
+
 export type TransportFailure =
   /** the object does not exist */
   | 'not-found'

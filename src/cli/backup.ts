@@ -5,13 +5,14 @@ import { writeFileAtomic } from '../host/files.js';
 import { loadOrCreateIdentity } from '../identity/host-identity.js';
 import { publicKeyString, x25519PublicFromString } from '../identity/seal.js';
 import { createLogger } from '../log.js';
+import type { ManagedTransport } from '../backup/transport.js';
 import { Redactor } from '../secrets/redact.js';
 import { commonOptions, resolveState, stateOptions, storeFlags, storeOptions, usage, type Command, type Io, type OptionValues } from './common.js';
 
 export const backupCommand: Command = {
   summary: 'make an encrypted, verified backup of a directory in object storage, or a backup key pair',
   usage:
-    'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup verify --bucket B [--prefix P] (--key-file PEM | --identity) [--backup ID] [--sample PERCENT] [--json]\n       bosun backup keygen --out FILE [--json]',
+    'bosun backup create <dir> --bucket B [--prefix P] (--to x25519:KEY | --key-file PEM) [--sign] [--endpoint URL] [--region R] [--json]\n       bosun backup verify --bucket B [--prefix P] (--key-file PEM | --identity) [--backup ID] [--sample PERCENT] [--json]\n       bosun backup list --bucket B [--prefix P] [--json]\n       bosun backup prune --bucket B [--prefix P] [--keep-last N] [--keep-daily D] [--keep-weekly W] [--apply] [--json]\n       bosun backup keygen --out FILE [--json]',
   help: [
     'create: walks <dir>, cuts files into 4 MiB chunks, compresses (zstd) and encrypts (AES-256-GCM) each, uploads packs, then the',
     'manifest, then latest.json (format: src/backup/FORMAT.md). The data key is fresh per backup and sealed to the recipient key.',
@@ -26,6 +27,9 @@ export const backupCommand: Command = {
     'verify: re-reads every chunk of a backup (latest, or --backup ID; --sample 10 checks a random 10 %) from the store and checks it',
     'as a restore would (tag, length, SHA-256 against the signed manifest), writing nothing. Lists every bad or missing object with',
     'its byte range and the files it touches; exit 1 if there is one.',
+    'list: the backups of a set, newest first, from object names alone (no key needed): id, time, objects, bytes, complete or not, latest.',
+    'prune: applies a retention (default --keep-last 7 --keep-daily 7 --keep-weekly 4) and says what it would delete; --apply deletes.',
+    'Never deleted: the latest backup, and any backup a running backup or restore holds a lease on (locks/ in the set).',
     "keygen: writes a new X25519 backup key pair's private half to FILE (0600, refuses to overwrite) and prints its public half.",
     "job: the agent's scheduled backup, run by the agent itself (a job on stdin, the result as one JSON line on stdout); not for hand use.",
   ].join('\n'),
@@ -40,6 +44,10 @@ export const backupCommand: Command = {
     backup: { type: 'string' },
     identity: { type: 'boolean' },
     sample: { type: 'string' },
+    'keep-last': { type: 'string' },
+    'keep-daily': { type: 'string' },
+    'keep-weekly': { type: 'string' },
+    apply: { type: 'boolean' },
   },
   async run({ values, positionals, io }) {
     const [subcommand, ...rest] = positionals;
@@ -55,7 +63,11 @@ export const backupCommand: Command = {
       if (rest.length > 0) throw usage('backup verify takes no positional arguments');
       return verify(values, io);
     }
-    if (subcommand !== 'create') throw usage('backup needs a subcommand: create, verify or keygen');
+    if (subcommand === 'list' || subcommand === 'prune') {
+      if (rest.length > 0) throw usage(`backup ${subcommand} takes no positional arguments`);
+      return subcommand === 'list' ? list(values, io) : prune(values, io);
+    }
+    if (subcommand !== 'create') throw usage('backup needs a subcommand: create, verify, list, prune or keygen');
     if (rest.length !== 1) throw usage('backup create needs exactly one directory');
     return create(rest[0]!, values, io);
   },
@@ -171,4 +183,59 @@ async function verify(values: OptionValues, io: Io): Promise<number> {
   } finally {
     client.destroy();
   }
+}
+
+/** The set named by --bucket/--prefix, as a store bosun may list and delete in; `use` runs with it, then the client is closed. */
+async function withSet<T>(values: OptionValues, command: string, use: (transport: ManagedTransport, node?: string) => Promise<T>): Promise<T> {
+  if (typeof values.bucket !== 'string') throw usage(`backup ${command} needs --bucket`);
+  const { S3Transport, createS3Client } = await import('../backup/index.js');
+  const { resolveStore } = await import('../backup/store.js');
+  const { settings } = await resolveState(values, false);
+  const client = createS3Client(await resolveStore(settings?.objectStorage, storeFlags(values), new Redactor()));
+  try {
+    return await use(new S3Transport({ client, bucket: values.bucket, prefix: (values.prefix as string | undefined) ?? '' }), settings?.node);
+  } finally {
+    client.destroy();
+  }
+}
+
+async function list(values: OptionValues, io: Io): Promise<number> {
+  const { listBackups } = await import('../backup/prune.js');
+  const { formatBytes } = await import('../backup/index.js');
+  const listed = await withSet(values, 'list', (transport) => listBackups(transport));
+  if (io.json) io.data({ ok: true, ...listed });
+  else {
+    for (const b of listed.backups)
+      io.out(
+        `${b.backupId}  ${b.createdAt}  ${String(b.objects).padStart(5)} objects  ${formatBytes(b.bytes).padStart(10)}${b.complete ? '' : '  incomplete'}${b.backupId === listed.latest ? '  latest' : ''}`,
+      );
+    if (listed.backups.length === 0) io.out('no backups in this set');
+  }
+  return ExitCode.ok;
+}
+
+function count(values: OptionValues, flag: string, fallback: number, min: number): number {
+  const raw = values[flag];
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw usage(`--${flag} expects a whole number of at least ${min}, not "${String(raw)}"`);
+  return n;
+}
+
+async function prune(values: OptionValues, io: Io): Promise<number> {
+  const policy = { last: count(values, 'keep-last', 7, 1), daily: count(values, 'keep-daily', 7, 0), weekly: count(values, 'keep-weekly', 4, 0) };
+  const { pruneBackups } = await import('../backup/prune.js');
+  const { formatBytes } = await import('../backup/index.js');
+  const report = await withSet(values, 'prune', (transport, node) =>
+    pruneBackups({ transport, policy, host: node ?? hostname(), apply: values.apply === true }),
+  );
+  if (io.json) io.data({ ok: true, ...report });
+  else {
+    for (const b of report.kept) io.out(`keep  ${b.backupId}  (${b.reasons.join(', ')})`);
+    for (const b of report.dropped) io.out(`${report.applied ? 'deleted' : 'would delete'}  ${b.backupId}  ${formatBytes(b.bytes)}`);
+    for (const b of report.incomplete)
+      io.out(`${report.applied ? 'deleted' : 'would delete'}  ${b.backupId}  ${formatBytes(b.bytes)} (incomplete: a run that did not finish)`);
+    io.out(report.applied ? `freed ${formatBytes(report.bytesFreed)}` : `would free ${formatBytes(report.bytesFreed)}; nothing was deleted (--apply deletes)`);
+  }
+  return ExitCode.ok;
 }

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { BosunError, ExitCode, isBosunError } from '../errors.js';
 import { readIdentity } from '../identity/host-identity.js';
 import { createLogger } from '../log.js';
@@ -70,6 +71,7 @@ export const restoreCommand: Command = {
         ...(limits.bandwidthMiB !== undefined ? { bandwidthLimit: limits.bandwidthMiB * 1024 * 1024 } : {}),
         ...(limits.concurrency !== undefined ? { concurrency: limits.concurrency } : {}),
         ...(values.verify ? { verifyFiles: true } : {}),
+        lease: { host: settings?.node ?? hostname() },
         ...(typeof values.marker === 'string' ? { markerPath: values.marker } : {}),
       });
       progress.clear();

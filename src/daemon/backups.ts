@@ -137,7 +137,7 @@ export class ScheduledBackups {
       logger.info(
         `backup ${success.backupId} to ${target}: ${success.files} files, ${success.bytesRead} bytes read, ${success.bytesUploaded} uploaded in ${success.seconds} s`,
       );
-      await this.#publish({ kind: 'backup-succeeded', version: spec.version, ...success });
+      await this.#publish({ kind: 'backup-succeeded', version: spec.version, ...success, ...(result.pruned ? { pruned: result.pruned } : {}) });
     } catch (e) {
       const stage = e instanceof BackupRunError ? e.stage : 'upload';
       const message = this.#options.redactor.redact(describeError(e));

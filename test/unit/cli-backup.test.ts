@@ -39,7 +39,7 @@ describe('bosun backup / restore command line', () => {
     assert.match(h.stdout, /E_INTEGRITY/);
     assert.equal((await runCli(['backup', '--help'])).code, 0);
     const cases: Array<[string[], RegExp]> = [
-      [['backup'], /backup needs a subcommand: create, verify or keygen/],
+      [['backup'], /backup needs a subcommand: create, verify, list, prune or keygen/],
       [['backup', 'create', '/tmp'], /backup create needs --bucket/],
       [['backup', 'create', '/tmp', '--bucket', 'b'], /exactly one of --to x25519:KEY or --key-file PEM/],
       [['backup', 'keygen'], /backup keygen needs --out FILE/],

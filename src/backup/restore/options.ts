@@ -76,6 +76,8 @@ export type RestoreOptions = RestoreSource & {
    */
   precreateFiles?: boolean;
   signal?: AbortSignal;
+  /** hold a restore lease in the set while restoring (leases.ts), so a prune keeps this backup; object storage only */
+  lease?: { host: string };
 };
 
 export interface RestoreResult {

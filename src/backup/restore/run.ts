@@ -8,6 +8,8 @@ import { DEFAULT_RETRY, type RetryPolicy } from '../retry.js';
 import { chooseLayout, commitLayout, ensureStaging, type TargetLayout } from '../target.js';
 import { applyRootMetadata, finishTree } from './finish.js';
 import { openManifest, resolveBackupId } from './manifest.js';
+import { takeLease } from '../leases.js';
+import { isManaged } from '../transport.js';
 import { transportOf, type RestoreOptions, type RestoreResult } from './options.js';
 import { RestoreJournal, resumeOrStart } from './resume.js';
 import { fetchAll } from './session.js';
@@ -22,6 +24,24 @@ import { fetchAll } from './session.js';
  * everything is synced.
  */
 export async function restoreFromObjectStorage(options: RestoreOptions): Promise<RestoreResult> {
+  const transport = transportOf(options);
+  if (!options.lease || !isManaged(transport)) return restoreUnleased(options);
+  // The lease names the backup, so it is resolved first (again below: an explicit id is only checked then).
+  const backupId = await resolveBackupId(transport, options.backupId, options.retry ?? DEFAULT_RETRY, options.signal);
+  const lease = await takeLease(transport, {
+    kind: 'restore',
+    host: options.lease.host,
+    backupIds: [backupId],
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  try {
+    return await restoreUnleased({ ...options, backupId });
+  } finally {
+    await lease.release().catch(() => undefined);
+  }
+}
+
+async function restoreUnleased(options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
   const transport = transportOf(options);
   const counter = { retries: 0 };

@@ -1,0 +1,141 @@
+import type { BackupRetention } from '../spec/backup-spec.js';
+import { isBackupId, manifestKey } from './format.js';
+import { readLeases, takeLease } from './leases.js';
+import { resolveBackupId } from './restore/manifest.js';
+import { planRetention, type BackupRef, type KeepReason } from './retention.js';
+import type { ListedObject, ManagedTransport } from './transport.js';
+
+/*
+ * Prune: apply a retention policy to a backup set and delete what it drops.
+ * Works from object names alone (no key needed): a backup is the objects
+ * under backups/<id>/, complete once its manifest exists, created at the time
+ * its id names. Never deleted: the backup latest.json names, and every backup
+ * a live lease names (a backup being made, a restore reading one; leases.ts).
+ * A dropped backup loses its manifest first, so it is never half visible; a
+ * backup without a manifest (a run that was killed) is removed once it is a
+ * day old and no lease names it. Dry run unless `apply`.
+ */
+
+/** What a run that was killed leaves (packs, no manifest) is removed once its newest object is this old. */
+const INCOMPLETE_GRACE_MS = 24 * 3600 * 1000;
+
+export interface PruneOptions {
+  transport: ManagedTransport;
+  policy: BackupRetention;
+  /** who prunes, for the lease */
+  host: string;
+  /** delete (default false: only say what would go) */
+  apply?: boolean;
+  now?: number;
+  signal?: AbortSignal;
+}
+
+export interface PrunedBackup {
+  backupId: string;
+  createdAt: string;
+  objects: number;
+  bytes: number;
+}
+
+export interface PruneReport {
+  applied: boolean;
+  kept: Array<PrunedBackup & { reasons: Array<KeepReason | 'latest' | 'lease'> }>;
+  dropped: PrunedBackup[];
+  /** backups without a manifest that were (or would be) removed */
+  incomplete: PrunedBackup[];
+  /** expired leases removed */
+  staleLeases: number;
+  bytesFreed: number;
+}
+
+/** "20261207T030405Z-1a2b3c4d" -> "2026-12-07T03:04:05.000Z" */
+export function createdAtOfId(backupId: string): string {
+  const t = backupId.slice(0, 16);
+  return new Date(`${t.slice(0, 4)}-${t.slice(4, 6)}-${t.slice(6, 8)}T${t.slice(9, 11)}:${t.slice(11, 13)}:${t.slice(13, 15)}Z`).toISOString();
+}
+
+interface SetEntry extends PrunedBackup {
+  complete: boolean;
+  keys: string[];
+  newest: number;
+}
+
+/** The backups of the set, by id, from a listing of backups/. */
+export function backupsInListing(objects: readonly ListedObject[]): Map<string, SetEntry> {
+  const backups = new Map<string, SetEntry>();
+  for (const object of objects) {
+    const backupId = object.key.split('/')[1] ?? '';
+    if (!isBackupId(backupId)) continue;
+    const entry = backups.get(backupId) ?? { backupId, createdAt: createdAtOfId(backupId), objects: 0, bytes: 0, complete: false, keys: [], newest: 0 };
+    entry.objects += 1;
+    entry.bytes += object.size;
+    entry.keys.push(object.key);
+    entry.newest = Math.max(entry.newest, object.lastModified.getTime());
+    if (object.key === manifestKey(backupId)) entry.complete = true;
+    backups.set(backupId, entry);
+  }
+  return backups;
+}
+
+const summary = ({ backupId, createdAt, objects, bytes }: SetEntry): PrunedBackup => ({ backupId, createdAt, objects, bytes });
+
+export async function pruneBackups(options: PruneOptions): Promise<PruneReport> {
+  const { transport } = options;
+  const now = options.now ?? Date.now();
+  const lease = options.apply
+    ? await takeLease(transport, { kind: 'prune', host: options.host, backupIds: [], ...(options.signal ? { signal: options.signal } : {}) })
+    : undefined;
+  try {
+    // Leases are read after ours is written: a backup or restore that starts from now on sees ours and waits.
+    const { live, stale } = await readLeases(transport, now);
+    const leased = new Set(live.filter((l) => l.kind !== 'prune').flatMap((l) => l.backupIds));
+    const backups = backupsInListing(await transport.list('backups/', options.signal));
+    const latest = await resolveBackupId(transport, 'latest').catch(() => undefined);
+    const complete = [...backups.values()].filter((b) => b.complete);
+    const plan = planRetention(
+      complete.map((b): BackupRef => ({ backupId: b.backupId, createdAt: b.createdAt })),
+      options.policy,
+    );
+    const reasons = new Map<string, Array<KeepReason | 'latest' | 'lease'>>(plan.keep.map((k) => [k.backupId, [...k.reasons]]));
+    for (const b of complete) {
+      if (b.backupId === latest) reasons.set(b.backupId, [...(reasons.get(b.backupId) ?? []), 'latest']);
+      if (leased.has(b.backupId)) reasons.set(b.backupId, [...(reasons.get(b.backupId) ?? []), 'lease']);
+    }
+    const dropped = complete.filter((b) => !reasons.has(b.backupId)).sort((x, y) => y.createdAt.localeCompare(x.createdAt));
+    const incomplete = [...backups.values()].filter((b) => !b.complete && !leased.has(b.backupId) && now - b.newest > INCOMPLETE_GRACE_MS);
+    if (options.apply) {
+      for (const b of dropped) {
+        await transport.delete([manifestKey(b.backupId)], options.signal);
+        await transport.delete(
+          b.keys.filter((k) => k !== manifestKey(b.backupId)),
+          options.signal,
+        );
+      }
+      for (const b of incomplete) await transport.delete(b.keys, options.signal);
+      if (stale.length > 0) await transport.delete(stale, options.signal);
+    }
+    return {
+      applied: options.apply === true,
+      kept: complete
+        .filter((b) => reasons.has(b.backupId))
+        .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+        .map((b) => ({ ...summary(b), reasons: reasons.get(b.backupId)! })),
+      dropped: dropped.map(summary),
+      incomplete: incomplete.map(summary),
+      staleLeases: stale.length,
+      bytesFreed: [...dropped, ...incomplete].reduce((n, b) => n + b.bytes, 0),
+    };
+  } finally {
+    await lease?.release();
+  }
+}
+
+/** The backups of a set for `bosun backup list`: newest first, with what latest.json names. */
+export async function listBackups(transport: ManagedTransport): Promise<{ latest?: string; backups: Array<PrunedBackup & { complete: boolean }> }> {
+  const backups = backupsInListing(await transport.list('backups/'));
+  const latest = await resolveBackupId(transport, 'latest').catch(() => undefined);
+  return {
+    ...(latest ? { latest } : {}),
+    backups: [...backups.values()].sort((a, b) => b.backupId.localeCompare(a.backupId)).map((b) => ({ ...summary(b), complete: b.complete })),
+  };
+}
