@@ -3,9 +3,13 @@ import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import type { SecretScrubber } from '../host/exec.js';
 import { createBackup, type BackupResult } from './create.js';
-import { newBackupId } from './format.js';
+import { BackupError } from './errors.js';
+import { FORMAT, LATEST_KEY, MAX_MANIFEST_BYTES, checkManifestSignature, manifestKey, newBackupId, parseManifest, type LatestPointer } from './format.js';
 import { takeLease } from './leases.js';
+import { putRetrying } from './pack-writer.js';
 import { pruneBackups } from './prune.js';
+import { getWhole } from './restore/manifest.js';
+import { DEFAULT_RETRY } from './retry.js';
 import { S3Transport, createS3Client } from './s3-transport.js';
 
 /*
@@ -71,9 +75,12 @@ export async function runBackupJob(
         signer: options.signer,
         host: job.host,
         backupId,
+        // latest.json moves only once the store is seen to hold the whole backup (publishVerified)
+        updateLatest: false,
         ...(options.logger ? { logger: options.logger } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
       });
+      await publishVerified(transport, result, options.signer.signingKey, options.signal);
     } finally {
       await lease.release().catch(() => undefined);
     }
@@ -87,4 +94,26 @@ export async function runBackupJob(
   } finally {
     client.destroy();
   }
+}
+
+/**
+ * Points latest.json at a new backup once the store is seen to hold all of it: the manifest read back
+ * parses, names this backup and carries this host's valid signature, and the store lists as many packs
+ * and bytes as were uploaded. Keyless (the agent holds only the recipient's public key), cheap (one GET
+ * and one LIST), and it catches a store that lost or cut an upload it had acknowledged.
+ */
+async function publishVerified(transport: S3Transport, result: BackupResult, signer: string, signal?: AbortSignal): Promise<void> {
+  const where = transport.describe(manifestKey(result.backupId));
+  const sealed = parseManifest(await getWhole(transport, manifestKey(result.backupId), MAX_MANIFEST_BYTES, DEFAULT_RETRY, signal));
+  if (sealed.header.backupId !== result.backupId || sealed.header.signer !== signer || !checkManifestSignature(sealed))
+    throw new BackupError('integrity', `${where} read back is not the manifest this host wrote`);
+  const packs = (await transport.list(`backups/${result.backupId}/packs/`, signal)).filter((o) => o.key.endsWith('.pack'));
+  const bytes = packs.reduce((n, o) => n + o.size, 0);
+  if (packs.length !== result.stats.packs || bytes !== result.stats.storedBytes)
+    throw new BackupError(
+      'integrity',
+      `${transport.describe(`backups/${result.backupId}/packs/`)} holds ${packs.length} packs of ${bytes} bytes, not the ${result.stats.packs} of ${result.stats.storedBytes} uploaded`,
+    );
+  const pointer: LatestPointer = { format: FORMAT, backupId: result.backupId, createdAt: sealed.header.createdAt };
+  await putRetrying(transport, LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), DEFAULT_RETRY, signal);
 }
