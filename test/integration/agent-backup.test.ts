@@ -60,6 +60,13 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
   const sealed = (v: string): { sealed: string } => ({ sealed: seal(x25519PublicFromString(identity.sealingKey), Buffer.from(v)) });
   const send = (value: unknown) => producer.send({ topic: topics.desired, messages: [{ key: node, value: JSON.stringify(value) }] });
   const eventsOf = (kind: string, since = 0): Received[] => events.filter((e) => e.body.kind === kind && e.at >= since);
+  /** After a spec that stops the schedule: a run already going still ends (and reports) on its own; wait for that. */
+  const runsEnded = (): Promise<void> =>
+    waitFor(
+      'every run started to end',
+      () => eventsOf('backup-started').length === eventsOf('backup-succeeded').length + eventsOf('backup-failed').length,
+      120_000,
+    );
 
   /** The next version with this backup section (none: no backups). */
   async function publish(backup: Record<string, unknown> | undefined): Promise<number> {
@@ -175,6 +182,7 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
     await publish(backupSection({ method: 'crash-consistent' }));
     await waitFor('a backup-succeeded event', () => eventsOf('backup-succeeded', since).length > 0, 120_000);
     await publish(undefined); // no more runs
+    await runsEnded();
     const started = eventsOf('backup-started', since)[0]!.body;
     assert.equal(started.consistency, 'crash-consistent');
     assert.equal(started.reason, 'schedule');
@@ -224,6 +232,7 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
     await publish(backupSection(hooks, wrongSecret));
     await waitFor('a backup-failed event', () => eventsOf('backup-failed', since).length > 0, 120_000);
     const quiet = await publish({ ...backupSection(hooks, wrongSecret), schedule: '0 0 1 1 *' });
+    await runsEnded();
     const failed = eventsOf('backup-failed', since)[0]!.body;
     assert.equal(failed.stage, 'upload', JSON.stringify(failed));
     t.diagnostic(`backup-failed: ${String(failed.message)}`);
@@ -240,6 +249,7 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
     await publish(backupSection(hooks));
     await waitFor('a backup-succeeded event after the failure', () => eventsOf('backup-succeeded', again).length > 0, 120_000);
     await publish(undefined);
+    await runsEnded();
     assert.notEqual(await latestId(), before);
 
     const everything = [...events, ...statuses].map((e) => e.raw).join('\n') + lines.join('\n');
@@ -248,6 +258,7 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
   });
 
   it('never runs two at once: a run asked for while one is going is skipped and reported', async () => {
+    await runsEnded();
     const since = Date.now();
     const slow = { method: 'hooks', quiesce: ['sleep', '3'], release: ['true'], timeoutSeconds: 30 };
     await publish({ ...backupSection(slow), schedule: '0 0 1 1 *' });
