@@ -1,5 +1,6 @@
 import type { DesiredConsumer } from '../bus/desired.js';
 import { createKafka, SocketTracker } from '../bus/kafka.js';
+import { underSystemd } from '../host/systemd.js';
 import { Reporter } from '../bus/reporter.js';
 import type { Sample } from '../health/metrics.js';
 import type { NodeSpec } from '../spec/node-spec.js';
@@ -54,8 +55,7 @@ export class Agent {
       ...(settings.objectStorage ? { objectStorage: settings.objectStorage } : {}),
       stateDir,
       bosunCommand: options.bosunCommand ?? [process.execPath, process.argv[1]!],
-      // bosun.service runs under systemd (INVOCATION_ID), and so does the lab's agent; tests run it as a plain process.
-      underSystemd: process.env.INVOCATION_ID !== undefined,
+      underSystemd: underSystemd(),
       logger,
       signal,
       event,

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { BACKUP_JOB_FORMAT, type BackupJob, type BackupJobResult } from '../backup/job.js';
 import { resolveStore } from '../backup/store.js';
 import { BosunError, describeError } from '../errors.js';
-import type { Host } from '../host/index.js';
+import { transientUnitArgv, type Host } from '../host/index.js';
 import type { HostIdentity } from '../identity/host-identity.js';
 import { openSecretRef } from '../secrets/open.js';
 import type { Redactor } from '../secrets/redact.js';
@@ -118,25 +118,10 @@ async function hook(ctx: BackupRunContext, stage: 'quiesce' | 'release' | 'snaps
 async function upload(job: BackupJob, backup: BackupSpec, ctx: BackupRunContext): Promise<BackupJobResult> {
   const command = [...ctx.bosunCommand, 'backup', 'job', '--json', '--state-dir', ctx.stateDir];
   const argv = ctx.underSystemd
-    ? [
-        'systemd-run',
-        '--quiet',
-        '--wait',
-        '--pipe',
-        '--collect',
-        '--service-type=exec',
-        `--unit=${BACKUP_UNIT}`,
-        '-p',
-        `CPUWeight=${backup.cpuWeight}`,
-        '-p',
-        `IOWeight=${backup.ioWeight}`,
-        '-p',
-        `RuntimeMaxSec=${backup.timeLimitSeconds}`,
-        '-p',
-        'KillMode=mixed',
-        '--',
-        ...command,
-      ]
+    ? transientUnitArgv(command, {
+        unit: BACKUP_UNIT,
+        properties: [`CPUWeight=${backup.cpuWeight}`, `IOWeight=${backup.ioWeight}`, `RuntimeMaxSec=${backup.timeLimitSeconds}`],
+      })
     : command;
   const ran = await ctx.host
     .exec(argv, { input: Buffer.from(JSON.stringify(job)), timeoutSeconds: backup.timeLimitSeconds + 60, check: false, signal: ctx.signal })

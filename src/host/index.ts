@@ -2,7 +2,7 @@ import { access } from 'node:fs/promises';
 import { BosunError } from '../errors.js';
 import { runCommand, type ExecOptions, type ExecResult, type SecretScrubber } from './exec.js';
 import { ensureDir, removeFile, writeFileAtomic } from './files.js';
-import { systemctlArgv, type UnitAction } from './systemd.js';
+import { systemctlArgv, transientUnitArgv, underSystemd, type UnitAction } from './systemd.js';
 import { refreshPackages, type AttemptReport, type RefreshResult } from './dnf.js';
 
 /**
@@ -58,10 +58,7 @@ export class Host<Scrubber extends SecretScrubber = SecretScrubber> {
    * package scriptlet that restarts bosun must not kill the transaction.
    */
   refreshPackages(packages: readonly string[], deadlineSeconds: number, onAttempt?: (a: AttemptReport) => void): Promise<RefreshResult> {
-    const underSystemd = process.env.INVOCATION_ID !== undefined;
-    const dnf = underSystemd
-      ? ['systemd-run', '--quiet', '--wait', '--pipe', '--collect', '--service-type=exec', '-p', 'KillMode=mixed', '--', 'dnf']
-      : ['dnf'];
+    const dnf = underSystemd() ? transientUnitArgv(['dnf']) : ['dnf'];
     return refreshPackages({ packages, deadlineMs: deadlineSeconds * 1000, dnf, ...(onAttempt ? { onAttempt } : {}) });
   }
 
@@ -71,4 +68,5 @@ export class Host<Scrubber extends SecretScrubber = SecretScrubber> {
 }
 
 export { LiveProbe, BlankProbe, type HostProbe } from './probe.js';
+export { transientUnitArgv, underSystemd } from './systemd.js';
 export { detectDistro, DISTROS, isDistroId, type Distro, type DistroId } from './distro.js';

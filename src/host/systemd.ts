@@ -19,3 +19,28 @@ export function systemctlArgv(action: UnitAction, unit?: string): string[] {
   if (action === 'enable' || action === 'disable') return ['systemctl', action, '--no-reload', unit];
   return ['systemctl', action, unit];
 }
+
+/** Is this process a systemd unit's (bosun.service, or the lab's agent unit)? Tests run it as a plain process. */
+export function underSystemd(): boolean {
+  return process.env.INVOCATION_ID !== undefined;
+}
+
+/**
+ * `command` in a transient service of its own, waited for, with its stdin, stdout and exit code passed
+ * through (`--pipe --wait`): outside bosun.service's sandbox and cgroup, and not killed with bosun.
+ * KillMode=mixed stops its children with it; `properties` add unit settings ("CPUWeight=20").
+ */
+export function transientUnitArgv(command: readonly string[], opts: { unit?: string; properties?: readonly string[] } = {}): string[] {
+  return [
+    'systemd-run',
+    '--quiet',
+    '--wait',
+    '--pipe',
+    '--collect',
+    '--service-type=exec',
+    ...(opts.unit ? [`--unit=${opts.unit}`] : []),
+    ...['KillMode=mixed', ...(opts.properties ?? [])].flatMap((property) => ['-p', property]),
+    '--',
+    ...command,
+  ];
+}

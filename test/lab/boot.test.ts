@@ -18,6 +18,7 @@ import { relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { keyValueLines } from '../../src/host/probe.js';
+import { transientUnitArgv } from '../../src/host/systemd.js';
 import { publicKeyString } from '../../src/identity/seal.js';
 import { demoContainer } from './demo-spec.js';
 import { GUEST_HOST_ADDRESS, repoRoot, startLab, type Lab, type Vm } from './driver.js';
@@ -221,23 +222,9 @@ describe('boot through the RPM and bosun.service', () => {
     assert.equal(changed.exitCode, 0, changed.stdout + changed.stderr);
     assert.notEqual(await sh('systemctl show -p MainPID --value prometheus-node-exporter'), pid1, 'changed config: restarted');
     // dnf runs outside bosun's sandbox the way Host.refreshPackages starts it: output and exit code come back.
-    const escaped = await vm.exec(
-      [
-        'systemd-run',
-        '--quiet',
-        '--wait',
-        '--pipe',
-        '--collect',
-        '--service-type=exec',
-        '-p',
-        'KillMode=mixed',
-        '--',
-        'sh',
-        '-c',
-        'echo from-transient-unit; touch /usr/bosun-rw-check && rm /usr/bosun-rw-check; exit 3',
-      ],
-      { timeoutMs: 120_000 },
-    );
+    const escaped = await vm.exec(transientUnitArgv(['sh', '-c', 'echo from-transient-unit; touch /usr/bosun-rw-check && rm /usr/bosun-rw-check; exit 3']), {
+      timeoutMs: 120_000,
+    });
     assert.deepEqual([escaped.exitCode, escaped.stdout.trim()], [3, 'from-transient-unit'], escaped.stderr);
     const metrics = await sh(
       `node -e "fetch('http://127.0.0.1:9100/metrics').then(r => r.text()).then(t => console.log(t.split('\\n').filter(l => /^node_(load1|memory_MemTotal_bytes) /.test(l)).join(' ')))"`,

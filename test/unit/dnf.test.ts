@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { transientUnitArgv } from '../../src/host/systemd.js';
 import { classifyDnfFailure, refreshPackages, type AttemptReport, type RefreshOptions } from '../../src/host/dnf.js';
 import { isBosunError } from '../../src/errors.js';
 import { repoRoot, withTempDir } from '../helpers.js';
@@ -132,5 +133,41 @@ describe('package refresh through dnf', () => {
         .kind,
       'permanent',
     );
+  });
+});
+
+describe('commands in a transient unit (systemd-run)', () => {
+  it('wraps dnf as Host.refreshPackages always did, and adds a unit name and settings when asked', () => {
+    assert.deepEqual(transientUnitArgv(['dnf']), [
+      'systemd-run',
+      '--quiet',
+      '--wait',
+      '--pipe',
+      '--collect',
+      '--service-type=exec',
+      '-p',
+      'KillMode=mixed',
+      '--',
+      'dnf',
+    ]);
+    assert.deepEqual(transientUnitArgv(['bosun', 'backup', 'job'], { unit: 'bosun-backup.service', properties: ['CPUWeight=20', 'IOWeight=20'] }), [
+      'systemd-run',
+      '--quiet',
+      '--wait',
+      '--pipe',
+      '--collect',
+      '--service-type=exec',
+      '--unit=bosun-backup.service',
+      '-p',
+      'KillMode=mixed',
+      '-p',
+      'CPUWeight=20',
+      '-p',
+      'IOWeight=20',
+      '--',
+      'bosun',
+      'backup',
+      'job',
+    ]);
   });
 });
