@@ -182,10 +182,19 @@ async function publishManifest(
   log: Logger | undefined,
 ): Promise<void> {
   await putRetrying(options.transport, manifestKey(header.backupId), manifest, retry, options.signal, log);
-  if (options.updateLatest ?? true) {
-    const pointer: LatestPointer = { format: FORMAT, backupId: header.backupId, createdAt: header.createdAt };
-    await putRetrying(options.transport, LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), retry, options.signal, log);
-  }
+  if (options.updateLatest ?? true) await publishLatest(options.transport, header, retry, options.signal, log);
+}
+
+/** Points latest.json at a complete backup (its manifest already stored). */
+export async function publishLatest(
+  transport: Transport,
+  header: Pick<ManifestHeader, 'backupId' | 'createdAt'>,
+  retry: RetryPolicy,
+  signal?: AbortSignal,
+  log?: Logger,
+): Promise<void> {
+  const pointer: LatestPointer = { format: FORMAT, backupId: header.backupId, createdAt: header.createdAt };
+  await putRetrying(transport, LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), retry, signal, log);
 }
 
 /**

@@ -2,11 +2,10 @@ import { z } from 'zod';
 import type { HostIdentity } from '../identity/host-identity.js';
 import type { Logger } from '../log.js';
 import type { SecretScrubber } from '../host/exec.js';
-import { createBackup, type BackupResult } from './create.js';
+import { createBackup, publishLatest, type BackupResult } from './create.js';
 import { BackupError } from './errors.js';
-import { FORMAT, LATEST_KEY, MAX_MANIFEST_BYTES, checkManifestSignature, manifestKey, newBackupId, parseManifest, type LatestPointer } from './format.js';
+import { MAX_MANIFEST_BYTES, checkManifestSignature, manifestKey, newBackupId, parseManifest } from './format.js';
 import { takeLease } from './leases.js';
-import { putRetrying } from './pack-writer.js';
 import { pruneBackups } from './prune.js';
 import { getWhole } from './restore/manifest.js';
 import { DEFAULT_RETRY } from './retry.js';
@@ -114,6 +113,5 @@ async function publishVerified(transport: S3Transport, result: BackupResult, sig
       'integrity',
       `${transport.describe(`backups/${result.backupId}/packs/`)} holds ${packs.length} packs of ${bytes} bytes, not the ${result.stats.packs} of ${result.stats.storedBytes} uploaded`,
     );
-  const pointer: LatestPointer = { format: FORMAT, backupId: result.backupId, createdAt: sealed.header.createdAt };
-  await putRetrying(transport, LATEST_KEY, Buffer.from(JSON.stringify(pointer) + '\n'), DEFAULT_RETRY, signal);
+  await publishLatest(transport, sealed.header, DEFAULT_RETRY, signal);
 }

@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto';
-import { ChunkOpenError, openChunk, type ChunkRef, type ManifestBody } from './format.js';
+import { ChunkOpenError, openChunk, type ChunkRef } from './format.js';
+import { indexChunks } from './plan.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 import { getWhole, openManifest } from './restore/manifest.js';
 import type { RestoreOptions } from './restore/options.js';
@@ -47,16 +48,6 @@ export interface VerifyOptions {
   signal?: AbortSignal;
 }
 
-/** Chunk index -> the files that use it. */
-function filesByChunk(body: ManifestBody): Map<number, string[]> {
-  const files = new Map<number, string[]>();
-  for (const entry of body.entries) {
-    if (entry.type !== 'file') continue;
-    for (const chunk of entry.chunks) if (chunk >= 0) files.set(chunk, [...(files.get(chunk) ?? []), entry.path]);
-  }
-  return files;
-}
-
 /** Which chunks to check: all of them, or `share` of them at random (at least one). */
 function chosenChunks(count: number, share: number): number[] {
   const all = Array.from({ length: count }, (_, i) => i);
@@ -78,10 +69,10 @@ export async function verifyBackup(options: VerifyOptions): Promise<VerifyReport
     ...(options.signal ? { signal: options.signal } : {}),
   });
   const { body } = opened;
-  const files = filesByChunk(body);
+  const { files, targets } = indexChunks(body);
   const problems: VerifyProblem[] = [];
   const problem = (object: string, failure: VerifyFailure, chunks: number[], range?: [number, number]): void => {
-    const touched = [...new Set(chunks.flatMap((c) => files.get(c) ?? []))];
+    const touched = [...new Set(chunks.flatMap((c) => targets.of(c).map((slot) => files[slot.file]!.path)))];
     problems.push({ object, failure, files: touched.slice(0, 10), ...(range ? { range } : {}) });
   };
   const chosen = chosenChunks(body.chunks.length, options.sample ?? 1);
