@@ -1,6 +1,6 @@
 import { ExitCode } from '../errors.js';
 import { collectHealth } from '../health/collect.js';
-import { LiveProbe, detectDistro } from '../host/index.js';
+import { LiveProbe } from '../host/index.js';
 import { readIdentity } from '../identity/host-identity.js';
 import { Redactor } from '../secrets/redact.js';
 import { readApplied, readLastGoodSpec } from '../state/applied.js';
@@ -28,7 +28,7 @@ export const statusCommand: Command = {
     let health: Record<string, unknown> | null = null;
     if (values.health) {
       const lastGood = await readLastGoodSpec(stateDir);
-      if (lastGood?.ok) health = await collectHealth(lastGood.spec, new LiveProbe(new Redactor()), { distro: await detectDistro() });
+      if (lastGood?.ok) health = await collectHealth(lastGood.spec, new LiveProbe(new Redactor()));
     }
     const status = {
       node: settings?.node,

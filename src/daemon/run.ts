@@ -39,7 +39,7 @@ export async function runDaemon(settings: AgentSettings, stateDir: string): Prom
   const health = new HealthSchedule(
     async () => {
       const spec = agent.lastGood;
-      if (spec) await agent.report(await collectHealth(spec, probe, ctx));
+      if (spec) await agent.report(await collectHealth(spec, probe));
       else await agent.reportProgress();
     },
     (e) => logger.warn({ err: describeError(e) }, 'a health round failed'),

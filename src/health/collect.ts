@@ -1,7 +1,6 @@
 import type { HostProbe } from '../host/probe.js';
 import { withUnitStates } from '../host/unit-states.js';
 import type { NodeSpec } from '../spec/node-spec.js';
-import type { PlanContext } from '../phases/types.js';
 import { observeVolume } from '../phases/disks/observe.js';
 import { disksHealth } from '../phases/disks/health.js';
 import { backendFor, networkHealth } from '../phases/network/index.js';
@@ -23,7 +22,7 @@ export function healthUnits(spec: NodeSpec): string[] {
  * every host, so it asks only what health needs (no signatures, no files that only planning reads) and
  * asks systemd once for all units: ~2.5 s of a small TCG guest's CPU per round instead of ~6.7 s.
  */
-export async function collectHealth(spec: NodeSpec, hostProbe: HostProbe, _ctx: PlanContext): Promise<Record<string, unknown>> {
+export async function collectHealth(spec: NodeSpec, hostProbe: HostProbe): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {};
   const problems: string[] = [];
   // A retired node has nothing to keep healthy: its lifecycle (in the status) says where it stands.

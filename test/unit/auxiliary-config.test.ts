@@ -143,7 +143,6 @@ describe('auxiliary agents in health', () => {
     const h = await collectHealth(
       s,
       probe({}, { 'telegraf.service': { enabled: 'enabled', active: 'active' }, 'journalpump.service': { enabled: 'enabled', active: 'failed' } }),
-      { distro: DISTROS.fedora },
     );
     assert.deepEqual(h.auxiliary, [
       { name: 'telegraf', unit: 'telegraf.service', enabled: 'enabled', active: 'active' },

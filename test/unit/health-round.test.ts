@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { collectHealth, healthUnits } from '../../src/health/collect.js';
-import { DISTROS } from '../../src/host/distro.js';
 import type { ExecResult } from '../../src/host/exec.js';
 import type { HostProbe } from '../../src/host/probe.js';
 import { showUnits, withUnitStates } from '../../src/host/unit-states.js';
@@ -91,7 +90,7 @@ describe('a health round', () => {
   it('asks systemd once for every unit and spawns no wipefs, df or second machinectl', async () => {
     const spec = await loadExample('node-a');
     const host = healthyHost();
-    const health = await collectHealth(spec, host.probe, { distro: DISTROS.fedora });
+    const health = await collectHealth(spec, host.probe);
     const systemctl = host.ran.filter((argv) => argv[0] === 'systemctl');
     assert.equal(systemctl.length, 1, JSON.stringify(systemctl));
     assert.deepEqual(systemctl[0]!.slice(systemctl[0]!.indexOf('--') + 1), healthUnits(spec));
@@ -124,7 +123,7 @@ describe('a health round', () => {
   it("enters the machine at the leader machinectl names for the service's unit and its health check", async () => {
     const spec = await loadExample('node-a');
     const host = healthyHost({ leader: '777' });
-    const health = await collectHealth(spec, host.probe, { distro: DISTROS.fedora });
+    const health = await collectHealth(spec, host.probe);
     const entered = host.ran.filter((argv) => argv[0] === 'nsenter');
     assert.deepEqual(entered, [
       ['nsenter', '--target', '777', '--all', '--', 'systemctl', 'is-active', 'postgresql.service'],
@@ -143,7 +142,7 @@ describe('a health round', () => {
 
   it('reports a running machine without a leader as a problem, without entering it', async () => {
     const host = healthyHost({ leader: '' });
-    const health = await collectHealth(await loadExample('node-a'), host.probe, { distro: DISTROS.fedora });
+    const health = await collectHealth(await loadExample('node-a'), host.probe);
     assert.equal(host.ran.filter((argv) => argv[0] === 'nsenter').length, 0);
     assert.ok((health.problems as string[]).includes('machine postgres has no leader process (machinectl: state running)'), String(health.problems));
     assert.equal(health.ok, false);
