@@ -4,7 +4,7 @@
 // transient unit), each run is reported on Kafka, a failed run leaves the
 // previous backup as the latest, and what was backed up restores byte for byte.
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes, verify } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,9 +12,8 @@ import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import kafkajs, { type Consumer, type Producer } from 'kafkajs';
 import { pino } from 'pino';
-import { createS3Client, restoreFromObjectStorage, S3Transport } from '../../src/backup/index.js';
-import { ed25519PublicFromString, signEnvelope } from '../../src/bus/envelope.js';
-import type { SignedReport } from '../../src/bus/reporter.js';
+import { restoreFromObjectStorage, S3Transport } from '../../src/backup/index.js';
+import { signEnvelope } from '../../src/bus/envelope.js';
 import { Agent } from '../../src/daemon/agent.js';
 import type { Planner } from '../../src/engine/apply.js';
 import { BlankProbe, Host } from '../../src/host/index.js';
@@ -24,19 +23,13 @@ import { Redactor } from '../../src/secrets/redact.js';
 import { parseAgentSettings } from '../../src/spec/validate.js';
 import { cliPath, waitFor } from '../helpers.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
-import { createTopicsAndWatch, runTopics } from './harness.js';
+import { createTopicsAndWatch, minioClient, runTopics, verifiedReport, type Received } from './harness.js';
 import { assertSameTree, describeTree, makeTree } from './tree.js';
 
 const { Kafka, logLevel } = kafkajs;
 const run = randomBytes(4).toString('hex');
 const topics = runTopics(run);
 const node = 'node-bk';
-
-interface Received {
-  at: number;
-  body: Record<string, any>;
-  raw: string;
-}
 
 describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300_000 }, () => {
   let env: ServiceEnv;
@@ -108,16 +101,6 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
     }
   }
 
-  function decode(raw: Buffer | null): Received {
-    const r = JSON.parse(raw!.toString()) as SignedReport;
-    const payload = Buffer.from(r.payload, 'base64url');
-    assert.ok(
-      verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(identity.signingKey), Buffer.from(r.signature, 'base64url')),
-      'report signature',
-    );
-    return { at: Date.now(), body: JSON.parse(payload.toString()) as Record<string, any>, raw: raw!.toString() };
-  }
-
   before(async () => {
     env = await requireServices();
     work = await mkdtemp(join(tmpdir(), 'bosun-agent-backup-'));
@@ -126,18 +109,14 @@ describe('scheduled backups by the agent (real Kafka and MinIO)', { timeout: 300
     await makeTree(data);
     const stateDir = join(work, 'state');
     identity = (await loadOrCreateIdentity(stateDir)).identity;
-    s3 = createS3Client({
-      endpoint: env.s3.endpoint,
-      region: env.s3.region,
-      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
-    });
+    s3 = minioClient(env);
     kafka = new Kafka({ clientId: 'bosun-test', brokers: env.kafkaBrokers, logLevel: logLevel.NOTHING });
     producer = kafka.producer();
     await producer.connect();
     watcher = await createTopicsAndWatch(kafka, topics, {
       desiredPartitions: 3,
       groupId: `watch-${run}`,
-      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value)),
+      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(verifiedReport(value, identity.signingKey)),
     });
     const redactor = new Redactor();
     const logger = pino({ level: 'info', hooks: { streamWrite: (s: string) => redactor.redact(s) } }, { write: (l: string) => void lines.push(l) });

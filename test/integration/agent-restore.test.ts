@@ -7,7 +7,7 @@
 // Runs as root (it mounts a tmpfs); unmounted in `after`.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, randomBytes, verify } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,8 +17,7 @@ import kafkajs, { type Consumer, type Producer } from 'kafkajs';
 import { pino } from 'pino';
 import { Agent } from '../../src/daemon/agent.js';
 import type { BackupResult } from '../../src/backup/index.js';
-import { ed25519PublicFromString, signEnvelope } from '../../src/bus/envelope.js';
-import type { SignedReport } from '../../src/bus/reporter.js';
+import { signEnvelope } from '../../src/bus/envelope.js';
 import type { Planner } from '../../src/engine/apply.js';
 import { Redactor } from '../../src/secrets/redact.js';
 import { Host } from '../../src/host/index.js';
@@ -29,7 +28,7 @@ import { ObservationReuse, planPhase } from '../../src/phases/index.js';
 import { parseAgentSettings } from '../../src/spec/validate.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { waitFor } from '../helpers.js';
-import { backupToMinio, createTopicsAndWatch, runTopics } from './harness.js';
+import { backupToMinio, createTopicsAndWatch, runTopics, verifiedReport, type Received } from './harness.js';
 import { assertSameTree, describeTree } from './tree.js';
 
 const { Kafka, logLevel } = kafkajs;
@@ -40,11 +39,6 @@ const MOUNT = '/var/lib/bosun/data';
 const node = 'node-r';
 const RETRY_SECONDS = 2;
 
-interface Received {
-  at: number;
-  body: Record<string, unknown>;
-  raw: string;
-}
 
 describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)', { timeout: 120_000 }, () => {
   let env: ServiceEnv;
@@ -90,15 +84,7 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     };
   }
 
-  function decode(raw: Buffer | null, signer: string): Received {
-    const r = JSON.parse(raw!.toString()) as SignedReport;
-    const payload = Buffer.from(r.payload, 'base64url');
-    assert.ok(
-      verify(null, Buffer.concat([Buffer.from(`${r.format}\0`), payload]), ed25519PublicFromString(signer), Buffer.from(r.signature, 'base64url')),
-      'report signature',
-    );
-    return { at: Date.now(), body: JSON.parse(payload.toString()) as Record<string, unknown>, raw: raw!.toString() };
-  }
+
 
   const mountVolume = (size: string): void => {
     execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0750`, 'tmpfs', vol]);
@@ -127,7 +113,7 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
     watcher = await createTopicsAndWatch(kafka, topics, {
       desiredPartitions: 3,
       groupId: `watch-${run}`,
-      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(decode(value, identity.signingKey)),
+      onReport: (kind, value) => (kind === 'status' ? statuses : events).push(verifiedReport(value, identity.signingKey)),
     });
   });
 

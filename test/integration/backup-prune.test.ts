@@ -10,12 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { createBackup, createS3Client, restoreFromObjectStorage, S3Transport } from '../../src/backup/index.js';
+import { createBackup, restoreFromObjectStorage, S3Transport } from '../../src/backup/index.js';
 import { readLeases, takeLease } from '../../src/backup/leases.js';
 import { listBackups, pruneBackups } from '../../src/backup/prune.js';
 import { openSealed } from '../../src/identity/seal.js';
 import { runCli } from '../helpers.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
+import { cliS3Env, minioClient } from './harness.js';
 import { waitFor } from '../helpers.js';
 
 const MiB = 1024 * 1024;
@@ -41,11 +42,7 @@ describe('backup prune and leases against MinIO', { timeout: 300_000 }, () => {
   before(async () => {
     env = await requireServices();
     work = await mkdtemp(join(tmpdir(), 'bosun-prune-'));
-    s3 = createS3Client({
-      endpoint: env.s3.endpoint,
-      region: env.s3.region,
-      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
-    });
+    s3 = minioClient(env);
   });
 
   after(async () => {
@@ -86,15 +83,7 @@ describe('backup prune and leases against MinIO', { timeout: 300_000 }, () => {
         '--keep-weekly',
         '0',
       ],
-      {
-        env: {
-          AWS_ENDPOINT_URL: env.s3.endpoint,
-          AWS_REGION: env.s3.region,
-          AWS_ACCESS_KEY_ID: env.s3.accessKeyId,
-          AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey,
-          BOSUN_SETTINGS: '',
-        },
-      },
+      { env: cliS3Env(env) },
     );
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(cli.stdout, new RegExp(`would delete  ${c}`));

@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { createBackup, createS3Client, S3Transport, type BackupResult } from '../../src/backup/index.js';
+import { createBackup, S3Transport, type BackupResult } from '../../src/backup/index.js';
 import { runCli, type Run } from '../helpers.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
+import { cliS3Env, minioClient } from './harness.js';
 
 const MiB = 1024 * 1024;
 const RUN = `${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`;
@@ -49,14 +50,7 @@ describe('bosun backup verify against MinIO', { timeout: 300_000 }, () => {
 
   async function verify(prefix: string, ...extra: string[]): Promise<{ run: Run; report: Report }> {
     const run = await runCli(['backup', 'verify', '--bucket', env.s3.bucket, '--prefix', prefix, '--key-file', keyFile(), '--json', ...extra], {
-      env: {
-        AWS_ENDPOINT_URL: env.s3.endpoint,
-        AWS_REGION: env.s3.region,
-        AWS_ACCESS_KEY_ID: env.s3.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: env.s3.secretAccessKey,
-        BOSUN_SETTINGS: '',
-        BOSUN_STATE_DIR: join(work, 'state'),
-      },
+      env: { ...cliS3Env(env), BOSUN_STATE_DIR: join(work, 'state') },
     });
     assert.ok(!run.stdout.includes(env.s3.secretAccessKey) && !run.stderr.includes(env.s3.secretAccessKey), 'a credential was printed');
     return { run, report: JSON.parse(run.stdout) as Report };
@@ -66,11 +60,7 @@ describe('bosun backup verify against MinIO', { timeout: 300_000 }, () => {
     env = await requireServices();
     work = await mkdtemp(join(tmpdir(), 'bosun-verify-'));
     await writeFile(keyFile(), keyPair.privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
-    s3 = createS3Client({
-      endpoint: env.s3.endpoint,
-      region: env.s3.region,
-      credentials: { accessKeyId: env.s3.accessKeyId, secretAccessKey: env.s3.secretAccessKey },
-    });
+    s3 = minioClient(env);
   });
 
   after(async () => {
