@@ -39,7 +39,6 @@ const MOUNT = '/var/lib/bosun/data';
 const node = 'node-r';
 const RETRY_SECONDS = 2;
 
-
 describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)', { timeout: 120_000 }, () => {
   let env: ServiceEnv;
   let kafka: InstanceType<typeof Kafka>;
@@ -83,8 +82,6 @@ describe('the agent restoring onto a volume that fills up (real Kafka and MinIO)
         : {}),
     };
   }
-
-
 
   const mountVolume = (size: string): void => {
     execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0750`, 'tmpfs', vol]);
