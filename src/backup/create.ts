@@ -1,30 +1,40 @@
-import { createHash, randomBytes, type KeyObject } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import type { Logger } from '../log.js';
-import { seal, x25519PublicFromString, publicKeyString } from '../identity/seal.js';
+import { x25519PublicFromString, publicKeyString } from '../identity/seal.js';
 import {
-  DEFAULT_CHUNK_SIZE,
   DEFAULT_PACK_SIZE,
   FORMAT,
+  FORMAT_V2,
   LATEST_KEY,
   RECORD_OVERHEAD,
-  deriveKeys,
+  deriveManifestKey,
+  deriveSetKeys,
   encodeManifest,
   manifestKey,
   newBackupId,
+  sharedPackKey,
+  wipeScheme,
   type BackupStats,
   type ChunkRef,
+  type ChunkScheme,
+  type Chunker as ChunkerSpec,
   type Entry,
   type LatestPointer,
   type ManifestHeader,
+  type ManifestHeaderV2,
   type PackRef,
 } from './format.js';
+import type { KnownChunk, KnownChunks, StoredPack } from './known-chunks.js';
+import { newSetKey, type SetKey } from './set-key.js';
 import { ProgressTracker, type Progress } from './progress.js';
+import { Throttle } from './throttle.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 import { ChunkWorkers, SlotRing, defaultWorkerCount } from './workers/pool.js';
 import { type Transport } from './transport.js';
 
 import { PackWriter, putRetrying } from './pack-writer.js';
-import { readChunks, walk, type PendingFile } from './source-tree.js';
+import { readBuffer, readPieces, walk, type PendingFile } from './source-tree.js';
+import { DEFAULT_CHUNKER, cutterFor, longestChunk, type Cutter } from './cutter.js';
 
 export interface ManifestSigner {
   /** "ed25519:<base64url>", as HostIdentity.signingKey */
@@ -36,17 +46,33 @@ export interface CreateBackupOptions {
   /** directory to back up; its own mode, owner and mtime are kept too */
   source: string;
   transport: Transport;
-  /** X25519 public key ("x25519:…") the backup's data key is sealed to */
+  /** X25519 public key ("x25519:…") the set key is sealed to */
   recipient: string | KeyObject;
+  /**
+   * the set key to write under, sealed to `recipient` (set-key.ts); without one a fresh key is made and
+   * nothing already in the store is reused
+   */
+  setKey?: SetKey;
+  /** chunks the store holds under setKey (an earlier backup's, a killed run's): referenced, not uploaded again */
+  known?: KnownChunks;
+  /** called once a pack is stored, with the chunks in it (a killed run's successor reuses them: job.ts) */
+  onPackStored?: (pack: StoredPack) => Promise<void>;
   /** signs the manifest (the creating host's Ed25519 identity); see FORMAT.md */
   signer?: ManifestSigner;
   /** label of the creating host, kept in the manifest header */
   host?: string;
+  /** how the data was made consistent, kept in the header */
+  consistency?: ManifestHeaderV2['consistency'];
+  /** how files are cut into chunks (default: content-defined, DEFAULT_CHUNKER) */
+  chunker?: ChunkerSpec;
+  /** fixed slices of this size instead (tests use it to know where chunks lie) */
   chunkSize?: number;
   packSize?: number;
   /** zstd level; 0 stores chunks uncompressed */
   compressionLevel?: number;
   uploadConcurrency?: number;
+  /** bytes per second the packs are uploaded at, at most (the spec's backup.bandwidthLimitMiBps) */
+  bandwidthLimit?: number;
   /** point latest.json at this backup once it is complete (default true) */
   updateLatest?: boolean;
   retry?: RetryPolicy;
@@ -68,14 +94,15 @@ export interface BackupResult {
 
 /**
  * Make a backup of `source`: walk the tree, cut each regular file into
- * fixed-size chunks, compress and encrypt each chunk, append the records to
- * packs of about packSize and upload each pack once full; then upload the
- * manifest, and only then move latest.json. A backup whose manifest is missing
- * was never finished and is never restored.
+ * chunks, name each chunk by its keyed digest; a chunk the store already holds
+ * (`known`) or this backup already placed is referenced, any other is
+ * compressed, encrypted and appended to a pack, each pack uploaded once full;
+ * then upload the manifest, and only then move latest.json. A backup whose
+ * manifest is missing was never finished and is never restored.
  */
 export async function createBackup(options: CreateBackupOptions): Promise<BackupResult> {
   const started = performance.now();
-  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const chunker: ChunkerSpec = options.chunker ?? (options.chunkSize !== undefined ? { kind: 'fixed', size: options.chunkSize } : DEFAULT_CHUNKER);
   const retry = options.retry ?? DEFAULT_RETRY;
   const backupId = options.backupId ?? newBackupId();
   const recipient = typeof options.recipient === 'string' ? x25519PublicFromString(options.recipient) : options.recipient;
@@ -86,70 +113,92 @@ export async function createBackup(options: CreateBackupOptions): Promise<Backup
   const plannedBytes = files.reduce((n, f) => n + f.entry.size, 0);
   log?.info({ files: stats.files, bytes: plannedBytes }, 'backup: source walked');
 
-  const dataKey = randomBytes(32);
-  const keys = deriveKeys(dataKey, backupId);
-  const sealedDataKey = seal(recipient, dataKey);
-  dataKey.fill(0);
+  const setKey = options.setKey ?? newSetKey(recipient);
+  const known: KnownChunks = options.setKey ? (options.known ?? new Map<string, KnownChunk>()) : new Map<string, KnownChunk>();
+  const keys = deriveSetKeys(setKey.key);
+  const scheme: ChunkScheme = { format: FORMAT_V2, key: keys.chunk, idKey: keys.chunkId };
+  const cutter = cutterFor(chunker, keys.gear);
+  keys.gear.fill(0);
 
   const progress = new ProgressTracker('backup', plannedBytes, stats.files, options.onProgress);
   progress.phase = 'transferring';
   // Hashing, compression and encryption run on worker threads; the main thread
   // reads files in order (and hashes each whole file) and assembles packs.
   const workerCount = options.workers ?? defaultWorkerCount();
-  const ring = new SlotRing(4 * workerCount + 1, chunkSize + RECORD_OVERHEAD + 64);
-  const workers = new ChunkWorkers(workerCount, { key: keys.chunk, backupId, slots: ring.sab, slotSize: ring.slotSize });
+  const ring = new SlotRing(4 * workerCount + 1, longestChunk(chunker) + RECORD_OVERHEAD + 64);
+  const workers = new ChunkWorkers(workerCount, { scheme, slots: ring.sab, slotSize: ring.slotSize });
   // A record is at most a slot: that bounds how far a pack can pass packSize.
-  const packs = new PackWriter(
-    options.transport,
-    backupId,
-    options.packSize ?? DEFAULT_PACK_SIZE,
-    options.uploadConcurrency ?? 2,
+  const packs = new PackWriter({
+    transport: options.transport,
+    keyOf: (pack) => sharedPackKey(backupId, pack),
+    packSize: options.packSize ?? DEFAULT_PACK_SIZE,
+    concurrency: options.uploadConcurrency ?? 2,
     retry,
     log,
-    options.signal,
-    ring.slotSize,
-  );
-  const placer = new ChunkPlacer(workers, ring, packs, options.compressionLevel ?? 1);
+    signal: options.signal,
+    maxRecord: ring.slotSize,
+    ...(options.bandwidthLimit !== undefined ? { throttle: new Throttle(options.bandwidthLimit) } : {}),
+  });
+  const placer = new ChunkPlacer(workers, ring, packs, options.compressionLevel ?? 1, known, options.onPackStored);
   const filesDone: Array<Promise<void>> = [];
 
   try {
-    await storeFiles(files, { chunkSize, ring, placer, maxInflight: 4 * workerCount, progress, stats, filesDone, log, signal: options.signal });
+    await storeFiles(files, {
+      cutter,
+      buffer: readBuffer(longestChunk(chunker)),
+      ring,
+      placer,
+      maxInflight: 4 * workerCount,
+      progress,
+      stats,
+      filesDone,
+      log,
+      signal: options.signal,
+    });
     await Promise.all(filesDone);
-    const packRefs: PackRef[] = await packs.finish();
-    stats.packs = packRefs.length;
-    stats.chunks = placer.chunks.length;
-    stats.storedBytes = packRefs.reduce((n, pack) => n + pack.size, 0);
+    const { chunks, packs: packRefs } = placer.finish(await packs.finish());
+    Object.assign(stats, {
+      packs: packRefs.length,
+      chunks: chunks.length,
+      storedBytes: packRefs.reduce((n, pack) => n + pack.size, 0),
+      reusedChunks: placer.reusedChunks,
+      reusedBytes: placer.reusedBytes,
+      uploadedBytes: packs.uploadedBytes,
+    });
 
     progress.phase = 'finishing';
-    const header: ManifestHeader = {
-      format: FORMAT,
+    const header: ManifestHeaderV2 = {
+      format: FORMAT_V2,
       backupId,
       createdAt: new Date().toISOString(),
       ...(options.host !== undefined ? { host: options.host } : {}),
       recipient: publicKeyString('x25519', recipient),
-      sealedDataKey,
+      sealedDataKey: setKey.sealed,
+      keyId: setKey.keyId,
       ...(options.signer ? { signer: options.signer.signingKey } : {}),
-      chunkSize,
+      chunker,
       cipher: 'aes-256-gcm',
       compression: 'zstd',
-      hash: 'sha256',
+      hash: 'hmac-sha256',
+      ...(options.consistency ? { consistency: options.consistency } : {}),
+      packs: packRefs,
       stats,
     };
-    await publishManifest(
-      options,
-      header,
-      encodeManifest({ header, body: { entries, chunks: placer.chunks, packs: packRefs } }, keys.manifest, signerOf(options.signer)),
-      retry,
-      log,
-    );
+    const manifestBytes = deriveManifestKey(setKey.key, backupId);
+    try {
+      const manifest = encodeManifest({ header, body: { entries, chunks, packs: packRefs } }, manifestBytes, signerOf(options.signer));
+      await publishManifest(options, header, manifest, retry, log);
+    } finally {
+      manifestBytes.fill(0);
+    }
   } catch (e) {
     await Promise.allSettled(filesDone);
     await packs.abandon();
     throw e;
   } finally {
     await workers.close();
-    keys.chunk.fill(0);
-    keys.manifest.fill(0);
+    wipeScheme(scheme);
+    if (!options.setKey) setKey.key.fill(0);
   }
   progress.phase = 'done';
   progress.maybeEmit(true);
@@ -198,45 +247,101 @@ export async function publishLatest(
 }
 
 /**
- * The chunks of one backup: each sealed on a worker and placed in a pack once,
- * a repeat of a chunk already placed (same SHA-256) referenced instead.
+ * The chunks of one backup: each named by its digest on a worker; one the
+ * store holds already (known) or this backup placed already is referenced,
+ * any other is sealed on a worker and placed in a new pack. Pack indexes are
+ * settled at the end (finish), when it is known which packs the backup uses.
  */
 class ChunkPlacer {
-  readonly chunks: ChunkRef[] = [];
-  readonly #bySha = new Map<string, number>();
+  readonly #chunks: ChunkRef[] = [];
+  /** per chunk: the key of its pack (a new pack's is known once it is started) */
+  readonly #packOf: Array<string | number> = [];
+  readonly #byDigest = new Map<string, number>();
+  /** sizes of the reused packs, by key */
+  readonly #reusedPacks = new Map<string, number>();
+  reusedChunks = 0;
+  reusedBytes = 0;
 
   constructor(
     private readonly workers: ChunkWorkers,
     private readonly ring: SlotRing,
     private readonly packs: PackWriter,
     private readonly level: number,
-  ) {}
+    private readonly known: KnownChunks,
+    private readonly onPackStored: CreateBackupOptions['onPackStored'],
+  ) {
+    if (onPackStored) packs.onStored = (stored) => onPackStored(this.#storedPack(stored));
+  }
 
-  /** Seal the plaintext in `slot` (releasing it) and place the record in a pack: the chunk's index, or -1 for zeros. */
+  /** Place the plaintext in `slot` (releasing it): the chunk's index, or minus its length for a run of zeros. */
   async place(slot: number, plainLength: number): Promise<number> {
     try {
-      const sealed = await this.workers.run({ op: 'seal', slot, length: plainLength, level: this.level });
+      const named = await this.workers.run({ op: 'digest', slot, length: plainLength });
+      if (!named.ok || named.op !== 'digest') throw new Error('chunk worker failed to name a chunk');
+      if (named.zero) return -plainLength;
+      const placed = this.#byDigest.get(named.digest);
+      if (placed !== undefined) return placed;
+      const stored = this.known.get(named.digest);
+      if (stored !== undefined && stored.plainLength === plainLength) return this.#reuse(named.digest, stored);
+      const sealed = await this.workers.run({ op: 'seal', slot, length: plainLength, level: this.level, digest: named.digest });
       if (!sealed.ok || sealed.op !== 'seal') throw new Error('chunk worker failed to seal a chunk');
-      if (sealed.zero) return -1;
-      const known = this.#bySha.get(sealed.sha256);
-      if (known !== undefined) return known;
-      const index = this.chunks.length;
-      this.#bySha.set(sealed.sha256, index);
-      const ref: ChunkRef = [0, 0, sealed.recordLength, plainLength, sealed.codec === 1 ? 1 : 0, sealed.sha256];
-      this.chunks.push(ref);
+      const index = this.#add([0, 0, sealed.recordLength, plainLength, sealed.codec === 1 ? 1 : 0, named.digest], -1);
       // Copied from the slot straight into the pack's buffer: the slot is held until then.
-      const at = await this.packs.add(this.ring.view(slot, sealed.recordLength));
-      ref[0] = at.pack;
-      ref[1] = at.offset;
+      const at = await this.packs.add(this.ring.view(slot, sealed.recordLength), index);
+      this.#chunks[index]![1] = at.offset;
+      this.#packOf[index] = at.pack;
       return index;
     } finally {
       this.ring.release(slot);
     }
   }
+
+  #add(ref: ChunkRef, pack: string | number): number {
+    const index = this.#chunks.length;
+    this.#chunks.push(ref);
+    this.#packOf.push(pack);
+    this.#byDigest.set(ref[5], index);
+    return index;
+  }
+
+  #reuse(digest: string, stored: KnownChunk): number {
+    this.reusedChunks += 1;
+    this.reusedBytes += stored.plainLength;
+    this.#reusedPacks.set(stored.pack.key, stored.pack.size);
+    return this.#add([0, stored.offset, stored.storedLength, stored.plainLength, stored.codec, digest], stored.pack.key);
+  }
+
+  #storedPack(stored: { key: string; size: number; tags: number[] }): StoredPack {
+    return {
+      key: stored.key,
+      size: stored.size,
+      chunks: stored.tags.map((index) => this.#chunks[index]!).map(([, offset, length, plain, codec, digest]) => [digest, offset, length, plain, codec]),
+    };
+  }
+
+  /** The chunk table and the packs it points into: the reused packs first, in first-use order, then the new ones. */
+  finish(written: readonly PackRef[]): { chunks: ChunkRef[]; packs: PackRef[] } {
+    const packs: PackRef[] = [];
+    const indexOf = new Map<string, number>();
+    const use = (key: string, size: number): number => {
+      let at = indexOf.get(key);
+      if (at === undefined) {
+        at = packs.push({ key, size }) - 1;
+        indexOf.set(key, at);
+      }
+      return at;
+    };
+    this.#chunks.forEach((ref, index) => {
+      const pack = this.#packOf[index]!;
+      ref[0] = typeof pack === 'string' ? use(pack, this.#reusedPacks.get(pack)!) : use(written[pack]!.key, written[pack]!.size);
+    });
+    return { chunks: this.#chunks, packs };
+  }
 }
 
 interface StoreContext {
-  chunkSize: number;
+  cutter: Cutter;
+  buffer: Buffer;
   ring: SlotRing;
   placer: ChunkPlacer;
   /** chunks being sealed and placed at once, at most */
@@ -257,7 +362,7 @@ async function storeFiles(files: readonly PendingFile[], ctx: StoreContext): Pro
     const fileHash = createHash('sha256');
     const refs: Array<Promise<number>> = [];
     let size = 0;
-    await readChunks(file.abs, ctx.chunkSize, ctx.ring, async (slot, plain) => {
+    await readPieces(file.abs, ctx.cutter, ctx.buffer, ctx.ring, async (slot, plain) => {
       size += plain.length;
       fileHash.update(plain);
       ctx.progress.add(plain.length);

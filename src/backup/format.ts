@@ -1,17 +1,21 @@
-import { createCipheriv, createDecipheriv, createHash, createPublicKey, hkdfSync, randomBytes, verify as edVerify } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, createPublicKey, hkdfSync, randomBytes, verify as edVerify } from 'node:crypto';
 import { compress, decompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { z } from 'zod';
 import { BackupError } from './errors.js';
 
 /**
- * The bosun backup format, version 1 (see FORMAT.md beside this file for the
- * prose). Everything here is pure: bytes in, bytes out, no I/O, so the
+ * The bosun backup format, versions 1 and 2 (see FORMAT.md beside this file
+ * for the prose). Everything here is pure: bytes in, bytes out, no I/O, so the
  * format is pinned by unit tests and shared by create, restore and any
- * transport.
+ * transport. Backups are written in version 2; both are read.
  */
 
-export const FORMAT = 'bosun-backup-v1';
+export const FORMAT_V1 = 'bosun-backup-v1';
+export const FORMAT_V2 = 'bosun-backup-v2';
+/** the version new backups are written in */
+export const FORMAT = FORMAT_V2;
+export type BackupFormat = typeof FORMAT_V1 | typeof FORMAT_V2;
 export const MANIFEST_MAGIC = Buffer.from('BSNMANI1', 'latin1');
 export const NONCE_LEN = 12;
 export const TAG_LEN = 16;
@@ -30,8 +34,19 @@ export type Codec = (typeof Codec)[keyof typeof Codec];
 export function manifestKey(backupId: string): string {
   return `backups/${backupId}/manifest`;
 }
+/** Version 1: a backup's packs are its own. */
 export function packKey(backupId: string, pack: number): string {
   return `backups/${backupId}/packs/${String(pack).padStart(6, '0')}.pack`;
+}
+/** Version 2: packs are shared by the backups of a set; each is named after the backup that wrote it. */
+export const PACK_DIR = 'packs/';
+export function sharedPackKey(backupId: string, pack: number): string {
+  return `${PACK_DIR}${backupId}-${String(pack).padStart(6, '0')}.pack`;
+}
+/** The backup that wrote a version 2 pack, from its key; undefined for any other key. */
+export function writerOfPack(key: string): string | undefined {
+  const match = /^packs\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})-[0-9]{6}\.pack$/.exec(key);
+  return match?.[1];
 }
 export const LATEST_KEY = 'latest.json';
 
@@ -48,7 +63,7 @@ export function newBackupId(now = new Date()): string {
   return `${t}-${randomBytes(4).toString('hex')}`;
 }
 
-export const LatestPointer = z.strictObject({ format: z.literal(FORMAT), backupId: z.string().regex(BACKUP_ID), createdAt: z.string() });
+export const LatestPointer = z.strictObject({ format: z.enum([FORMAT_V1, FORMAT_V2]), backupId: z.string().regex(BACKUP_ID), createdAt: z.string() });
 export type LatestPointer = z.infer<typeof LatestPointer>;
 
 // ---------------------------------------------------------------- keys
@@ -66,9 +81,61 @@ export function deriveKeys(dataKey: Buffer, backupId: string): BackupKeys {
   if (dataKey.length !== 32) throw new BackupError('key', 'the backup data key has the wrong length');
   const salt = Buffer.from(backupId, 'utf8');
   return {
-    chunk: Buffer.from(hkdfSync('sha256', dataKey, salt, `${FORMAT} chunk`, 32)),
-    manifest: Buffer.from(hkdfSync('sha256', dataKey, salt, `${FORMAT} manifest`, 32)),
+    chunk: Buffer.from(hkdfSync('sha256', dataKey, salt, `${FORMAT_V1} chunk`, 32)),
+    manifest: Buffer.from(hkdfSync('sha256', dataKey, salt, `${FORMAT_V1} manifest`, 32)),
   };
+}
+
+/** Version 2: the keys of a set key, which every backup of one epoch of a set shares (so chunks can be shared). */
+export interface SetKeys {
+  /** encrypts chunk records */
+  chunk: Buffer;
+  /** names chunks: a chunk's id is HMAC-SHA256(chunkId, plaintext), so ids say nothing of the content without it */
+  chunkId: Buffer;
+  /** keys the content-defined chunker's boundaries */
+  gear: Buffer;
+}
+
+function checkSetKey(setKey: Buffer): void {
+  if (setKey.length !== 32) throw new BackupError('key', 'the backup set key has the wrong length');
+}
+
+export function deriveSetKeys(setKey: Buffer): SetKeys {
+  checkSetKey(setKey);
+  const derive = (use: string): Buffer => Buffer.from(hkdfSync('sha256', setKey, Buffer.alloc(0), `${FORMAT_V2} ${use}`, 32));
+  return { chunk: derive('chunk'), chunkId: derive('chunk id'), gear: derive('gear') };
+}
+
+/** Version 2: the key of one backup's manifest (salted with its id, as in version 1). */
+export function deriveManifestKey(setKey: Buffer, backupId: string): Buffer {
+  checkSetKey(setKey);
+  return Buffer.from(hkdfSync('sha256', setKey, Buffer.from(backupId, 'utf8'), `${FORMAT_V2} manifest`, 32));
+}
+
+/**
+ * The keys a backup is read with, from the key its header seals (version 1: the
+ * backup's data key; version 2: the set key): the manifest's key and the chunks' scheme.
+ */
+export function keysOfBackup(header: Pick<ManifestHeader, 'format' | 'backupId'>, key: Buffer): { manifest: Buffer; scheme: ChunkScheme } {
+  if (header.format === FORMAT_V1) {
+    const keys = deriveKeys(key, header.backupId);
+    return { manifest: keys.manifest, scheme: { format: FORMAT_V1, key: keys.chunk, backupId: header.backupId } };
+  }
+  const keys = deriveSetKeys(key);
+  keys.gear.fill(0);
+  return { manifest: deriveManifestKey(key, header.backupId), scheme: { format: FORMAT_V2, key: keys.chunk, idKey: keys.chunkId } };
+}
+
+/** Overwrite a scheme's keys once they are no longer needed. */
+export function wipeScheme(scheme: ChunkScheme): void {
+  scheme.key.fill(0);
+  if (scheme.format === FORMAT_V2) scheme.idKey.fill(0);
+}
+
+/** Names a set key without revealing it (16 hex digits): backups with the same key id can share chunks. */
+export function setKeyId(setKey: Buffer): string {
+  checkSetKey(setKey);
+  return Buffer.from(hkdfSync('sha256', setKey, Buffer.alloc(0), `${FORMAT_V2} key id`, 8)).toString('hex');
 }
 
 // ---------------------------------------------------------------- chunk records
@@ -77,20 +144,33 @@ export function deriveKeys(dataKey: Buffer, backupId: string): BackupKeys {
 export interface ChunkIdentity {
   codec: Codec;
   plainLength: number;
-  /** SHA-256 of the plaintext, hex */
-  sha256: string;
+  /** hex: version 1 the SHA-256 of the plaintext, version 2 its HMAC-SHA256 under the set's chunk-id key (the chunk's id) */
+  digest: string;
 }
 
-function chunkAad(backupId: string, id: ChunkIdentity): Buffer {
-  const head = Buffer.from(`${FORMAT} chunk\0${backupId}\0`, 'utf8');
+/**
+ * How a backup's chunks are sealed and named. Version 1: a key per backup, the
+ * record bound to the backup's id, named by SHA-256. Version 2: the set key's
+ * chunk key, the record bound to the chunk's id alone (so any backup of the
+ * epoch can reference it), named by a keyed hash.
+ */
+export type ChunkScheme = { format: typeof FORMAT_V1; key: Buffer; backupId: string } | { format: typeof FORMAT_V2; key: Buffer; idKey: Buffer };
+
+function chunkAad(scheme: ChunkScheme, id: ChunkIdentity): Buffer {
+  const head = Buffer.from(scheme.format === FORMAT_V1 ? `${FORMAT_V1} chunk\0${scheme.backupId}\0` : `${FORMAT_V2} chunk\0`, 'utf8');
   const tail = Buffer.alloc(5);
   tail.writeUInt8(id.codec, 0);
   tail.writeUInt32BE(id.plainLength, 1);
-  return Buffer.concat([head, tail, Buffer.from(id.sha256, 'hex')]);
+  return Buffer.concat([head, tail, Buffer.from(id.digest, 'hex')]);
 }
 
 export function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+/** The digest a chunk is named and checked by (ChunkIdentity.digest). */
+export function chunkDigest(scheme: ChunkScheme, plain: Uint8Array): string {
+  return scheme.format === FORMAT_V1 ? sha256(plain) : createHmac('sha256', scheme.idKey).update(plain).digest('hex');
 }
 
 export interface SealedChunk {
@@ -102,12 +182,12 @@ export interface SealedChunk {
 
 /**
  * Compress (if that saves at least 1/32 of the size), then encrypt one chunk.
- * The record is bound by its AAD to the backup, the codec, the plaintext length
- * and the plaintext hash, so a record moved, swapped or replayed from another
- * backup fails authentication.
+ * The record is bound by its AAD to the codec, the plaintext length and the
+ * chunk's digest (and in version 1 to the backup), so a record moved, swapped
+ * or relabelled fails authentication.
  */
-export function sealChunk(key: Buffer, backupId: string, plain: Buffer, opts: { level: number; hash?: string }): SealedChunk {
-  const hash = opts.hash ?? sha256(plain);
+export function sealChunk(scheme: ChunkScheme, plain: Buffer, opts: { level: number; digest?: string }): SealedChunk {
+  const digest = opts.digest ?? chunkDigest(scheme, plain);
   let payload: Buffer = plain;
   let codec: Codec = Codec.none;
   if (opts.level > 0) {
@@ -117,10 +197,10 @@ export function sealChunk(key: Buffer, backupId: string, plain: Buffer, opts: { 
       codec = Codec.zstd;
     }
   }
-  const identity: ChunkIdentity = { codec, plainLength: plain.length, sha256: hash };
+  const identity: ChunkIdentity = { codec, plainLength: plain.length, digest };
   const nonce = randomBytes(NONCE_LEN);
-  const c = createCipheriv('aes-256-gcm', key, nonce);
-  c.setAAD(chunkAad(backupId, identity));
+  const c = createCipheriv('aes-256-gcm', scheme.key, nonce);
+  c.setAAD(chunkAad(scheme, identity));
   const ct = c.update(payload);
   const fin = c.final();
   const tag = c.getAuthTag();
@@ -138,10 +218,10 @@ export class ChunkOpenError extends Error {
 }
 
 /** Decrypt, decompress and verify one record; throws ChunkOpenError. */
-export function openChunk(key: Buffer, backupId: string, record: Buffer, id: ChunkIdentity): Buffer {
+export function openChunk(scheme: ChunkScheme, record: Buffer, id: ChunkIdentity): Buffer {
   if (record.length < RECORD_OVERHEAD) throw new ChunkOpenError('length');
-  const d = createDecipheriv('aes-256-gcm', key, record.subarray(0, NONCE_LEN));
-  d.setAAD(chunkAad(backupId, id));
+  const d = createDecipheriv('aes-256-gcm', scheme.key, record.subarray(0, NONCE_LEN));
+  d.setAAD(chunkAad(scheme, id));
   d.setAuthTag(record.subarray(record.length - TAG_LEN));
   let payload: Buffer;
   try {
@@ -162,7 +242,7 @@ export function openChunk(key: Buffer, backupId: string, record: Buffer, id: Chu
     plain = payload;
   }
   if (plain.length !== id.plainLength) throw new ChunkOpenError('length');
-  if (sha256(plain) !== id.sha256) throw new ChunkOpenError('hash');
+  if (chunkDigest(scheme, plain) !== id.digest) throw new ChunkOpenError('hash');
   return plain;
 }
 
@@ -175,11 +255,11 @@ const DECRYPT_PIECE = 64 * 1024;
  * size) holds a compressed payload; no chunk-sized buffer is allocated per
  * chunk. Returns the plaintext's length; throws ChunkOpenError.
  */
-export function openChunkInto(key: Buffer, backupId: string, record: Buffer, id: ChunkIdentity, dst: Buffer, scratch: Buffer): number {
+export function openChunkInto(scheme: ChunkScheme, record: Buffer, id: ChunkIdentity, dst: Buffer, scratch: Buffer): number {
   if (record.length < RECORD_OVERHEAD) throw new ChunkOpenError('length');
   if (id.plainLength > dst.length) throw new ChunkOpenError('length');
-  const d = createDecipheriv('aes-256-gcm', key, record.subarray(0, NONCE_LEN));
-  d.setAAD(chunkAad(backupId, id));
+  const d = createDecipheriv('aes-256-gcm', scheme.key, record.subarray(0, NONCE_LEN));
+  d.setAAD(chunkAad(scheme, id));
   d.setAuthTag(record.subarray(record.length - TAG_LEN));
   // Decrypt in small pieces into `scratch` (or straight into `dst` for a stored-raw
   // chunk: plaintext byte i lands before ciphertext byte i is read, never after),
@@ -212,7 +292,7 @@ export function openChunkInto(key: Buffer, backupId: string, record: Buffer, id:
     n = ctLen;
   }
   if (n !== id.plainLength) throw new ChunkOpenError('length');
-  if (sha256(dst.subarray(0, n)) !== id.sha256) throw new ChunkOpenError('hash');
+  if (chunkDigest(scheme, dst.subarray(0, n)) !== id.digest) throw new ChunkOpenError('hash');
   return n;
 }
 
@@ -253,8 +333,16 @@ export const FileEntry = z.strictObject({
   sha256: Sha256Hex,
   /** the source had holes: restore leaves zero regions as holes */
   sparse: z.boolean(),
-  /** one per chunkSize slice of the file: an index into `chunks`, or -1 for a slice that is all zeros */
-  chunks: z.array(z.number().int().min(-1)),
+  /**
+   * the file's content piece by piece: an index into `chunks`, or a run of zero bytes (version 1: -1, a
+   * chunkSize slice of zeros; version 2: -n, n zero bytes). Version 1 pieces are chunkSize slices.
+   */
+  chunks: z.array(
+    z
+      .number()
+      .int()
+      .min(-(2 ** 40)),
+  ),
 });
 export const SymlinkEntry = z.strictObject({ type: z.literal('symlink'), path: EntryPath, target: z.string().min(1), uid: Id, gid: Id, mtimeNs: MtimeNs });
 /** another name for a file entry earlier in the list (same inode) */
@@ -266,18 +354,20 @@ export type FileEntry = z.infer<typeof FileEntry>;
 export type SymlinkEntry = z.infer<typeof SymlinkEntry>;
 export type HardlinkEntry = z.infer<typeof HardlinkEntry>;
 
-/** [pack, offset, stored length, plain length, codec, sha256] — a tuple to keep big manifests small */
+/** [pack, offset, stored length, plain length, codec, digest] — a tuple to keep big manifests small (digest: ChunkIdentity) */
 export const ChunkRef = z.tuple([Uint, Uint, Uint, Uint, z.union([z.literal(0), z.literal(1)]), Sha256Hex]);
 export type ChunkRef = z.infer<typeof ChunkRef>;
 export const PackRef = z.strictObject({ key: z.string().min(1), size: Uint });
 export type PackRef = z.infer<typeof PackRef>;
 
+/** The body as held in memory: version 2 keeps `packs` in the header, and they are copied here when it is opened. */
 export const ManifestBody = z.strictObject({
   entries: z.array(Entry),
   chunks: z.array(ChunkRef),
   packs: z.array(PackRef),
 });
 export type ManifestBody = z.infer<typeof ManifestBody>;
+const ManifestBodyV2 = ManifestBody.omit({ packs: true });
 
 export const BackupStats = z.strictObject({
   files: Uint,
@@ -286,38 +376,92 @@ export const BackupStats = z.strictObject({
   hardlinks: Uint,
   /** logical bytes of all regular files */
   bytes: Uint,
-  /** bytes of all packs */
+  /** bytes of all packs the backup needs (version 2: also those earlier backups wrote) */
   storedBytes: Uint,
   chunks: Uint,
   packs: Uint,
   /** sockets, fifos and device nodes, which a backup does not carry */
   skipped: Uint,
+  /** version 2: chunks and their plain bytes the store already held (not uploaded again) */
+  reusedChunks: Uint.optional(),
+  reusedBytes: Uint.optional(),
+  /** version 2: bytes of the packs this backup uploaded */
+  uploadedBytes: Uint.optional(),
 });
 export type BackupStats = z.infer<typeof BackupStats>;
 
-export const ManifestHeader = z.strictObject({
-  format: z.literal(FORMAT),
+const HeaderCommon = {
   backupId: z.string().regex(BACKUP_ID),
   createdAt: z.string(),
   /** free-form label of the creating host, for people */
   host: z.string().optional(),
-  /** the X25519 key the data key is sealed to */
+  /** the X25519 key the data key (version 2: the set key) is sealed to */
   recipient: z.string(),
-  /** bosun-sealed-v1 value holding the 32-byte data key */
+  /** bosun-sealed-v1 value holding the 32-byte data key (version 2: the set key) */
   sealedDataKey: z.string(),
   /** Ed25519 key that signed this manifest, if it is signed */
   signer: z.string().optional(),
+  cipher: z.literal('aes-256-gcm'),
+  compression: z.literal('zstd'),
+  stats: BackupStats,
+};
+
+export const ManifestHeaderV1 = z.strictObject({
+  format: z.literal(FORMAT_V1),
+  ...HeaderCommon,
   chunkSize: z
     .number()
     .int()
     .min(4096)
     .max(1 << 30),
-  cipher: z.literal('aes-256-gcm'),
-  compression: z.literal('zstd'),
   hash: z.literal('sha256'),
-  stats: BackupStats,
 });
+
+/** How version 2 cut files into chunks: fixed slices, or content-defined (keyed gear hash, src/backup/chunker.ts). */
+export const Chunker = z.discriminatedUnion('kind', [
+  z.strictObject({
+    kind: z.literal('fixed'),
+    size: z
+      .number()
+      .int()
+      .min(4096)
+      .max(64 << 20),
+  }),
+  z.strictObject({
+    kind: z.literal('gear'),
+    min: z.number().int().min(64),
+    avg: z.number().int().min(256),
+    max: z
+      .number()
+      .int()
+      .max(64 << 20),
+  }),
+]);
+export type Chunker = z.infer<typeof Chunker>;
+
+export const ManifestHeaderV2 = z.strictObject({
+  format: z.literal(FORMAT_V2),
+  ...HeaderCommon,
+  /** names the set key (setKeyId): backups with the same one share chunks */
+  keyId: z.string().regex(/^[0-9a-f]{16}$/),
+  chunker: Chunker,
+  hash: z.literal('hmac-sha256'),
+  /** how the data was made consistent (the spec's backup.consistency), for people */
+  consistency: z.enum(['hooks', 'snapshot', 'crash-consistent']).optional(),
+  /** every pack a chunk of this backup lies in; in the header so a prune needs no key to know what a backup uses */
+  packs: z.array(PackRef),
+});
+
+export const ManifestHeader = z.discriminatedUnion('format', [ManifestHeaderV1, ManifestHeaderV2]);
 export type ManifestHeader = z.infer<typeof ManifestHeader>;
+export type ManifestHeaderV1 = z.infer<typeof ManifestHeaderV1>;
+export type ManifestHeaderV2 = z.infer<typeof ManifestHeaderV2>;
+
+/** The longest piece a file of this backup is cut into: what a slot must hold. */
+export function maxChunkLength(header: ManifestHeader): number {
+  if (header.format === FORMAT_V1) return header.chunkSize;
+  return header.chunker.kind === 'fixed' ? header.chunker.size : header.chunker.max;
+}
 
 export interface Manifest {
   header: ManifestHeader;
@@ -341,7 +485,8 @@ export function encodeManifest(m: Manifest, manifestKeyBytes: Buffer, sign?: (da
   const nonce = randomBytes(NONCE_LEN);
   const c = createCipheriv('aes-256-gcm', manifestKeyBytes, nonce);
   c.setAAD(aad);
-  const ct = Buffer.concat([c.update(compress(Buffer.from(JSON.stringify(m.body), 'utf8'), { compressionLevel: 3 })), c.final()]);
+  const body = m.header.format === FORMAT_V1 ? m.body : { entries: m.body.entries, chunks: m.body.chunks };
+  const ct = Buffer.concat([c.update(compress(Buffer.from(JSON.stringify(body), 'utf8'), { compressionLevel: 3 })), c.final()]);
   const blen = Buffer.alloc(4);
   blen.writeUInt32BE(NONCE_LEN + ct.length + TAG_LEN);
   const unsigned = Buffer.concat([aad, blen, nonce, ct, c.getAuthTag()]);
@@ -436,7 +581,7 @@ export function openManifestBody(m: SealedManifest, manifestKeyBytes: Buffer): M
   } catch {
     throw formatError('body does not decode');
   }
-  const parsed = ManifestBody.safeParse(raw);
+  const parsed = m.header.format === FORMAT_V1 ? ManifestBody.safeParse(raw) : ManifestBodyV2.safeParse(raw);
   if (!parsed.success)
     throw formatError(
       `body: ${parsed.error.issues
@@ -444,8 +589,9 @@ export function openManifestBody(m: SealedManifest, manifestKeyBytes: Buffer): M
         .map((i) => `${i.path.join('.')}: ${i.message}`)
         .join('; ')}`,
     );
-  checkManifestStructure(m.header, parsed.data);
-  return parsed.data;
+  const body: ManifestBody = m.header.format === FORMAT_V1 ? (parsed.data as ManifestBody) : { ...parsed.data, packs: m.header.packs };
+  checkManifestStructure(m.header, body);
+  return body;
 }
 
 /**
@@ -469,17 +615,7 @@ export function checkManifestStructure(header: ManifestHeader, body: ManifestBod
       if (kinds.get(parent) !== 'dir') bad(`the parent of ${JSON.stringify(e.path)} is not a directory listed before it`);
     }
     if (e.type === 'hardlink' && kinds.get(e.target) !== 'file') bad(`hard link ${JSON.stringify(e.path)} does not point at an earlier regular file`);
-    if (e.type === 'file') {
-      const expect = Math.ceil(e.size / header.chunkSize);
-      if (e.chunks.length !== expect) bad(`file ${JSON.stringify(e.path)} has ${e.chunks.length} chunks for ${e.size} bytes`);
-      e.chunks.forEach((c, k) => {
-        if (c === -1) return;
-        const ref = body.chunks[c];
-        if (!ref) return bad(`file ${JSON.stringify(e.path)} names chunk ${c}, which does not exist`);
-        const want = Math.min(header.chunkSize, e.size - k * header.chunkSize);
-        if (ref[3] !== want) bad(`chunk ${c} holds ${ref[3]} bytes where ${JSON.stringify(e.path)} needs ${want}`);
-      });
-    }
+    if (e.type === 'file') checkFilePieces(header, body, e, bad);
     kinds.set(e.path, e.type);
   });
   if (body.entries.length === 0) bad('no root directory');
@@ -488,6 +624,33 @@ export function checkManifestStructure(header: ManifestHeader, body: ManifestBod
     if (!pack) return bad(`chunk ${i} is in pack ${c[0]}, which does not exist`);
     if (c[2] < RECORD_OVERHEAD || c[1] + c[2] > pack.size) bad(`chunk ${i} lies outside its pack`);
   });
+}
+
+/** A file's pieces cover exactly its size; each chunk it names exists and is as long as its place needs. */
+function checkFilePieces(header: ManifestHeader, body: ManifestBody, e: FileEntry, bad: (why: string) => never): void {
+  const name = JSON.stringify(e.path);
+  if (header.format === FORMAT_V1) {
+    const expect = Math.ceil(e.size / header.chunkSize);
+    if (e.chunks.length !== expect) bad(`file ${name} has ${e.chunks.length} chunks for ${e.size} bytes`);
+    e.chunks.forEach((c, k) => {
+      if (c === -1) return;
+      if (c < 0) bad(`file ${name} has a zero run of ${-c} bytes, which version 1 does not have`);
+      const ref = body.chunks[c];
+      if (!ref) return bad(`file ${name} names chunk ${c}, which does not exist`);
+      const want = Math.min(header.chunkSize, e.size - k * header.chunkSize);
+      if (ref[3] !== want) bad(`chunk ${c} holds ${ref[3]} bytes where ${name} needs ${want}`);
+    });
+    return;
+  }
+  const longest = maxChunkLength(header);
+  let covered = 0;
+  for (const c of e.chunks) {
+    if (c >= 0 && !body.chunks[c]) bad(`file ${name} names chunk ${c}, which does not exist`);
+    const length = c >= 0 ? body.chunks[c]![3] : -c;
+    if (length === 0 || length > longest) bad(`file ${name} has a piece of ${length} bytes (1 to ${longest} allowed)`);
+    covered += length;
+  }
+  if (covered !== e.size) bad(`the pieces of file ${name} add up to ${covered} bytes, not its ${e.size}`);
 }
 
 /** True if every byte of `buf` is zero; `zero` is a zero-filled buffer of any length, compared a slice at a time. */

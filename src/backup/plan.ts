@@ -1,4 +1,4 @@
-import type { ChunkRef, FileEntry, ManifestBody } from './format.js';
+import { FORMAT_V1, type ChunkRef, type FileEntry, type ManifestBody, type ManifestHeader } from './format.js';
 
 /** A regular file of the manifest with its place in the list of files. */
 export interface FileSlot {
@@ -23,6 +23,58 @@ export interface RestoreIndex {
   files: FileEntry[];
   /** for each chunk index, every file slice it fills (more than one when identical content was stored once) */
   targets: ChunkTargets;
+  /** where each slice of each file lies */
+  pieces: PieceLayout;
+}
+
+/**
+ * Where the pieces of every file lie: piece k of file f (the k-th item of its
+ * chunk list, a chunk or a run of zeros) covers [start(f, k), end(f, k)). In
+ * version 1 every piece but a file's last is chunkSize long; in version 2 a
+ * piece is as long as its chunk or its zero run. One typed array for all files:
+ * an array per file would cost ~80 bytes of heap per file.
+ */
+export class PieceLayout {
+  /** per file, where its pieces' bounds begin in #bounds */
+  readonly #first: Float64Array;
+  /** per file, the start of each piece, then the file's size */
+  readonly #bounds: Float64Array;
+
+  constructor(header: ManifestHeader, body: Pick<ManifestBody, 'chunks'>, files: readonly FileEntry[]) {
+    this.#first = new Float64Array(files.length);
+    this.#bounds = new Float64Array(files.reduce((n, f) => n + f.chunks.length + 1, 0));
+    let at = 0;
+    files.forEach((file, index) => {
+      this.#first[index] = at;
+      let pos = 0;
+      file.chunks.forEach((item, k) => {
+        this.#bounds[at++] = pos;
+        pos += pieceLength(header, body, file, item, k);
+      });
+      this.#bounds[at++] = pos;
+    });
+  }
+
+  start(file: number, ordinal: number): number {
+    return this.#bounds[this.#first[file]! + ordinal]!;
+  }
+
+  length(file: number, ordinal: number): number {
+    const at = this.#first[file]! + ordinal;
+    return this.#bounds[at + 1]! - this.#bounds[at]!;
+  }
+
+  /** the start of every piece of a file, then its size */
+  bounds(file: number, pieces: number): number[] {
+    const from = this.#first[file]!;
+    return Array.from(this.#bounds.subarray(from, from + pieces + 1));
+  }
+}
+
+/** The length of a file's k-th piece: its chunk's, or its zero run's. */
+export function pieceLength(header: ManifestHeader, body: Pick<ManifestBody, 'chunks'>, file: FileEntry, item: number, k: number): number {
+  if (item >= 0) return body.chunks[item]![3];
+  return header.format === FORMAT_V1 ? Math.min(header.chunkSize, file.size - k * header.chunkSize) : -item;
 }
 
 /**
@@ -65,12 +117,12 @@ export class ChunkTargets {
   }
 }
 
-/** Which file slices each stored chunk fills. Pure; pinned by unit tests. */
-export function indexChunks(body: ManifestBody): RestoreIndex {
+/** Which file slices each stored chunk fills, and where every slice lies. Pure; pinned by unit tests. */
+export function indexChunks(header: ManifestHeader, body: ManifestBody): RestoreIndex {
   const files = body.entries.filter((e): e is FileEntry => e.type === 'file');
   const targets = new ChunkTargets(body.chunks.length);
   files.forEach((f, file) => f.chunks.forEach((c, ordinal) => c >= 0 && targets.add(c, { file, ordinal })));
-  return { files, targets };
+  return { files, targets, pieces: new PieceLayout(header, body, files) };
 }
 
 /**

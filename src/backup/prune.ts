@@ -1,7 +1,8 @@
 import type { BackupRetention } from '../spec/backup-spec.js';
-import { isBackupId, manifestKey } from './format.js';
+import { FORMAT_V2, MAX_MANIFEST_BYTES, PACK_DIR, isBackupId, manifestKey, parseManifest, writerOfPack } from './format.js';
 import { readLeases, takeLease } from './leases.js';
-import { resolveBackupId } from './restore/manifest.js';
+import { getWhole, resolveBackupId } from './restore/manifest.js';
+import { DEFAULT_RETRY } from './retry.js';
 import { planRetention, type BackupRef, type KeepReason } from './retention.js';
 import type { ListedObject, ManagedTransport } from './transport.js';
 
@@ -45,6 +46,8 @@ export interface PruneReport {
   incomplete: PrunedBackup[];
   /** expired leases removed */
   staleLeases: number;
+  /** shared packs (version 2) that no kept backup references, removed (or to be) */
+  packsRemoved: number;
   bytesFreed: number;
 }
 
@@ -103,6 +106,14 @@ export async function pruneBackups(options: PruneOptions): Promise<PruneReport> 
     }
     const dropped = complete.filter((b) => !reasons.has(b.backupId)).sort((x, y) => y.createdAt.localeCompare(x.createdAt));
     const incomplete = [...backups.values()].filter((b) => !b.complete && !leased.has(b.backupId) && now - b.newest > INCOMPLETE_GRACE_MS);
+    const kept = complete.filter((b) => reasons.has(b.backupId));
+    const unusedPacks = await packsNoOneNeeds(transport, {
+      kept: kept.map((b) => b.backupId),
+      dropped: new Set(dropped.map((b) => b.backupId)),
+      leased,
+      now,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
     if (options.apply) {
       for (const b of dropped) {
         await transport.delete([manifestKey(b.backupId)], options.signal);
@@ -112,6 +123,12 @@ export async function pruneBackups(options: PruneOptions): Promise<PruneReport> 
         );
       }
       for (const b of incomplete) await transport.delete(b.keys, options.signal);
+      // Packs last: every manifest that referenced them is gone by now.
+      if (unusedPacks.length > 0)
+        await transport.delete(
+          unusedPacks.map((o) => o.key),
+          options.signal,
+        );
       if (stale.length > 0) await transport.delete(stale, options.signal);
     }
     return {
@@ -123,11 +140,37 @@ export async function pruneBackups(options: PruneOptions): Promise<PruneReport> 
       dropped: dropped.map(summary),
       incomplete: incomplete.map(summary),
       staleLeases: stale.length,
-      bytesFreed: [...dropped, ...incomplete].reduce((n, b) => n + b.bytes, 0),
+      packsRemoved: unusedPacks.length,
+      bytesFreed: [...dropped, ...incomplete].reduce((n, b) => n + b.bytes, 0) + unusedPacks.reduce((n, o) => n + o.size, 0),
     };
   } finally {
     await lease?.release();
   }
+}
+
+/**
+ * The shared packs (version 2, under packs/) that may go: no kept backup's
+ * header lists them, and the backup that wrote them is not leased (a backup
+ * being made, or a killed run a new one resumes) and is either dropped now or
+ * has been gone for a day (a killed run that nobody resumed).
+ */
+async function packsNoOneNeeds(
+  transport: ManagedTransport,
+  set: { kept: readonly string[]; dropped: ReadonlySet<string>; leased: ReadonlySet<string>; now: number; signal?: AbortSignal },
+): Promise<ListedObject[]> {
+  const packs = await transport.list(PACK_DIR, set.signal);
+  if (packs.length === 0) return [];
+  const needed = new Set<string>();
+  for (const backupId of set.kept) {
+    const sealed = parseManifest(await getWhole(transport, manifestKey(backupId), MAX_MANIFEST_BYTES, DEFAULT_RETRY, set.signal));
+    if (sealed.header.format === FORMAT_V2) for (const pack of sealed.header.packs) needed.add(pack.key);
+  }
+  const kept = new Set(set.kept);
+  return packs.filter((object) => {
+    const writer = writerOfPack(object.key);
+    if (writer === undefined || needed.has(object.key) || set.leased.has(writer) || kept.has(writer)) return false;
+    return set.dropped.has(writer) || set.now - object.lastModified.getTime() > INCOMPLETE_GRACE_MS;
+  });
 }
 
 /** The backups of a set for `bosun backup list`: newest first, with what latest.json names. */

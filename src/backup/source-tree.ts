@@ -1,6 +1,6 @@
 /**
  * The source side of a backup: the tree walked in manifest order, and each
- * regular file read in chunk-sized pieces into the slots the workers seal.
+ * regular file read and cut into chunks (cutter.ts) in the slots the workers seal.
  */
 import { constants, type BigIntStats } from 'node:fs';
 import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { BackupError, errnoOf } from './errors.js';
 import { type Entry, type FileEntry } from './format.js';
+import type { Cutter } from './cutter.js';
 import { SlotRing } from './workers/pool.js';
 
 /** A regular file of the tree: its manifest entry (size and chunks filled in as it is read) and where it is. */
@@ -88,35 +89,64 @@ export async function walk(root: string, log: Logger | undefined): Promise<{ ent
   return { entries, files, skipped };
 }
 
-/** Read a file in chunkSize pieces, each into a slot of `ring` (where a worker will seal it); `each` owns the slot. */
-export async function readChunks(path: string, chunkSize: number, ring: SlotRing, each: (slot: number, plain: Buffer) => Promise<void>): Promise<void> {
+/** How much of a file is read at a time (the chunks of a block are then copied into slots). */
+const READ_BLOCK = 4 * 1024 * 1024;
+
+/** A buffer for readPieces: one per backup, reused for every file. */
+export function readBuffer(longest: number): Buffer {
+  return Buffer.allocUnsafe(READ_BLOCK + longest);
+}
+
+/**
+ * Read a file in blocks and cut it into chunks where `cutter` says, each
+ * chunk copied into a slot of `ring` (where a worker will name and seal it);
+ * `each` owns the slot. A chunk that spans two blocks is moved to the front of
+ * the buffer before the next read, so `buffer` must hold a block and the
+ * longest chunk.
+ */
+export async function readPieces(
+  path: string,
+  cutter: Cutter,
+  buffer: Buffer,
+  ring: SlotRing,
+  each: (slot: number, plain: Buffer) => Promise<void>,
+): Promise<void> {
   let fh: FileHandle;
   try {
     fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (e) {
     throw sourceError(path, e);
   }
+  cutter.reset();
+  const emit = async (from: number, to: number): Promise<void> => {
+    const slot = await ring.acquire();
+    const view = ring.view(slot, to - from);
+    buffer.copy(view, 0, from, to);
+    await each(slot, view);
+  };
   try {
+    // buffer[start, have) holds bytes not yet in a chunk; the cutter has scanned them up to `scan`.
+    let have = 0;
+    let start = 0;
+    let scan = 0;
     for (;;) {
-      const slot = await ring.acquire();
-      const buf = ring.view(slot, chunkSize);
-      let n = 0;
-      try {
-        while (n < buf.length) {
-          const { bytesRead } = await fh.read(buf, n, buf.length - n, null);
-          if (bytesRead === 0) break;
-          n += bytesRead;
-        }
-      } catch (e) {
-        ring.release(slot);
-        throw e;
+      const { bytesRead } = await fh.read(buffer, have, buffer.length - have, null);
+      have += bytesRead;
+      for (let cut = cutter.next(buffer, scan, have); cut >= 0; cut = cutter.next(buffer, scan, have)) {
+        await emit(start, cut);
+        start = scan = cut;
       }
-      if (n === 0) {
-        ring.release(slot);
+      scan = have;
+      if (bytesRead === 0) {
+        if (start < have) await emit(start, have);
         break;
       }
-      await each(slot, buf.subarray(0, n));
-      if (n < chunkSize) break;
+      if (have === buffer.length || start > 0) {
+        buffer.copy(buffer, 0, start, have);
+        have -= start;
+        scan -= start;
+        start = 0;
+      }
     }
   } catch (e) {
     if (e instanceof BackupError) throw e;

@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import { ChunkOpenError, openChunk, type ChunkRef } from './format.js';
+import { ChunkOpenError, openChunk, wipeScheme, type ChunkRef } from './format.js';
 import { indexChunks } from './plan.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 import { getWhole, openManifest } from './restore/manifest.js';
@@ -69,7 +69,7 @@ export async function verifyBackup(options: VerifyOptions): Promise<VerifyReport
     ...(options.signal ? { signal: options.signal } : {}),
   });
   const { body } = opened;
-  const { files, targets } = indexChunks(body);
+  const { files, targets } = indexChunks(opened.header, body);
   const problems: VerifyProblem[] = [];
   const problem = (object: string, failure: VerifyFailure, chunks: number[], range?: [number, number]): void => {
     const touched = [...new Set(chunks.flatMap((c) => targets.of(c).map((slot) => files[slot.file]!.path)))];
@@ -92,14 +92,14 @@ export async function verifyBackup(options: VerifyOptions): Promise<VerifyReport
     }
     if (bytes.length !== ref.size) problem(object, 'size', chunks);
     for (const c of chunks) {
-      const [, offset, stored, plainLength, codec, sha256] = body.chunks[c] as ChunkRef;
+      const [, offset, stored, plainLength, codec, digest] = body.chunks[c] as ChunkRef;
       const range: [number, number] = [offset, offset + stored - 1];
       if (offset + stored > bytes.length) {
         problem(object, 'size', [c], range);
         continue;
       }
       try {
-        openChunk(opened.chunkKey, backupId, bytes.subarray(offset, offset + stored), { codec, plainLength, sha256 });
+        openChunk(opened.scheme, bytes.subarray(offset, offset + stored), { codec, plainLength, digest });
         chunksChecked += 1;
         bytesChecked += plainLength;
       } catch (e) {
@@ -107,6 +107,6 @@ export async function verifyBackup(options: VerifyOptions): Promise<VerifyReport
       }
     }
   }
-  opened.chunkKey.fill(0);
+  wipeScheme(opened.scheme);
   return { backupId, createdAt: opened.header.createdAt, chunks: body.chunks.length, chunksChecked, bytesChecked, packs: body.packs.length, problems };
 }

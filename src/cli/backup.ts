@@ -148,7 +148,7 @@ async function job(values: OptionValues, io: Io): Promise<number> {
   const { stateDir } = await resolveState(values, false);
   const redactor = new Redactor();
   const { logger } = createLogger({ redactor, target: 'stderr', level: 'warn' });
-  const result = await runBackupJob(checked.data, { signer: (await loadOrCreateIdentity(stateDir)).identity, redactor, logger });
+  const result = await runBackupJob(checked.data, { signer: (await loadOrCreateIdentity(stateDir)).identity, stateDir, redactor, logger });
   io.data(result);
   return ExitCode.ok;
 }

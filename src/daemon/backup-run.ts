@@ -97,6 +97,8 @@ async function jobFor(spec: NodeSpec, ctx: BackupRunContext): Promise<BackupJob>
     prefix: target.prefix,
     recipient: target.recipient,
     host: spec.node,
+    consistency: spec.backup!.consistency.method,
+    ...(spec.backup!.bandwidthLimitMiBps !== undefined ? { bandwidthLimitMiBps: spec.backup!.bandwidthLimitMiBps } : {}),
     store: {
       ...(store.endpoint ? { endpoint: store.endpoint } : {}),
       region: store.region,

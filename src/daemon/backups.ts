@@ -129,8 +129,8 @@ export class ScheduledBackups {
         seconds: Number(((performance.now() - t0) / 1000).toFixed(3)),
         files: result.stats.files,
         bytesRead: result.stats.bytes,
-        bytesUploaded: result.stats.storedBytes,
-        bytesReused: 0,
+        bytesUploaded: result.stats.uploadedBytes ?? result.stats.storedBytes,
+        bytesReused: result.stats.reusedBytes ?? 0,
       };
       this.#runs = { ...this.#runs, lastSuccess: success };
       await this.#save();

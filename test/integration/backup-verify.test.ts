@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createBackup, S3Transport, type BackupResult } from '../../src/backup/index.js';
+import { sharedPackKey } from '../../src/backup/format.js';
 import { runCli, type Run } from '../helpers.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { cliS3Env, minioClient } from './harness.js';
@@ -82,7 +83,7 @@ describe('bosun backup verify against MinIO', { timeout: 300_000 }, () => {
 
   it('names a flipped byte (object, byte range, files) and a deleted pack, and exits 1', async () => {
     const { prefix, result } = await backUp('damaged');
-    const packKey = (n: number): string => `${prefix}backups/${result.backupId}/packs/${String(n).padStart(6, '0')}.pack`;
+    const packKey = (n: number): string => `${prefix}${sharedPackKey(result.backupId, n)}`;
     const got = await s3.send(new GetObjectCommand({ Bucket: env.s3.bucket, Key: packKey(1) }));
     const pack = Buffer.from(await got.Body!.transformToByteArray());
     pack[100] = pack[100]! ^ 0x01;

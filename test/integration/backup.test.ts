@@ -25,7 +25,7 @@ import {
   type BackupResult,
   type RestoreResult,
 } from '../../src/backup/index.js';
-import { parseManifest } from '../../src/backup/format.js';
+import { parseManifest, sharedPackKey } from '../../src/backup/format.js';
 import { DoneSet } from '../../src/backup/journal.js';
 import { openSealed, publicKeyString } from '../../src/identity/seal.js';
 import { repoRoot } from '../helpers.js';
@@ -382,7 +382,7 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
     let damaged: BackupResult;
     const name = 'damaged';
     const src = (): string => join(work, 'damaged-src');
-    const pack0 = (): string => objectKey(name, `backups/${damaged.backupId}/packs/000000.pack`);
+    const pack0 = (): string => objectKey(name, sharedPackKey(damaged.backupId, 0));
     let original: Buffer;
 
     before(async () => {
@@ -411,18 +411,18 @@ describe('backup and restore (real MinIO)', { timeout: 600_000 }, () => {
       await putObject(pack0(), bad);
       await expectFailure(
         'integrity',
-        new RegExp(`corrupt data in s3://${env.s3.bucket}/.*/packs/000000\\.pack at bytes 0-\\d+ .*fetching it twice more.*belongs to one`),
+        new RegExp(`corrupt data in s3://${env.s3.bucket}/.*/packs/[^ ]*-000000\\.pack at bytes 0-\\d+ .*fetching it twice more.*belongs to one`),
       );
     });
 
     it('a truncated pack', async () => {
       await putObject(pack0(), original.subarray(0, original.length - 1000));
-      await expectFailure('truncated', /packs\/000000\.pack is \d+ bytes but the manifest says \d+: truncated/);
+      await expectFailure('truncated', /packs\/[^ ]*-000000\.pack is \d+ bytes but the manifest says \d+: truncated/);
     });
 
     it('a deleted pack', async () => {
       await s3.send(new DeleteObjectsCommand({ Bucket: env.s3.bucket, Delete: { Objects: [{ Key: pack0() }] } }));
-      await expectFailure('missing', /packs\/000000\.pack is missing from the store/);
+      await expectFailure('missing', /packs\/[^ ]*-000000\.pack is missing from the store/);
     });
 
     it('restores once the pack is back, continuing from what the failed runs verified', async () => {

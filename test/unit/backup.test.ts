@@ -8,7 +8,7 @@ import { BackupError } from '../../src/backup/errors.js';
 import {
   Codec,
   ChunkOpenError,
-  FORMAT,
+  FORMAT_V1,
   LatestPointer,
   checkManifestSignature,
   checkManifestStructure,
@@ -22,9 +22,10 @@ import {
   parseManifest,
   sealChunk,
   sha256,
+  type ChunkScheme,
   type Manifest,
   type ManifestBody,
-  type ManifestHeader,
+  type ManifestHeaderV1,
 } from '../../src/backup/format.js';
 import { DoneSet } from '../../src/backup/journal.js';
 import { indexChunks, planRanges } from '../../src/backup/plan.js';
@@ -48,9 +49,14 @@ function keys(): ReturnType<typeof deriveKeys> {
   return deriveKeys(randomBytes(32), ID);
 }
 
-function header(over: Partial<ManifestHeader> = {}): ManifestHeader {
+/** Version 1's chunk scheme for this test's backup id (version 2 is pinned in backup-v2.test.ts). */
+function v1(key: Buffer, backupId = ID): ChunkScheme {
+  return { format: FORMAT_V1, key, backupId };
+}
+
+function header(over: Partial<ManifestHeaderV1> = {}): ManifestHeaderV1 {
   return {
-    format: FORMAT,
+    format: FORMAT_V1,
     backupId: ID,
     createdAt: '2025-01-02T03:04:05.000Z',
     recipient: 'x25519:' + 'A'.repeat(43),
@@ -105,8 +111,8 @@ describe('backup ids and the latest pointer', () => {
   });
 
   it('parses only a well-formed pointer', () => {
-    assert.equal(LatestPointer.parse({ format: FORMAT, backupId: ID, createdAt: 'x' }).backupId, ID);
-    assert.throws(() => LatestPointer.parse({ format: FORMAT, backupId: '../x', createdAt: 'x' }));
+    assert.equal(LatestPointer.parse({ format: FORMAT_V1, backupId: ID, createdAt: 'x' }).backupId, ID);
+    assert.throws(() => LatestPointer.parse({ format: FORMAT_V1, backupId: '../x', createdAt: 'x' }));
   });
 });
 
@@ -115,26 +121,26 @@ describe('chunk records', () => {
 
   it('round-trips, compressing what compresses and storing the rest raw', () => {
     const t = text(MiB);
-    const sealedText = sealChunk(k.chunk, ID, t, { level: 1 });
+    const sealedText = sealChunk(v1(k.chunk), t, { level: 1 });
     assert.equal(sealedText.identity.codec, Codec.zstd);
     assert.ok(sealedText.length < t.length / 2);
     const r = randomBytes(MiB);
-    const sealedRandom = sealChunk(k.chunk, ID, r, { level: 1 });
+    const sealedRandom = sealChunk(v1(k.chunk), r, { level: 1 });
     assert.equal(sealedRandom.identity.codec, Codec.none);
     assert.equal(sealedRandom.length, r.length + 28);
     for (const [plain, s] of [
       [t, sealedText],
       [r, sealedRandom],
     ] as const) {
-      const out = openChunk(k.chunk, ID, Buffer.concat(s.record), s.identity);
+      const out = openChunk(v1(k.chunk), Buffer.concat(s.record), s.identity);
       assert.ok(out.equals(plain));
-      assert.equal(s.identity.sha256, sha256(plain));
+      assert.equal(s.identity.digest, sha256(plain));
     }
   });
 
   it('fails authentication on a flipped byte, another backup, another identity or another key', () => {
     const plain = text(10_000);
-    const s = sealChunk(k.chunk, ID, plain, { level: 3 });
+    const s = sealChunk(v1(k.chunk), plain, { level: 3 });
     const rec = Buffer.concat(s.record);
     const why = (f: () => unknown): string => {
       try {
@@ -148,27 +154,27 @@ describe('chunk records', () => {
     const flipped = Buffer.from(rec);
     flipped[40]! ^= 1;
     assert.equal(
-      why(() => openChunk(k.chunk, ID, flipped, s.identity)),
+      why(() => openChunk(v1(k.chunk), flipped, s.identity)),
       'auth',
     );
     assert.equal(
-      why(() => openChunk(k.chunk, '20250102T030405Z-00000000', rec, s.identity)),
+      why(() => openChunk(v1(k.chunk, '20250102T030405Z-00000000'), rec, s.identity)),
       'auth',
     );
     assert.equal(
-      why(() => openChunk(k.chunk, ID, rec, { ...s.identity, sha256: 'f'.repeat(64) })),
+      why(() => openChunk(v1(k.chunk), rec, { ...s.identity, digest: 'f'.repeat(64) })),
       'auth',
     );
     assert.equal(
-      why(() => openChunk(keys().chunk, ID, rec, s.identity)),
+      why(() => openChunk(v1(keys().chunk), rec, s.identity)),
       'auth',
     );
     assert.equal(
-      why(() => openChunk(k.chunk, ID, rec.subarray(0, 20), s.identity)),
+      why(() => openChunk(v1(k.chunk), rec.subarray(0, 20), s.identity)),
       'length',
     );
     assert.equal(
-      why(() => openChunk(k.chunk, ID, rec, s.identity)),
+      why(() => openChunk(v1(k.chunk), rec, s.identity)),
       'opened',
     );
   });
@@ -230,7 +236,7 @@ describe('manifest', () => {
     const bytes = encodeManifest(m, k.manifest);
     assert.throws(() => parseManifest(Buffer.from('hello world, not a manifest')), /not a bosun backup manifest/);
     assert.throws(() => parseManifest(bytes.subarray(0, bytes.length - 5)), /truncated/);
-    const future = encodeManifest({ ...m, header: { ...m.header, format: 'bosun-backup-v9' as typeof FORMAT } }, k.manifest);
+    const future = encodeManifest({ ...m, header: { ...m.header, format: 'bosun-backup-v9' } as unknown as ManifestHeaderV1 }, k.manifest);
     assert.throws(() => parseManifest(future), /unknown format version/);
   });
 
@@ -317,7 +323,7 @@ describe('restore planning', () => {
   it('maps a chunk stored once to every file slice that holds it', () => {
     const b = body();
     b.entries.push(file('g', 4096, [0]));
-    const idx = indexChunks(b);
+    const idx = indexChunks(header(), b);
     assert.equal(idx.files.length, 2);
     assert.deepEqual(idx.targets.of(0), [
       { file: 0, ordinal: 0 },
@@ -325,7 +331,11 @@ describe('restore planning', () => {
     ]);
     assert.deepEqual(idx.targets.of(1), [{ file: 0, ordinal: 1 }]);
     assert.equal(idx.targets.used(1), true);
-    assert.deepEqual(indexChunks({ ...b, entries: b.entries.filter((e) => e.type !== 'file') }).targets.of(0), [], 'a chunk no file uses has no slices');
+    assert.deepEqual(
+      indexChunks(header(), { ...b, entries: b.entries.filter((e) => e.type !== 'file') }).targets.of(0),
+      [],
+      'a chunk no file uses has no slices',
+    );
   });
 });
 

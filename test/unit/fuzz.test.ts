@@ -19,14 +19,14 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { BackupError } from '../../src/backup/errors.js';
 import {
-  FORMAT,
+  FORMAT_V1,
   deriveKeys,
   encodeManifest,
   checkManifestSignature,
   openManifestBody,
   parseManifest,
   type Manifest,
-  type ManifestHeader,
+  type ManifestHeaderV1,
 } from '../../src/backup/format.js';
 import { createBackup, restoreFromObjectStorage } from '../../src/backup/index.js';
 import { TransportError, type ByteRange, type GetResult, type Transport } from '../../src/backup/transport.js';
@@ -513,9 +513,9 @@ describe('fuzz: the signed envelope', { timeout: 120_000 }, () => {
 
 const ID = '20250102T030405Z-1a2b3c4d';
 
-function header(over: Partial<ManifestHeader> = {}): ManifestHeader {
+function header(over: Partial<ManifestHeaderV1> = {}): ManifestHeaderV1 {
   return {
-    format: FORMAT,
+    format: FORMAT_V1,
     backupId: ID,
     createdAt: '2025-01-02T03:04:05.000Z',
     recipient: 'x25519:' + 'A'.repeat(43),
@@ -609,7 +609,7 @@ describe('fuzz: the backup manifest reader', { timeout: 120_000 }, () => {
   const keys = deriveKeys(dataKey, ID);
   const signer = generateKeyPairSync('ed25519');
   const signerKey = publicKeyString('ed25519', signer.publicKey);
-  const encode = (body: Json, h: ManifestHeader = header(), signed = false): Buffer =>
+  const encode = (body: Json, h: ManifestHeaderV1 = header(), signed = false): Buffer =>
     encodeManifest({ header: h, body } as unknown as Manifest, keys.manifest, signed ? (d) => sign(null, d, signer.privateKey) : undefined);
   const unsigned = encode(validBody());
   const signedBytes = encode(validBody(), header({ signer: signerKey }), true);
@@ -686,7 +686,7 @@ describe('fuzz: the backup manifest reader', { timeout: 120_000 }, () => {
         if (h === null || typeof h !== 'object') return;
         let bytes: Buffer;
         try {
-          bytes = encode(validBody(), h as ManifestHeader);
+          bytes = encode(validBody(), h as ManifestHeaderV1);
         } catch {
           return; // the writer itself refuses (e.g. a header JSON.stringify cannot write)
         }

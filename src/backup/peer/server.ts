@@ -94,7 +94,8 @@ export class SnapshotFailure extends Error {
   }
 }
 
-const OBJECT_KEY = /^backups\/(\d{8}T\d{6}Z-[0-9a-f]{8})\/(manifest|packs\/\d{6}\.pack)$/;
+/** What a spooled snapshot holds: its manifest and its packs (version 2: packs/<id>-NNNNNN.pack; version 1 under backups/<id>/). */
+const OBJECT_KEY = /^(?:backups\/(\d{8}T\d{6}Z-[0-9a-f]{8})\/(?:manifest|packs\/\d{6}\.pack)|packs\/(\d{8}T\d{6}Z-[0-9a-f]{8})-\d{6}\.pack)$/;
 
 /**
  * The serving half of a restore from a peer. On request (over mutually
@@ -346,7 +347,7 @@ export class PeerServer {
   async #object(req: IncomingMessage, res: ServerResponse, key: string): Promise<void> {
     const keyMatch = OBJECT_KEY.exec(key);
     if (!keyMatch) return reply(res, 404, { error: 'no such object' });
-    const id = keyMatch[1]!;
+    const id = (keyMatch[1] ?? keyMatch[2])!;
     if ((await this.#meta(id)) === undefined) return reply(res, 404, { error: `snapshot ${id} is not in this peer's spool` });
     const spool = new DirTransport(join(this.#o.spoolDir, id));
     let range: { start: number; end: number } | undefined;

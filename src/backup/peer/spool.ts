@@ -9,7 +9,7 @@ import { TransportError, type ByteRange, type GetResult, type Transport } from '
  * Backup objects as files under a local directory: where a peer server spools
  * the snapshot it makes (createBackup writes through `put`), and what it then
  * serves (`get`, ranged, streamed from disk). Keys are checked by the caller
- * (the server only maps keys of the form backups/<id>/…); this class refuses
+ * (the server only maps keys of the form backups/<id>/… and packs/<id>-…); this class refuses
  * anything with "." or ".." segments as well.
  */
 export class DirTransport implements Transport {

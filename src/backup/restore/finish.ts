@@ -3,6 +3,7 @@ import { chmod, lchown, link, lstat, lutimes, open, unlink, utimes, type FileHan
 import { join } from 'node:path';
 import { errnoOf } from '../errors.js';
 import type { FileEntry, ManifestBody } from '../format.js';
+import type { PieceLayout } from '../plan.js';
 import { WRITE_PIECE } from '../slice-writer.js';
 import type { TargetLayout } from '../target.js';
 import { forEachLimited } from './for-each-limited.js';
@@ -20,15 +21,16 @@ function mtimeSeconds(mtimeNs: string): number {
  * on the descriptor: each is one short system call, cheaper than a promise and
  * a trip through the libuv thread pool (two to four per file).
  */
-export async function finishFile(options: RestoreOptions, file: FileEntry, fh: FileHandle, chunkSize: number): Promise<void> {
-  // The last write already gave the file its size, unless the file ends in a hole.
-  if (file.chunks.length === 0 || file.chunks[file.chunks.length - 1] === -1) ftruncateSync(fh.fd, file.size);
-  if (!file.sparse && file.chunks.includes(-1)) {
-    const zero = Buffer.alloc(Math.min(chunkSize, WRITE_PIECE));
+export async function finishFile(options: RestoreOptions, file: FileEntry, fh: FileHandle, pieces: PieceLayout, fileIndex: number): Promise<void> {
+  // The last write already gave the file its size, unless the file ends in a run of zeros.
+  if (file.chunks.length === 0 || file.chunks[file.chunks.length - 1]! < 0) ftruncateSync(fh.fd, file.size);
+  if (!file.sparse && file.chunks.some((chunk) => chunk < 0)) {
+    const zero = Buffer.alloc(WRITE_PIECE);
     for (const [ordinal, chunk] of file.chunks.entries()) {
-      if (chunk !== -1) continue;
-      const end = Math.min(file.size, (ordinal + 1) * chunkSize);
-      for (let pos = ordinal * chunkSize; pos < end; pos += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - pos), pos);
+      if (chunk >= 0) continue;
+      const start = pieces.start(fileIndex, ordinal);
+      const end = start + pieces.length(fileIndex, ordinal);
+      for (let pos = start; pos < end; pos += zero.length) await fh.write(zero, 0, Math.min(zero.length, end - pos), pos);
     }
   }
   // Files are created by this process: owned by it already when the backup says so.
@@ -39,10 +41,10 @@ export async function finishFile(options: RestoreOptions, file: FileEntry, fh: F
   futimesSync(fh.fd, mtime, mtime);
 }
 
-async function finishPath(options: RestoreOptions, file: FileEntry, path: string, chunkSize: number): Promise<void> {
+async function finishPath(options: RestoreOptions, file: FileEntry, path: string, pieces: PieceLayout, fileIndex: number): Promise<void> {
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   try {
-    await finishFile(options, file, fh, chunkSize);
+    await finishFile(options, file, fh, pieces, fileIndex);
   } finally {
     await fh.close();
   }
@@ -60,11 +62,11 @@ export async function finishTree(
   files: FileEntry[],
   finalized: Set<number>,
   layout: TargetLayout,
-  chunkSize: number,
+  pieces: PieceLayout,
 ): Promise<void> {
   const owner = options.preserveOwner ?? process.getuid?.() === 0;
   await forEachLimited(files.length, 8, async (fileIndex) => {
-    if (!finalized.has(fileIndex)) await finishPath(options, files[fileIndex]!, join(layout.staging, files[fileIndex]!.path), chunkSize);
+    if (!finalized.has(fileIndex)) await finishPath(options, files[fileIndex]!, join(layout.staging, files[fileIndex]!.path), pieces, fileIndex);
   });
   await linkHardLinks(body, layout.staging);
   await forEachLimited(body.entries.length, 8, async (entryIndex) => {

@@ -5,11 +5,12 @@ import {
   LatestPointer,
   MAX_MANIFEST_BYTES,
   checkManifestSignature,
-  deriveKeys,
   isBackupId,
+  keysOfBackup,
   manifestKey,
   openManifestBody,
   parseManifest,
+  type ChunkScheme,
   type ManifestBody,
   type ManifestHeader,
 } from '../format.js';
@@ -17,12 +18,12 @@ import { DEFAULT_RETRY, withRetry, type RetryPolicy } from '../retry.js';
 import { TransportError, storeError, type Transport } from '../transport.js';
 import type { ManifestInfo, RestoreOptions } from './options.js';
 
-/** A manifest fetched, authenticated and opened, with the key that opens its chunks. */
+/** A manifest fetched, authenticated and opened, with the keys that open its chunks. */
 export interface OpenedManifest {
   header: ManifestHeader;
   body: ManifestBody;
   digest: string;
-  chunkKey: Buffer;
+  scheme: ChunkScheme;
 }
 
 /** A manifest policy that requires a valid signature by one of the given Ed25519 keys ("ed25519:…"). */
@@ -109,13 +110,14 @@ export async function openManifest(
     );
   }
   opts.redactor?.add(dataKey);
-  const keys = deriveKeys(dataKey, backupId);
+  const keys = keysOfBackup(sealed.header, dataKey);
   dataKey.fill(0);
-  opts.redactor?.add(keys.chunk);
+  opts.redactor?.add(keys.scheme.key);
   opts.redactor?.add(keys.manifest);
+  if (keys.scheme.format === 'bosun-backup-v2') opts.redactor?.add(keys.scheme.idKey);
   try {
     const body = openManifestBody(sealed, keys.manifest);
-    return { header: sealed.header, body, digest: sealed.digest, chunkKey: keys.chunk };
+    return { header: sealed.header, body, digest: sealed.digest, scheme: keys.scheme };
   } finally {
     keys.manifest.fill(0);
   }

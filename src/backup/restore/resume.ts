@@ -1,9 +1,8 @@
-import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../log.js';
-import type { ManifestBody } from '../format.js';
+import { chunkDigest, type ChunkScheme, type ManifestBody } from '../format.js';
 import { DoneSet, readJournal, writeJournal } from '../journal.js';
 import type { RestoreIndex } from '../plan.js';
 import { clearStaging, type TargetLayout } from '../target.js';
@@ -49,10 +48,10 @@ export async function resumeOrStart(
 
 /**
  * Read back every chunk the journal lists as written and compare it with its
- * SHA-256; a chunk that does not match (a power cut lost it, or the file was
+ * digest; a chunk that does not match (a power cut lost it, or the file was
  * touched) is taken off the list and fetched again. Returns how many were.
  */
-export async function recheckDone(body: ManifestBody, index: RestoreIndex, done: DoneSet, staging: string, chunkSize: number): Promise<number> {
+export async function recheckDone(body: ManifestBody, index: RestoreIndex, done: DoneSet, staging: string, scheme: ChunkScheme): Promise<number> {
   let lost = 0;
   await forEachLimited(body.chunks.length, 4, async (chunk) => {
     if (!done.has(chunk)) return;
@@ -62,8 +61,8 @@ export async function recheckDone(body: ManifestBody, index: RestoreIndex, done:
       let fh: FileHandle | undefined;
       try {
         fh = await open(join(staging, index.files[slice.file]!.path), constants.O_RDONLY | constants.O_NOFOLLOW);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, slice.ordinal * chunkSize);
-        if (bytesRead !== buf.length || createHash('sha256').update(buf).digest('hex') !== ref[5]) throw new Error('mismatch');
+        const { bytesRead } = await fh.read(buf, 0, buf.length, index.pieces.start(slice.file, slice.ordinal));
+        if (bytesRead !== buf.length || chunkDigest(scheme, buf) !== ref[5]) throw new Error('mismatch');
       } catch {
         done.delete(chunk);
         lost++;

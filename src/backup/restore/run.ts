@@ -1,6 +1,6 @@
 import { writeFileAtomic } from '../../host/files.js';
 import { BackupError, errnoOf } from '../errors.js';
-import type { ManifestBody } from '../format.js';
+import { wipeScheme, type ManifestBody } from '../format.js';
 import { removeJournal } from '../journal.js';
 import { indexChunks } from '../plan.js';
 import { ProgressTracker, formatBytes } from '../progress.js';
@@ -60,12 +60,12 @@ async function restoreUnleased(options: RestoreOptions): Promise<RestoreResult> 
     ...(options.redactor ? { redactor: options.redactor } : {}),
   });
   const { header, body } = manifest;
-  const index = indexChunks(body);
+  const index = indexChunks(header, body);
   let layout: TargetLayout;
   try {
     layout = await chooseLayout(options.target);
   } catch (e) {
-    manifest.chunkKey.fill(0);
+    wipeScheme(manifest.scheme);
     throw e;
   }
   const bytesTotal = index.files.reduce((sum, file) => sum + file.size, 0);
@@ -107,7 +107,7 @@ async function restoreUnleased(options: RestoreOptions): Promise<RestoreResult> 
       resumedChunks = fetched.resumedChunks;
       progress.phase = 'finishing';
       log?.info({ transferred, finishedFiles: fetched.finalized.size }, 'restore: every chunk verified and written; setting metadata');
-      await finishTree(options, body, index.files, fetched.finalized, layout, header.chunkSize);
+      await finishTree(options, body, index.files, fetched.finalized, layout, index.pieces);
       await journal.write('committing');
     }
     progress.phase = 'finishing';
@@ -126,7 +126,7 @@ async function restoreUnleased(options: RestoreOptions): Promise<RestoreResult> 
     }
     throw e;
   } finally {
-    manifest.chunkKey.fill(0);
+    wipeScheme(manifest.scheme);
     options.signal?.removeEventListener('abort', onOuterAbort);
   }
   progress.phase = 'done';

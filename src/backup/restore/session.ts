@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { Logger } from '../../log.js';
 import { BackupError } from '../errors.js';
-import { RECORD_OVERHEAD, type ChunkRef, type FileEntry, type ManifestBody } from '../format.js';
+import { RECORD_OVERHEAD, maxChunkLength, type ChunkRef, type ChunkScheme, type FileEntry, type ManifestBody } from '../format.js';
 import type { DoneSet } from '../journal.js';
 import { planRanges, type RestoreIndex, type WorkRange } from '../plan.js';
 import type { ProgressTracker } from '../progress.js';
@@ -69,7 +69,9 @@ export class RestoreSession {
   readonly #progress: ProgressTracker;
   readonly #abort: AbortController;
   readonly #log: Logger | undefined;
-  readonly #chunkSize: number;
+  /** the longest piece of any file: what a slot holds */
+  readonly #maxPiece: number;
+  readonly #scheme: ChunkScheme;
   readonly #handles = new HandlePool();
   #failure: Error | undefined;
   /** files finished (size, zeros, owner, mode, mtime) as soon as their digest verified on disk */
@@ -106,7 +108,8 @@ export class RestoreSession {
     this.#progress = context.progress;
     this.#abort = context.abort;
     this.#log = log;
-    this.#chunkSize = manifest.header.chunkSize;
+    this.#maxPiece = maxChunkLength(manifest.header);
+    this.#scheme = manifest.scheme;
 
     // Files are created ahead of their data, in the background, one directory
     // at a time per creator. Creating a file is the costliest step of a small
@@ -129,10 +132,9 @@ export class RestoreSession {
     // The slots bound the memory: a download holds one while a record arrives and
     // until it is written; when all are taken, downloads wait (and TCP pushes back).
     this.#concurrency = options.concurrency ?? 8;
-    this.#ring = new SlotRing(options.slots ?? this.#concurrency, this.#chunkSize + RECORD_OVERHEAD + 64);
+    this.#ring = new SlotRing(options.slots ?? this.#concurrency, this.#maxPiece + RECORD_OVERHEAD + 64);
     this.#workers = new ChunkWorkers(options.workers ?? defaultWorkerCount(), {
-      key: manifest.chunkKey,
-      backupId: manifest.header.backupId,
+      scheme: manifest.scheme,
       slots: this.#ring.sab,
       slotSize: this.#ring.slotSize,
     });
@@ -156,7 +158,7 @@ export class RestoreSession {
   async fetch(): Promise<FetchResult> {
     // Chunks an interrupted run wrote are read back and checked before they count as done.
     if (this.#done.count > 0) {
-      const lost = await recheckDone(this.#body, this.#index, this.#done, this.#staging, this.#chunkSize);
+      const lost = await recheckDone(this.#body, this.#index, this.#done, this.#staging, this.#scheme);
       this.#log?.info({ rechecked: this.#done.count + lost, refetch: lost }, 'restore: checked the chunks an interrupted run wrote');
     }
     const resumedChunks = this.#done.count;
@@ -207,13 +209,14 @@ export class RestoreSession {
   #createTracker(): FileTracker {
     const onVerdict = (file: number, ok: boolean, detail: string | undefined): void => this.#onVerdict(file, ok, detail);
     if (!(this.#options.verifyFiles ?? false)) return new WrittenTracker(this.#index.files, onVerdict);
-    const files = this.#index.files.map((file) => ({
+    const files = this.#index.files.map((file, index) => ({
       path: this.#pathOf(file),
       size: file.size,
       sha256: file.sha256,
-      holes: file.chunks.map((chunk) => chunk === -1),
+      holes: file.chunks.map((chunk) => chunk < 0),
+      bounds: this.#index.pieces.bounds(index, file.chunks.length),
     }));
-    return new DigestChecker(this.#chunkSize, files, onVerdict, this.#fail);
+    return new DigestChecker(this.#maxPiece, files, onVerdict, this.#fail);
   }
 
   /** A file verified (or, without read-back, is all written): finish it now. A file that did not verify fails the restore. */
@@ -229,7 +232,7 @@ export class RestoreSession {
     }
     const finishing: Promise<void> = this.#finishSlots
       .run(async () => {
-        await this.#handles.use(this.#pathOf(file), (fh) => finishFile(this.#options, file, fh, this.#chunkSize));
+        await this.#handles.use(this.#pathOf(file), (fh) => finishFile(this.#options, file, fh, this.#index.pieces, fileIndex));
         await this.#handles.forget(this.#pathOf(file));
         this.#finalized.add(fileIndex);
       })
@@ -249,9 +252,9 @@ export class RestoreSession {
         resumedBytes += this.#body.chunks[chunk]![3];
       }
     }
-    for (const file of files) {
-      for (const [ordinal, chunk] of file.chunks.entries()) if (chunk === -1) resumedBytes += Math.min(this.#chunkSize, file.size - ordinal * this.#chunkSize);
-    }
+    files.forEach((file, index) => {
+      for (const [ordinal, chunk] of file.chunks.entries()) if (chunk < 0) resumedBytes += this.#index.pieces.length(index, ordinal);
+    });
     this.#progress.add(resumedBytes);
   }
 
@@ -286,8 +289,8 @@ export class RestoreSession {
         length: ref[2],
         codec: ref[4],
         plainLength: ref[3],
-        sha256: ref[5],
-        write: { fd: fh.fd, pos: slice.ordinal * this.#chunkSize, sparse: file.sparse },
+        digest: ref[5],
+        write: { fd: fh.fd, pos: this.#index.pieces.start(slice.file, slice.ordinal), sparse: file.sparse },
       });
       if (!reply.ok) {
         if (reply.why === 'write') throw writeError(reply, file);
@@ -324,7 +327,12 @@ export class RestoreSession {
         const file = this.#index.files[slice.file]!;
         if (copy > 0) {
           const reply = await this.#handles.use(this.#pathOf(file), (fh) =>
-            this.#workers.run({ op: 'write', slot, length: plainLength, write: { fd: fh.fd, pos: slice.ordinal * this.#chunkSize, sparse: file.sparse } }),
+            this.#workers.run({
+              op: 'write',
+              slot,
+              length: plainLength,
+              write: { fd: fh.fd, pos: this.#index.pieces.start(slice.file, slice.ordinal), sparse: file.sparse },
+            }),
           );
           if (!reply.ok) throw reply.why === 'write' ? writeError(reply, file) : new Error(`chunk worker failed a write: ${reply.why}`);
         }

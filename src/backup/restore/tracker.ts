@@ -19,7 +19,7 @@ export class WrittenTracker implements FileTracker {
     files: FileEntry[],
     readonly onDone: (file: number, ok: boolean, detail: string | undefined) => void,
   ) {
-    this.#left = Uint32Array.from(files, (file) => file.chunks.reduce((stored, chunk) => (chunk === -1 ? stored : stored + 1), 0));
+    this.#left = Uint32Array.from(files, (file) => file.chunks.reduce((stored, chunk) => (chunk < 0 ? stored : stored + 1), 0));
     // Files with nothing stored (empty, or all holes) are done from the start.
     queueMicrotask(() => this.#left.forEach((left, file) => left === 0 && this.onDone(file, true, undefined)));
   }

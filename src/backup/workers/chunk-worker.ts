@@ -5,12 +5,15 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
-import { ChunkOpenError, isAllZero, openChunkInto, sealChunk, sha256, type Codec } from '../format.js';
+import { ChunkOpenError, chunkDigest, isAllZero, openChunkInto, sealChunk, type ChunkScheme, type Codec } from '../format.js';
 import { writeSlice } from '../slice-writer.js';
 import type { ChunkJob, ChunkReply, ChunkWorkerData, SliceTarget } from './protocol.js';
 
 const data = workerData as ChunkWorkerData;
-const key = Buffer.from(data.key);
+const scheme: ChunkScheme =
+  data.scheme.format === 'bosun-backup-v1'
+    ? { format: data.scheme.format, key: Buffer.from(data.scheme.key), backupId: data.scheme.backupId }
+    : { format: data.scheme.format, key: Buffer.from(data.scheme.key), idKey: Buffer.from(data.scheme.idKey) };
 const zero = Buffer.alloc(1 << 16);
 const slot = (n: number, length: number): Buffer => Buffer.from(data.slots, n * data.slotSize, length);
 const scratch = Buffer.allocUnsafe(data.slotSize);
@@ -45,10 +48,9 @@ function handle(job: ChunkJob): ChunkReply {
     let n: number;
     try {
       n = openChunkInto(
-        key,
-        data.backupId,
+        scheme,
         slot(job.slot, job.length),
-        { codec: job.codec as Codec, plainLength: job.plainLength, sha256: job.sha256 },
+        { codec: job.codec as Codec, plainLength: job.plainLength, digest: job.digest },
         slot(job.slot, data.slotSize),
         scratch,
       );
@@ -62,10 +64,12 @@ function handle(job: ChunkJob): ChunkReply {
     return { id: job.id, ok: true, op: 'open', plainLength: n };
   }
   const plain = slot(job.slot, job.length);
-  if (isAllZero(plain, zero)) return { id: job.id, ok: true, op: 'seal', zero: true };
-  const hash = sha256(plain);
+  if (job.op === 'digest') {
+    if (isAllZero(plain, zero)) return { id: job.id, ok: true, op: 'digest', zero: true };
+    return { id: job.id, ok: true, op: 'digest', zero: false, digest: chunkDigest(scheme, plain) };
+  }
   // sealChunk's output is in buffers of its own; the slot is overwritten only afterwards.
-  const sealed = sealChunk(key, data.backupId, plain, { level: job.level, hash });
+  const sealed = sealChunk(scheme, plain, { level: job.level, digest: job.digest });
   if (sealed.length > data.slotSize) return { id: job.id, ok: false, why: 'length' };
   let off = 0;
   const out = slot(job.slot, sealed.length);
@@ -73,7 +77,7 @@ function handle(job: ChunkJob): ChunkReply {
     out.set(part, off);
     off += part.length;
   }
-  return { id: job.id, ok: true, op: 'seal', zero: false, recordLength: sealed.length, codec: sealed.identity.codec, sha256: hash };
+  return { id: job.id, ok: true, op: 'seal', recordLength: sealed.length, codec: sealed.identity.codec };
 }
 
 parentPort!.on('message', (job: ChunkJob) => parentPort!.postMessage(handle(job)));

@@ -16,7 +16,6 @@ interface State {
   done: boolean;
 }
 
-let chunkSize = 0;
 let states: State[] = [];
 let buf = Buffer.alloc(0);
 const zero = Buffer.alloc(1 << 16);
@@ -47,7 +46,8 @@ function advance(state: State, index: number): void {
   try {
     while (state.next < n && (file.holes[state.next] || state.landed.has(state.next))) {
       const k = state.next;
-      const len = Math.min(chunkSize, file.size - k * chunkSize);
+      const start = file.bounds[k]!;
+      const len = file.bounds[k + 1]! - start;
       if (file.holes[k]) {
         for (let left = len; left > 0; left -= zero.length) state.hash.update(zero.subarray(0, Math.min(left, zero.length)));
       } else {
@@ -57,8 +57,8 @@ function advance(state: State, index: number): void {
         }
         let got = 0;
         while (got < len) {
-          const bytesRead = readSync(state.fd, buf, got, len - got, k * chunkSize + got);
-          if (bytesRead === 0) throw new Error(`short read at byte ${k * chunkSize + got}`);
+          const bytesRead = readSync(state.fd, buf, got, len - got, start + got);
+          if (bytesRead === 0) throw new Error(`short read at byte ${start + got}`);
           got += bytesRead;
         }
         state.hash.update(buf.subarray(0, len));
@@ -83,8 +83,7 @@ function advance(state: State, index: number): void {
 
 parentPort!.on('message', (m: DigestIn) => {
   if (m.type === 'init') {
-    chunkSize = m.chunkSize;
-    buf = Buffer.allocUnsafe(chunkSize);
+    buf = Buffer.allocUnsafe(m.maxPiece);
     states = m.files.map((file) => ({ file, hash: undefined, next: 0, landed: new Set(), fd: undefined, done: false }));
     remaining = states.length;
     // Empty files and files that are all holes are complete from the start.

@@ -105,7 +105,7 @@ export class DigestChecker {
   #finished: ((pending: number) => void) | undefined;
   #error: Error | undefined;
 
-  constructor(chunkSize: number, files: DigestFile[], onVerdict: (file: number, ok: boolean, detail: string | undefined) => void, onError: (e: Error) => void) {
+  constructor(maxPiece: number, files: DigestFile[], onVerdict: (file: number, ok: boolean, detail: string | undefined) => void, onError: (e: Error) => void) {
     this.#w = new Worker(new URL('./digest-worker.js', import.meta.url));
     this.#w.on('message', (m: DigestOut) => {
       if (m.type === 'verdict') onVerdict(m.file, m.ok, m.detail);
@@ -116,7 +116,7 @@ export class DigestChecker {
       onError(e);
       this.#finished?.(-1);
     });
-    this.#w.postMessage({ type: 'init', chunkSize, files } satisfies DigestIn);
+    this.#w.postMessage({ type: 'init', maxPiece, files } satisfies DigestIn);
   }
 
   written(file: number, ordinal: number): void {
