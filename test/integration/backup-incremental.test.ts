@@ -123,14 +123,15 @@ describe('incremental backups against MinIO', { timeout: 300_000 }, () => {
     const stateDir = join(work, 'state-k');
     const source = join(work, 'src-kill');
     await mkdir(source);
-    for (let i = 0; i < 6; i++) await writeFile(join(source, `f${i}`), randomBytes(40 * MiB));
+    for (let i = 0; i < 5; i++) await writeFile(join(source, `f${i}`), randomBytes(16 * MiB));
     await loadOrCreateIdentity(stateDir);
     const resumeLog = setKeyPath(stateDir, jobFor(source, 'k')).replace(/set-key-([0-9a-f]+)\.json$/, 'resume-$1.jsonl');
     const child = spawn(process.execPath, [cliPath, 'backup', 'job'], {
       env: { ...process.env, BOSUN_STATE_DIR: stateDir, JOURNAL_STREAM: '' },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
-    child.stdin.end(JSON.stringify(jobFor(source, 'k')));
+    // At 16 MiB/s the job stores a 32 MiB pack every 2 s: it is killed a few seconds in, with the light CPU of a slow upload.
+    child.stdin.end(JSON.stringify({ ...jobFor(source, 'k'), bandwidthLimitMiBps: 16 }));
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_code, signal) => resolve(signal)));
@@ -152,7 +153,7 @@ describe('incremental backups against MinIO', { timeout: 300_000 }, () => {
     await assert.rejects(setOf('k').get('latest.json'), 'a killed first backup is not visible');
 
     const resumed = await job(stateDir, jobFor(source, 'k'));
-    const total = 6 * 40 * MiB;
+    const total = 5 * 16 * MiB;
     assert.ok(
       resumed.stats.reusedBytes! >= packsAtKill * 20 * MiB,
       `reused ${resumed.stats.reusedBytes} bytes; ${packsAtKill} packs were stored before the kill`,

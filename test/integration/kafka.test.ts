@@ -265,7 +265,13 @@ describe('Kafka (real broker)', { timeout: 180_000 }, () => {
       }
     }
 
-    const producer = kafka.producer({ allowAutoTopicCreation: false, createPartitioner: Partitioners.DefaultPartitioner });
+    // Idempotent, one request in flight: a send retried under load is neither doubled nor overtaken.
+    const producer = kafka.producer({
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+      idempotent: true,
+      maxInFlightRequests: 1,
+    });
     await producer.connect();
     try {
       // Several sends, so ordering across requests is exercised too.
@@ -284,9 +290,13 @@ describe('Kafka (real broker)', { timeout: 180_000 }, () => {
       await withTimeout(
         new Promise<void>((resolve, reject) => {
           const seen = new Map<string, number>(); // per key: next seq expected by arrival order
+          const delivered = new Set<string>(); // partition:offset
           consumer
             .run({
               eachMessage: ({ partition, message }) => {
+                // A redelivery (the group rebalanced under load before an offset was committed) is not a new message.
+                if (delivered.has(`${partition}:${message.offset}`)) return Promise.resolve();
+                delivered.add(`${partition}:${message.offset}`);
                 const key = message.key?.toString('utf8') ?? '<null>';
                 const value = message.value ?? Buffer.alloc(0);
                 const seq = seen.get(key) ?? 0;
