@@ -79,22 +79,28 @@ async function runExec(step: ExecStep, ctx: StepContext): Promise<void> {
     return;
   }
   const deadline = Date.now() + step.retryForSeconds * 1000;
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
+    // 1, 2, 4, 8 s, then every 10 s: a service that starts slowly is not starved by the checks themselves
+    // (each costs a process or two; on a small or loaded host a check every 2 s took ~40 % of a CPU).
+    const pause = Math.min(RETRY_PAUSE_MAX_MS, 1000 * 2 ** (attempt - 1));
     try {
       await run();
       return;
     } catch (e) {
-      if (Date.now() + 2000 > deadline)
+      if (Date.now() + pause > deadline)
         throw new BosunError(
           isBosunError(e) ? e.code : 'E_EXEC',
           `still failing after ${step.retryForSeconds}s: ${describeError(e)}`,
           isBosunError(e) ? e.details : {},
           { cause: e },
         );
-      await new Promise((resolve) => setTimeout(resolve, 2000));
+      await new Promise((resolve) => setTimeout(resolve, pause));
     }
   }
 }
+
+/** The longest pause between two tries of a step that runs until it succeeds. */
+const RETRY_PAUSE_MAX_MS = 10_000;
 
 async function runRefresh(step: RefreshStep, ctx: StepContext): Promise<void> {
   const { logger } = ctx;

@@ -41,7 +41,7 @@ export interface ExecStep extends StepBase {
   destructive?: boolean;
   /**
    * A check that becomes true later (a service answering its health check):
-   * run again every 2 s until it succeeds, failing after this many seconds.
+   * run again until it succeeds (after 1, 2, 4, 8 s, then every 10 s), failing after this many seconds.
    */
   retryForSeconds?: number;
 }
