@@ -167,23 +167,7 @@ export async function createBackup(options: CreateBackupOptions): Promise<Backup
     });
 
     progress.phase = 'finishing';
-    const header: ManifestHeaderV2 = {
-      format: FORMAT_V2,
-      backupId,
-      createdAt: new Date().toISOString(),
-      ...(options.host !== undefined ? { host: options.host } : {}),
-      recipient: publicKeyString('x25519', recipient),
-      sealedDataKey: setKey.sealed,
-      keyId: setKey.keyId,
-      ...(options.signer ? { signer: options.signer.signingKey } : {}),
-      chunker,
-      cipher: 'aes-256-gcm',
-      compression: 'zstd',
-      hash: 'hmac-sha256',
-      ...(options.consistency ? { consistency: options.consistency } : {}),
-      packs: packRefs,
-      stats,
-    };
+    const header = headerOf(options, { backupId, recipient, setKey, chunker, packs: packRefs, stats });
     const manifestBytes = deriveManifestKey(setKey.key, backupId);
     try {
       const manifest = encodeManifest({ header, body: { entries, chunks, packs: packRefs } }, manifestBytes, signerOf(options.signer));
@@ -205,6 +189,30 @@ export async function createBackup(options: CreateBackupOptions): Promise<Backup
   const seconds = (performance.now() - started) / 1000;
   log?.info({ ...stats, seconds: Number(seconds.toFixed(3)), manifest: options.transport.describe(manifestKey(backupId)) }, 'backup: complete');
   return { backupId, manifestKey: manifestKey(backupId), stats, seconds };
+}
+
+/** The readable header of a new backup (FORMAT.md, "Manifest"). */
+function headerOf(
+  options: CreateBackupOptions,
+  made: { backupId: string; recipient: KeyObject; setKey: SetKey; chunker: ChunkerSpec; packs: PackRef[]; stats: BackupStats },
+): ManifestHeaderV2 {
+  return {
+    format: FORMAT_V2,
+    backupId: made.backupId,
+    createdAt: new Date().toISOString(),
+    ...(options.host !== undefined ? { host: options.host } : {}),
+    recipient: publicKeyString('x25519', made.recipient),
+    sealedDataKey: made.setKey.sealed,
+    keyId: made.setKey.keyId,
+    ...(options.signer ? { signer: options.signer.signingKey } : {}),
+    chunker: made.chunker,
+    cipher: 'aes-256-gcm',
+    compression: 'zstd',
+    hash: 'hmac-sha256',
+    ...(options.consistency ? { consistency: options.consistency } : {}),
+    packs: made.packs,
+    stats: made.stats,
+  };
 }
 
 function entryStats(entries: readonly Entry[], skipped: number): BackupStats {
