@@ -29,6 +29,8 @@ export interface ServiceEnv {
   s3: S3Env;
   /** Path of the s5cmd binary built by test/services/up, if any. */
   s5cmd: string | undefined;
+  /** Path of the restic binary built by test/services/up (BOSUN_SERVICES_RESTIC=1), if any. */
+  restic: string | undefined;
   logs: { kafka: string | undefined; s3: string | undefined };
   /** The state file that was read (whether or not it existed). */
   stateFile: string;
@@ -112,6 +114,7 @@ export function serviceEnv(): ServiceEnv {
       secretAccessKey: get('S3_SECRET_KEY') ?? 'bosun-test-secret',
     },
     s5cmd: get('S5CMD'),
+    restic: get('RESTIC'),
     logs: { kafka: get('KAFKA_LOG'), s3: get('MINIO_LOG') },
     stateFile,
   };

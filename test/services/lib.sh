@@ -4,9 +4,10 @@
 # Test services for the integration tests, built from the package registries
 # only (Maven Central through mvn, the Go module proxy through go):
 #   - Apache Kafka, KRaft mode, one combined broker+controller on loopback
-#   - MinIO (S3 API) on loopback, plus s5cmd as an S3 speed reference
-# What is built (Kafka's jars, the Maven and Go caches, the MinIO and s5cmd
-# binaries) lives in the build cache shared by every clone on this machine,
+#   - MinIO (S3 API) on loopback, plus s5cmd as an S3 speed reference and
+#     restic as a backup reference
+# What is built (Kafka's jars, the Maven and Go caches, the MinIO, s5cmd and
+# restic binaries) lives in the build cache shared by every clone on this machine,
 # keyed by the pinned versions; what runs (data, logs, pid files, the env
 # file) lives in the clone's own cache directory.
 
@@ -23,6 +24,8 @@ KAFKA_VERSION=4.3.1
 # this is the newest master commit (2026-02-12) and builds with Go 1.26.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 S5CMD_VERSION=v2.3.0
+# restic: newest release the module proxy serves (v0.19.1, 2026-07; needs Go 1.25+).
+RESTIC_VERSION=v0.19.1
 
 # ---- layout -----------------------------------------------------------------
 CACHE_DIR=${BOSUN_CACHE_DIR:-$REPO_ROOT/.cache/services}
@@ -49,6 +52,7 @@ KAFKA_PID_FILE=$RUN_DIR/kafka.pid
 GO_HOME=$SERVICES_BUILD/go      # GOPATH, GOMODCACHE, GOCACHE (shared by builds)
 MINIO_BIN=$SERVICES_BUILD/bin/minio-$MINIO_VERSION/minio
 S5CMD_BIN=$SERVICES_BUILD/bin/s5cmd-$S5CMD_VERSION/s5cmd
+RESTIC_BIN=$SERVICES_BUILD/bin/restic-$RESTIC_VERSION/restic
 MINIO_DATA=$CACHE_DIR/minio-data
 MINIO_LOG=$LOG_DIR/minio.log
 MINIO_PID_FILE=$RUN_DIR/minio.pid
