@@ -42,6 +42,7 @@ import { median, repoRoot } from '../helpers.js';
 import { requireServices, type ServiceEnv } from '../services/env.js';
 import { KeyStream, Rng, TableWriter } from './db-data.js';
 import { productNodeFlags } from './node-flags.js';
+import { out, parseSize } from './print.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -53,17 +54,6 @@ const EDIT = 64 * KiB;
 const WAL_SEGMENT = 16 * MiB;
 const RESTIC_PASSWORD = 'bosun-bench';
 const HOST = 'bench-host';
-
-function out(line = ''): void {
-  process.stdout.write(line + '\n');
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?i?b?$/i.exec(s.trim());
-  if (!m) throw new Error(`not a size: ${s} (e.g. 256MiB, 1GiB)`);
-  const unit = { k: KiB, m: MiB, g: GiB }[(m[2] ?? '').toLowerCase() as 'k'] ?? 1;
-  return Math.round(Number(m[1]) * unit);
-}
 
 function args(): { size: number; rounds: number; seed: number; dir: string; keep: boolean } {
   const a = process.argv.slice(2);

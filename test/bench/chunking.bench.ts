@@ -21,6 +21,7 @@ import { Chunker, type ChunkParams } from '../../src/backup/chunker.js';
 import { formatBytes } from '../../src/backup/progress.js';
 import { median } from '../helpers.js';
 import { KeyStream, Rng, TableWriter } from './db-data.js';
+import { out, parseSize } from './print.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -32,17 +33,6 @@ const WAL_SEGMENT = 16 * MiB;
 /** an estimate of one chunk's entry in a manifest (hash, length, pack, offset, framing) */
 const MANIFEST_BYTES_PER_CHUNK = 100;
 const TIMED_PASSES = 3;
-
-function out(line = ''): void {
-  process.stdout.write(line + '\n');
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?i?b?$/i.exec(s.trim());
-  if (!m) throw new Error(`not a size: ${s} (e.g. 256MiB, 1GiB)`);
-  const unit = { k: KiB, m: MiB, g: GiB }[(m[2] ?? '').toLowerCase() as 'k'] ?? 1;
-  return Math.round(Number(m[1]) * unit);
-}
 
 function args(): { size: number; seed: number } {
   const a = process.argv.slice(2);

@@ -24,19 +24,9 @@ import type { PeerServerChildConfig } from '../integration/peer-server-child.js'
 import type { BenchChildConfig } from './child.js';
 import type { PeerBenchChildConfig } from './peer-child.js';
 import { productNodeFlags } from './node-flags.js';
+import { out, parseSize } from './print.js';
 
 const MiB = 1024 * 1024;
-
-function out(line = ''): void {
-  process.stdout.write(line + '\n');
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g|t)?i?b?$/i.exec(s.trim());
-  if (!m) throw new Error(`not a size: ${s} (e.g. 256MiB, 1GiB)`);
-  const mult = { k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[(m[2] ?? '').toLowerCase() as 'k'] ?? 1;
-  return Math.round(Number(m[1]) * mult);
-}
 
 function args(): { size: number; runs: number; concurrency?: number; dir: string; keep: boolean } {
   const a = process.argv.slice(2);

@@ -40,19 +40,9 @@ import { requireServices } from '../services/env.js';
 import type { BenchChildConfig } from './child.js';
 import { assertBundleFresh } from '../lab/driver.js';
 import { productNodeFlags } from './node-flags.js';
+import { out, parseSize } from './print.js';
 
 const MiB = 1024 * 1024;
-
-function out(line = ''): void {
-  process.stdout.write(line + '\n');
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g|t)?i?b?$/i.exec(s.trim());
-  if (!m) throw new Error(`not a size: ${s} (e.g. 256MiB, 1GiB, 8GiB)`);
-  const mult = { k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[(m[2] ?? '').toLowerCase() as 'k'] ?? 1;
-  return Math.round(Number(m[1]) * mult);
-}
 
 type Variant = Partial<Pick<BenchChildConfig, 'workers' | 'concurrency' | 'slots' | 'verifyFiles' | 'directGets' | 'flushAheadBytes' | 'precreateFiles'>> & {
   code?: string;
