@@ -22,7 +22,7 @@ import { pruneBackups } from './prune.js';
 import { getWhole, resolveBackupId } from './restore/manifest.js';
 import { DEFAULT_RETRY } from './retry.js';
 import { S3Transport, createS3Client } from './s3-transport.js';
-import { loadOrCreateSetKey, setKeyPath, type SetKey } from './set-key.js';
+import { loadOrCreateSetKey, resumeLogPath, type SetKey } from './set-key.js';
 
 /*
  * A scheduled backup's job, as the agent hands it to the process that does the
@@ -164,10 +164,6 @@ async function baseOfSet(transport: S3Transport, setKey: SetKey, signal?: AbortS
   } finally {
     manifest.fill(0);
   }
-}
-
-function resumeLogPath(stateDir: string, job: BackupJob): string {
-  return setKeyPath(stateDir, job).replace(/set-key-([0-9a-f]+)\.json$/, 'resume-$1.jsonl');
 }
 
 /**

@@ -54,9 +54,18 @@ export interface SetKeyTarget {
   recipient: string;
 }
 
+/** Names a backup set in file names: 16 hex digits of SHA-256(bucket "\0" prefix). */
+function setName(target: Pick<SetKeyTarget, 'bucket' | 'prefix'>): string {
+  return createHash('sha256').update(`${target.bucket}\0${target.prefix}`).digest('hex').slice(0, 16);
+}
+
 export function setKeyPath(stateDir: string, target: Pick<SetKeyTarget, 'bucket' | 'prefix'>): string {
-  const name = createHash('sha256').update(`${target.bucket}\0${target.prefix}`).digest('hex').slice(0, 16);
-  return join(stateDir, 'backup', `set-key-${name}.json`);
+  return join(stateDir, 'backup', `set-key-${setName(target)}.json`);
+}
+
+/** The set's resume log (known-chunks.ts, ResumeLog), beside its key. */
+export function resumeLogPath(stateDir: string, target: Pick<SetKeyTarget, 'bucket' | 'prefix'>): string {
+  return join(stateDir, 'backup', `resume-${setName(target)}.jsonl`);
 }
 
 /**

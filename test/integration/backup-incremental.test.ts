@@ -16,7 +16,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { createBackup, restoreFromObjectStorage, S3Transport } from '../../src/backup/index.js';
 import { BACKUP_JOB_FORMAT, runBackupJob, type BackupJob, type BackupJobResult } from '../../src/backup/job.js';
 import { pruneBackups } from '../../src/backup/prune.js';
-import { setKeyPath } from '../../src/backup/set-key.js';
+import { resumeLogPath } from '../../src/backup/set-key.js';
 import { loadOrCreateIdentity } from '../../src/identity/host-identity.js';
 import { openSealed, publicKeyString } from '../../src/identity/seal.js';
 import { Redactor } from '../../src/secrets/redact.js';
@@ -125,7 +125,7 @@ describe('incremental backups against MinIO', { timeout: 300_000 }, () => {
     await mkdir(source);
     for (let i = 0; i < 5; i++) await writeFile(join(source, `f${i}`), randomBytes(16 * MiB));
     await loadOrCreateIdentity(stateDir);
-    const resumeLog = setKeyPath(stateDir, jobFor(source, 'k')).replace(/set-key-([0-9a-f]+)\.json$/, 'resume-$1.jsonl');
+    const resumeLog = resumeLogPath(stateDir, jobFor(source, 'k'));
     const child = spawn(process.execPath, [cliPath, 'backup', 'job'], {
       env: { ...process.env, BOSUN_STATE_DIR: stateDir, JOURNAL_STREAM: '' },
       stdio: ['pipe', 'pipe', 'pipe'],
