@@ -21,7 +21,6 @@ export const NONCE_LEN = 12;
 export const TAG_LEN = 16;
 /** bytes a sealed chunk record adds to its payload: nonce and GCM tag */
 export const RECORD_OVERHEAD = NONCE_LEN + TAG_LEN;
-export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
 export const DEFAULT_PACK_SIZE = 32 * 1024 * 1024;
 /** a manifest larger than this is refused before it is read into memory */
 export const MAX_MANIFEST_BYTES = 1024 * 1024 * 1024;
@@ -33,10 +32,6 @@ export type Codec = (typeof Codec)[keyof typeof Codec];
 
 export function manifestKey(backupId: string): string {
   return `backups/${backupId}/manifest`;
-}
-/** Version 1: a backup's packs are its own. */
-export function packKey(backupId: string, pack: number): string {
-  return `backups/${backupId}/packs/${String(pack).padStart(6, '0')}.pack`;
 }
 /** Version 2: packs are shared by the backups of a set; each is named after the backup that wrote it. */
 export const PACK_DIR = 'packs/';

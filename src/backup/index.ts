@@ -18,5 +18,5 @@ export { BackupError, isBackupError, type BackupFailure } from './errors.js';
 export { S3Transport, createS3Client, type S3ClientOptions, type S3Location } from './s3-transport.js';
 export { TransportError, type ByteRange, type GetResult, type Transport, type TransportFailure } from './transport.js';
 export { renderProgressLine, renderProgressPlain, ProgressPrinter, formatBytes, formatDuration, type Progress } from './progress.js';
-export { FORMAT, DEFAULT_CHUNK_SIZE, DEFAULT_PACK_SIZE, type ManifestHeader, type BackupStats } from './format.js';
+export { FORMAT, DEFAULT_PACK_SIZE, type ManifestHeader, type BackupStats } from './format.js';
 export { JOURNAL_NAME, STAGING_NAME } from './target.js';
